@@ -1,0 +1,132 @@
+"""`mla`: train, evaluate (and, as they land, export and serve).
+
+Heavy imports (torch) happen inside the commands that need them, so `mla --help` and
+the service's commands stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+app = typer.Typer(name="mla", help="Train, export and serve balanced multimodal classifiers (MLA).", no_args_is_help=True, add_completion=False)
+err = Console(stderr=True)
+
+DataOpt = Annotated[str, typer.Option("--data", help="demo | demo:SEED | csv:PATH | cremad:ROOT")]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False)],
+        force=True,
+    )
+
+
+@app.command()
+def train(
+    data: DataOpt = "demo",
+    method: Annotated[str, typer.Option(help="mla | joint | unimodal")] = "mla",
+    out: Annotated[Path, typer.Option("--out", help="run directory")] = Path("runs/demo"),
+    epochs: Annotated[int, typer.Option(min=1)] = 12,
+    encoder: Annotated[str, typer.Option(help="small | resnet18")] = "small",
+    seed: int = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: Annotated[float, typer.Option(min=0.0)] = 0.05,
+    owm_alpha: Annotated[float, typer.Option(help="MLA projection regulariser alpha")] = 1.0,
+    no_projection: Annotated[bool, typer.Option("--no-projection", help="MLA without the head projection (ablation)")] = False,
+    workers: Annotated[int, typer.Option(min=0, help="data-loading worker processes")] = 1,
+    max_batches: Annotated[int | None, typer.Option(min=1, help="cap batches per epoch")] = None,
+    clip_seconds: Annotated[float | None, typer.Option(help="audio clip length (default: per encoder)")] = None,
+    frames: Annotated[int | None, typer.Option(help="video frames per clip (default: per encoder)")] = None,
+    frame_size: Annotated[int | None, typer.Option(help="video frame side in pixels (default: per encoder)")] = None,
+    verbose: bool = False,
+) -> None:
+    """Train one method on a dataset; write RUN_DIR/checkpoint.pt, metrics.jsonl and a curve plot."""
+    _setup_logging(verbose)
+    from training.checkpoint import CheckpointError
+    from training.config import ENCODERS, METHODS, TrainConfig
+    from training.data.specs import DataError
+    from training.train import train as run
+
+    if method not in METHODS:
+        _fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if encoder not in ENCODERS:
+        _fail(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
+    cfg = TrainConfig(method=method, epochs=epochs, batch_size=batch_size, lr=lr, owm_alpha=owm_alpha,
+                      owm_project=not no_projection, seed=seed, workers=workers, max_batches=max_batches)
+    overrides = {"clip_samples": None if clip_seconds is None else int(clip_seconds * 16_000),
+                 "video_frames": frames, "video_size": frame_size}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(event: str, done: int, total: int) -> None:
+            if event not in tasks:
+                tasks[event] = bar.add_task("decoding" if event == "decode" else f"training {method}", total=total)
+            bar.update(tasks[event], completed=done, total=total)
+
+        try:
+            result = run(data, out, cfg, encoder, overrides, progress)
+        except (DataError, CheckpointError, ValueError) as exc:
+            _fail(str(exc))
+    if "best_validation" in result:
+        err.print(f"saved {out / 'checkpoint.pt'}; best validation: {json.dumps(result['best_validation'])}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (or its checkpoint.pt)")],
+    data: DataOpt = "demo",
+    split: Annotated[str, typer.Option(help="train | val | test")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    workers: Annotated[int, typer.Option(min=1)] = 1,
+    verbose: bool = False,
+) -> None:
+    """Score a trained run on a split: accuracy and macro-F1 per modality subset, per fusion rule."""
+    _setup_logging(verbose)
+    from training.checkpoint import CheckpointError
+    from training.data.specs import DataError
+    from training.evaluate import evaluate_run
+
+    try:
+        report = evaluate_run(run_dir, data, split, workers)
+    except (DataError, CheckpointError) as exc:
+        _fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{report['method']} on {split} (n={report['n']})")
+    table.add_column("fusion")
+    subsets = list(report["accuracy"])
+    for s in subsets:
+        table.add_column(s, justify="right")
+    for rule, res in report["by_fusion"].items():
+        table.add_row(rule, *(f"{res['accuracy'].get(s, float('nan')):.3f}" for s in subsets))
+    Console().print(table)
+
+
+@app.command()
+def serve() -> None:
+    """Serve a model repository over HTTP (not built yet: see the service issue)."""
+    _fail("the service is not built yet; `mla train` and `mla evaluate` work today", code=1)
+
+
+if __name__ == "__main__":
+    app()

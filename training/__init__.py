@@ -1,0 +1,1 @@
+"""Training: datasets, encoders, MLA and its baselines, evaluation (torch)."""

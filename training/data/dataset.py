@@ -1,0 +1,67 @@
+"""Torch datasets over decoded arrays: a missing modality is zeros plus a False mask."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from training.config import ModelConfig
+from training.data.cache import DecodeCache
+from training.data.specs import DatasetManifest, Sample
+
+Batch = dict[str, torch.Tensor]
+
+
+class DecodedDataset(Dataset[dict[str, object]]):
+    def __init__(self, samples: list[Sample], arrays: list[dict[str, Path | None]], cfg: ModelConfig) -> None:
+        self.samples, self.arrays = samples, arrays
+        self.blank = {
+            "audio": np.zeros(cfg.clip_samples, np.float32),
+            "video": np.zeros((cfg.video_frames, cfg.video_size, cfg.video_size, 3), np.uint8),
+        }
+        self.modalities = list(cfg.modalities)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        item: dict[str, object] = {"label": self.samples[i].label, "index": i}
+        for m in self.modalities:
+            path = self.arrays[i].get(m)
+            item[m] = np.load(path) if path is not None else self.blank[m]
+            item[f"{m}_present"] = path is not None
+        return item
+
+
+def build_dataset(
+    manifest: DatasetManifest,
+    split: str,
+    cfg: ModelConfig,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> DecodedDataset:
+    samples = manifest.split(split)
+    specs = {"audio": cfg.audio_spec, "video": cfg.video_spec}
+    arrays = DecodeCache().prepare(samples, {m: specs[m] for m in cfg.modalities}, workers, progress)
+    return DecodedDataset(samples, arrays, cfg)
+
+
+def make_loader(
+    dataset: DecodedDataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0, distributed: bool = False
+) -> DataLoader[dict[str, object]]:
+    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if distributed else None
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=generator,
+        drop_last=False,
+    )

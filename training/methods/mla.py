@@ -1,0 +1,93 @@
+"""MLA: alternating unimodal adaptation against one shared head, with its gradient projected.
+
+Per mini-batch, each modality in turn: forward its encoder and the shared head, loss,
+backward, project the head weight's gradient with P, step, then fold this batch's mean
+feature into P (orthogonal weight modification, OWM):
+
+    r = mean feature,  k = P r,  P <- P - k k^T / (alpha + r^T P r)
+
+P is one matrix kept across steps, epochs and modalities, so learning one modality moves
+the head only in directions that leave the others' features' scores alone. The
+denominator is a scalar: the authors' code divides by a matrix (and its parameter-name
+check means the projection never ran at all).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from training.data.dataset import Batch
+from training.methods.base import Trainer
+
+
+class HeadProjector:
+    """The OWM projector P for a linear layer whose input has `dim` features."""
+
+    def __init__(self, dim: int, alpha: float, device: torch.device | None = None) -> None:
+        if alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {alpha}")
+        self.alpha = alpha
+        self.P = torch.eye(dim, device=device, dtype=torch.float64)
+        self.updates = 0
+
+    @torch.no_grad()
+    def project_(self, grad: torch.Tensor) -> torch.Tensor:
+        """In place: the weight gradient [out, dim] becomes grad @ P."""
+        grad.copy_((grad.double() @ self.P).to(grad.dtype))
+        return grad
+
+    @torch.no_grad()
+    def update(self, r: torch.Tensor) -> None:
+        """Fold one input direction r [dim] into P."""
+        r = r.double().reshape(-1, 1)
+        k = self.P @ r
+        self.P -= (k @ k.T) / (self.alpha + float(r.T @ k))
+        self.updates += 1
+
+
+class MLATrainer(Trainer):
+    method = "mla"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        head = self.model.head(self.modalities[0])
+        self.projector = HeadProjector(self.model.feature_dim, self.cfg.owm_alpha, head.weight.device)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        # The head steps with exactly -lr * G P: momentum and weight decay would add back
+        # components that P has just removed, so the head gets neither.
+        head = {id(p) for p in self.model.head(self.model.cfg.modalities[0]).parameters()}
+        rest = [p for p in self.model.parameters() if id(p) not in head]
+        head_params = [p for p in self.model.parameters() if id(p) in head]
+        return [{"params": rest}, {"params": head_params, "momentum": 0.0, "weight_decay": 0.0}]
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        losses = {}
+        head = self.model.head(self.modalities[0])
+        for m in self.modalities:
+            x, y, any_rows = self.rows(batch, m)
+            if not any_rows:
+                continue
+            real = bool(batch[f"{m}_present"].any())
+            # forward this modality alone through the shared head
+            (feats, logits), = self.net({m: x}).values()
+            loss = self.loss(logits, y, real)
+            # backward, project the head's weight gradient, step
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.owm_project and head.weight.grad is not None:
+                self.projector.project_(head.weight.grad)
+            self.optimizer.step()
+            # fold this batch's mean feature (averaged over every process) into P
+            if self.cfg.owm_project:
+                stats = torch.cat([feats.detach().sum(0) if real else torch.zeros_like(feats[0]), torch.tensor([float(x.shape[0] if real else 0)], device=feats.device)])
+                stats = self.world.sum(stats)
+                if stats[-1] > 0:
+                    self.projector.update(stats[:-1] / stats[-1])
+            losses[m] = loss.item()
+        return losses
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"owm_P": self.projector.P.float().cpu(), "owm_updates": self.projector.updates}

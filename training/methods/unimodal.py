@@ -1,0 +1,31 @@
+"""Unimodal: one model per modality (its encoder and its own head), the reference for each alone.
+
+The models share no parameter, so training them side by side on the same batches is the
+same as training each separately; each keeps its own best validation epoch.
+"""
+
+from __future__ import annotations
+
+from training.data.dataset import Batch
+from training.methods.base import Trainer
+
+
+class UnimodalTrainer(Trainer):
+    method = "unimodal"
+    shared_head = False
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        # One forward over every modality (DDP wants one forward per backward).
+        picked = {m: self.rows(batch, m) for m in self.modalities}
+        picked = {m: r for m, r in picked.items() if r[2]}
+        if not picked:
+            return {}
+        out = self.net({m: x for m, (x, _, _) in picked.items()})
+        losses = {m: self.loss(out[m][1], y, bool(batch[f"{m}_present"].any())) for m, (_, y, _) in picked.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()  # type: ignore[union-attr]
+        self.optimizer.step()
+        return {m: v.item() for m, v in losses.items()}
+
+    def selection_groups(self) -> dict[str, tuple[str, list[str]]]:
+        return {m: (m, [f"encoders.{m}.", f"heads.{m}."]) for m in self.modalities}
