@@ -15,9 +15,19 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-app = typer.Typer(name="mla", help="Train, export and serve balanced multimodal classifiers (MLA).", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    name="mla", help="Train, export and serve balanced multimodal classifiers (MLA).", no_args_is_help=True, add_completion=False
+)
 err = Console(stderr=True)
 
 DataOpt = Annotated[str, typer.Option("--data", help="demo | demo:SEED | csv:PATH | cremad:ROOT")]
@@ -67,13 +77,25 @@ def train(
         _fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if encoder not in ENCODERS:
         _fail(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
-    cfg = TrainConfig(method=method, epochs=epochs, batch_size=batch_size, lr=lr, owm_alpha=owm_alpha,
-                      owm_project=not no_projection, seed=seed, workers=workers, max_batches=max_batches)
-    overrides = {"clip_samples": None if clip_seconds is None else int(clip_seconds * 16_000),
-                 "video_frames": frames, "video_size": frame_size}
+    cfg = TrainConfig(
+        method=method,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        owm_alpha=owm_alpha,
+        owm_project=not no_projection,
+        seed=seed,
+        workers=workers,
+        max_batches=max_batches,
+    )
+    overrides = {
+        "clip_samples": None if clip_seconds is None else int(clip_seconds * 16_000),
+        "video_frames": frames,
+        "video_size": frame_size,
+    }
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(event: str, done: int, total: int) -> None:
             if event not in tasks:

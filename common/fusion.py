@@ -50,9 +50,7 @@ def _masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.divide(e, total, out=np.zeros_like(e), where=total > 0)
 
 
-def entropy_weights(
-    probs: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray] | None = None
-) -> dict[str, np.ndarray]:
+def entropy_weights(probs: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Per-sample weights w[m][i] = softmax_m(-H(p_m[i])) over the modalities present for i."""
     names = list(probs)
     n = next(iter(probs.values())).shape[0]
@@ -68,9 +66,7 @@ def batch_entropy_weights(
     names = list(probs)
     n = next(iter(probs.values())).shape[0]
     mask = _present_matrix(names, n, present)
-    mean_h = np.array(
-        [entropy(probs[m])[mask[i]].mean() if mask[i].any() else np.inf for i, m in enumerate(names)]
-    )
+    mean_h = np.array([entropy(probs[m])[mask[i]].mean() if mask[i].any() else np.inf for i, m in enumerate(names)])
     w = _masked_softmax(np.repeat(-mean_h[:, None], n, axis=1), mask)
     return {m: w[i] for i, m in enumerate(names)}
 

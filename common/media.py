@@ -165,7 +165,5 @@ def load_video(path: str | Path, spec: VideoSpec, limits: Limits = NO_LIMITS) ->
         if len(frames) < max(1, limits.min_frames):
             raise DecodeError(f"{name}: {len(frames)} video frame(s) decoded, at least {max(1, limits.min_frames)} needed")
         picked = uniform_indices(len(frames), spec.frames)
-        out = np.stack(
-            [frames[i].to_ndarray(format="rgb24", width=spec.width, height=spec.height) for i in picked]
-        )
+        out = np.stack([frames[i].to_ndarray(format="rgb24", width=spec.width, height=spec.height) for i in picked])
     return out

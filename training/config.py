@@ -51,8 +51,12 @@ class ModelConfig:
         if encoder == "resnet18":
             # The paper's CREMA-D setting: 3 frames at 224 px, ImageNet statistics, 128 mels.
             base.update(
-                clip_samples=4 * 16_000, n_mels=128, video_frames=3, video_size=224,
-                video_mean=(0.485, 0.456, 0.406), video_std=(0.229, 0.224, 0.225),
+                clip_samples=4 * 16_000,
+                n_mels=128,
+                video_frames=3,
+                video_size=224,
+                video_mean=(0.485, 0.456, 0.406),
+                video_std=(0.229, 0.224, 0.225),
             )
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)

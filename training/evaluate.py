@@ -43,7 +43,7 @@ def predict(model: MultimodalClassifier, loader: Any, device: torch.device) -> P
             mask = batch[f"{m}_present"]
             p = torch.full((n, model.cfg.n_classes), 1.0 / model.cfg.n_classes, device=device)
             if mask.any():
-                (_, logits), = model({m: batch[m][mask]}).values()
+                ((_, logits),) = model({m: batch[m][mask]}).values()
                 p[mask] = torch.softmax(logits.float(), dim=-1)
             probs[m].append(p.cpu().numpy())
             present[m].append(mask.cpu().numpy())
@@ -65,7 +65,9 @@ def subset_name(subset: Sequence[str]) -> str:
     return "+".join(subset)
 
 
-def fused_for(preds: Predictions, subset: Sequence[str], rule: str, weights: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fused_for(
+    preds: Predictions, subset: Sequence[str], rule: str, weights: dict[str, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Fused probabilities for the samples that have at least one modality of `subset`."""
     rows = np.any(np.stack([preds.present[m] for m in subset]), axis=0)
     probs = {m: preds.probs[m][rows] for m in subset}
@@ -100,7 +102,7 @@ def tune_fixed_weights(preds: Predictions, steps: int = 20) -> dict[str, float]:
     for combo in itertools.product(grid, repeat=len(names) - 1):
         if sum(combo) > 1.0 + 1e-9:
             continue
-        w = dict(zip(names, [*combo, 1.0 - sum(combo)]))
+        w = dict(zip(names, [*combo, 1.0 - sum(combo)], strict=False))
         fused, rows = fused_for(preds, names, "fixed", w)
         a = float((fused.argmax(axis=1) == preds.labels[rows]).mean())
         if a > best_acc + 1e-12:
@@ -143,7 +145,9 @@ def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1
     fixed = None
     if split != "val":
         try:
-            fixed = tune_fixed_weights(predict(model, make_loader(build_dataset(manifest, "val", model.cfg, workers), batch_size, False, 0), device))
+            fixed = tune_fixed_weights(
+                predict(model, make_loader(build_dataset(manifest, "val", model.cfg, workers), batch_size, False, 0), device)
+            )
         except DataError:
             fixed = None
     rules: dict[str, dict[str, Any]] = {r: score(preds, r) for r in ("entropy", "equal", "batch_entropy")}

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DistributedSampler
 
 from training.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from training.config import METHODS, ModelConfig, TrainConfig
@@ -54,7 +55,9 @@ def train(
         close_world(world)
 
 
-def _train(world: Any, data: str, out: Path, cfg: TrainConfig, encoder: str, overrides: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
+def _train(
+    world: Any, data: str, out: Path, cfg: TrainConfig, encoder: str, overrides: dict[str, Any], progress: Progress | None
+) -> dict[str, Any]:
     seed_everything(cfg.seed + world.rank)
     device = device_for(world)
     trainer_cls = TRAINERS[cfg.method]
@@ -90,8 +93,8 @@ def _train(world: Any, data: str, out: Path, cfg: TrainConfig, encoder: str, ove
     history: list[dict[str, Any]] = []
     for epoch in range(1, cfg.epochs + 1):
         # train
-        if world.distributed:
-            train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every process
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         t0 = time.perf_counter()
@@ -110,10 +113,14 @@ def _train(world: Any, data: str, out: Path, cfg: TrainConfig, encoder: str, ove
             val = score(predict(model, val_loader, device))
             improved = trainer.observe_validation(epoch, val["accuracy"])
             row = {
-                "event": "epoch", "epoch": epoch, "lr": trainer.lr_now(),
+                "event": "epoch",
+                "epoch": epoch,
+                "lr": trainer.lr_now(),
                 "loss": {k: sums[k] / counts[k] for k in sums},
-                "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                "improved": improved, "train_seconds": round(train_seconds, 3),
+                "val_accuracy": val["accuracy"],
+                "val_macro_f1": val["macro_f1"],
+                "improved": improved,
+                "train_seconds": round(train_seconds, 3),
             }
             history.append(row)
             with metrics_path.open("a") as f:
@@ -141,7 +148,17 @@ def _train(world: Any, data: str, out: Path, cfg: TrainConfig, encoder: str, ove
         }
         save_checkpoint(out / CHECKPOINT_NAME, ckpt)
         with metrics_path.open("a") as f:
-            f.write(json.dumps({"event": "done", "best_validation": best_val, "world_size": world.size, "train_seconds": ckpt["train_seconds"]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "event": "done",
+                        "best_validation": best_val,
+                        "world_size": world.size,
+                        "train_seconds": ckpt["train_seconds"],
+                    }
+                )
+                + "\n"
+            )
         plot_validation_curves(metrics_path, out / "val_accuracy.png", f"{cfg.method} ({encoder}) on {data}")
         result.update(best_validation=best_val, train_seconds=ckpt["train_seconds"])
     return result

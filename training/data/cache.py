@@ -98,7 +98,9 @@ class DecodeCache:
         return resolved
 
     @staticmethod
-    def _run(jobs: list[tuple[str, Path, Spec, Path, str]], workers: int, progress: Callable[[int, int], None] | None) -> list[str]:
+    def _run(
+        jobs: list[tuple[str, Path, Spec, Path, str]], workers: int, progress: Callable[[int, int], None] | None
+    ) -> list[str]:
         errors: list[str] = []
         if workers <= 1:
             results: Iterable[str | None] = map(_decode_to, jobs)

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from training.config import ModelConfig
-from training.data.cache import DecodeCache
+from training.data.cache import DecodeCache, Spec
 from training.data.specs import DatasetManifest, Sample
 
 Batch = dict[str, torch.Tensor]
@@ -45,7 +45,7 @@ def build_dataset(
     progress: Callable[[int, int], None] | None = None,
 ) -> DecodedDataset:
     samples = manifest.split(split)
-    specs = {"audio": cfg.audio_spec, "video": cfg.video_spec}
+    specs: dict[str, Spec] = {"audio": cfg.audio_spec, "video": cfg.video_spec}
     arrays = DecodeCache().prepare(samples, {m: specs[m] for m in cfg.modalities}, workers, progress)
     return DecodedDataset(samples, arrays, cfg)
 
@@ -53,7 +53,9 @@ def build_dataset(
 def make_loader(
     dataset: DecodedDataset, batch_size: int, shuffle: bool, workers: int, seed: int = 0, distributed: bool = False
 ) -> DataLoader[dict[str, object]]:
-    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if distributed else None
+    sampler: DistributedSampler[dict[str, object]] | None = (
+        DistributedSampler(dataset, shuffle=shuffle, seed=seed) if distributed else None
+    )
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

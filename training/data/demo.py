@@ -16,13 +16,12 @@ import logging
 import os
 import shutil
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from training.data.specs import cache_root
+from training.data.writers import write_audio, write_video
 
 log = logging.getLogger(__name__)
 
@@ -84,31 +83,6 @@ def synth_video(image: np.ndarray, rng: np.random.Generator, corrupt: bool) -> n
     return rgb.astype(np.uint8)
 
 
-def write_wav(path: Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    with av.open(str(path), "w", format="wav") as out:
-        stream = out.add_stream("pcm_s16le", rate=sample_rate, layout="mono")
-        pcm = (np.clip(wave, -1, 1) * 32767).astype(np.int16)[None, :]
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = sample_rate
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
-    with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps, 1))
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
-        for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-
-
 def generate(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> Path:
     """Write the demo into `root` (media/ and manifest.csv); return the manifest's path."""
     from sklearn.datasets import load_digits
@@ -119,20 +93,32 @@ def generate(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> 
     # Each split draws its images from its own part of the digit set, so no image repeats across splits.
     order = rng.permutation(len(digits.target))
     parts = np.array_split(order, [int(0.6 * len(order)), int(0.75 * len(order))])
-    pools = {split: {c: part[digits.target[part] == c] for c in range(10)} for split, part in zip(("train", "val", "test"), parts)}
+    pools = {
+        split: {c: part[digits.target[part] == c] for c in range(10)}
+        for split, part in zip(("train", "val", "test"), parts, strict=True)
+    }
     media = root / "media"
     media.mkdir(parents=True, exist_ok=True)
     rows = []
     for split, count in sizes.items():
+        balanced = rng.permutation(np.arange(count) % 10)  # every class equally often
         for i in range(count):
-            label = int(rng.integers(10))
+            label = int(balanced[i])
             roll = rng.random()
             corrupt = "audio" if roll < CORRUPT_SHARE else "video" if roll < 2 * CORRUPT_SHARE else ""
             name = f"{split}_{i:05d}"
-            write_wav(media / f"{name}.wav", synth_audio(label, rng, corrupt == "audio"))
+            write_audio(media / f"{name}.wav", synth_audio(label, rng, corrupt == "audio"), SAMPLE_RATE)
             image = digits.images[rng.choice(pools[split][label])]
-            write_mp4(media / f"{name}.mp4", synth_video(image, rng, corrupt == "video"))
-            rows.append({"audio": f"media/{name}.wav", "video": f"media/{name}.mp4", "label": str(label), "split": split, "corrupted": corrupt})
+            write_video(media / f"{name}.mp4", synth_video(image, rng, corrupt == "video"), FPS)
+            rows.append(
+                {
+                    "audio": f"media/{name}.wav",
+                    "video": f"media/{name}.mp4",
+                    "label": str(label),
+                    "split": split,
+                    "corrupted": corrupt,
+                }
+            )
     manifest = root / "manifest.csv"
     with manifest.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

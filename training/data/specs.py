@@ -117,7 +117,9 @@ def read_csv(path: Path, spec: str | None = None) -> DatasetManifest:
     return manifest
 
 
-def read_cremad(root: Path, spec: str | None = None, seed: int = 0, fractions: tuple[float, float] = (0.8, 0.1)) -> DatasetManifest:
+def read_cremad(
+    root: Path, spec: str | None = None, seed: int = 0, fractions: tuple[float, float] = (0.8, 0.1)
+) -> DatasetManifest:
     """CREMA-D: `1001_DFA_ANG_XX` = speaker, sentence, emotion, level; speakers split 80/10/10."""
     spec = spec or f"cremad:{root}"
     audio_dir, video_dir = root / "AudioWAV", root / "VideoFlash"

@@ -24,9 +24,7 @@ class Trainer:
         self.model, self.cfg, self.world = model, cfg, world
         self.modalities = list(model.cfg.modalities)
         # DDP over the whole model; unused parameters are normal here (one modality per forward).
-        self.net: nn.Module = (
-            DistributedDataParallel(model, find_unused_parameters=True) if world.distributed else model
-        )
+        self.net: nn.Module = DistributedDataParallel(model, find_unused_parameters=True) if world.distributed else model
         self.optimizer = torch.optim.SGD(self.param_groups(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.steps_total = max(1, steps_total)
         self.step_count = 0

@@ -72,7 +72,7 @@ class MLATrainer(Trainer):
                 continue
             real = bool(batch[f"{m}_present"].any())
             # forward this modality alone through the shared head
-            (feats, logits), = self.net({m: x}).values()
+            ((feats, logits),) = self.net({m: x}).values()
             loss = self.loss(logits, y, real)
             # backward, project the head's weight gradient, step
             self.optimizer.zero_grad(set_to_none=True)
@@ -82,7 +82,12 @@ class MLATrainer(Trainer):
             self.optimizer.step()
             # fold this batch's mean feature (averaged over every process) into P
             if self.cfg.owm_project:
-                stats = torch.cat([feats.detach().sum(0) if real else torch.zeros_like(feats[0]), torch.tensor([float(x.shape[0] if real else 0)], device=feats.device)])
+                stats = torch.cat(
+                    [
+                        feats.detach().sum(0) if real else torch.zeros_like(feats[0]),
+                        torch.tensor([float(x.shape[0] if real else 0)], device=feats.device),
+                    ]
+                )
                 stats = self.world.sum(stats)
                 if stats[-1] > 0:
                     self.projector.update(stats[:-1] / stats[-1])

@@ -1,0 +1,1 @@
+"""The FastAPI service (see the service issue). Never imports torch or training."""

@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated cache, a tiny demo dataset, the real shared data if present."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TINY_SIZES = {"train": 48, "val": 24, "test": 24}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test writes decoded arrays and generated data under a temporary folder."""
+    root = tmp_path_factory.mktemp("mla-cache")
+    old = os.environ.get("MLA_CACHE_DIR")
+    os.environ["MLA_CACHE_DIR"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("MLA_CACHE_DIR", None)
+    else:
+        os.environ["MLA_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo dataset small enough to train on in seconds; returns its manifest."""
+    from training.data.demo import generate
+
+    return generate(tmp_path_factory.mktemp("tiny-demo"), seed=3, sizes=TINY_SIZES)
+
+
+def shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared data sets live beside the project in ../shared/data")
+    return path
