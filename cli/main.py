@@ -144,6 +144,51 @@ def evaluate(
     Console().print(table)
 
 
+@app.command("export")
+def export_model(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (or its checkpoint.pt)")],
+    out: Annotated[Path, typer.Option("--out", help="model repository root")] = Path("models"),
+    name: Annotated[str | None, typer.Option(help="model name (default: the run directory's name)")] = None,
+    version: Annotated[str | None, typer.Option(help="version (default: the next integer)")] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="fp16 weights and activations; inputs/outputs stay fp32/uint8")] = False,
+    opset: Annotated[int, typer.Option(min=17, max=23)] = 18,
+    data: Annotated[str | None, typer.Option(help="dataset for the parity check (default: the one trained on)")] = None,
+    verbose: bool = False,
+) -> None:
+    """Export a run as MODEL_DIR/<name>/<version>/: one ONNX graph per modality and manifest.json."""
+    _setup_logging(verbose)
+    from model_export.manifest import load_manifest
+    from model_export.onnx_graph import ExportError
+    from model_export.parity import ParityError
+    from model_export.repository import export_run
+    from training.checkpoint import CheckpointError
+    from training.data.specs import DataError
+
+    with err.status("exporting and checking parity"):
+        try:
+            target = export_run(run_dir, out, name, version, fp16, opset, data)
+        except (CheckpointError, ExportError, ParityError, DataError) as exc:
+            _fail(str(exc))
+    manifest = load_manifest(target)
+    for m, p in manifest.export.parity.items():
+        err.print(f"{m}: max |logit diff| {p.max_abs_logit_diff:.2e}, top-1 agreement {p.top1_agreement:.4f} (n={p.n})")
+    err.print(f"exported {target}")
+
+
+@app.command()
+def validate(
+    model_dir: Annotated[Path, typer.Argument(help="MODEL_DIR/<name>/<version>")],
+) -> None:
+    """Re-check a model repository: manifest schema, file hashes, parity on the stored sample."""
+    from model_export.validate import InvalidRepositoryError, validate_repository
+
+    try:
+        report = validate_repository(model_dir)
+    except InvalidRepositoryError as exc:
+        _fail(str(exc), code=1)
+    err.print(f"{model_dir}: valid ({report['name']} v{report['version']}); parity {json.dumps(report['parity'])}")
+
+
 @app.command()
 def serve() -> None:
     """Serve a model repository over HTTP (not built yet: see the service issue)."""

@@ -39,3 +39,22 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: the shared data sets live beside the project in ../shared/data")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLA run trained for a few batches on the tiny demo: a real checkpoint in seconds."""
+    from training.config import TrainConfig
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(f"csv:{tiny_demo}", out, TrainConfig(method="mla", epochs=1, batch_size=16, workers=0, max_batches=3))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run exported (fp32): MODEL_DIR/tiny/1."""
+    from model_export.repository import export_run
+
+    return export_run(tiny_run, tmp_path_factory.mktemp("models"), name="tiny", version="1")

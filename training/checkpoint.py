@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +50,3 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> MultimodalClassifier:
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"checkpoint does not match its model config: {exc}") from exc
     return model.eval()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

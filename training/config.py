@@ -30,6 +30,10 @@ class ModelConfig:
     video_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     video_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
 
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r}; choose from {', '.join(ENCODERS)}")
+
     @property
     def n_classes(self) -> int:
         return len(self.labels)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.hashing import sha256_file
 from common.media import AudioSpec, MediaError, VideoSpec, load_audio, load_video
 from training.data.specs import DataError, Sample, cache_root
 
@@ -25,17 +26,9 @@ CACHE_FORMAT = 1
 Spec = AudioSpec | VideoSpec
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_key(path: Path, modality: str, spec: Spec) -> str:
     settings = json.dumps({"format": CACHE_FORMAT, "modality": modality, **asdict(spec)}, sort_keys=True)
-    return hashlib.sha256(f"{file_digest(path)}|{settings}".encode()).hexdigest()
+    return hashlib.sha256(f"{sha256_file(path)}|{settings}".encode()).hexdigest()
 
 
 def _decode(modality: str, path: Path, spec: Spec) -> np.ndarray:

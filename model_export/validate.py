@@ -1,0 +1,66 @@
+"""`mla validate`: re-check a model repository without torch: schema, hashes, parity sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.hashing import sha256_file
+from model_export.manifest import Manifest, ManifestError, load_manifest
+from model_export.parity import Tolerance, compare
+
+
+class InvalidRepositoryError(Exception):
+    def __init__(self, model_dir: Path, failures: list[str]) -> None:
+        self.failures = failures
+        super().__init__(f"{model_dir} failed validation:\n" + "\n".join(f"  - {f}" for f in failures))
+
+
+def run_session(path: Path, feeds: dict[str, np.ndarray], providers: list[str] | None = None) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def check_hashes(model_dir: Path, manifest: Manifest) -> list[str]:
+    failures = []
+    for modality, entry in manifest.modalities.items():
+        for rel, expected in ((entry.file, entry.sha256), (entry.parity_sample, entry.parity_sample_sha256)):
+            path = model_dir / rel
+            if not path.is_file():
+                failures.append(f"{rel} ({modality}) is missing")
+            elif sha256_file(path) != expected:
+                failures.append(
+                    f"{rel} ({modality}) does not match its sha256 in the manifest: the file was changed or corrupted"
+                )
+    return failures
+
+
+def validate_repository(model_dir: Path) -> dict[str, Any]:
+    """Every failure gathered, then one error listing them; returns the parity figures on success."""
+    try:
+        manifest = load_manifest(model_dir)
+    except ManifestError as exc:
+        raise InvalidRepositoryError(model_dir, [str(exc)]) from exc
+    failures = check_hashes(model_dir, manifest)
+    figures: dict[str, Any] = {}
+    for modality, entry in manifest.modalities.items():
+        if any(entry.file in f or entry.parity_sample in f for f in failures):
+            continue  # a changed file is not worth running
+        with np.load(model_dir / entry.parity_sample) as sample:
+            inputs, expected = sample["inputs"], sample["logits"]
+        try:
+            got = run_session(model_dir / entry.file, {entry.input.name: inputs})
+        except Exception as exc:  # onnxruntime raises its own exception types for a bad graph
+            failures.append(f"{entry.file} ({modality}) does not run in ONNX Runtime: {exc}")
+            continue
+        tol = Tolerance(**manifest.export.parity[modality].tolerance)
+        figures[modality], errs = compare(entry.file, {entry.output.name: expected}, got, tol)
+        failures += errs
+    if failures:
+        raise InvalidRepositoryError(model_dir, failures)
+    return {"name": manifest.name, "version": manifest.version, "parity": figures}

@@ -1,0 +1,121 @@
+"""Export: parity with torch in fp32 and fp16, the manifest, `mla validate`, and the errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from model_export.manifest import Manifest, ManifestError, load_manifest
+from model_export.onnx_graph import CUDA_OPS, ExportError
+from model_export.repository import export_run
+from model_export.validate import InvalidRepositoryError, validate_repository
+from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+
+runner = CliRunner()
+
+
+def test_fp32_export_matches_torch_and_validates(tiny_repo: Path, tiny_run: Path) -> None:
+    manifest = load_manifest(tiny_repo)
+    assert manifest.name == "tiny" and manifest.version == "1" and manifest.export.precision == "fp32"
+    assert set(manifest.modalities) == {"audio", "video"}
+    for m, parity in manifest.export.parity.items():
+        assert parity.n > 1 and parity.max_abs_logit_diff <= 1e-4 and parity.top1_agreement == 1.0, m
+    audio, video = manifest.modalities["audio"], manifest.modalities["video"]
+    assert audio.kind == "audio" and audio.input.dtype == "float32" and audio.input.shape[0] == "batch"
+    assert video.kind == "video" and video.input.dtype == "uint8" and video.input.shape[-1] == 3
+    # Independently of the exporter's own check: fresh inputs at a batch size it never saw.
+    model = model_from_checkpoint(load_checkpoint(tiny_run))
+    rng = np.random.default_rng(0)
+    waves = (0.2 * rng.normal(size=(3, audio.clip_samples))).astype(np.float32)
+    frames = rng.integers(0, 256, (3, video.frames, video.height, video.width, 3), dtype=np.uint8)
+    for entry, x in ((audio, waves), (video, frames)):
+        sess = ort.InferenceSession(str(tiny_repo / entry.file), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {entry.input.name: x})[0]
+        with torch.no_grad():
+            ref = model.head(entry.kind)(model.encoders[entry.kind](torch.from_numpy(x))).numpy()
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert validate_repository(tiny_repo)["parity"]["audio"]["max_abs_logit_diff"] <= 1e-4
+
+
+def test_fp16_export_parity(tiny_run: Path, tmp_path: Path) -> None:
+    repo = export_run(tiny_run, tmp_path, name="tiny", fp16=True)
+    manifest = load_manifest(repo)
+    assert manifest.export.precision == "fp16" and repo.name == "1"
+    for m, parity in manifest.export.parity.items():
+        assert parity.top1_agreement >= 0.995 and parity.max_prob_diff <= 1e-2, m
+    graph = onnx.load(str(repo / "audio.onnx"))
+    types = {i.name: i.type.tensor_type.elem_type for i in graph.graph.input}
+    assert types == {"waveform": onnx.TensorProto.FLOAT}  # inputs stay float32 ...
+    inits = {t.data_type for t in graph.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in inits  # ... while the trunk's weights are fp16
+    validate_repository(repo)
+
+
+def test_graphs_hold_only_ops_with_cuda_kernels(tiny_repo: Path) -> None:
+    for name in ("audio.onnx", "video.onnx"):
+        ops = {n.op_type for n in onnx.load(str(tiny_repo / name)).graph.node}
+        assert not ops & {"STFT", "DFT", "MelWeightMatrix", "HannWindow"}, name
+        assert ops <= CUDA_OPS, (name, ops - CUDA_OPS)
+
+
+def test_changed_byte_fails_validate_naming_the_file(tiny_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    data = bytearray((repo / "video.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (repo / "video.onnx").write_bytes(bytes(data))
+    result = runner.invoke(app, ["validate", str(repo)])
+    assert result.exit_code == 1
+    assert "video.onnx (video) does not match its sha256" in result.stderr
+    assert "audio.onnx" not in result.stderr
+    ok = runner.invoke(app, ["validate", str(tiny_repo)])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_manifest_schema_failures(tiny_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    doc = json.loads((repo / "manifest.json").read_text())
+    doc["schema_version"] = 99
+    del doc["labels"]
+    (repo / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match=r"schema_version.*labels|labels.*schema_version"):
+        load_manifest(repo)
+    with pytest.raises(InvalidRepositoryError, match="fails the manifest schema"):
+        validate_repository(repo)
+    (repo / "manifest.json").unlink()
+    with pytest.raises(InvalidRepositoryError, match="no manifest.json"):
+        validate_repository(repo)
+    # The manifest round-trips through its own model.
+    original = load_manifest(tiny_repo)
+    assert Manifest.model_validate_json(original.model_dump_json()) == original
+
+
+def test_export_errors(tiny_run: Path, tiny_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="already exists"):
+        export_run(tiny_run, tiny_repo.parent.parent, name="tiny", version="1")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        export_run(tmp_path / "nothing", tmp_path)
+    bad = tmp_path / "corrupt"
+    bad.mkdir()
+    (bad / "checkpoint.pt").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        export_run(bad, tmp_path)
+    ckpt = load_checkpoint(tiny_run)
+    ckpt["model_config"]["encoder"] = "transformer9000"
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    torch.save(ckpt, odd / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="unknown encoder 'transformer9000'"):
+        export_run(odd, tmp_path)
+    with pytest.raises(ExportError, match="model name"):
+        export_run(tiny_run, tmp_path, name="../escape")
+    result = runner.invoke(app, ["export", str(odd), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown encoder" in result.stderr and "Traceback" not in result.output
