@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,18 @@ from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import ModelConfig
 from training.models import build_model
 from training.models.classifier import SingleModality
+
+
+def _torch_call(module: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def call() -> object:
+        with torch.inference_mode():
+            return module(x)
+
+    return call
+
+
+def _ort_call(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+    return lambda: session.run(None, feed)
 
 
 def main() -> None:
@@ -54,9 +67,8 @@ def main() -> None:
             for batch in args.batches:
                 x = spec.example(batch)
                 feed = {spec.input_name: x.numpy()}
-                with torch.inference_mode():
-                    t = throughput(lambda x=x: module(x), batch)
-                o = throughput(lambda feed=feed: session.run(None, feed), batch)
+                t = throughput(_torch_call(module, x), batch)
+                o = throughput(_ort_call(session, feed), batch)
                 with torch.inference_mode():
                     diff = float(np.abs(module(x).numpy() - session.run(None, feed)[0]).max())
                 results.append(

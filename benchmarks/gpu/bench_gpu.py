@@ -67,11 +67,17 @@ def io_bound(s: ort.InferenceSession, x: np.ndarray, device: str) -> Any:
     return lambda: s.run_with_iobinding(binding)
 
 
+def _ort_call(s: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Any:
+    return lambda: s.run(None, feed)
+
+
 def bench_encoder(encoder: str, batches: list[int], device: str, quick: bool) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     cfg = ModelConfig.for_encoder(encoder, ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"])
     model = build_model(cfg).eval()
-    timing = {"min_seconds": 0.3, "min_iters": 3, "warmup": 2} if quick else {"min_seconds": 2.0, "min_iters": 20, "warmup": 10}
+    timing: dict[str, Any] = (
+        {"min_seconds": 0.3, "min_iters": 3, "warmup": 2} if quick else {"min_seconds": 2.0, "min_iters": 20, "warmup": 10}
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for m in cfg.modalities:
@@ -90,13 +96,13 @@ def bench_encoder(encoder: str, batches: list[int], device: str, quick: bool) ->
                 xd = x.to(dev)
                 feed = {spec.input_name: x.numpy()}
 
-                def torch_fp32(xd: torch.Tensor = xd) -> None:
+                def torch_fp32(xd: torch.Tensor = xd, fp32: torch.nn.Module = fp32) -> None:
                     with torch.inference_mode():
                         fp32(xd)
                     if device == "cuda":
                         torch.cuda.synchronize()
 
-                def torch_bf16(xd: torch.Tensor = xd) -> None:
+                def torch_bf16(xd: torch.Tensor = xd, bf16: torch.nn.Module = bf16) -> None:
                     with torch.inference_mode(), torch.autocast(device_type=device, dtype=torch.bfloat16):
                         bf16(xd)
                     if device == "cuda":
@@ -105,7 +111,7 @@ def bench_encoder(encoder: str, batches: list[int], device: str, quick: bool) ->
                 res = {
                     "torch_fp32": throughput(torch_fp32, batch, **timing),
                     "torch_bf16_channels_last": throughput(torch_bf16, batch, **timing),
-                    "ort_fp32_numpy": throughput(lambda s=s32, f=feed: s.run(None, f), batch, **timing),
+                    "ort_fp32_numpy": throughput(_ort_call(s32, feed), batch, **timing),
                     "ort_fp32_iobinding": throughput(io_bound(s32, feed[spec.input_name], device), batch, **timing),
                     "ort_fp16_iobinding": throughput(io_bound(s16, feed[spec.input_name], device), batch, **timing),
                 }

@@ -23,13 +23,21 @@ runner = CliRunner()
 
 def test_fp32_export_matches_torch_and_validates(tiny_repo: Path, tiny_run: Path) -> None:
     manifest = load_manifest(tiny_repo)
-    assert manifest.name == "tiny" and manifest.version == "1" and manifest.export.precision == "fp32"
+    assert manifest.name == "tiny"
+    assert manifest.version == "1"
+    assert manifest.export.precision == "fp32"
     assert set(manifest.modalities) == {"audio", "video"}
     for m, parity in manifest.export.parity.items():
-        assert parity.n > 1 and parity.max_abs_logit_diff <= 1e-4 and parity.top1_agreement == 1.0, m
+        assert parity.n > 1, m
+        assert parity.max_abs_logit_diff <= 1e-4, m
+        assert parity.top1_agreement == 1.0, m
     audio, video = manifest.modalities["audio"], manifest.modalities["video"]
-    assert audio.kind == "audio" and audio.input.dtype == "float32" and audio.input.shape[0] == "batch"
-    assert video.kind == "video" and video.input.dtype == "uint8" and video.input.shape[-1] == 3
+    assert audio.kind == "audio"
+    assert audio.input.dtype == "float32"
+    assert audio.input.shape[0] == "batch"
+    assert video.kind == "video"
+    assert video.input.dtype == "uint8"
+    assert video.input.shape[-1] == 3
     # Independently of the exporter's own check: fresh inputs at a batch size it never saw.
     model = model_from_checkpoint(load_checkpoint(tiny_run))
     rng = np.random.default_rng(0)
@@ -47,9 +55,11 @@ def test_fp32_export_matches_torch_and_validates(tiny_repo: Path, tiny_run: Path
 def test_fp16_export_parity(tiny_run: Path, tmp_path: Path) -> None:
     repo = export_run(tiny_run, tmp_path, name="tiny", fp16=True)
     manifest = load_manifest(repo)
-    assert manifest.export.precision == "fp16" and repo.name == "1"
+    assert manifest.export.precision == "fp16"
+    assert repo.name == "1"
     for m, parity in manifest.export.parity.items():
-        assert parity.top1_agreement >= 0.995 and parity.max_prob_diff <= 1e-2, m
+        assert parity.top1_agreement >= 0.995, m
+        assert parity.max_prob_diff <= 1e-2, m
     graph = onnx.load(str(repo / "audio.onnx"))
     types = {i.name: i.type.tensor_type.elem_type for i in graph.graph.input}
     assert types == {"waveform": onnx.TensorProto.FLOAT}  # inputs stay float32 ...
@@ -91,7 +101,7 @@ def test_manifest_schema_failures(tiny_repo: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidRepositoryError, match="fails the manifest schema"):
         validate_repository(repo)
     (repo / "manifest.json").unlink()
-    with pytest.raises(InvalidRepositoryError, match="no manifest.json"):
+    with pytest.raises(InvalidRepositoryError, match=r"no manifest\.json"):
         validate_repository(repo)
     # The manifest round-trips through its own model.
     original = load_manifest(tiny_repo)
@@ -118,4 +128,6 @@ def test_export_errors(tiny_run: Path, tiny_repo: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="model name"):
         export_run(tiny_run, tmp_path, name="../escape")
     result = runner.invoke(app, ["export", str(odd), "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "unknown encoder" in result.stderr and "Traceback" not in result.output
+    assert result.exit_code == 2
+    assert "unknown encoder" in result.stderr
+    assert "Traceback" not in result.output
