@@ -190,9 +190,77 @@ def validate(
 
 
 @app.command()
-def serve() -> None:
-    """Serve a model repository over HTTP (not built yet: see the service issue)."""
-    _fail("the service is not built yet; `mla train` and `mla evaluate` work today", code=1)
+def serve(
+    model: Annotated[Path | None, typer.Option("--model", help="model folder or version folder (default: MLA_MODEL_DIR)")] = None,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+) -> None:
+    """Serve a model repository over HTTP: POST /v1/predict, /v1/models, /metrics, /docs."""
+    import uvicorn
+
+    from service.main import create_app
+    from service.model import ModelLoadError
+    from service.settings import Settings
+
+    settings = Settings() if model is None else Settings(model_dir=model)
+    try:
+        app_ = create_app(settings)
+        uvicorn.run(
+            app_,
+            host=host,
+            port=port,
+            log_config=None,
+            timeout_graceful_shutdown=int(settings.request_timeout_seconds) + 5,
+            server_header=False,
+            access_log=False,
+        )
+    except ModelLoadError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def predict(
+    url: Annotated[str, typer.Option(help="the service's base URL")] = "http://127.0.0.1:8000",
+    audio: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="an audio file")] = None,
+    video: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="a video file")] = None,
+    use_video_audio: Annotated[bool, typer.Option("--use-video-audio", help="use the video's audio track as audio")] = False,
+    api_key: Annotated[str | None, typer.Option(envvar="MLA_API_KEY", help="API key, if the service wants one")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the JSON answer")] = False,
+    timeout: float = 60.0,
+) -> None:
+    """Send audio and/or video to a running service and print its prediction."""
+    import contextlib
+
+    import httpx
+
+    if audio is None and video is None:
+        _fail("give --audio, --video or both")
+    with contextlib.ExitStack() as stack:
+        files = {k: (p.name, stack.enter_context(p.open("rb"))) for k, p in (("audio", audio), ("video", video)) if p is not None}
+        data = {"use_video_audio": "true"} if use_video_audio else {}
+        headers = {"X-API-Key": api_key} if api_key else {}
+        try:
+            response = httpx.post(f"{url.rstrip('/')}/v1/predict", files=files, data=data, headers=headers, timeout=timeout)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach {url}: {exc}")
+    try:
+        body = response.json()
+    except ValueError:
+        _fail(f"{url} answered {response.status_code} with a body that is not JSON")
+    if response.status_code != 200:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        _fail(f"{response.status_code} {error.get('code', '')}: {error.get('message', body)}", code=1)
+    if as_json:
+        sys.stdout.write(json.dumps(body) + "\n")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{body['label']} ({body['confidence']:.3f}) from {body['model']['name']} v{body['model']['version']}")
+    for col in ("modality", "label", "entropy", "weight"):
+        table.add_column(col)
+    for m, d in body["modalities"].items():
+        table.add_row(m, d["label"], f"{d['entropy']:.3f}", f"{d['weight']:.3f}")
+    Console().print(table)
 
 
 if __name__ == "__main__":

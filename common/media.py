@@ -34,6 +34,36 @@ class MediaLimitError(MediaError):
     """The file is longer, larger or has more frames than the configured limit."""
 
 
+class UnsupportedFormatError(MediaError):
+    """FFmpeg recognises the container, but it is not one that is accepted."""
+
+
+class StillImageError(MediaError):
+    """A still image where audio or video was expected."""
+
+
+# FFmpeg demuxer names accepted by default: the usual audio and audio-visual containers.
+MEDIA_FORMATS = frozenset(
+    {
+        "wav",
+        "w64",
+        "flac",
+        "mp3",
+        "ogg",
+        "aac",
+        "aiff",
+        "mov,mp4,m4a,3gp,3g2,mj2",
+        "matroska,webm",
+        "flv",
+        "mpeg",
+        "mpegts",
+        "avi",
+        "asf",
+    }
+)
+IMAGE_FORMATS = frozenset({"image2", "gif", "apng", "webp", "ico"})  # and every "*_pipe" demuxer
+
+
 @dataclass(frozen=True)
 class AudioSpec:
     """How a waveform is prepared: resampled to `sample_rate`, padded/cropped to `samples`."""
@@ -64,13 +94,22 @@ class Limits:
 NO_LIMITS = Limits()
 
 
-def _open(path: str | Path) -> av.container.InputContainer:
+def _open(path: str | Path, formats: frozenset[str] | None = None) -> av.container.InputContainer:
+    """Open a container; with `formats`, refuse images and containers outside that set."""
+    name = Path(path).name
     try:
-        return av.open(str(path), mode="r")
+        container = av.open(str(path), mode="r")
     except av.error.FFmpegError as exc:
-        raise DecodeError(f"cannot open {Path(path).name}: {exc.strerror or exc}") from exc
+        raise DecodeError(f"cannot open {name}: {exc.strerror or exc}") from exc
     except (UnicodeDecodeError, ValueError) as exc:
-        raise DecodeError(f"cannot open {Path(path).name}: {exc}") from exc
+        raise DecodeError(f"cannot open {name}: {exc}") from exc
+    fmt = container.format.name
+    if formats is not None and fmt not in formats:
+        container.close()
+        if fmt in IMAGE_FORMATS or fmt.endswith("_pipe"):
+            raise StillImageError(f"{name} is a still image ({fmt}), not audio or video")
+        raise UnsupportedFormatError(f"{name} is in the {fmt!r} format, which is not accepted")
+    return container
 
 
 def _declared_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
@@ -82,10 +121,12 @@ def _declared_seconds(container: av.container.InputContainer, stream: av.stream.
     return None
 
 
-def decode_audio(path: str | Path, sample_rate: int, limits: Limits = NO_LIMITS) -> np.ndarray:
+def decode_audio(
+    path: str | Path, sample_rate: int, limits: Limits = NO_LIMITS, formats: frozenset[str] | None = None
+) -> np.ndarray:
     """Return the first audio track of `path` as mono float32 at `sample_rate`."""
     name = Path(path).name
-    with _open(path) as container:
+    with _open(path, formats) as container:
         if not container.streams.audio:
             raise MissingStreamError(f"{name} has no audio track")
         stream = container.streams.audio[0]
@@ -121,9 +162,11 @@ def fit_length(wave: np.ndarray, samples: int) -> np.ndarray:
     return np.pad(wave, (0, samples - wave.shape[0]))
 
 
-def load_audio(path: str | Path, spec: AudioSpec, limits: Limits = NO_LIMITS) -> np.ndarray:
+def load_audio(
+    path: str | Path, spec: AudioSpec, limits: Limits = NO_LIMITS, formats: frozenset[str] | None = None
+) -> np.ndarray:
     """Decode and fit to the model's clip length: float32 [spec.samples]."""
-    return fit_length(decode_audio(path, spec.sample_rate, limits), spec.samples)
+    return fit_length(decode_audio(path, spec.sample_rate, limits, formats), spec.samples)
 
 
 def uniform_indices(available: int, wanted: int) -> np.ndarray:
@@ -131,14 +174,16 @@ def uniform_indices(available: int, wanted: int) -> np.ndarray:
     return ((np.arange(wanted) + 0.5) * available / wanted).astype(np.int64).clip(0, available - 1)
 
 
-def load_video(path: str | Path, spec: VideoSpec, limits: Limits = NO_LIMITS) -> np.ndarray:
+def load_video(
+    path: str | Path, spec: VideoSpec, limits: Limits = NO_LIMITS, formats: frozenset[str] | None = None
+) -> np.ndarray:
     """Decode the first video track: uint8 RGB frames [spec.frames, height, width, 3].
 
     Every frame is decoded (cheap) but only the sampled ones are converted and resized
     (the expensive part), as measured in PERF-NOTES.md.
     """
     name = Path(path).name
-    with _open(path) as container:
+    with _open(path, formats) as container:
         if not container.streams.video:
             raise MissingStreamError(f"{name} has no video track")
         stream = container.streams.video[0]

@@ -43,12 +43,12 @@ def shared_data(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLA run trained for a few batches on the tiny demo: a real checkpoint in seconds."""
+    """An MLA run on the tiny demo, trained until it is confident on its training clips (seconds)."""
     from training.config import TrainConfig
     from training.train import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    train(f"csv:{tiny_demo}", out, TrainConfig(method="mla", epochs=1, batch_size=16, workers=0, max_batches=3))
+    train(f"csv:{tiny_demo}", out, TrainConfig(method="mla", epochs=40, batch_size=16, workers=0))
     return out
 
 

@@ -1,0 +1,107 @@
+"""Domain errors, each mapped to one HTTP status, all answered as {"error": {"code", "message"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.media import DecodeError, MediaError, MediaLimitError, MissingStreamError, StillImageError, UnsupportedFormatError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    status = 500
+    code = "internal"
+    headers: ClassVar[dict[str, str] | None] = None
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidMedia(ServiceError):  # noqa: N818 - the names read as HTTP outcomes
+    status, code = 400, "invalid_media"
+
+
+class WrongModality(ServiceError):  # noqa: N818
+    status, code = 400, "wrong_modality"
+
+
+class BadRequest(ServiceError):  # noqa: N818
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(ServiceError):  # noqa: N818
+    status, code = 401, "unauthorized"
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class NotFound(ServiceError):  # noqa: N818
+    status, code = 404, "not_found"
+
+
+class TooLarge(ServiceError):  # noqa: N818
+    status, code = 413, "too_large"
+
+
+class UnsupportedMedia(ServiceError):  # noqa: N818
+    status, code = 415, "unsupported_media"
+
+
+class InvalidRequest(ServiceError):  # noqa: N818
+    status, code = 422, "invalid_request"
+
+
+class NotReady(ServiceError):  # noqa: N818
+    status, code = 503, "not_ready"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
+
+
+class Overloaded(ServiceError):  # noqa: N818
+    status, code = 503, "overloaded"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
+def from_media_error(exc: MediaError, field: str) -> ServiceError:
+    """The HTTP meaning of a decoding failure for the upload in `field`."""
+    message = f"{field}: {exc}"
+    if isinstance(exc, MediaLimitError):
+        return TooLarge(message)
+    if isinstance(exc, UnsupportedFormatError):
+        return UnsupportedMedia(message)
+    if isinstance(exc, StillImageError | MissingStreamError):
+        return WrongModality(message)
+    if isinstance(exc, DecodeError):
+        return InvalidMedia(message)
+    return InvalidMedia(message)
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        return JSONResponse(error_body("invalid_request", problems), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error: %s", exc)
+        return JSONResponse(error_body("internal", "internal error; see the server log"), status_code=500)

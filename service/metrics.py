@@ -1,0 +1,45 @@
+"""Prometheus metrics. One registry per app, so several apps (tests) never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+UNIT_BUCKETS = tuple(i / 20 for i in range(1, 21))  # 0.05 .. 1.0
+ENTROPY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mla_requests_total", "HTTP requests by route and status", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram("mla_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("mla_requests_in_flight", "HTTP requests being served", registry=r)
+        self.decode = Histogram(
+            "mla_decode_seconds", "Decoding time per modality", ["modality"], buckets=FAST_BUCKETS, registry=r
+        )
+        self.queue = Histogram("mla_queue_seconds", "Time waiting for a batch", ["modality"], buckets=FAST_BUCKETS, registry=r)
+        self.inference = Histogram(
+            "mla_inference_seconds", "ONNX Runtime time per batch", ["modality", "provider"], buckets=FAST_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "mla_batch_size", "Inputs per ONNX Runtime call", ["modality"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_length = Gauge("mla_queue_length", "Inputs waiting for a batch", ["modality"], registry=r)
+        self.subsets = Counter("mla_modality_subset_total", "Predictions by the set of modalities sent", ["subset"], registry=r)
+        self.entropy = Histogram(
+            "mla_entropy_nats", "Entropy of each modality's prediction", ["modality"], buckets=ENTROPY_BUCKETS, registry=r
+        )
+        self.weight = Histogram(
+            "mla_fusion_weight", "Fusion weight of each modality", ["modality"], buckets=UNIT_BUCKETS, registry=r
+        )
+        self.rejected = Counter("mla_rejected_total", "Requests refused, by error code", ["code"], registry=r)
+        self.ready = Gauge("mla_ready", "1 when the model is loaded and warmed up", registry=r)
+        self.model_info = Gauge(
+            "mla_model_info", "The model being served (value 1)", ["name", "version", "modality", "provider"], registry=r
+        )

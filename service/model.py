@@ -1,0 +1,229 @@
+"""The served model: load, ready, preprocess, predict, postprocess.
+
+One ONNX Runtime session per modality, behind a micro-batcher each; decoding in a process
+pool; fusion in numpy by the manifest's rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.fusion import entropy, fuse, softmax
+from common.media import AudioSpec, Limits, MediaError, VideoSpec
+from model_export.manifest import AudioEntry, Manifest, VideoEntry, load_manifest
+from model_export.validate import check_hashes
+from service.batching import MicroBatcher
+from service.decoding import decode_audio_file, decode_video_file, warm_up
+from service.errors import InvalidRequest, ServiceError, TooLarge, from_media_error
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+class ModelLoadError(Exception):
+    """The model repository cannot be served."""
+
+
+def resolve_version_dir(model_dir: Path, version: str | None) -> Path:
+    """A version folder as given, or the chosen/highest version inside a model folder."""
+    if (model_dir / "manifest.json").is_file():
+        return model_dir
+    if version is not None:
+        return model_dir / version
+    versions = [p for p in model_dir.iterdir() if (p / "manifest.json").is_file()] if model_dir.is_dir() else []
+    if not versions:
+        raise ModelLoadError(f"no model version (a folder with manifest.json) in {model_dir}")
+    return max(versions, key=lambda p: (p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+
+
+@dataclass
+class Runtime:
+    """One modality's session and its batcher."""
+
+    entry: AudioEntry | VideoEntry
+    session: Any
+    provider: str
+    run: Callable[[np.ndarray], np.ndarray]
+    batcher: MicroBatcher | None = None
+
+
+def make_session(path: Path, settings: Settings) -> tuple[Any, str, Callable[[np.ndarray], np.ndarray]]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if settings.intra_op_threads:
+        opts.intra_op_num_threads = settings.intra_op_threads
+    available = set(ort.get_available_providers())
+    wanted = [PROVIDER_NAMES[p] for p in settings.providers if PROVIDER_NAMES[p] in available]
+    if "CPUExecutionProvider" not in wanted:
+        wanted.append("CPUExecutionProvider")
+    provider_opts: list[Any] = [
+        (p, {"cudnn_conv_algo_search": "EXHAUSTIVE", "prefer_nhwc": "1"}) if p == "CUDAExecutionProvider" else p for p in wanted
+    ]
+    session = ort.InferenceSession(str(path), opts, providers=provider_opts)
+    provider = session.get_providers()[0]
+    if wanted[0] != provider:
+        log.warning("%s: %s is not usable here; running on %s", path.name, wanted[0], provider)
+    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+
+    if provider == "CUDAExecutionProvider":
+        # IO binding: one host-to-device copy of the (uint8 or float) batch, outputs copied back once.
+        def run(batch: np.ndarray) -> np.ndarray:
+            binding = session.io_binding()
+            binding.bind_cpu_input(input_name, np.ascontiguousarray(batch))
+            binding.bind_output(output_name, "cpu")
+            session.run_with_iobinding(binding)
+            return np.asarray(binding.copy_outputs_to_cpu()[0])
+    else:
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            return np.asarray(session.run([output_name], {input_name: batch})[0])
+
+    return session, provider, run
+
+
+class ServedModel:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings, self.metrics = settings, metrics
+        self.dir = resolve_version_dir(settings.model_dir, settings.model_version)
+        self.manifest: Manifest | None = None
+        self.runtimes: dict[str, Runtime] = {}
+        self.pool: ProcessPoolExecutor | None = None
+        self.ready = False
+
+    # --- load -------------------------------------------------------------------------
+    def load(self) -> None:
+        try:
+            manifest = load_manifest(self.dir)
+        except Exception as exc:
+            raise ModelLoadError(str(exc)) from exc
+        bad = check_hashes(self.dir, manifest)
+        if bad:
+            raise ModelLoadError(f"{self.dir}: " + "; ".join(bad))
+        for m, entry in manifest.modalities.items():
+            session, provider, run = make_session(self.dir / entry.file, self.settings)
+            self.runtimes[m] = Runtime(entry, session, provider, run)
+            self.metrics.model_info.labels(manifest.name, manifest.version, m, provider).set(1)
+        self.manifest = manifest
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds ORT threads
+        self.pool = ProcessPoolExecutor(max_workers=self.settings.decode_workers, mp_context=ctx)
+        log.info(
+            "loaded %s v%s from %s: %s",
+            manifest.name,
+            manifest.version,
+            self.dir,
+            {m: r.provider for m, r in self.runtimes.items()},
+        )
+
+    async def start(self) -> None:
+        """Start the batchers and warm everything up; ready afterwards."""
+        s = self.settings
+        for m, rt in self.runtimes.items():
+            rt.batcher = MicroBatcher(
+                m, rt.run, self.metrics, rt.provider, s.max_batch_size, s.max_queue_delay_ms / 1000, s.max_queue_length
+            )
+            rt.batcher.start()
+        loop = asyncio.get_running_loop()
+        assert self.pool is not None
+        await asyncio.gather(*(loop.run_in_executor(self.pool, warm_up) for _ in range(self.settings.decode_workers)))
+        for rt in self.runtimes.values():
+            blank = np.zeros([int(d) for d in rt.entry.input.shape[1:]], dtype=rt.entry.input.dtype)
+            for batch in {1, min(self.settings.max_batch_size, 8)}:
+                await loop.run_in_executor(None, rt.run, np.stack([blank] * batch))
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    async def close(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        for rt in self.runtimes.values():
+            if rt.batcher is not None:
+                await rt.batcher.close()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    # --- preprocess ---------------------------------------------------------------------
+    async def preprocess(self, files: dict[str, Path]) -> dict[str, np.ndarray]:
+        """Decode each (modality -> file) in the pool; all at once, each within the limits."""
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        jobs = {}
+        for m, path in files.items():
+            entry = self.runtimes[m].entry
+            if isinstance(entry, AudioEntry):
+                limits = Limits(max_seconds=s.max_audio_seconds)
+                jobs[m] = loop.run_in_executor(
+                    self.pool, decode_audio_file, path, AudioSpec(entry.sample_rate, entry.clip_samples), limits
+                )
+            else:
+                limits = Limits(
+                    max_seconds=s.max_video_seconds, max_pixels=s.max_video_pixels, max_frames=s.max_video_frames, min_frames=2
+                )
+                spec = VideoSpec(entry.frames, entry.height, entry.width)
+                jobs[m] = loop.run_in_executor(self.pool, decode_video_file, path, spec, limits)
+        out: dict[str, np.ndarray] = {}
+        errors: list[ServiceError] = []
+        for m, job in jobs.items():
+            try:
+                array, seconds = await asyncio.wait_for(job, s.decode_timeout_seconds)
+            except MediaError as exc:
+                errors.append(from_media_error(exc, m))
+                continue
+            except TimeoutError:
+                errors.append(TooLarge(f"{m}: decoding took longer than {s.decode_timeout_seconds:g} s"))
+                continue
+            self.metrics.decode.labels(m).observe(seconds)
+            out[m] = array
+        if errors:
+            raise errors[0]
+        return out
+
+    # --- predict and postprocess -----------------------------------------------------------
+    async def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = await asyncio.gather(*(self.runtimes[m].batcher.submit(x) for m, x in inputs.items()))  # type: ignore[union-attr]
+        return dict(zip(inputs, rows, strict=True))
+
+    def postprocess(self, logits: dict[str, np.ndarray]) -> dict[str, Any]:
+        assert self.manifest is not None
+        labels = self.manifest.labels
+        probs = {m: softmax(z.astype(np.float64))[None] for m, z in logits.items()}
+        fused, weights = fuse(probs, self.manifest.fusion.rule)
+        detail = {}
+        for m, p in probs.items():
+            h = float(entropy(p)[0])
+            w = float(weights[m][0])
+            self.metrics.entropy.labels(m).observe(h)
+            self.metrics.weight.labels(m).observe(w)
+            detail[m] = {
+                "label": labels[int(p[0].argmax())],
+                "probabilities": dict(zip(labels, map(float, p[0]), strict=True)),
+                "entropy": h,
+                "weight": w,
+            }
+        self.metrics.subsets.labels("+".join(sorted(logits))).inc()
+        best = int(fused[0].argmax())
+        return {
+            "model": {"name": self.manifest.name, "version": self.manifest.version},
+            "label": labels[best],
+            "confidence": float(fused[0, best]),
+            "probabilities": dict(zip(labels, map(float, fused[0]), strict=True)),
+            "modalities": detail,
+            "fusion": self.manifest.fusion.rule,
+        }
+
+    def check_modalities(self, wanted: set[str]) -> None:
+        missing = sorted(wanted - set(self.runtimes))
+        if missing:
+            raise InvalidRequest(f"this model has no {', '.join(missing)} input; it takes {', '.join(sorted(self.runtimes))}")

@@ -1,0 +1,159 @@
+"""HTTP routes: /v1 predictions and model info, health, the Open Inference Protocol probes, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import uploads
+from service.errors import InvalidMedia, InvalidRequest, NotFound, NotReady, Overloaded, Unauthorized
+from service.model import ServedModel
+from service.schemas import ERROR_RESPONSES, PREDICT_BODY, PredictResponse
+from service.settings import Settings
+
+router = APIRouter()
+TRUE, FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
+
+
+def get_model(request: Request) -> ServedModel:
+    model: ServedModel = request.app.state.model
+    return model
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+ModelDep = Annotated[ServedModel, Depends(get_model)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    if settings.api_key is None:
+        return
+    given = request.headers.get("x-api-key") or ""
+    auth = request.headers.get("authorization", "")
+    if not given and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    if not given or not hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
+        raise Unauthorized("a valid API key is required (X-API-Key or Authorization: Bearer)")
+
+
+def ready_model(model: ModelDep) -> ServedModel:
+    if not model.ready:
+        raise NotReady("the model is still loading; retry shortly")
+    return model
+
+
+ReadyModel = Annotated[ServedModel, Depends(ready_model)]
+
+
+@router.post(
+    "/v1/predict",
+    response_model=PredictResponse,
+    responses=ERROR_RESPONSES,
+    openapi_extra=PREDICT_BODY,
+    dependencies=[Depends(require_api_key)],
+    summary="Predict from an audio file, a video file, or both, fused per sample by uncertainty",
+)
+async def predict(request: Request, model: ReadyModel, settings: SettingsDep) -> dict[str, Any]:
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="req-", dir=settings.tmp_dir))
+    try:
+        async with asyncio.timeout(settings.request_timeout_seconds):
+            upload = await uploads.receive(request, folder, settings.max_upload_bytes)
+            files = dict(upload.files)
+            for field, size in upload.sizes.items():
+                if size == 0:
+                    raise InvalidMedia(f"{field}: the file is empty")
+            flag = upload.form.get("use_video_audio", "").strip().lower()
+            if flag not in TRUE | FALSE:
+                raise InvalidRequest(f"use_video_audio must be true or false, not {flag!r}")
+            if flag in TRUE:
+                if "video" not in files:
+                    raise InvalidRequest("use_video_audio needs a video file")
+                if "audio" in files:
+                    raise InvalidRequest("send an audio file or use_video_audio=true, not both")
+                files["audio"] = files["video"]
+            if not files:
+                raise InvalidRequest("send at least one file field: 'audio' and/or 'video'")
+            model.check_modalities(set(files))
+            inputs = await model.preprocess(files)
+            logits = await model.predict(inputs)
+            return model.postprocess(logits)
+    except TimeoutError:
+        raise Overloaded(f"the request took longer than {settings.request_timeout_seconds:g} s") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@router.get("/v1/models", dependencies=[Depends(require_api_key)], summary="The served model: labels, inputs, limits, providers")
+async def models(model: ModelDep, settings: SettingsDep) -> dict[str, Any]:
+    assert model.manifest is not None
+    return {
+        **model.manifest.public(),
+        "providers": {m: rt.provider for m, rt in model.runtimes.items()},
+        "limits": {
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_audio_seconds": settings.max_audio_seconds,
+            "max_video_seconds": settings.max_video_seconds,
+            "max_video_pixels": settings.max_video_pixels,
+            "max_video_frames": settings.max_video_frames,
+        },
+        "ready": model.ready,
+    }
+
+
+@router.get("/healthz", summary="Alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get("/readyz", summary="Ready: sessions loaded and warmed up", responses={503: ERROR_RESPONSES[503]})
+async def readyz(model: ReadyModel) -> dict[str, str]:
+    return {"status": "ready"}
+
+
+@router.get("/v2/health/live", summary="Open Inference Protocol: live")
+async def v2_live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready", summary="Open Inference Protocol: ready", responses={503: ERROR_RESPONSES[503]})
+async def v2_ready(model: ReadyModel) -> dict[str, bool]:
+    return {"ready": True}
+
+
+@router.get("/v2/models/{name}", summary="Open Inference Protocol: model metadata")
+async def v2_model(name: str, model: ModelDep) -> dict[str, Any]:
+    manifest = model.manifest
+    if manifest is None or name != manifest.name:
+        raise NotFound(f"no model named {name!r}")
+    types = {"float32": "FP32", "uint8": "UINT8"}
+    return {
+        "name": manifest.name,
+        "versions": [manifest.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {
+                "name": f"{m}/{e.input.name}",
+                "datatype": types[e.input.dtype],
+                "shape": [-1 if isinstance(d, str) else d for d in e.input.shape],
+            }
+            for m, e in manifest.modalities.items()
+        ],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(manifest.labels)]}],
+    }
+
+
+@router.get("/metrics", summary="Prometheus exposition", include_in_schema=True)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,63 @@
+"""Service settings: one pydantic-settings class, environment prefix MLA_."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Provider = Literal["cuda", "cpu"]
+
+
+def _default_providers() -> list[Provider]:
+    return ["cuda", "cpu"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLA_", env_file=None, extra="ignore")
+
+    # model
+    model_dir: Path = Field(Path("models/default"), description="a model version folder, or a model folder holding versions")
+    model_version: str | None = Field(None, description="version to serve when model_dir holds several (default: the highest)")
+    providers: Annotated[list[Provider], NoDecode] = Field(
+        default_factory=_default_providers, description="execution providers in order of preference (MLA_PROVIDERS=cuda,cpu)"
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: its default)")
+    # input limits
+    max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0, description="per request, all files together")
+    max_audio_seconds: float = Field(60.0, gt=0)
+    max_video_seconds: float = Field(60.0, gt=0)
+    max_video_pixels: int = Field(1920 * 1080, gt=0, description="width x height of one frame")
+    max_video_frames: int = Field(3600, gt=0)
+    decode_timeout_seconds: float = Field(20.0, gt=0)
+    decode_workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    # batching
+    max_batch_size: int = Field(32, ge=1)
+    max_queue_delay_ms: float = Field(5.0, ge=0)
+    max_queue_length: int = Field(256, ge=1)
+    request_timeout_seconds: float = Field(30.0, gt=0)
+    # access and logging
+    api_key: SecretStr | None = Field(None, description="when set, /v1 routes need X-API-Key or Authorization: Bearer")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    tmp_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "mla-serve", description="uploads land here, briefly"
+    )
+
+    @field_validator("providers", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,133 @@
+"""Stream a multipart upload to temporary files, enforcing the size limit while it streams.
+
+Starlette's form parser reads the whole body before a route sees it; here each chunk is
+written as it arrives and the request is refused the moment the limit is passed, so a
+1 GB upload costs at most the limit in bytes read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from service.errors import BadRequest, InvalidRequest, TooLarge, UnsupportedMedia
+
+FILE_FIELDS = ("audio", "video")
+FORM_FIELDS = ("use_video_audio",)
+MAX_FORM_VALUE = 1024
+SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+
+
+@dataclass
+class Upload:
+    files: dict[str, Path] = field(default_factory=dict)  # field -> temporary file
+    sizes: dict[str, int] = field(default_factory=dict)
+    form: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Part:
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    name: str = ""
+    sink: IO[bytes] | None = None
+    value: bytearray = field(default_factory=bytearray)
+
+
+async def receive(request: Request, folder: Path, max_bytes: int) -> Upload:
+    """Parse the multipart body of `request` into `folder`; the caller removes the folder."""
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data":
+        raise UnsupportedMedia("send multipart/form-data with file fields 'audio' and/or 'video'")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart/form-data without a boundary")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise TooLarge(f"the upload is {int(declared)} bytes; the limit is {max_bytes}")
+
+    upload = Upload()
+    part = _Part()
+    total = 0
+    header_field = bytearray()
+    header_value = bytearray()
+
+    def on_part_begin() -> None:
+        nonlocal part
+        part = _Part()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        part.headers[bytes(header_field).lower()] = bytes(header_value)
+        header_field.clear()
+        header_value.clear()
+
+    def on_headers_finished() -> None:
+        _, disp = parse_options_header(part.headers.get(b"content-disposition", b""))
+        part.name = disp.get(b"name", b"").decode("utf-8", "replace")
+        if part.name in FILE_FIELDS:
+            if part.name in upload.files:
+                raise InvalidRequest(f"field {part.name!r} was sent twice")
+            # Keep a plain extension: FFmpeg takes it as a hint, and error messages read better.
+            suffix = Path(disp.get(b"filename", b"").decode("utf-8", "replace")).suffix
+            path = folder / (part.name + (suffix if SAFE_SUFFIX.match(suffix) else ""))
+            upload.files[part.name] = path
+            upload.sizes[part.name] = 0
+            part.sink = path.open("wb")
+        elif part.name not in FORM_FIELDS:
+            known = ", ".join(FILE_FIELDS + FORM_FIELDS)
+            raise InvalidRequest(f"unknown field {part.name!r}; the fields are {known}")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        nonlocal total
+        total += end - start
+        if total > max_bytes:
+            raise TooLarge(f"the upload passed the limit of {max_bytes} bytes")
+        if part.sink is not None:
+            part.sink.write(data[start:end])
+            upload.sizes[part.name] += end - start
+        else:
+            part.value.extend(data[start:end])
+            if len(part.value) > MAX_FORM_VALUE:
+                raise InvalidRequest(f"field {part.name!r} is longer than {MAX_FORM_VALUE} bytes")
+
+    def on_part_end() -> None:
+        if part.sink is not None:
+            part.sink.close()
+            part.sink = None
+        elif part.name:
+            upload.form[part.name] = part.value.decode("utf-8", "replace")
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except (TooLarge, InvalidRequest):
+        raise
+    except Exception as exc:  # python-multipart's parse errors
+        raise BadRequest(f"malformed multipart body: {exc}") from exc
+    finally:
+        if part.sink is not None:
+            part.sink.close()
+    return upload

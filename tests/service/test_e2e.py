@@ -1,0 +1,222 @@
+"""End to end against a real uvicorn server: real media, every subset of modalities, fusion."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from common.fusion import fuse
+from common.media import AudioSpec, VideoSpec, load_audio, load_video
+from model_export.manifest import load_manifest
+from tests.conftest import ROOT, shared_data
+from tests.service.conftest import Server
+from training.data.demo import synth_video
+from training.data.writers import write_audio, write_video
+
+SUBSETS = [("audio",), ("video",), ("audio", "video")]
+
+
+def check_answer(body: dict, sent: set[str], labels: list[str]) -> None:
+    """Shape of the answer, and the fused part equal to the manifest's rule on the parts."""
+    assert body["fusion"] == "entropy"
+    assert set(body["modalities"]) == sent
+    assert body["label"] in labels
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    names = sorted(sent)
+    probs = {m: np.array([[body["modalities"][m]["probabilities"][c] for c in labels]]) for m in names}
+    fused, weights = fuse(probs, "entropy")
+    np.testing.assert_allclose([body["probabilities"][c] for c in labels], fused[0], atol=1e-9)
+    for m in names:
+        assert body["modalities"][m]["weight"] == pytest.approx(weights[m][0], abs=1e-9)
+        p = probs[m][0]
+        assert body["modalities"][m]["entropy"] == pytest.approx(float(-(p * np.log(np.clip(p, 1e-12, 1))).sum()), abs=1e-6)
+        assert body["modalities"][m]["label"] == labels[int(p.argmax())]
+    assert body["label"] == labels[int(fused[0].argmax())]
+    assert body["confidence"] == pytest.approx(float(fused[0].max()))
+
+
+@pytest.mark.parametrize("subset", SUBSETS, ids="+".join)
+def test_every_subset_of_demo_media(
+    server: Server, tiny_repo: Path, clean_train_row: dict[str, str], subset: tuple[str, ...]
+) -> None:
+    labels = load_manifest(tiny_repo).labels
+    files = {m: Path(clean_train_row[m]) for m in subset}
+    r = server.post(files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    check_answer(body, set(subset), labels)
+    assert body["model"] == {"name": "tiny", "version": "1"}
+    assert r.headers["x-request-id"]
+    assert server.tmp_is_empty()
+
+
+def test_service_runs_the_exported_graph_on_the_shared_decoder(
+    server: Server, tiny_repo: Path, clean_train_row: dict[str, str]
+) -> None:
+    """Per-modality probabilities equal the ONNX graph run here on common.media's decoding."""
+    manifest = load_manifest(tiny_repo)
+    body = server.post({"audio": Path(clean_train_row["audio"]), "video": Path(clean_train_row["video"])}).json()
+    a, v = manifest.modalities["audio"], manifest.modalities["video"]
+    inputs = {
+        "audio": load_audio(clean_train_row["audio"], AudioSpec(a.sample_rate, a.clip_samples)),  # type: ignore[union-attr]
+        "video": load_video(clean_train_row["video"], VideoSpec(v.frames, v.height, v.width)),  # type: ignore[union-attr]
+    }
+    for m, entry in manifest.modalities.items():
+        sess = ort.InferenceSession(str(tiny_repo / entry.file), providers=["CPUExecutionProvider"])
+        logits = sess.run(None, {entry.input.name: inputs[m][None]})[0][0]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        np.testing.assert_allclose([body["modalities"][m]["probabilities"][c] for c in manifest.labels], p, atol=1e-5)
+
+
+def test_the_trained_class_wins_on_a_training_clip(server: Server, clean_train_row: dict[str, str]) -> None:
+    body = server.post({"audio": Path(clean_train_row["audio"]), "video": Path(clean_train_row["video"])}).json()
+    assert body["label"] == clean_train_row["label"]
+
+
+def test_noise_only_video_gets_a_low_weight(server: Server, clean_train_row: dict[str, str], tmp_path: Path) -> None:
+    # Noise as the demo's corruption recipe makes it: frames with no digit in them.
+    noise = tmp_path / "noise.mp4"
+    write_video(noise, synth_video(np.zeros((8, 8)), np.random.default_rng(0), corrupt=True), fps=16)
+    audio = Path(clean_train_row["audio"])
+    with_noise = server.post({"audio": audio, "video": noise}).json()
+    with_clean = server.post({"audio": audio, "video": Path(clean_train_row["video"])}).json()
+    assert with_noise["modalities"]["video"]["weight"] < 0.5
+    assert with_noise["modalities"]["video"]["weight"] < with_clean["modalities"]["video"]["weight"]
+    assert with_noise["modalities"]["video"]["entropy"] > with_clean["modalities"]["video"]["entropy"]
+    assert with_noise["label"] == clean_train_row["label"]  # the confident audio carries the answer
+
+
+@pytest.fixture(scope="module")
+def generated_media(tmp_path_factory: pytest.TempPathFactory, clean_train_row: dict[str, str]) -> dict[str, Path]:
+    """The same clip in several real containers and codecs."""
+    d = tmp_path_factory.mktemp("media")
+    wave = load_audio(clean_train_row["audio"], AudioSpec(16_000, 16_000))
+    frames = load_video(clean_train_row["video"], VideoSpec(16, 64, 64))
+    out = {
+        "wav": d / "a.wav",
+        "flac": d / "a.flac",
+        "mp3": d / "a.mp3",
+        "mp4": d / "v.mp4",
+        "mkv": d / "v.mkv",
+        "flv": d / "v.flv",
+    }
+    write_audio(out["wav"], wave, 16_000)
+    write_audio(out["flac"], wave, 16_000, codec="flac")
+    write_audio(out["mp3"], wave, 16_000, codec="libmp3lame")
+    write_video(out["mp4"], frames, 16, codec="libx264", audio=wave, audio_codec="aac")
+    write_video(out["mkv"], frames, 16, codec="libvpx", audio=wave, sample_rate=48_000, audio_codec="libopus")
+    write_video(out["flv"], frames, 16, codec="flv", fmt="flv", audio=wave, sample_rate=22_050, audio_codec="libmp3lame")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["wav", "flac", "mp3"])
+def test_audio_containers(server: Server, tiny_repo: Path, generated_media: dict[str, Path], kind: str) -> None:
+    r = server.post({"audio": generated_media[kind]})
+    assert r.status_code == 200, r.text
+    check_answer(r.json(), {"audio"}, load_manifest(tiny_repo).labels)
+
+
+@pytest.mark.parametrize("kind", ["mp4", "mkv", "flv"])
+def test_video_containers_with_their_audio_track(
+    server: Server, tiny_repo: Path, generated_media: dict[str, Path], kind: str
+) -> None:
+    labels = load_manifest(tiny_repo).labels
+    r = server.post({"video": generated_media[kind]})
+    assert r.status_code == 200, r.text
+    check_answer(r.json(), {"video"}, labels)
+    r = server.post({"video": generated_media[kind]}, data={"use_video_audio": "true"})
+    assert r.status_code == 200, r.text
+    check_answer(r.json(), {"audio", "video"}, labels)
+    assert server.tmp_is_empty()
+
+
+def test_grid_clips_and_fsdd_recordings(server: Server, tiny_repo: Path) -> None:
+    labels = load_manifest(tiny_repo).labels
+    clips = sorted(shared_data("grid").glob("*.mpg"))[:3]
+    recordings = sorted((shared_data("fsdd") / "recordings").glob("*.wav"))[:3]
+    for clip, rec in zip(clips, recordings, strict=True):
+        for files, data, sent in (
+            ({"video": clip}, {"use_video_audio": "true"}, {"audio", "video"}),
+            ({"audio": rec}, None, {"audio"}),
+            ({"audio": rec, "video": clip}, None, {"audio", "video"}),
+        ):
+            r = server.post(files, data=data)
+            assert r.status_code == 200, (clip.name, rec.name, r.text)
+            check_answer(r.json(), sent, labels)
+    assert server.tmp_is_empty()
+
+
+def test_models_health_and_protocol_routes(server: Server) -> None:
+    models = httpx.get(f"{server.url}/v1/models").json()
+    assert models["name"] == "tiny"
+    assert models["providers"] == {"audio": "CPUExecutionProvider", "video": "CPUExecutionProvider"}
+    assert models["limits"]["max_upload_bytes"] == 4 * 1024 * 1024
+    assert models["labels"] == [str(i) for i in range(10)]
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "alive"}
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+    assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
+    meta = httpx.get(f"{server.url}/v2/models/tiny").json()
+    assert meta["versions"] == ["1"]
+    assert {i["name"] for i in meta["inputs"]} == {"audio/waveform", "video/frames"}
+    missing = httpx.get(f"{server.url}/v2/models/other")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+
+
+def test_metrics_count_what_happened(server: Server, clean_train_row: dict[str, str]) -> None:
+    server.post({"audio": Path(clean_train_row["audio"]), "video": Path(clean_train_row["video"])})
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in (
+        "mla_requests_total",
+        "mla_request_seconds_bucket",
+        "mla_decode_seconds_bucket",
+        "mla_queue_seconds_bucket",
+        "mla_inference_seconds_bucket",
+        "mla_batch_size_bucket",
+        "mla_modality_subset_total",
+        "mla_entropy_nats_bucket",
+        "mla_fusion_weight_bucket",
+        "mla_requests_in_flight",
+        "mla_model_info",
+        "mla_ready",
+    ):
+        assert name in text, name
+    assert 'mla_model_info{modality="audio",name="tiny",provider="CPUExecutionProvider",version="1"} 1.0' in text
+    assert 'mla_requests_total{method="POST",route="/v1/predict",status="200"}' in text
+
+
+def test_mla_predict_command(server: Server, clean_train_row: dict[str, str]) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "predict",
+            "--url",
+            server.url,
+            "--audio",
+            clean_train_row["audio"],
+            "--video",
+            clean_train_row["video"],
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    assert set(json.loads(proc.stdout)["modalities"]) == {"audio", "video"}
