@@ -48,6 +48,8 @@ class NotFound(ServiceError):  # noqa: N818
 
 class TooLarge(ServiceError):  # noqa: N818
     status, code = 413, "too_large"
+    # Close the connection: otherwise the server keeps reading (and dropping) the rest of the body.
+    headers: ClassVar[dict[str, str] | None] = {"Connection": "close"}
 
 
 class UnsupportedMedia(ServiceError):  # noqa: N818

@@ -20,7 +20,7 @@ from service.errors import BadRequest, InvalidRequest, TooLarge, UnsupportedMedi
 FILE_FIELDS = ("audio", "video")
 FORM_FIELDS = ("use_video_audio",)
 MAX_FORM_VALUE = 1024
-SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass
@@ -77,9 +77,12 @@ async def receive(request: Request, folder: Path, max_bytes: int) -> Upload:
         if part.name in FILE_FIELDS:
             if part.name in upload.files:
                 raise InvalidRequest(f"field {part.name!r} was sent twice")
-            # Keep a plain extension: FFmpeg takes it as a hint, and error messages read better.
-            suffix = Path(disp.get(b"filename", b"").decode("utf-8", "replace")).suffix
-            path = folder / (part.name + (suffix if SAFE_SUFFIX.match(suffix) else ""))
+            # Keep the client's file name, made safe: FFmpeg takes its extension as a hint, and
+            # error messages then name the file the client sent.
+            original = Path(disp.get(b"filename", b"").decode("utf-8", "replace")).name
+            safe = SAFE_NAME.sub("_", original).strip("._")[:100] or "upload"
+            (folder / part.name).mkdir()
+            path = folder / part.name / safe
             upload.files[part.name] = path
             upload.sizes[part.name] = 0
             part.sink = path.open("wb")

@@ -32,7 +32,7 @@ class Server:
     log: Path
 
     def post(
-        self, files: Mapping[str, Path | tuple[str, bytes]] | None = None, data: dict[str, str] | None = None, **kw: object
+        self, files: Mapping[str, Path | tuple[str | None, bytes]] | None = None, data: dict[str, str] | None = None, **kw: object
     ) -> httpx.Response:
         opened = {}
         for field, value in (files or {}).items():
