@@ -59,9 +59,9 @@ def bad(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         vstream = out.add_stream("mjpeg", rate=1)
         vstream.width, vstream.height, vstream.pix_fmt = 10_000, 10_000, "yuvj420p"
         for i in range(2):
-            frame = av.VideoFrame.from_ndarray(np.full((15_000, 10_000), 128, np.uint8), format="yuvj420p")
-            frame.pts = i
-            for packet in vstream.encode(frame):
+            vframe = av.VideoFrame.from_ndarray(np.full((15_000, 10_000), 128, np.uint8), format="yuvj420p")
+            vframe.pts = i
+            for packet in vstream.encode(vframe):
                 out.mux(packet)
         for packet in vstream.encode(None):
             out.mux(packet)
