@@ -1,0 +1,61 @@
+"""The naive baseline for the service benchmark: the same model in torch eager behind the
+same FastAPI shape, decoding in the request, one request at a time, no batching.
+
+    python -m benchmarks.naive_server RUN_DIR PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import uvicorn
+from fastapi import FastAPI, UploadFile
+
+from common.fusion import entropy, fuse
+from common.media import load_audio, load_video
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+
+
+def build(run_dir: Path) -> FastAPI:
+    model = model_from_checkpoint(load_checkpoint(run_dir))
+    cfg = model.cfg
+    lock = asyncio.Lock()
+    app = FastAPI()
+
+    @app.post("/v1/predict")
+    async def predict(audio: UploadFile | None = None, video: UploadFile | None = None) -> dict[str, Any]:
+        async with lock:  # one request at a time
+            probs: dict[str, np.ndarray] = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                for m, upload in (("audio", audio), ("video", video)):
+                    if upload is None:
+                        continue
+                    path = Path(tmp) / m
+                    path.write_bytes(await upload.read())
+                    x = load_audio(path, cfg.audio_spec) if m == "audio" else load_video(path, cfg.video_spec)
+                    with torch.inference_mode():
+                        logits = model.head(m)(model.encoders[m](torch.from_numpy(x)[None]))
+                    probs[m] = torch.softmax(logits, -1).numpy()
+            fused, weights = fuse(probs)
+            return {
+                "label": cfg.labels[int(fused[0].argmax())],
+                "probabilities": dict(zip(cfg.labels, map(float, fused[0]), strict=True)),
+                "modalities": {m: {"entropy": float(entropy(p)[0]), "weight": float(weights[m][0])} for m, p in probs.items()},
+            }
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, str]:
+        return {"status": "ready"}
+
+    return app
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    uvicorn.run(build(Path(sys.argv[1])), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")

@@ -1,0 +1,37 @@
+"""Copy the benchmark tables from benchmarks/results/*.md into README.md between markers.
+
+    python -m benchmarks.readme
+
+A section `<!-- bench:NAME -->` ... `<!-- /bench:NAME -->` gets benchmarks/results/NAME.md,
+so the README's numbers are always the JSON's, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from benchmarks.report import RESULTS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTION = re.compile(r"(<!-- bench:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
+
+
+def render(text: str, results: Path = RESULTS) -> str:
+    def fill(m: re.Match[str]) -> str:
+        md = results / f"{m['name']}.md"
+        if not md.is_file():
+            return m.group(0)
+        body = md.read_text().strip()
+        body = re.sub(r"^# ", "#### ", body, flags=re.M)  # nest the table's title under the README's heading
+        return f"{m.group(1)}{body}\n{m.group(4)}"
+
+    return SECTION.sub(fill, text)
+
+
+def main() -> None:
+    README.write_text(render(README.read_text()))
+
+
+if __name__ == "__main__":
+    main()
