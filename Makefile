@@ -5,13 +5,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest serve default-model bench-train bench-serve clean
+.PHONY: venv system-deps check-deploy test lint typecheck pytest serve default-model bench-train bench-serve clean
 
-$(STAMP): pyproject.toml
+# Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
+$(STAMP): pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,serve,dev]'
+	$(BIN)/python -m pip install -q -r requirements/dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# Programs the deployment tests run for real: Prometheus (and promtool), docker-compose.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v docker-compose >/dev/null; then \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus docker-compose; \
+	fi
 
 venv: $(STAMP)
 
@@ -22,11 +32,20 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
+pytest: venv system-deps
 	$(BIN)/pytest
 
-# Everything CI runs: lint, types, the whole test suite.
-test: lint typecheck pytest
+# Deployment files: compose, Prometheus config and rules (with their unit tests), Dockerfiles.
+check-deploy: venv system-deps
+	docker-compose -f docker-compose.yml config -q
+	docker-compose -f docker-compose.yml --profile cpu config -q
+	promtool check config docker/prometheus/prometheus.yml
+	promtool check rules docker/prometheus/alerts.yml
+	promtool test rules docker/prometheus/alerts.test.yml
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.train
+
+# Everything CI runs: lint, types, deployment checks, the whole test suite.
+test: lint typecheck check-deploy pytest
 
 # The embedded default model: trained on the demo data and exported, once; reused afterwards.
 DEFAULT_MODEL := models/default/1/manifest.json

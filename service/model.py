@@ -101,7 +101,16 @@ class ServedModel:
         self.manifest: Manifest | None = None
         self.runtimes: dict[str, Runtime] = {}
         self.pool: ProcessPoolExecutor | None = None
-        self.ready = False
+        self.warm = False  # sessions loaded and warmed up
+        self.draining = False  # taken out of rotation by an operator (POST /admin/drain)
+
+    @property
+    def ready(self) -> bool:
+        return self.warm and not self.draining
+
+    def set_draining(self, draining: bool) -> None:
+        self.draining = draining
+        self.metrics.ready.set(1 if self.ready else 0)
 
     # --- load -------------------------------------------------------------------------
     def load(self) -> None:
@@ -142,11 +151,11 @@ class ServedModel:
             blank = np.zeros([int(d) for d in rt.entry.input.shape[1:]], dtype=rt.entry.input.dtype)
             for batch in {1, min(self.settings.max_batch_size, 8)}:
                 await loop.run_in_executor(None, rt.run, np.stack([blank] * batch))
-        self.ready = True
-        self.metrics.ready.set(1)
+        self.warm = True
+        self.metrics.ready.set(1 if self.ready else 0)
 
     async def close(self) -> None:
-        self.ready = False
+        self.warm = False
         self.metrics.ready.set(0)
         for rt in self.runtimes.values():
             if rt.batcher is not None:

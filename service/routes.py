@@ -47,12 +47,20 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
         raise Unauthorized("a valid API key is required (X-API-Key or Authorization: Bearer)")
 
 
-def ready_model(model: ModelDep) -> ServedModel:
-    if not model.ready:
+def warm_model(model: ModelDep) -> ServedModel:
+    """Predictions need the sessions warmed up; a draining replica still answers them."""
+    if not model.warm:
         raise NotReady("the model is still loading; retry shortly")
     return model
 
 
+def ready_model(model: ModelDep) -> ServedModel:
+    if not model.ready:
+        raise NotReady("draining: taken out of rotation" if model.draining else "the model is still loading; retry shortly")
+    return model
+
+
+WarmModel = Annotated[ServedModel, Depends(warm_model)]
 ReadyModel = Annotated[ServedModel, Depends(ready_model)]
 
 
@@ -64,7 +72,7 @@ ReadyModel = Annotated[ServedModel, Depends(ready_model)]
     dependencies=[Depends(require_api_key)],
     summary="Predict from an audio file, a video file, or both, fused per sample by uncertainty",
 )
-async def predict(request: Request, model: ReadyModel, settings: SettingsDep) -> dict[str, Any]:
+async def predict(request: Request, model: WarmModel, settings: SettingsDep) -> dict[str, Any]:
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="req-", dir=settings.tmp_dir))
     try:
@@ -152,6 +160,19 @@ async def v2_model(name: str, model: ModelDep) -> dict[str, Any]:
         ],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(manifest.labels)]}],
     }
+
+
+@router.post("/admin/drain", dependencies=[Depends(require_api_key)], summary="Report not ready (stop new traffic), keep serving")
+async def drain(model: ModelDep) -> dict[str, bool]:
+    """Before stopping a replica: the load balancer or orchestrator sees /readyz fail and moves traffic away."""
+    model.set_draining(True)
+    return {"ready": model.ready}
+
+
+@router.post("/admin/resume", dependencies=[Depends(require_api_key)], summary="Undo /admin/drain")
+async def resume(model: ModelDep) -> dict[str, bool]:
+    model.set_draining(False)
+    return {"ready": model.ready}
 
 
 @router.get("/metrics", summary="Prometheus exposition", include_in_schema=True)

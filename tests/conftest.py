@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.servers import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -58,3 +63,29 @@ def tiny_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_export.repository import export_run
 
     return export_run(tiny_run, tmp_path_factory.mktemp("models"), name="tiny", version="1")
+
+
+@pytest.fixture(scope="session")
+def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`mla serve` on the tiny model, with a 4 MiB upload limit."""
+    from tests.servers import start_server, stop_server
+
+    srv = start_server(tiny_repo, tmp_path_factory.mktemp("server"), MLA_MAX_UPLOAD_BYTES=str(4 * 1024 * 1024))
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def demo_rows(tiny_demo: Path) -> list[dict[str, str]]:
+    with tiny_demo.open() as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for col in ("audio", "video"):
+            r[col] = str(tiny_demo.parent / r[col])
+    return rows
+
+
+@pytest.fixture(scope="session")
+def clean_train_row(demo_rows: list[dict[str, str]]) -> dict[str, str]:
+    """A training clip with neither modality corrupted: the tiny model is confident on it."""
+    return next(r for r in demo_rows if r["split"] == "train" and not r["corrupted"])

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import Server
+from tests.servers import Server
 from training.data.writers import write_audio, write_video
 
 

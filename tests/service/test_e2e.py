@@ -15,7 +15,7 @@ from common.fusion import fuse
 from common.media import AudioSpec, VideoSpec, load_audio, load_video
 from model_export.manifest import load_manifest
 from tests.conftest import ROOT, shared_data
-from tests.service.conftest import Server
+from tests.servers import Server
 from training.data.demo import synth_video
 from training.data.writers import write_audio, write_video
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import Server, start_server, stop_server
+from tests.servers import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")

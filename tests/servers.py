@@ -1,19 +1,17 @@
-"""A real uvicorn server (the `mla serve` command) on a loopback port, and media to send it."""
+"""A real uvicorn server (the `mla serve` command) on a loopback port, for the tests that need one."""
 
 from __future__ import annotations
 
-import csv
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import ROOT
 
@@ -77,26 +75,3 @@ def stop_server(server: Server) -> None:
         server.proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         server.proc.kill()
-
-
-@pytest.fixture(scope="session")
-def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tiny_repo, tmp_path_factory.mktemp("server"), MLA_MAX_UPLOAD_BYTES=str(4 * 1024 * 1024))
-    yield srv
-    stop_server(srv)
-
-
-@pytest.fixture(scope="session")
-def demo_rows(tiny_demo: Path) -> list[dict[str, str]]:
-    with tiny_demo.open() as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        for col in ("audio", "video"):
-            r[col] = str(tiny_demo.parent / r[col])
-    return rows
-
-
-@pytest.fixture(scope="session")
-def clean_train_row(demo_rows: list[dict[str, str]]) -> dict[str, str]:
-    """A training clip with neither modality corrupted: the tiny model is confident on it."""
-    return next(r for r in demo_rows if r["split"] == "train" and not r["corrupted"])
