@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     decode_workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     # batching
     max_batch_size: int = Field(32, ge=1)
-    max_queue_delay_ms: float = Field(5.0, ge=0)
+    # 0: a batch runs at once; under load, the requests that arrive while one call runs form the next batch
+    max_queue_delay_ms: float = Field(0.0, ge=0, description="extra wait to grow a batch")
     max_queue_length: int = Field(256, ge=1)
     request_timeout_seconds: float = Field(30.0, gt=0)
     # access and logging
