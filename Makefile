@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv system-deps check-deploy test lint typecheck pytest serve default-model bench-train bench-serve clean
+.PHONY: venv system-deps check-deploy test lint typecheck pytest serve default-model bench-train bench-serve bench-accuracy clean
 
 # Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -69,6 +69,10 @@ bench-train: venv
 # The service under load against a naive torch server and raw ONNX Runtime.
 bench-serve: venv $(DEFAULT_MODEL)
 	$(BIN)/python -m benchmarks.serve_load
+
+# MLA vs joint vs unimodal on real spoken + handwritten digits (about 45 minutes on 2 cores).
+bench-accuracy: venv
+	$(BIN)/python -m benchmarks.avdigits.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""Copy the benchmark tables from benchmarks/results/*.md into README.md between markers.
+"""Copy the benchmark tables from benchmarks/results/*.md into README.md and docs/benchmarks.md.
 
     python -m benchmarks.readme
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from benchmarks.report import RESULTS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = (ROOT / "README.md", ROOT / "docs" / "benchmarks.md")
 SECTION = re.compile(r"(<!-- bench:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 
@@ -30,7 +31,9 @@ def render(text: str, results: Path = RESULTS) -> str:
 
 
 def main() -> None:
-    README.write_text(render(README.read_text()))
+    for doc in DOCUMENTS:
+        if doc.is_file():
+            doc.write_text(render(doc.read_text()))
 
 
 if __name__ == "__main__":

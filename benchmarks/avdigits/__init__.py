@@ -1,0 +1,1 @@
+"""AV-digits: real spoken digits (FSDD) paired with real handwritten digits (MNIST)."""
