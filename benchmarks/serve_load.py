@@ -124,25 +124,21 @@ def main() -> None:
     results: dict[str, Any] = {"service": {}, "naive": {}}
     batch = 32
     with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        env = {"MLA_PROVIDERS": "cpu", "MLA_TMP_DIR": tmp, "MLA_LOG_LEVEL": "WARNING", "MLA_MAX_BATCH_SIZE": str(batch)}
-        proc = start([sys.executable, "-m", "cli.main", "serve", "--model", str(args.model), "--port", str(port)], port, env)
-        try:
-            for c in args.concurrency:
-                results["service"][c] = asyncio.run(load(f"http://127.0.0.1:{port}", clips, c, args.seconds))
-                print("service", c, results["service"][c], flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    port = free_port()
-    proc = start([sys.executable, "-m", "benchmarks.naive_server", str(args.run), str(port)], port, {})
-    try:
-        for c in args.concurrency:
-            results["naive"][c] = asyncio.run(load(f"http://127.0.0.1:{port}", clips, c, args.seconds))
-            print("naive", c, results["naive"][c], flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+        service_env = {"MLA_PROVIDERS": "cpu", "MLA_TMP_DIR": tmp, "MLA_LOG_LEVEL": "WARNING", "MLA_MAX_BATCH_SIZE": str(batch)}
+        servers = {
+            "service": (["-m", "cli.main", "serve", "--model", str(args.model), "--port"], service_env),
+            "naive": (["-m", "benchmarks.naive_server", str(args.run)], {}),
+        }
+        for name, (argv, env) in servers.items():
+            port = free_port()
+            proc = start([sys.executable, *argv, str(port)], port, env)
+            try:
+                for c in args.concurrency:
+                    results[name][c] = asyncio.run(load(f"http://127.0.0.1:{port}", clips, c, args.seconds))
+                    print(name, c, results[name][c], flush=True)
+            finally:
+                proc.terminate()
+                proc.wait(30)
     results["raw_rps"] = raw_limit(args.model, pairs, batch)  # type: ignore[arg-type]
     table = []
     for c in args.concurrency:

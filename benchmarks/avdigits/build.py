@@ -18,7 +18,6 @@ matter.
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from common.media import decode_audio
+from training.data.specs import write_manifest
 from training.data.writers import write_audio, write_video
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -150,12 +150,7 @@ def build(out: Path, seed: int = 0, root: Path = SHARED, limit_per_speaker_digit
                 "video_corruption": corrupt,
             }
         )
-    manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(out / "manifest.csv", rows)
 
 
 def main() -> None:

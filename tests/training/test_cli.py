@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from training.data.specs import write_manifest
 
 runner = CliRunner()
 
@@ -60,12 +61,7 @@ def _with_broken_test_split(tiny_demo: Path, tmp_path: Path) -> Path:
             r[col] = str(tiny_demo.parent / r[col])
         if r["split"] == "test":
             r["video"] = str(tmp_path / "broken.mp4")
-    path = tmp_path / "manifest.csv"
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    return write_manifest(tmp_path / "manifest.csv", rows)
 
 
 @pytest.mark.slow

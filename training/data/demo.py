@@ -11,7 +11,6 @@ path as user data.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.specs import cache_root
+from training.data.specs import cache_root, write_manifest
 from training.data.writers import write_audio, write_video
 
 log = logging.getLogger(__name__)
@@ -119,12 +118,7 @@ def generate(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> 
                     "corrupted": corrupt,
                 }
             )
-    manifest = root / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_manifest(root / "manifest.csv", rows)
 
 
 def ensure_demo(seed: int = 0) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,15 @@ class DatasetManifest:
         if not rows:
             raise DataError(f"{self.spec}: the {name!r} split is empty")
         return rows
+
+
+def write_manifest(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
+    """Write a `csv:` manifest; the columns are those of the first row (extra ones are kept, ignored on reading)."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def cache_root() -> Path:
