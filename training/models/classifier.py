@@ -1,0 +1,70 @@
+"""Encoders in a ModuleDict keyed by modality, and the head(s) they share."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from training.config import ModelConfig
+from training.models.encoders import ENCODERS, AudioEncoder, VideoEncoder
+
+
+class MultimodalClassifier(nn.Module):
+    """`forward({modality: input})` returns `{modality: (features, logits)}` for the modalities given."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        unknown = set(cfg.modalities) - set(ENCODERS)
+        if unknown:
+            raise ValueError(f"no encoder for modality {sorted(unknown)}; known: {sorted(ENCODERS)}")
+        encoders = {m: ENCODERS[m](cfg) for m in cfg.modalities}
+        self.encoders = nn.ModuleDict(encoders)
+        dims = {enc.dim for enc in encoders.values()}
+        if len(dims) != 1:
+            raise ValueError(f"encoders disagree on feature width: {dims}")
+        self.feature_dim: int = dims.pop()
+        names = ["shared"] if cfg.shared_head else list(cfg.modalities)
+        self.heads = nn.ModuleDict({k: nn.Linear(self.feature_dim, cfg.n_classes) for k in names})
+
+    def head(self, modality: str) -> nn.Linear:
+        """The linear head that scores `modality`'s features (the shared one when there is one)."""
+        key = "shared" if self.cfg.shared_head else modality
+        return self.heads[key]  # type: ignore[return-value]
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out = {}
+        for m, x in inputs.items():
+            feats = self.encoders[m](x)
+            out[m] = (feats, self.head(m)(feats))
+        return out
+
+
+class SingleModality(nn.Module):
+    """One modality's path, raw input to float32 logits: what gets exported as one ONNX graph.
+
+    With `half=True` the trunk runs in fp16; the stem before it (log-mel and its
+    normalisation, or frame normalisation) and the linear head stay float32, where fp16
+    would overflow or round the logits. Give it a copy of the model: it converts it.
+    """
+
+    def __init__(self, model: MultimodalClassifier, modality: str, half: bool = False) -> None:
+        super().__init__()
+        encoder = model.encoders[modality]
+        if not isinstance(encoder, AudioEncoder | VideoEncoder):
+            raise TypeError(f"{modality}: {type(encoder).__name__} has no preprocess/embed split")
+        self.encoder = encoder
+        self.head = model.head(modality)
+        self.half_precision = half
+        if half:
+            self.encoder.trunk.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder.preprocess(x)
+        if self.half_precision:
+            return self.head(self.encoder.embed(z.half()).float())
+        return self.head(self.encoder.embed(z))
+
+
+def build_model(cfg: ModelConfig) -> MultimodalClassifier:
+    return MultimodalClassifier(cfg)

@@ -1,0 +1,82 @@
+"""Preprocessing that lives inside the model, so it ships inside the ONNX graphs.
+
+The log-mel front end is a Conv1d with a fixed windowed Fourier basis and a constant mel
+matrix, not torch.stft: ONNX's STFT/DFT ops have no CUDA kernel in ONNX Runtime, and a
+graph with one copies to the host and back on every call (../shared/device/README.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def hz_to_mel(f: np.ndarray) -> np.ndarray:
+    """HTK mel scale."""
+    return 2595.0 * np.log10(1.0 + f / 700.0)
+
+
+def mel_to_hz(m: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None) -> np.ndarray:
+    """Triangular HTK-scale filters without area normalisation: [n_fft // 2 + 1, n_mels]."""
+    f_max = sample_rate / 2 if f_max is None else f_max
+    fft_freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    mel_pts = np.linspace(hz_to_mel(np.array(f_min)), hz_to_mel(np.array(f_max)), n_mels + 2)
+    hz_pts = mel_to_hz(mel_pts)
+    lower = (fft_freqs[:, None] - hz_pts[None, :-2]) / (hz_pts[1:-1] - hz_pts[:-2])[None, :]
+    upper = (hz_pts[None, 2:] - fft_freqs[:, None]) / (hz_pts[2:] - hz_pts[1:-1])[None, :]
+    return np.maximum(0.0, np.minimum(lower, upper)).astype(np.float32)
+
+
+class LogMel(nn.Module):
+    """Waveform [B, samples] -> log-mel [B, 1, frames, n_mels] (centred, reflect-padded frames)."""
+
+    cos_basis: torch.Tensor  # [n_freq, 1, n_fft]: windowed cosines (real part)
+    sin_basis: torch.Tensor  # [n_freq, 1, n_fft]: windowed negative sines (imaginary part)
+    mel: torch.Tensor  # [n_freq, n_mels]
+
+    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.n_fft, self.hop_length, self.eps = n_fft, hop_length, eps
+        n_freq = n_fft // 2 + 1
+        n = torch.arange(n_fft, dtype=torch.float64)
+        k = torch.arange(n_freq, dtype=torch.float64)[:, None]
+        window = 0.5 - 0.5 * torch.cos(2 * math.pi * n / n_fft)  # periodic Hann, as torch.hann_window
+        angle = 2 * math.pi * k * n / n_fft
+        # Two convolutions rather than one split in two: a multi-output Split trips the fp16 converter.
+        self.register_buffer("cos_basis", (torch.cos(angle) * window).float().unsqueeze(1), persistent=False)
+        self.register_buffer("sin_basis", (-torch.sin(angle) * window).float().unsqueeze(1), persistent=False)
+        self.register_buffer("mel", torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels)), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        pad = self.n_fft // 2
+        x = F.pad(wave.unsqueeze(1), (pad, pad), mode="reflect")
+        real = F.conv1d(x, self.cos_basis, stride=self.hop_length)  # [B, n_freq, frames]
+        imag = F.conv1d(x, self.sin_basis, stride=self.hop_length)
+        power = real * real + imag * imag
+        mel = torch.matmul(power.transpose(1, 2), self.mel)  # [B, frames, n_mels]
+        return torch.log(mel + self.eps).unsqueeze(1)
+
+
+class FrameNormalize(nn.Module):
+    """uint8 frames [B, T, H, W, 3] -> float [B * T, 3, H, W], scaled to [0, 1] and standardised."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        b, t, h, w, c = frames.shape
+        x = frames.reshape(b * t, h, w, c).permute(0, 3, 1, 2).float() / 255.0
+        return (x - self.mean) / self.std
