@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-TINY_SIZES = {"train": 48, "val": 24, "test": 24}
+TINY_SIZES = {"train": 160, "val": 32, "test": 24}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,7 +53,7 @@ def tiny_run(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.train import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    train(f"csv:{tiny_demo}", out, TrainConfig(method="mla", epochs=40, batch_size=16, workers=0))
+    train(f"csv:{tiny_demo}", out, TrainConfig(method="mla", epochs=30, batch_size=32, workers=0))
     return out
 
 

@@ -61,8 +61,11 @@ def write_video(
             raise TypeError(f"{codec} is not a video codec")
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = _PIX_FMT.get(codec, "yuv420p")
+        # One encoder thread: x264's frame threads made the bytes (and the decoded pixels)
+        # differ from run to run; single-threaded, a seed gives the same files every time.
+        stream.thread_count = 1
         if codec == "libx264":
-            stream.options = {"crf": "18", "preset": "veryfast"}
+            stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
         astream = _audio_stream(out, audio_codec, sample_rate) if audio is not None else None
         for rgb in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
