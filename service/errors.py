@@ -90,7 +90,8 @@ def error_body(code: str, message: str) -> dict[str, Any]:
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
-    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+    async def _service(request: Request, exc: ServiceError) -> JSONResponse:
+        request.app.state.metrics.rejected.labels(exc.code).inc()
         return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -176,6 +176,7 @@ def test_models_health_and_protocol_routes(server: Server) -> None:
 
 def test_metrics_count_what_happened(server: Server, clean_train_row: dict[str, str]) -> None:
     server.post({"audio": Path(clean_train_row["audio"]), "video": Path(clean_train_row["video"])})
+    assert server.post({"notes": ("n.txt", b"x")}).status_code == 422  # refused, and counted
     text = httpx.get(f"{server.url}/metrics").text
     for name in (
         "mla_requests_total",
@@ -194,6 +195,7 @@ def test_metrics_count_what_happened(server: Server, clean_train_row: dict[str, 
         assert name in text, name
     assert 'mla_model_info{modality="audio",name="tiny",provider="CPUExecutionProvider",version="1"} 1.0' in text
     assert 'mla_requests_total{method="POST",route="/v1/predict",status="200"}' in text
+    assert 'mla_rejected_total{code="invalid_request"}' in text
 
 
 def test_mla_predict_command(server: Server, clean_train_row: dict[str, str]) -> None:
