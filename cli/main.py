@@ -198,11 +198,16 @@ def serve(
     """Serve a model repository over HTTP: POST /v1/predict, /v1/models, /metrics, /docs."""
     import uvicorn
 
+    from model_export.manifest import ManifestError, load_manifest
     from service.main import create_app
-    from service.model import ModelLoadError
+    from service.model import ModelLoadError, resolve_version_dir
     from service.settings import Settings
 
     settings = Settings() if model is None else Settings(model_dir=model)
+    try:
+        load_manifest(resolve_version_dir(settings.model_dir, settings.model_version))  # a clear error now, not a traceback later
+    except (ModelLoadError, ManifestError, OSError) as exc:
+        _fail(f"cannot serve {settings.model_dir}: {exc}")
     try:
         app_ = create_app(settings)
         uvicorn.run(

@@ -21,6 +21,11 @@ from service.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("warm-up failed; the service stays not ready", exc_info=task.exception())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -32,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(model.load)  # fails fast on a bad repository
         app.state.model = model
         warm = asyncio.create_task(model.start())  # answers /healthz at once, /readyz once warm
+        warm.add_done_callback(_log_failure)
         try:
             yield
         finally:

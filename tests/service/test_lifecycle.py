@@ -98,3 +98,21 @@ def test_sigterm_finishes_the_request_in_flight(tiny_repo: Path, tmp_path: Path,
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{srv.url}/healthz", timeout=2)  # no longer accepting
     assert srv.tmp_is_empty()
+
+
+def test_serve_without_a_model_says_so(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "serve", "--model", str(tmp_path / "none")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "no model version" in proc.stderr
+    assert "Traceback" not in proc.stderr
