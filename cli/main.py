@@ -28,7 +28,7 @@ from rich.progress import (
 app = typer.Typer(
     name="mla", help="Train, export and serve balanced multimodal classifiers (MLA).", no_args_is_help=True, add_completion=False
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one error, one line: no wrapping at 80 columns
 
 DataOpt = Annotated[str, typer.Option("--data", help="demo | demo:SEED | csv:PATH | cremad:ROOT")]
 
