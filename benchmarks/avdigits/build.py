@@ -4,7 +4,7 @@
 
 Splits are disjoint by speaker and by image: four speakers train, one validates, one is
 held out for test (`theo`, by default); every image is used once. Written as real media
-(8 kHz wav, 1 s H.264 mp4 of the digit drifting slightly) plus a `csv:` manifest.
+(8 kHz wav, 1 s MPEG-4 mp4 of the digit drifting slightly) plus a `csv:` manifest.
 
 Corruption recipe (seeded, the same for every split; the manifest records it per sample):
 - audio: white noise added to every recording at an SNR drawn uniformly from [-5, 20] dB,
@@ -137,7 +137,7 @@ def build(out: Path, seed: int = 0, root: Path = SHARED, limit_per_speaker_digit
         corrupt = "" if roll >= VIDEO_CORRUPT_SHARE else ("occlusion" if roll < VIDEO_CORRUPT_SHARE / 2 else "blur")
         name = f"{i:05d}_{r.path.stem}"
         write_audio(media / f"{name}.wav", noisy.astype(np.float32), SAMPLE_RATE)
-        write_video(media / f"{name}.mp4", digit_clip(images[image_index], rng, corrupt), FPS)
+        write_video(media / f"{name}.mp4", digit_clip(images[image_index], rng, corrupt), FPS, codec="mpeg4")
         rows.append(
             {
                 "audio": f"media/{name}.wav",

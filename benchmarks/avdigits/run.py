@@ -123,7 +123,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    data_dir = cache_root() / "datasets" / "avdigits-v1-seed0"
+    data_dir = cache_root() / "datasets" / "avdigits-v2-seed0"
     manifest = data_dir / "manifest.csv"
     if not manifest.is_file():
         try:
@@ -134,7 +134,7 @@ def main() -> None:
             sys.exit(0)
     spec = f"csv:{manifest}"
     results: dict[str, Any] = {
-        "data": "avdigits-v1",
+        "data": "avdigits-v2",
         "encoder": args.encoder,
         "epochs": args.epochs,
         "seeds": args.seeds,

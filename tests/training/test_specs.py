@@ -36,6 +36,28 @@ def test_demo_spec_is_deterministic_media_with_a_manifest(tiny_demo: Path) -> No
     assert "" in corrupted
 
 
+def test_demo_media_are_the_same_bytes_in_another_process(tmp_path: Path) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from training.data.demo import generate
+
+    code = (
+        "import sys, hashlib; from pathlib import Path; from training.data.demo import generate\n"
+        "m = generate(Path(sys.argv[1]), seed=11, sizes={'train': 6})\n"
+        "print(hashlib.sha256(b''.join(p.read_bytes() for p in sorted(m.parent.glob('media/*')))).hexdigest())\n"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "a")], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert other.returncode == 0, other.stderr
+    here = generate(tmp_path / "b", seed=11, sizes={"train": 6})
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.parent.glob("media/*")))).hexdigest()
+    assert other.stdout.strip() == digest
+
+
 def test_demo_spec_generates_into_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import training.data.demo as demo
 

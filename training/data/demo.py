@@ -5,7 +5,7 @@ pitch and level jitter and background noise; it is the easier, dominant modality
 is on CREMA-D. Video: one of scikit-learn's bundled 8x8 handwritten digits of the class,
 scaled up, drifting across a noisy frame; harder to learn. A share of samples carries one
 modality replaced by noise, so per-sample uncertainty matters at test time. Written as real
-media (16-bit wav, H.264 mp4) plus a CSV manifest, so it goes through the same decoding
+media (16-bit wav, MPEG-4 mp4) plus a CSV manifest, so it goes through the same decoding
 path as user data.
 """
 
@@ -24,7 +24,7 @@ from training.data.writers import write_audio, write_video
 
 log = logging.getLogger(__name__)
 
-DEMO_VERSION = 1  # bump when the recipe changes, so stale copies are rebuilt
+DEMO_VERSION = 2  # bump when the recipe changes, so stale copies are rebuilt
 SAMPLE_RATE = 16_000
 CLIP_SECONDS = 1.0
 FPS = 16
@@ -108,7 +108,7 @@ def generate(root: Path, seed: int = 0, sizes: dict[str, int] | None = None) -> 
             name = f"{split}_{i:05d}"
             write_audio(media / f"{name}.wav", synth_audio(label, rng, corrupt == "audio"), SAMPLE_RATE)
             image = digits.images[rng.choice(pools[split][label])]
-            write_video(media / f"{name}.mp4", synth_video(image, rng, corrupt == "video"), FPS)
+            write_video(media / f"{name}.mp4", synth_video(image, rng, corrupt == "video"), FPS, codec="mpeg4")
             rows.append(
                 {
                     "audio": f"media/{name}.wav",

@@ -1,4 +1,9 @@
-"""Write real media files with PyAV: the demo dataset and test fixtures use these."""
+"""Write real media files with PyAV: the demo dataset and test fixtures use these.
+
+Generated datasets use FFmpeg's own MPEG-4 Part 2 encoder ("mpeg4", in mp4): the same frames
+give the same bytes in every run. libx264 does not (its output changed from process to
+process here even single-threaded), so it is used only where tests need H.264 media.
+"""
 
 from __future__ import annotations
 
@@ -61,14 +66,17 @@ def write_video(
             raise TypeError(f"{codec} is not a video codec")
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = _PIX_FMT.get(codec, "yuv420p")
-        # One encoder thread: x264's frame threads made the bytes (and the decoded pixels)
-        # differ from run to run; single-threaded, a seed gives the same files every time.
         stream.thread_count = 1
         if codec == "libx264":
             stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
+        elif codec == "mpeg4":
+            stream.bit_rate = 4_000_000  # near-transparent at the demo's sizes: quantiser 2 to 4
+            stream.options = {"qmin": "2", "qmax": "4"}
         astream = _audio_stream(out, audio_codec, sample_rate) if audio is not None else None
-        for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
