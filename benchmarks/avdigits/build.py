@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from common.media import decode_audio
 from training.data.specs import write_manifest
 from training.data.writers import write_audio, write_video
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED = Path(os.environ.get("MLA_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 SPEAKERS_VAL = "jackson"
 SPEAKER_TEST = "theo"
 SAMPLE_RATE = 8000

@@ -36,3 +36,24 @@ def test_missing_shared_data_is_reported(tmp_path: Path) -> None:
 
     with pytest.raises(MissingSharedDataError, match="absent"):
         build(tmp_path / "x", root=tmp_path / "nothing")
+
+
+def test_benchmark_skips_cleanly_without_shared_data(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "MLA_SHARED_DATA": str(tmp_path / "absent"), "MLA_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.avdigits.run", "--runs", str(tmp_path / "runs")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped" in proc.stdout
+    assert "absent" in proc.stdout
