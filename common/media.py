@@ -112,13 +112,18 @@ def _open(path: str | Path, formats: frozenset[str] | None = None) -> av.contain
     return container
 
 
-def _declared_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
-    """The duration the headers claim, without decoding; None where they say nothing."""
+def _check_declared_duration(name: str, container: av.container.InputContainer, stream: av.stream.Stream, limits: Limits) -> None:
+    """Refuse by the duration the headers claim, before decoding anything (headers that say nothing pass)."""
+    if limits.max_seconds is None:
+        return
     if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / av.time_base
-    return None
+        declared: float | None = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        declared = container.duration / av.time_base
+    else:
+        declared = None
+    if declared is not None and declared > limits.max_seconds:
+        raise MediaLimitError(f"{name} lasts {declared:.1f} s, more than the limit of {limits.max_seconds:g} s")
 
 
 def decode_audio(
@@ -130,9 +135,7 @@ def decode_audio(
         if not container.streams.audio:
             raise MissingStreamError(f"{name} has no audio track")
         stream = container.streams.audio[0]
-        declared = _declared_seconds(container, stream)
-        if limits.max_seconds is not None and declared is not None and declared > limits.max_seconds:
-            raise MediaLimitError(f"{name} lasts {declared:.1f} s, more than the limit of {limits.max_seconds:g} s")
+        _check_declared_duration(name, container, stream, limits)
         max_samples = None if limits.max_seconds is None else int(limits.max_seconds * sample_rate) + sample_rate
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks: list[np.ndarray] = []
@@ -191,9 +194,7 @@ def load_video(
         width, height = stream.codec_context.width, stream.codec_context.height
         if limits.max_pixels is not None and width * height > limits.max_pixels:
             raise MediaLimitError(f"{name} is {width}x{height}, more than {limits.max_pixels} pixels per frame")
-        declared = _declared_seconds(container, stream)
-        if limits.max_seconds is not None and declared is not None and declared > limits.max_seconds:
-            raise MediaLimitError(f"{name} lasts {declared:.1f} s, more than the limit of {limits.max_seconds:g} s")
+        _check_declared_duration(name, container, stream, limits)
         frames: list[av.VideoFrame] = []
         try:
             for frame in container.decode(stream):
