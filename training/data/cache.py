@@ -5,6 +5,7 @@ Decoding happens once, in worker processes; later epochs and runs load the array
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -95,16 +96,9 @@ class DecodeCache:
         jobs: list[tuple[str, Path, Spec, Path, str]], workers: int, progress: Callable[[int, int], None] | None
     ) -> list[str]:
         errors: list[str] = []
-        if workers <= 1:
-            results: Iterable[str | None] = map(_decode_to, jobs)
+        with ProcessPoolExecutor(max_workers=workers) if workers > 1 else contextlib.nullcontext() as pool:
+            results: Iterable[str | None] = pool.map(_decode_to, jobs, chunksize=16) if pool else map(_decode_to, jobs)
             for i, err in enumerate(results, 1):
-                if err:
-                    errors.append(err)
-                if progress:
-                    progress(i, len(jobs))
-            return errors
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, err in enumerate(pool.map(_decode_to, jobs, chunksize=16), 1):
                 if err:
                     errors.append(err)
                 if progress:
