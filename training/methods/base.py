@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +14,13 @@ from training.config import TrainConfig
 from training.data.dataset import Batch
 from training.distributed import World
 from training.models import MultimodalClassifier
+
+
+class Rows(NamedTuple):
+    x: torch.Tensor  # inputs of the rows that have the modality (or one blank row, see Trainer.rows)
+    y: torch.Tensor  # their labels
+    real: bool  # this process has rows of the modality: its loss counts
+    anywhere: bool  # some process has rows: everyone must run the forward and backward
 
 
 class Trainer:
@@ -58,14 +65,14 @@ class Trainer:
     def step(self, batch: Batch) -> dict[str, float]:
         lr = self.lr_now()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
         self.net.train()
         losses = self.train_step(batch)
         self.step_count += 1
         return losses
 
-    def rows(self, batch: Batch, modality: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """The rows of `batch` that have `modality`, their labels, and whether any process has some.
+    def rows(self, batch: Batch, modality: str) -> Rows:
+        """The rows of `batch` that have `modality`, with their labels.
 
         In DDP every process must run the same forwards and backwards, so a process whose
         batch lacks the modality while another has it runs one blank row with zero loss weight.
@@ -74,8 +81,8 @@ class Trainer:
         local = int(mask.sum())
         total = int(self.world.sum(torch.tensor([local])).item()) if self.world.distributed else local
         if local == 0 and total > 0:
-            return batch[modality][:1], batch["label"][:1], True
-        return batch[modality][mask], batch["label"][mask], total > 0
+            return Rows(batch[modality][:1], batch["label"][:1], real=False, anywhere=True)
+        return Rows(batch[modality][mask], batch["label"][mask], real=local > 0, anywhere=total > 0)
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor, real: bool = True) -> torch.Tensor:

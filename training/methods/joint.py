@@ -17,13 +17,12 @@ class JointTrainer(Trainer):
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         y = batch["label"]
-        picked = {m: self.rows(batch, m) for m in self.modalities}
-        picked = {m: r for m, r in picked.items() if r[2]}
-        out = self.net({m: x for m, (x, _, _) in picked.items()})
+        picked = {m: r for m in self.modalities if (r := self.rows(batch, m)).anywhere}
+        out = self.net({m: r.x for m, r in picked.items()})
         summed = torch.zeros(y.shape[0], self.model.cfg.n_classes, device=y.device)
         for m, (_, logits) in out.items():
-            rows = batch[f"{m}_present"].nonzero(as_tuple=True)[0]
-            if rows.numel():  # else this process ran a blank row only to keep DDP in step
+            if picked[m].real:  # else this process ran a blank row only to keep DDP in step
+                rows = batch[f"{m}_present"].nonzero(as_tuple=True)[0]
                 summed = summed.index_put((rows,), logits, accumulate=True)
         loss = self.loss(summed, y)
         self.optimizer.zero_grad(set_to_none=True)

@@ -67,10 +67,9 @@ class MLATrainer(Trainer):
         losses = {}
         head = self.model.head(self.modalities[0])
         for m in self.modalities:
-            x, y, any_rows = self.rows(batch, m)
-            if not any_rows:
+            x, y, real, anywhere = self.rows(batch, m)
+            if not anywhere:
                 continue
-            real = bool(batch[f"{m}_present"].any())
             # forward this modality alone through the shared head
             ((feats, logits),) = self.net({m: x}).values()
             loss = self.loss(logits, y, real)

@@ -16,12 +16,11 @@ class UnimodalTrainer(Trainer):
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         # One forward over every modality (DDP wants one forward per backward).
-        picked = {m: self.rows(batch, m) for m in self.modalities}
-        picked = {m: r for m, r in picked.items() if r[2]}
+        picked = {m: r for m in self.modalities if (r := self.rows(batch, m)).anywhere}
         if not picked:
             return {}
-        out = self.net({m: x for m, (x, _, _) in picked.items()})
-        losses = {m: self.loss(out[m][1], y, bool(batch[f"{m}_present"].any())) for m, (_, y, _) in picked.items()}
+        out = self.net({m: r.x for m, r in picked.items()})
+        losses = {m: self.loss(out[m][1], r.y, r.real) for m, r in picked.items()}
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()  # type: ignore[union-attr]
         self.optimizer.step()
