@@ -95,7 +95,7 @@ def export_run(
     ckpt = load_checkpoint(run_dir)
     model = model_from_checkpoint(ckpt)
     cfg = model.cfg
-    name = name or (run_dir.name if run_dir.is_dir() else run_dir.parent.name)
+    name = name or checkpoint_path(run_dir).parent.name
     if not SAFE.match(name):
         raise ExportError(f"model name {name!r} must be letters, digits, '.', '_' or '-'")
     root = out_root / name

@@ -130,7 +130,7 @@ def confusion_plot(preds: Predictions, class_names: list[str], path: Path, title
 
 def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1, batch_size: int = 128) -> dict[str, Any]:
     """Score a trained run on one split under every fusion rule; write a confusion-matrix plot."""
-    from training.checkpoint import load_checkpoint, model_from_checkpoint
+    from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
     from training.data.dataset import build_dataset, make_loader
     from training.data.specs import DataError, parse_spec
 
@@ -154,7 +154,7 @@ def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1
     if fixed is not None:
         rules["fixed"] = {**score(preds, "fixed", fixed), "weights": fixed}
     headline = rules["entropy"]
-    out_dir = run_dir if run_dir.is_dir() else run_dir.parent
+    out_dir = checkpoint_path(run_dir).parent
     plot = out_dir / f"confusion_{split}.png"
     confusion_plot(preds, model.cfg.labels, plot, f"{ckpt['method']} on {split} (entropy fusion)")
     return {
