@@ -49,16 +49,16 @@ def resolve_version_dir(model_dir: Path, version: str | None) -> Path:
 
 @dataclass
 class Runtime:
-    """One modality's session and its batcher."""
+    """One modality's manifest entry, the provider its session got, the call that runs it, and its batcher."""
 
     entry: AudioEntry | VideoEntry
-    session: Any
     provider: str
     run: Callable[[np.ndarray], np.ndarray]
     batcher: MicroBatcher | None = None
 
 
-def make_session(path: Path, settings: Settings) -> tuple[Any, str, Callable[[np.ndarray], np.ndarray]]:
+def make_session(path: Path, settings: Settings) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """An ONNX Runtime session for `path`: the provider it got, and a call that runs a batch on it."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -95,7 +95,7 @@ def make_session(path: Path, settings: Settings) -> tuple[Any, str, Callable[[np
         def run(batch: np.ndarray) -> np.ndarray:
             return np.asarray(session.run([output_name], {input_name: batch})[0])
 
-    return session, provider, run
+    return provider, run
 
 
 class ServedModel:
@@ -126,8 +126,8 @@ class ServedModel:
         if bad:
             raise ModelLoadError(f"{self.dir}: " + "; ".join(bad))
         for m, entry in manifest.modalities.items():
-            session, provider, run = make_session(self.dir / entry.file, self.settings)
-            self.runtimes[m] = Runtime(entry, session, provider, run)
+            provider, run = make_session(self.dir / entry.file, self.settings)
+            self.runtimes[m] = Runtime(entry, provider, run)
             self.metrics.model_info.labels(manifest.name, manifest.version, m, provider).set(1)
         self.manifest = manifest
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds ORT threads
