@@ -20,11 +20,13 @@ from fastapi import FastAPI, UploadFile
 from common.fusion import entropy, fuse
 from common.media import load_audio, load_video
 from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.models.classifier import SingleModality
 
 
 def build(run_dir: Path) -> FastAPI:
     model = model_from_checkpoint(load_checkpoint(run_dir))
     cfg = model.cfg
+    paths = {m: SingleModality(model, m).eval() for m in cfg.modalities}  # the torch twin of each exported graph
     lock = asyncio.Lock()
     app = FastAPI()
 
@@ -40,7 +42,7 @@ def build(run_dir: Path) -> FastAPI:
                     path.write_bytes(await upload.read())
                     x = load_audio(path, cfg.audio_spec) if m == "audio" else load_video(path, cfg.video_spec)
                     with torch.inference_mode():
-                        logits = model.head(m)(model.encoders[m](torch.from_numpy(x)[None]))
+                        logits = paths[m](torch.from_numpy(x)[None])
                     probs[m] = torch.softmax(logits, -1).numpy()
             fused, weights = fuse(probs)
             return {

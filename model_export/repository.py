@@ -37,6 +37,7 @@ from training.checkpoint import checkpoint_path, load_checkpoint, model_from_che
 from training.config import ModelConfig
 from training.data.dataset import build_dataset
 from training.data.specs import parse_spec
+from training.models.classifier import SingleModality
 
 log = logging.getLogger(__name__)
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -121,8 +122,7 @@ def export_run(
             file = f"{m}.onnx"
             export_graph(model, spec, tmp / file)
             with torch.no_grad():
-                head = model.head(m)
-                expected = head(model.encoders[m](torch.from_numpy(inputs[m]))).numpy()
+                expected = SingleModality(model, m)(torch.from_numpy(inputs[m])).numpy()
             try:
                 got = run_session(tmp / file, {spec.input_name: inputs[m]})
             except Exception as exc:  # onnxruntime's own exception types
