@@ -26,8 +26,8 @@ import httpx
 import numpy as np
 
 from benchmarks.report import markdown_table, write
+from common.manifest import AudioEntry, VideoEntry, load_manifest
 from common.media import AudioSpec, VideoSpec, load_audio, load_video
-from model_export.manifest import AudioEntry, VideoEntry, load_manifest
 from training.data.specs import parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""`mla`: train, evaluate (and, as they land, export and serve).
+"""`mla`: train, evaluate, export, validate, serve and predict.
 
 Heavy imports (torch) happen inside the commands that need them, so `mla --help` and
 the service's commands stay light.
@@ -157,9 +157,9 @@ def export_model(
 ) -> None:
     """Export a run as MODEL_DIR/<name>/<version>/: one ONNX graph per modality and manifest.json."""
     _setup_logging(verbose)
-    from model_export.manifest import load_manifest
+    from common.manifest import load_manifest
+    from common.parity import ParityError
     from model_export.onnx_graph import ExportError
-    from model_export.parity import ParityError
     from model_export.repository import export_run
     from training.checkpoint import CheckpointError
     from training.data.specs import DataError
@@ -171,7 +171,8 @@ def export_model(
             _fail(str(exc))
     manifest = load_manifest(target)
     for m, p in manifest.export.parity.items():
-        err.print(f"{m}: max |logit diff| {p.max_abs_logit_diff:.2e}, top-1 agreement {p.top1_agreement:.4f} (n={p.n})")
+        rel = "" if p.max_rel_logit_diff is None else f" ({p.max_rel_logit_diff:.1e} of their scale)"
+        err.print(f"{m}: max |logit diff| {p.max_abs_logit_diff:.2e}{rel}, top-1 agreement {p.top1_agreement:.4f} (n={p.n})")
     err.print(f"exported {target}")
 
 
@@ -180,7 +181,7 @@ def validate(
     model_dir: Annotated[Path, typer.Argument(help="MODEL_DIR/<name>/<version>")],
 ) -> None:
     """Re-check a model repository: manifest schema, file hashes, parity on the stored sample."""
-    from model_export.validate import InvalidRepositoryError, validate_repository
+    from common.validate import InvalidRepositoryError, validate_repository
 
     try:
         report = validate_repository(model_dir)
@@ -198,7 +199,7 @@ def serve(
     """Serve a model repository over HTTP: POST /v1/predict, /v1/models, /metrics, /docs."""
     import uvicorn
 
-    from model_export.manifest import ManifestError, load_manifest
+    from common.manifest import ManifestError, load_manifest
     from service.main import create_app
     from service.model import ModelLoadError, resolve_version_dir
     from service.settings import Settings

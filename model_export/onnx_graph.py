@@ -11,7 +11,7 @@ from typing import Literal
 import onnx
 import torch
 
-from model_export.parity import FP16, FP32, Tolerance
+from common.parity import FP16, FP32, Tolerance
 from training.config import ModelConfig
 from training.models import MultimodalClassifier
 from training.models.classifier import SingleModality

@@ -20,7 +20,7 @@ import onnx
 import torch
 
 from common.hashing import sha256_file
-from model_export.manifest import (
+from common.manifest import (
     MANIFEST_NAME,
     AudioEntry,
     ExportInfo,
@@ -30,9 +30,9 @@ from model_export.manifest import (
     TrainingInfo,
     VideoEntry,
 )
+from common.parity import ParityError, compare
+from common.validate import run_session
 from model_export.onnx_graph import DEFAULT_OPSET, OUTPUT_NAME, ExportError, ExportSpec, export_graph, spec_for
-from model_export.parity import ParityError, compare
-from model_export.validate import run_session
 from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from training.config import ModelConfig
 from training.data.dataset import build_dataset
@@ -139,6 +139,7 @@ def export_run(
             parity[m] = Parity(
                 n=int(figures["n"]),
                 max_abs_logit_diff=figures["max_abs_logit_diff"],
+                max_rel_logit_diff=figures["max_rel_logit_diff"],
                 max_prob_diff=figures["max_prob_diff"],
                 top1_agreement=figures["top1_agreement"],
                 tolerance=spec.tolerance.as_dict(),

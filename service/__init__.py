@@ -1,1 +1,1 @@
-"""The FastAPI service (see the service issue). Never imports torch or training."""
+"""The FastAPI service: uploads in, entropy-fused predictions out. Imports neither torch, onnx, `training` nor `model_export`."""

@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 
 from common.fusion import entropy, fuse, softmax
+from common.manifest import AudioEntry, Manifest, VideoEntry, check_hashes, load_manifest
 from common.media import AudioSpec, Limits, MediaError, VideoSpec
-from model_export.manifest import AudioEntry, Manifest, VideoEntry, load_manifest
-from model_export.validate import check_hashes
 from service.batching import MicroBatcher
 from service.decoding import decode_audio_file, decode_video_file, warm_up
 from service.errors import InvalidRequest, ServiceError, TooLarge, from_media_error

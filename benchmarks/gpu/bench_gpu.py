@@ -5,7 +5,7 @@ Run on the device (see ../shared/device/README.md for getting onnxruntime-gpu th
     python -m benchmarks.gpu.bench_gpu --out "$OUT" [--encoders resnet18 small] [--batches 1 64]
 
 and here, to check the script itself, on the CPU: `--device cpu --quick`. It writes
-gpu_bench.json and gpu_bench.md into --out: clips per second per modality, batch and
+gpu_bench.json and gpu_bench.md into --out (ORT's profiles under --out/profiles): clips per second per modality, batch and
 runtime, each as a ratio to torch eager fp32 from the same run, plus where ONNX Runtime
 placed every node (from its profiler) and GPU parity figures.
 """
@@ -30,9 +30,12 @@ from training.models import build_model
 from training.models.classifier import SingleModality
 
 
-def session(path: Path, device: str, profile: bool = False) -> ort.InferenceSession:
+def session(path: Path, device: str, profile_prefix: Path | None = None) -> ort.InferenceSession:
+    """A session on `device`; with `profile_prefix`, ORT writes its profile as PREFIX_<time>.json."""
     opts = ort.SessionOptions()
-    opts.enable_profiling = profile
+    if profile_prefix is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile_prefix)  # never the working directory
     if device == "cuda":
         cuda = {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE", "prefer_nhwc": "1", "use_tf32": "1"}
         providers: list[Any] = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
@@ -41,9 +44,10 @@ def session(path: Path, device: str, profile: bool = False) -> ort.InferenceSess
     return ort.InferenceSession(str(path), opts, providers=providers)
 
 
-def placement(path: Path, device: str, feed: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Which provider ran each node, read from ORT's profiler output."""
-    s = session(path, device, profile=True)
+def placement(path: Path, device: str, feed: dict[str, np.ndarray], profiles: Path) -> dict[str, Any]:
+    """Which provider ran each node, read from ORT's profiler output (kept under `profiles`)."""
+    profiles.mkdir(parents=True, exist_ok=True)
+    s = session(path, device, profile_prefix=profiles / path.stem)
     s.run(None, feed)
     events = json.loads(Path(s.end_profiling()).read_text())
     nodes: dict[str, tuple[str, str]] = {}
@@ -71,7 +75,7 @@ def _ort_call(s: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Any:
     return lambda: s.run(None, feed)
 
 
-def bench_encoder(encoder: str, batches: list[int], device: str, quick: bool) -> list[dict[str, Any]]:
+def bench_encoder(encoder: str, batches: list[int], device: str, quick: bool, profiles: Path) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     cfg = ModelConfig.for_encoder(encoder, ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"])
     model = build_model(cfg).eval()
@@ -134,7 +138,9 @@ def bench_encoder(encoder: str, batches: list[int], device: str, quick: bool) ->
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
-            rows[-1]["placement"] = {p: placement(graphs[p], device, {spec.input_name: spec.example(2).numpy()}) for p in graphs}
+            rows[-1]["placement"] = {
+                p: placement(graphs[p], device, {spec.input_name: spec.example(2).numpy()}, profiles / encoder) for p in graphs
+            }
     return rows
 
 
@@ -151,8 +157,8 @@ def main() -> None:
             ort.preload_dlls()
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise SystemExit(f"onnxruntime {ort.__version__} has no CUDA provider here: {ort.get_available_providers()}")
-    rows = [r for enc in args.encoders for r in bench_encoder(enc, args.batches, args.device, args.quick)]
     args.out.mkdir(parents=True, exist_ok=True)
+    rows = [r for enc in args.encoders for r in bench_encoder(enc, args.batches, args.device, args.quick, args.out / "profiles")]
     info = {**machine(), "onnxruntime": ort.__version__, "device": args.device}
     (args.out / "gpu_bench.json").write_text(json.dumps({"machine": info, "results": rows}, indent=2) + "\n")
     keys = ["torch_fp32", "torch_bf16_channels_last", "ort_fp32_numpy", "ort_fp32_iobinding", "ort_fp16_iobinding"]

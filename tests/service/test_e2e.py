@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from common.fusion import fuse
+from common.manifest import load_manifest
 from common.media import AudioSpec, VideoSpec, load_audio, load_video
-from model_export.manifest import load_manifest
+from common.parity import FP32
 from tests.conftest import ROOT, shared_data
 from tests.servers import Server
 from training.data.demo import synth_video
@@ -72,7 +73,10 @@ def test_service_runs_the_exported_graph_on_the_shared_decoder(
         logits = sess.run(None, {entry.input.name: inputs[m][None]})[0][0]
         p = np.exp(logits - logits.max())
         p /= p.sum()
-        np.testing.assert_allclose([body["modalities"][m]["probabilities"][c] for c in manifest.labels], p, atol=1e-5)
+        # Same graph, same input; only ORT's kernel choice may differ (thread count, batch): the
+        # fp32 parity bound on the logits, and softmax moves no probability by more than that.
+        bound = FP32.max_rel_logit_diff * max(1.0, float(np.abs(logits).max()))  # type: ignore[operator]
+        np.testing.assert_allclose([body["modalities"][m]["probabilities"][c] for c in manifest.labels], p, atol=bound)
 
 
 def test_the_trained_class_wins_on_a_training_clip(server: Server, clean_train_row: dict[str, str]) -> None:

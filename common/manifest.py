@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.hashing import sha256_file
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
@@ -66,6 +68,7 @@ class Fusion(_Strict):
 class Parity(_Strict):
     n: int
     max_abs_logit_diff: float
+    max_rel_logit_diff: float | None = None  # relative to max(1, max |logit|); absent in exports before it
     max_prob_diff: float
     top1_agreement: float
     tolerance: dict[str, float]
@@ -117,3 +120,18 @@ def load_manifest(model_dir: Path) -> Manifest:
         if entry.kind != key:
             raise ManifestError(f"{path}: modality {key!r} holds a {entry.kind!r} entry")
     return manifest
+
+
+def check_hashes(model_dir: Path, manifest: Manifest) -> list[str]:
+    """Every file the manifest names that is missing or differs from its sha256 (empty: all intact)."""
+    failures = []
+    for modality, entry in manifest.modalities.items():
+        for rel, expected in ((entry.file, entry.sha256), (entry.parity_sample, entry.parity_sample_sha256)):
+            path = model_dir / rel
+            if not path.is_file():
+                failures.append(f"{rel} ({modality}) is missing")
+            elif sha256_file(path) != expected:
+                failures.append(
+                    f"{rel} ({modality}) does not match its sha256 in the manifest: the file was changed or corrupted"
+                )
+    return failures

@@ -19,18 +19,34 @@ class ParityError(Exception):
 
 @dataclass(frozen=True)
 class Tolerance:
-    max_abs_logit_diff: float | None = None
+    """Bounds a graph's outputs must meet against the torch model's; None leaves a figure unchecked.
+
+    Logit differences are judged relative to the logits' own scale, max(1, max |logit|):
+    round-off is relative, so a bound in absolute units would hold for one model's scale
+    and not another's.
+    """
+
+    max_rel_logit_diff: float | None = None  # max |logit difference| / max(1, max |reference logit|)
     max_prob_diff: float | None = None
     min_top1_agreement: float | None = None
+    max_abs_logit_diff: float | None = None  # absolute; written by exports before the relative bound
 
     def as_dict(self) -> dict[str, float]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-# fp32: the conv front end and the trunk run the same arithmetic in both; 1e-4 on logits holds.
-FP32 = Tolerance(max_abs_logit_diff=1e-4)
-# fp16: ~3 significant digits in the trunk; judge by what a client sees, the top-1 and the probabilities.
-FP16 = Tolerance(max_prob_diff=1e-2, min_top1_agreement=0.995)
+# fp32: ONNX Runtime and torch compute the same float32 sums in other orders (ORT folds
+# BatchNorm into the conv weights and picks its own kernels). A dot product of length K
+# then differs by about sqrt(K) * u (u = 2^-24, round-off of random sign), and a network
+# of depth L by about L * sqrt(K) * u of its output's scale: 5 * sqrt(576) * u = 7e-6 for
+# the small encoder, 20 * sqrt(4608) * u = 8e-5 for ResNet-18. 1e-4 covers both on any
+# CPU; a real mismatch (a wrong constant, a missing op) is off by percent.
+FP32 = Tolerance(max_rel_logit_diff=1e-4)
+# fp16 (u = 2^-11) in the trunk: the same estimate gives percent of the logits' scale, so
+# judge what a client sees: every probability within one point of torch's. Top-1 agreement
+# is reported, not required: it follows from that bound wherever the two most probable
+# classes are more than two points apart, and a near-tie may go either way.
+FP16 = Tolerance(max_prob_diff=1e-2)
 
 
 def compare(
@@ -50,9 +66,21 @@ def compare(
             failures.append(f"{label}: output {name!r} holds NaN or infinity")
             continue
         diff = float(np.max(np.abs(ref.astype(np.float64) - out)))
+        scale = max(1.0, float(np.max(np.abs(ref))))
         prob = float(np.max(np.abs(softmax(ref.astype(np.float64)) - softmax(out.astype(np.float64)))))
         top1 = float(np.mean(ref.argmax(-1) == out.argmax(-1)))
-        figures = {"n": float(ref.shape[0]), "max_abs_logit_diff": diff, "max_prob_diff": prob, "top1_agreement": top1}
+        figures = {
+            "n": float(ref.shape[0]),
+            "max_abs_logit_diff": diff,
+            "max_rel_logit_diff": diff / scale,
+            "max_prob_diff": prob,
+            "top1_agreement": top1,
+        }
+        if tol.max_rel_logit_diff is not None and diff / scale > tol.max_rel_logit_diff:
+            failures.append(
+                f"{label}: max |logit difference| {diff:.2e} is {diff / scale:.2e} of the logits' scale {scale:.3g}"
+                f" > {tol.max_rel_logit_diff:.0e}"
+            )
         if tol.max_abs_logit_diff is not None and diff > tol.max_abs_logit_diff:
             failures.append(f"{label}: max |logit difference| {diff:.2e} > {tol.max_abs_logit_diff:.0e}")
         if tol.max_prob_diff is not None and prob > tol.max_prob_diff:

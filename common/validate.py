@@ -1,4 +1,4 @@
-"""`mla validate`: re-check a model repository without torch: schema, hashes, parity sample."""
+"""`mla validate`: re-check a model repository without torch: schema, hashes, parity on the stored sample."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from common.hashing import sha256_file
-from model_export.manifest import Manifest, ManifestError, load_manifest
-from model_export.parity import Tolerance, compare
+from common.manifest import ManifestError, check_hashes, load_manifest
+from common.parity import Tolerance, compare
 
 
 class InvalidRepositoryError(Exception):
@@ -24,20 +23,6 @@ def run_session(path: Path, feeds: dict[str, np.ndarray], providers: list[str] |
     session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds), strict=True))
-
-
-def check_hashes(model_dir: Path, manifest: Manifest) -> list[str]:
-    failures = []
-    for modality, entry in manifest.modalities.items():
-        for rel, expected in ((entry.file, entry.sha256), (entry.parity_sample, entry.parity_sample_sha256)):
-            path = model_dir / rel
-            if not path.is_file():
-                failures.append(f"{rel} ({modality}) is missing")
-            elif sha256_file(path) != expected:
-                failures.append(
-                    f"{rel} ({modality}) does not match its sha256 in the manifest: the file was changed or corrupted"
-                )
-    return failures
 
 
 def validate_repository(model_dir: Path) -> dict[str, Any]:
