@@ -33,7 +33,7 @@ def build(run_dir: Path) -> FastAPI:
     @app.post("/v1/predict")
     async def predict(audio: UploadFile | None = None, video: UploadFile | None = None) -> dict[str, Any]:
         async with lock:  # one request at a time
-            probs: dict[str, np.ndarray] = {}
+            logits: dict[str, np.ndarray] = {}
             with tempfile.TemporaryDirectory() as tmp:
                 for m, upload in (("audio", audio), ("video", video)):
                     if upload is None:
@@ -42,13 +42,15 @@ def build(run_dir: Path) -> FastAPI:
                     path.write_bytes(await upload.read())
                     x = load_audio(path, cfg.audio_spec) if m == "audio" else load_video(path, cfg.video_spec)
                     with torch.inference_mode():
-                        logits = paths[m](torch.from_numpy(x)[None])
-                    probs[m] = torch.softmax(logits, -1).numpy()
-            fused, weights = fuse(probs)
+                        logits[m] = paths[m](torch.from_numpy(x)[None]).double().numpy()
+            fused = fuse(logits)
             return {
-                "label": cfg.labels[int(fused[0].argmax())],
-                "probabilities": dict(zip(cfg.labels, map(float, fused[0]), strict=True)),
-                "modalities": {m: {"entropy": float(entropy(p)[0]), "weight": float(weights[m][0])} for m, p in probs.items()},
+                "label": cfg.labels[int(fused.probs[0].argmax())],
+                "probabilities": dict(zip(cfg.labels, map(float, fused.probs[0]), strict=True)),
+                "modalities": {
+                    m: {"entropy": float(entropy(p)[0]), "weight": float(fused.weights[m][0])}
+                    for m, p in fused.modality_probs.items()
+                },
             }
 
     @app.get("/readyz")

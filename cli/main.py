@@ -57,32 +57,47 @@ def train(
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     lr: Annotated[float, typer.Option(min=0.0)] = 0.05,
-    owm_alpha: Annotated[float, typer.Option(help="MLA projection regulariser alpha")] = 1.0,
+    owm_alpha: Annotated[
+        str,
+        typer.Option(help="MLA projection alpha over unit-norm features, or 'auto': the best of 1, 10, 100, 1000 on validation"),
+    ] = "auto",
     no_projection: Annotated[bool, typer.Option("--no-projection", help="MLA without the head projection (ablation)")] = False,
     workers: Annotated[int, typer.Option(min=0, help="data-loading worker processes")] = 1,
     max_batches: Annotated[int | None, typer.Option(min=1, help="cap batches per epoch")] = None,
     clip_seconds: Annotated[float | None, typer.Option(help="audio clip length (default: per encoder)")] = None,
     frames: Annotated[int | None, typer.Option(help="video frames per clip (default: per encoder)")] = None,
     frame_size: Annotated[int | None, typer.Option(help="video frame side in pixels (default: per encoder)")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="continue the run in this folder where it stopped (its own settings; others ignored)")
+    ] = None,
     verbose: bool = False,
 ) -> None:
-    """Train one method on a dataset; write RUN_DIR/checkpoint.pt, metrics.jsonl and a curve plot."""
+    """Train one method on a dataset; write RUN_DIR/checkpoint.pt, last.pt, metrics.jsonl and a curve plot."""
     _setup_logging(verbose)
     from training.checkpoint import CheckpointError
     from training.config import ENCODERS, METHODS, TrainConfig
     from training.data.specs import DataError
+    from training.train import resume_run
     from training.train import train as run
 
     if method not in METHODS:
         _fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if encoder not in ENCODERS:
         _fail(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
+    alpha: float | None = None
+    if owm_alpha != "auto":
+        try:
+            alpha = float(owm_alpha)
+        except ValueError:
+            _fail(f"--owm-alpha takes a positive number or 'auto', not {owm_alpha!r}")
+        if not alpha > 0:
+            _fail(f"--owm-alpha must be positive, got {owm_alpha}")
     cfg = TrainConfig(
         method=method,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
-        owm_alpha=owm_alpha,
+        owm_alpha=alpha,
         owm_project=not no_projection,
         seed=seed,
         workers=workers,
@@ -99,15 +114,21 @@ def train(
 
         def progress(event: str, done: int, total: int) -> None:
             if event not in tasks:
-                tasks[event] = bar.add_task("decoding" if event == "decode" else f"training {method}", total=total)
+                _, _, part = event.partition(":")  # "batch:alpha 10" while MLA searches its alpha
+                label = "decoding" if event == "decode" else f"training {method}" + (f" ({part})" if part else "")
+                tasks[event] = bar.add_task(label, total=total)
             bar.update(tasks[event], completed=done, total=total)
 
         try:
-            result = run(data, out, cfg, encoder, overrides, progress)
+            result = resume_run(resume, progress) if resume is not None else run(data, out, cfg, encoder, overrides, progress)
         except (DataError, CheckpointError, ValueError) as exc:
             _fail(str(exc))
     if "best_validation" in result:
-        err.print(f"saved {out / 'checkpoint.pt'}; best validation: {json.dumps(result['best_validation'])}")
+        saved = Path(result["run_dir"]) / "checkpoint.pt"
+        chosen = (
+            f"; alpha {result['owm_alpha']:g} chosen from {json.dumps(result['alpha_search'])}" if "owm_alpha" in result else ""
+        )
+        err.print(f"saved {saved}; best validation: {json.dumps(result['best_validation'])}{chosen}")
 
 
 @app.command()
@@ -134,14 +155,21 @@ def evaluate(
         return
     from rich.table import Table
 
-    table = Table(title=f"{report['method']} on {split} (n={report['n']})")
-    table.add_column("fusion")
     subsets = list(report["accuracy"])
+    title = f"{report['method']} on {split} (n={report['n']}): accuracy / ECE; its own rule is {report['fusion']}"
+    table = Table(title=title)
+    table.add_column("fusion (calibrated on val unless _raw)")
     for s in subsets:
         table.add_column(s, justify="right")
     for rule, res in report["by_fusion"].items():
-        table.add_row(rule, *(f"{res['accuracy'].get(s, float('nan')):.3f}" for s in subsets))
+        cells = (f"{res['accuracy'].get(s, float('nan')):.3f} / {res['ece'].get(s, float('nan')):.3f}" for s in subsets)
+        table.add_row(f"[bold]{rule}[/]" if rule == report["fusion"] else rule, *cells)
     Console().print(table)
+    a = report["abstention"]
+    Console().print(
+        f"abstaining below {a['min_confidence']:.3f} (fitted on val for error rate {a['target_risk']:g}): "
+        f"coverage {a['coverage']:.3f}, error rate among answers {a['risk']:.3f}; plots: {', '.join(report['plots'].values())}"
+    )
 
 
 @app.command("export")
@@ -152,7 +180,10 @@ def export_model(
     version: Annotated[str | None, typer.Option(help="version (default: the next integer)")] = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="fp16 weights and activations; inputs/outputs stay fp32/uint8")] = False,
     opset: Annotated[int, typer.Option(min=17, max=23)] = 18,
-    data: Annotated[str | None, typer.Option(help="dataset for the parity check (default: the one trained on)")] = None,
+    data: Annotated[str | None, typer.Option(help="dataset for parity and calibration (default: the one trained on)")] = None,
+    fusion: Annotated[
+        str | None, typer.Option(help="fusion rule to serve (default: the method's own: logit_sum for joint, else entropy)")
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Export a run as MODEL_DIR/<name>/<version>/: one ONNX graph per modality and manifest.json."""
@@ -166,13 +197,24 @@ def export_model(
 
     with err.status("exporting and checking parity"):
         try:
-            target = export_run(run_dir, out, name, version, fp16, opset, data)
-        except (CheckpointError, ExportError, ParityError, DataError) as exc:
+            target = export_run(run_dir, out, name, version, fp16, opset, data, fusion)
+        except (CheckpointError, ExportError, ParityError, DataError, ValueError) as exc:
             _fail(str(exc))
     manifest = load_manifest(target)
     for m, p in manifest.export.parity.items():
         rel = "" if p.max_rel_logit_diff is None else f" ({p.max_rel_logit_diff:.1e} of their scale)"
         err.print(f"{m}: max |logit diff| {p.max_abs_logit_diff:.2e}{rel}, top-1 agreement {p.top1_agreement:.4f} (n={p.n})")
+    cal, abstain = manifest.fusion.calibration, manifest.fusion.abstention
+    temps = ", ".join(f"{k} {v:.3g}" for k, v in {**cal.temperatures, **cal.fused_temperatures}.items())
+    err.print(f"fusion {manifest.fusion.rule}; temperatures {temps} (fitted on the {cal.fitted_on})")
+    for sub, fig in cal.val.items():
+        err.print(
+            f"  {sub}: validation ECE {fig['ece_raw']:.3f} -> {fig['ece']:.3f}, NLL {fig['nll_raw']:.3f} -> {fig['nll']:.3f}"
+        )
+    err.print(
+        f"abstains below confidence {abstain.min_confidence:.3f}: validation coverage {abstain.val_coverage:.3f}, "
+        f"error rate among answers {abstain.val_risk:.3f} (target {abstain.target_risk:g})"
+    )
     err.print(f"exported {target}")
 
 

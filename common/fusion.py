@@ -1,25 +1,41 @@
-"""Test-time fusion of per-modality predictions, per sample, in numpy.
+"""Test-time fusion of per-modality logits, per sample, in numpy: one code path for evaluation and the service.
 
-The rule (MLA, Eq. 7): each sample's modalities are weighted by their own certainty,
-w_m = softmax over the present modalities of -H(p_m), and the fused prediction is the
-weighted sum of the modalities' *probabilities*. Probabilities, not logits: the head is
-shared but each encoder puts its features at its own scale, so logits of one modality can
-be larger across the board and would dominate a logit sum whatever the weights say; a
-mixture of probability vectors is bounded, stays a distribution, and the weights mean
-what they say.
+A prediction is made in three steps, each set by the model's manifest:
 
-Each sample is weighted on its own. The authors' code averaged the entropy over the batch,
-which gives every sample the same weights; `batch_entropy_weights` keeps that variant
-only so benchmarks can compare against it.
+1. Calibrate each modality: p_m = softmax(z_m / T_m), with T_m fitted on validation
+   (T_m = 1 is the raw model).
+2. Weight and combine the modalities present for that sample. Weights are per sample and
+   sum to 1 over the modalities it has:
+   - `entropy` (MLA, Eq. 7): w_m = softmax_m(-H(p_m)), the paper's rule;
+   - `energy` (QMF-style): w_m = softmax_m(logsumexp(z_m / T_m)), the negative free energy;
+   - `equal`, `fixed`: constant weights (fixed ones tuned on validation);
+   - `loglinear`: constant weights, combined as a weighted product of experts;
+   - `batch_entropy`: the authors' code, entropy averaged over the batch (kept to compare);
+   - `logit_sum`: joint training's own prediction, softmax(sum_m z_m).
+   Every rule but `loglinear` and `logit_sum` mixes probabilities, sum_m w_m p_m: the
+   modalities' logits live at their own scales, and a mixture stays a distribution
+   whose weights mean what they say. `loglinear` mixes log-probabilities,
+   log q = sum_m w_m log p_m (renormalised), which is sharper where modalities agree.
+3. Calibrate the fused distribution for the set of modalities present:
+   q = softmax(log q / T_S), with T_S fitted on validation (a mixture of two calibrated
+   distributions is under-confident when they disagree). A single modality needs no T_S,
+   except under `logit_sum`, whose sum is calibrated only here.
+
+Each sample is weighted on its own: the authors' code averaged the entropy over the
+batch, so one noisy clip changed everyone's weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-RULES = ("entropy", "equal", "fixed", "batch_entropy")
+# Rules that mix probabilities with per-sample or constant weights, and those that mix logits.
+MIXTURE_RULES = ("entropy", "energy", "equal", "fixed", "batch_entropy")
+RULES = (*MIXTURE_RULES, "loglinear", "logit_sum")
+WEIGHTED_RULES = ("fixed", "loglinear")  # rules that need fitted constant weights
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -28,10 +44,32 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / np.sum(e, axis=axis, keepdims=True)
 
 
+def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = logits - np.max(logits, axis=axis, keepdims=True)
+    return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+
+def logsumexp(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    top = np.max(logits, axis=axis, keepdims=True)
+    return np.squeeze(top, axis) + np.log(np.sum(np.exp(logits - top), axis=axis))
+
+
 def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
     """Shannon entropy in nats along `axis`."""
     p = np.clip(probs, 1e-12, 1.0)
     return -np.sum(p * np.log(p), axis=axis)
+
+
+def subset_name(modalities: Sequence[str]) -> str:
+    """The key of a set of modalities, order-free: ("video", "audio") -> "audio+video"."""
+    return "+".join(sorted(modalities))
+
+
+@dataclass
+class Fused:
+    probs: np.ndarray  # [n, classes]: the calibrated fused distribution
+    weights: dict[str, np.ndarray]  # modality -> [n]; 0 where absent
+    modality_probs: dict[str, np.ndarray]  # modality -> [n, classes]: calibrated per modality
 
 
 def _present_matrix(names: Sequence[str], n: int, present: Mapping[str, np.ndarray] | None) -> np.ndarray:
@@ -50,60 +88,95 @@ def _masked_softmax(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.divide(e, total, out=np.zeros_like(e), where=total > 0)
 
 
-def entropy_weights(probs: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Per-sample weights w[m][i] = softmax_m(-H(p_m[i])) over the modalities present for i."""
-    names = list(probs)
-    n = next(iter(probs.values())).shape[0]
-    h = np.stack([entropy(probs[m]) for m in names])
-    w = _masked_softmax(-h, _present_matrix(names, n, present))
-    return {m: w[i] for i, m in enumerate(names)}
-
-
-def batch_entropy_weights(
-    probs: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray] | None = None
-) -> dict[str, np.ndarray]:
-    """The authors' variant: entropy averaged over the batch, one weight for every sample."""
-    names = list(probs)
-    n = next(iter(probs.values())).shape[0]
-    mask = _present_matrix(names, n, present)
-    mean_h = np.array([entropy(probs[m])[mask[i]].mean() if mask[i].any() else np.inf for i, m in enumerate(names)])
-    w = _masked_softmax(np.repeat(-mean_h[:, None], n, axis=1), mask)
-    return {m: w[i] for i, m in enumerate(names)}
-
-
-def fixed_weights(
-    names: Sequence[str], n: int, weights: Mapping[str, float], present: Mapping[str, np.ndarray] | None = None
-) -> dict[str, np.ndarray]:
-    """Constant weights, renormalised per sample over the modalities it has."""
-    mask = _present_matrix(names, n, present)
-    raw = np.stack([np.full(n, float(weights[m])) for m in names]) * mask
+def _constant(mask: np.ndarray, values: Sequence[float]) -> np.ndarray:
+    raw = np.asarray(values, dtype=np.float64)[:, None] * mask
     total = raw.sum(axis=0, keepdims=True)
-    w = np.divide(raw, total, out=np.zeros_like(raw), where=total > 0)
-    return {m: w[i] for i, m in enumerate(names)}
+    return np.divide(raw, total, out=np.zeros_like(raw), where=total > 0)
+
+
+def _weights(
+    rule: str,
+    names: list[str],
+    probs: dict[str, np.ndarray],
+    scaled: dict[str, np.ndarray],
+    mask: np.ndarray,
+    weights: Mapping[str, float] | None,
+) -> np.ndarray:
+    """[modalities, n] weights, zero where absent, summing to 1 over the present ones."""
+    if rule == "entropy":
+        return _masked_softmax(-np.stack([entropy(probs[m]) for m in names]), mask)
+    if rule == "energy":
+        return _masked_softmax(np.stack([logsumexp(scaled[m]) for m in names]), mask)
+    if rule == "batch_entropy":
+        h = np.stack([entropy(probs[m]) for m in names])
+        mean_h = np.array([h[i][mask[i]].mean() if mask[i].any() else np.inf for i in range(len(names))])
+        return _masked_softmax(np.repeat(-mean_h[:, None], mask.shape[1], axis=1), mask)
+    if rule in ("equal", "logit_sum"):
+        return _constant(mask, [1.0] * len(names))
+    if rule in WEIGHTED_RULES:
+        if weights is None or not set(names) <= set(weights):
+            raise ValueError(f"{rule} fusion needs a weight for each of {names}")
+        return _constant(mask, [float(weights[m]) for m in names])
+    raise ValueError(f"unknown fusion rule {rule!r}; choose from {', '.join(RULES)}")
 
 
 def fuse(
-    probs: Mapping[str, np.ndarray],
+    logits: Mapping[str, np.ndarray],
     rule: str = "entropy",
     present: Mapping[str, np.ndarray] | None = None,
     weights: Mapping[str, float] | None = None,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Fuse per-modality probabilities [n, classes] into one [n, classes]; return the weights too."""
-    if not probs:
+    temperatures: Mapping[str, float] | None = None,
+    fused_temperatures: Mapping[str, float] | None = None,
+) -> Fused:
+    """Fuse per-modality logits [n, classes] into one calibrated distribution per sample.
+
+    `present[m]` ([n] bool) says which samples have modality m (default: all);
+    `temperatures[m]` calibrates modality m (default 1); `fused_temperatures[S]`
+    calibrates the fused distribution of samples whose present set is S ("audio+video").
+    """
+    if not logits:
         raise ValueError("nothing to fuse: no modality given")
-    names = list(probs)
-    n = next(iter(probs.values())).shape[0]
-    if rule == "entropy":
-        w = entropy_weights(probs, present)
-    elif rule == "batch_entropy":
-        w = batch_entropy_weights(probs, present)
-    elif rule == "equal":
-        w = fixed_weights(names, n, {m: 1.0 for m in names}, present)
-    elif rule == "fixed":
-        if weights is None or set(weights) < set(names):
-            raise ValueError(f"fixed fusion needs a weight for each of {names}")
-        w = fixed_weights(names, n, weights, present)
+    names = list(logits)
+    n = next(iter(logits.values())).shape[0]
+    mask = _present_matrix(names, n, present)
+    temps = temperatures or {}
+    if any(float(temps.get(m, 1.0)) <= 0 for m in names):
+        raise ValueError(f"temperatures must be positive: {dict(temps)}")
+    scaled = {m: np.asarray(logits[m], dtype=np.float64) / float(temps.get(m, 1.0)) for m in names}
+    probs = {m: softmax(scaled[m]) for m in names}
+    w = _weights(rule, names, probs, scaled, mask, weights)
+
+    if rule == "logit_sum":
+        # Joint's own prediction: the raw logits summed over what is present (per-modality
+        # temperatures would change its argmax); it is calibrated by T_S alone, singles included.
+        summed = sum(np.where(mask[i][:, None], np.asarray(logits[m], np.float64), 0.0) for i, m in enumerate(names))
+        log_q = log_softmax(np.asarray(summed))
+    elif rule == "loglinear":
+        log_q = log_softmax(sum(w[i][:, None] * log_softmax(scaled[m]) for i, m in enumerate(names)))
     else:
-        raise ValueError(f"unknown fusion rule {rule!r}; choose from {RULES}")
-    fused = sum(w[m][:, None] * probs[m] for m in names)
-    return np.asarray(fused), w
+        mixed = sum(w[i][:, None] * probs[m] for i, m in enumerate(names))
+        log_q = np.log(np.clip(np.asarray(mixed), 1e-300, None))
+
+    # Calibrate the fused distribution per set of modalities present.
+    t_fused = np.ones(n)
+    if fused_temperatures:
+        keys = np.array([subset_name([m for i, m in enumerate(names) if mask[i, j]]) for j in range(n)])
+        for key, t in fused_temperatures.items():
+            if t <= 0:
+                raise ValueError(f"fused temperature for {key} must be positive, got {t}")
+            t_fused[keys == key] = t
+    fused = softmax(log_q / t_fused[:, None])
+    return Fused(fused, {m: w[i] for i, m in enumerate(names)}, probs)
+
+
+@dataclass(frozen=True)
+class FusionParams:
+    """Everything a fusion needs besides the logits: what a manifest's `fusion` section holds."""
+
+    rule: str = "entropy"
+    weights: Mapping[str, float] | None = None
+    temperatures: Mapping[str, float] | None = None
+    fused_temperatures: Mapping[str, float] | None = None
+
+    def __call__(self, logits: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray] | None = None) -> Fused:
+        return fuse(logits, self.rule, present, self.weights, self.temperatures, self.fused_temperatures)

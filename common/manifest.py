@@ -1,19 +1,27 @@
 """manifest.json: the only contract between training and the service.
 
 Pure pydantic (no torch, no onnx), so the service reads it with the same model that wrote it.
+
+Schema history: v2 (current) added the fusion section's calibration and abstention; a v1
+manifest is migrated on load as an uncalibrated model (every temperature 1, never abstains)
+with a warning, so older exports keep serving exactly as before.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.fusion import RULES, FusionParams
 from common.hashing import sha256_file
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 
 
@@ -60,9 +68,45 @@ class VideoEntry(_ModalityBase):
 ModalityEntry = Annotated[AudioEntry | VideoEntry, Field(discriminator="kind")]
 
 
+Rule = Literal["entropy", "energy", "equal", "fixed", "batch_entropy", "loglinear", "logit_sum"]
+Positive = Annotated[float, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+class Calibration(_Strict):
+    """Temperatures fitted on the validation split (common/fusion.py says where each one acts)."""
+
+    temperatures: dict[str, Positive]  # per modality: p_m = softmax(logits_m / T_m)
+    fused_temperatures: dict[str, Positive] = {}  # per set of present modalities ("audio+video"): q = softmax(log q / T_S)
+    fitted_on: str  # which data: "val split of csv:..., n=500"
+    val: dict[str, dict[str, float]] = {}  # figures on validation per subset, e.g. {"audio+video": {"ece": .., "ece_raw": ..}}
+
+
+class Abstention(_Strict):
+    """Answer with abstained=false only when the calibrated confidence reaches `min_confidence`."""
+
+    min_confidence: Probability
+    target_risk: Probability  # the error rate allowed among answers, on validation
+    val_coverage: Probability  # share of validation answered at that threshold
+    val_risk: Probability  # error rate among them
+
+
 class Fusion(_Strict):
-    rule: Literal["entropy"] = "entropy"  # w_m = softmax over present modalities of -H(p_m), per sample
-    combine: Literal["probabilities"] = "probabilities"  # fused p = sum_m w_m * softmax(logits_m)
+    rule: Rule = "entropy"  # how the modalities present are weighted and combined (common/fusion.py)
+    weights: dict[str, float] | None = None  # constant weights, for the rules that have them (fixed, loglinear)
+    calibration: Calibration
+    abstention: Abstention
+
+    @model_validator(mode="after")
+    def _weights_where_needed(self) -> Fusion:
+        if self.rule in ("fixed", "loglinear") and not self.weights:
+            raise ValueError(f"the {self.rule} rule needs its weights")
+        if self.rule not in RULES:
+            raise ValueError(f"unknown fusion rule {self.rule!r}")
+        return self
+
+    def params(self) -> FusionParams:
+        return FusionParams(self.rule, self.weights, self.calibration.temperatures, self.calibration.fused_temperatures)
 
 
 class Parity(_Strict):
@@ -92,13 +136,13 @@ class TrainingInfo(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = 1  # SCHEMA_VERSION
+    schema_version: Literal[2] = 2  # SCHEMA_VERSION
     name: str
     version: str
     created: datetime
     labels: list[str]
     modalities: dict[str, ModalityEntry]
-    fusion: Fusion = Fusion()
+    fusion: Fusion
     training: TrainingInfo
     export: ExportInfo
 
@@ -112,7 +156,14 @@ def load_manifest(model_dir: Path) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"no {MANIFEST_NAME} in {model_dir}")
     try:
-        manifest = Manifest.model_validate_json(path.read_bytes())
+        raw = json.loads(path.read_bytes())
+    except ValueError as exc:
+        raise ManifestError(f"{path} is not JSON: {exc}") from exc
+    if isinstance(raw, dict) and raw.get("schema_version") == 1:
+        raw = migrate_v1(raw)
+        log.warning("%s: a schema v1 manifest, served uncalibrated (every temperature 1, never abstains)", path)
+    try:
+        manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:10])
         raise ManifestError(f"{path} fails the manifest schema (v{SCHEMA_VERSION}): {problems}") from exc
@@ -120,6 +171,17 @@ def load_manifest(model_dir: Path) -> Manifest:
         if entry.kind != key:
             raise ManifestError(f"{path}: modality {key!r} holds a {entry.kind!r} entry")
     return manifest
+
+
+def migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """A v1 manifest as v2: its entropy rule uncalibrated, with no abstention threshold."""
+    fusion = dict(raw.get("fusion") or {})
+    fusion.pop("combine", None)
+    modalities = list(raw.get("modalities") or {})
+    fusion.setdefault("rule", "entropy")
+    fusion["calibration"] = {"temperatures": dict.fromkeys(modalities, 1.0), "fitted_on": "none: migrated from schema v1"}
+    fusion["abstention"] = {"min_confidence": 0.0, "target_risk": 1.0, "val_coverage": 1.0, "val_risk": 0.0}
+    return {**raw, "schema_version": 2, "fusion": fusion}
 
 
 def check_hashes(model_dir: Path, manifest: Manifest) -> list[str]:

@@ -24,6 +24,7 @@ from common.manifest import (
     MANIFEST_NAME,
     AudioEntry,
     ExportInfo,
+    Fusion,
     Manifest,
     Parity,
     TensorSpec,
@@ -33,6 +34,7 @@ from common.manifest import (
 from common.parity import ParityError, compare
 from common.validate import run_session
 from model_export.onnx_graph import DEFAULT_OPSET, OUTPUT_NAME, ExportError, ExportSpec, export_graph, spec_for
+from training.calibrate import calibrate_run
 from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from training.config import ModelConfig
 from training.data.dataset import build_dataset
@@ -91,8 +93,13 @@ def export_run(
     fp16: bool = False,
     opset: int = DEFAULT_OPSET,
     data: str | None = None,
+    rule: str | None = None,
 ) -> Path:
-    """Export every modality of a run, prove parity, write the manifest; return the version folder."""
+    """Export every modality of a run, prove parity, calibrate on validation, write the manifest; return the version folder.
+
+    `rule` is the fusion rule to serve (default: the method's own: logit_sum for joint,
+    entropy otherwise); its temperatures and abstention threshold are fitted here.
+    """
     ckpt = load_checkpoint(run_dir)
     model = model_from_checkpoint(ckpt)
     cfg = model.cfg
@@ -108,6 +115,7 @@ def export_run(
         raise ExportError(f"{target} already exists: versions are never overwritten; pass another --version")
     precision: Literal["fp32", "fp16"] = "fp16" if fp16 else "fp32"
     inputs = parity_inputs(cfg, data or ckpt["data"])
+    fusion = Fusion.model_validate(calibrate_run(run_dir, data, rule))
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
@@ -154,6 +162,7 @@ def export_run(
             created=datetime.now(UTC),
             labels=cfg.labels,
             modalities=entries,
+            fusion=fusion,
             training=TrainingInfo(
                 method=ckpt["method"],
                 encoder=cfg.encoder,

@@ -32,6 +32,9 @@ class Metrics:
         )
         self.queue_length = Gauge("mla_queue_length", "Inputs waiting for a batch", ["modality"], registry=r)
         self.subsets = Counter("mla_modality_subset_total", "Predictions by the set of modalities sent", ["subset"], registry=r)
+        self.abstained = Counter(
+            "mla_abstained_total", "Predictions whose calibrated confidence fell below the threshold", ["subset"], registry=r
+        )
         self.entropy = Histogram(
             "mla_entropy_nats", "Entropy of each modality's prediction", ["modality"], buckets=ENTROPY_BUCKETS, registry=r
         )

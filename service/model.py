@@ -7,6 +7,7 @@ pool; fusion in numpy by the manifest's rule.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import multiprocessing
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from common.fusion import entropy, fuse, softmax
+from common.fusion import entropy, subset_name
 from common.manifest import AudioEntry, Manifest, VideoEntry, check_hashes, load_manifest
 from common.media import AudioSpec, Limits, MediaError, VideoSpec
 from service.batching import MicroBatcher
@@ -128,6 +129,11 @@ class ServedModel:
             provider, run = make_session(self.dir / entry.file, self.settings)
             self.runtimes[m] = Runtime(entry, provider, run)
             self.metrics.model_info.labels(manifest.name, manifest.version, m, provider).set(1)
+        names = sorted(manifest.modalities)
+        for k in range(1, len(names) + 1):  # every subset's series exists from the start, at 0, for rate() and alerts
+            for sub in itertools.combinations(names, k):
+                self.metrics.subsets.labels(subset_name(sub))
+                self.metrics.abstained.labels(subset_name(sub))
         self.manifest = manifest
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds ORT threads
         self.pool = ProcessPoolExecutor(max_workers=self.settings.decode_workers, mp_context=ctx)
@@ -207,15 +213,17 @@ class ServedModel:
         rows = await asyncio.gather(*(self.runtimes[m].batcher.submit(x) for m, x in inputs.items()))  # type: ignore[union-attr]
         return dict(zip(inputs, rows, strict=True))
 
-    def postprocess(self, logits: dict[str, np.ndarray]) -> dict[str, Any]:
+    def postprocess(self, logits: dict[str, np.ndarray], min_confidence: float | None = None) -> dict[str, Any]:
+        """The manifest's calibrated fusion of one request's logits; abstain below `min_confidence` (default: the manifest's)."""
         assert self.manifest is not None
-        labels = self.manifest.labels
-        probs = {m: softmax(z.astype(np.float64))[None] for m, z in logits.items()}
-        fused, weights = fuse(probs, self.manifest.fusion.rule)
+        labels, fusion = self.manifest.labels, self.manifest.fusion
+        params = fusion.params()
+        fused = params({m: z.astype(np.float64)[None] for m, z in logits.items()})
+        subset = subset_name(list(logits))
         detail = {}
-        for m, p in probs.items():
+        for m, p in fused.modality_probs.items():
             h = float(entropy(p)[0])
-            w = float(weights[m][0])
+            w = float(fused.weights[m][0])
             self.metrics.entropy.labels(m).observe(h)
             self.metrics.weight.labels(m).observe(w)
             detail[m] = {
@@ -223,16 +231,25 @@ class ServedModel:
                 "probabilities": dict(zip(labels, map(float, p[0]), strict=True)),
                 "entropy": h,
                 "weight": w,
+                "temperature": float((params.temperatures or {}).get(m, 1.0)),
             }
-        self.metrics.subsets.labels("+".join(sorted(logits))).inc()
-        best = int(fused[0].argmax())
+        self.metrics.subsets.labels(subset).inc()
+        best = int(fused.probs[0].argmax())
+        confidence = float(fused.probs[0, best])
+        threshold = fusion.abstention.min_confidence if min_confidence is None else min_confidence
+        abstained = confidence < threshold
+        if abstained:
+            self.metrics.abstained.labels(subset).inc()
         return {
             "model": {"name": self.manifest.name, "version": self.manifest.version},
             "label": labels[best],
-            "confidence": float(fused[0, best]),
-            "probabilities": dict(zip(labels, map(float, fused[0]), strict=True)),
+            "confidence": confidence,
+            "abstained": abstained,
+            "min_confidence": threshold,
+            "probabilities": dict(zip(labels, map(float, fused.probs[0]), strict=True)),
             "modalities": detail,
-            "fusion": self.manifest.fusion.rule,
+            "fusion": fusion.rule,
+            "fused_temperature": float((params.fused_temperatures or {}).get(subset, 1.0)),
         }
 
     def check_modalities(self, wanted: set[str]) -> None:

@@ -64,6 +64,19 @@ WarmModel = Annotated[ServedModel, Depends(warm_model)]
 ReadyModel = Annotated[ServedModel, Depends(ready_model)]
 
 
+def _min_confidence(value: str | None) -> float | None:
+    """The per-request abstention threshold: a number in [0, 1], or absent for the model's own."""
+    if value is None or not value.strip():
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidRequest(f"min_confidence must be a number between 0 and 1, not {value[:40]!r}") from None
+    if not 0.0 <= number <= 1.0:  # NaN fails this too
+        raise InvalidRequest(f"min_confidence must be between 0 and 1, not {value[:40]!r}")
+    return number
+
+
 @router.post(
     "/v1/predict",
     response_model=PredictResponse,
@@ -93,10 +106,11 @@ async def predict(request: Request, model: WarmModel, settings: SettingsDep) -> 
                 files["audio"] = files["video"]
             if not files:
                 raise InvalidRequest("send at least one file field: 'audio' and/or 'video'")
+            min_confidence = _min_confidence(upload.form.get("min_confidence"))
             model.check_modalities(set(files))
             inputs = await model.preprocess(files)
             logits = await model.predict(inputs)
-            return model.postprocess(logits)
+            return model.postprocess(logits, min_confidence)
     except TimeoutError:
         raise Overloaded(f"the request took longer than {settings.request_timeout_seconds:g} s") from None
     finally:

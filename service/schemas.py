@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ModelRef(BaseModel):
@@ -13,19 +13,41 @@ class ModelRef(BaseModel):
 
 
 class ModalityResult(BaseModel):
-    label: str
-    probabilities: dict[str, float]
-    entropy: float  # nats
-    weight: float  # this modality's share of the fused prediction
+    label: str = Field(description="this modality's own most probable label")
+    probabilities: dict[str, float] = Field(
+        description="this modality's calibrated class probabilities: softmax(logits / temperature)"
+    )
+    entropy: float = Field(description="entropy of those probabilities, in nats (0: certain; ln(classes): uniform)")
+    weight: float = Field(
+        description="this modality's share of the fused prediction (the weights of the sent modalities sum to 1)"
+    )
+    temperature: float = Field(description="the calibration temperature applied to this modality's logits (fitted on validation)")
 
 
 class PredictResponse(BaseModel):
     model: ModelRef
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    modalities: dict[str, ModalityResult]  # only the modalities that were sent
-    fusion: str
+    label: str = Field(description="the fused prediction: the most probable label")
+    confidence: float = Field(
+        description="calibrated probability that `label` is right: on held-out data, answers given with confidence c "
+        "are right about a fraction c of the time"
+    )
+    abstained: bool = Field(
+        description="true when `confidence` is below `min_confidence`: the label is still given, but the model "
+        "recommends not acting on it"
+    )
+    min_confidence: float = Field(
+        description="the threshold used: the request's `min_confidence`, or the model's own, chosen on validation so that "
+        "at most 5% of the answers above it were wrong"
+    )
+    probabilities: dict[str, float] = Field(description="the calibrated fused distribution over the labels")
+    modalities: dict[str, ModalityResult] = Field(description="one entry per modality sent, and only those")
+    fusion: str = Field(
+        description="the fusion rule (entropy: per-sample weights softmax(-entropy); logit_sum: joint training's own; "
+        "see the model's manifest)"
+    )
+    fused_temperature: float = Field(
+        description="the temperature applied to the fused log-probabilities for this set of modalities (1: none)"
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -62,6 +84,12 @@ PREDICT_BODY: dict[str, Any] = {
                         "use_video_audio": {
                             "type": "boolean",
                             "description": "with only a video: use its audio track as the audio modality",
+                        },
+                        "min_confidence": {
+                            "type": "number",
+                            "minimum": 0,
+                            "maximum": 1,
+                            "description": "abstain below this calibrated confidence instead of the model's own threshold",
                         },
                     },
                 }

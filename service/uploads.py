@@ -18,7 +18,7 @@ from starlette.requests import Request
 from service.errors import BadRequest, InvalidRequest, TooLarge, UnsupportedMedia
 
 FILE_FIELDS = ("audio", "video")
-FORM_FIELDS = ("use_video_audio",)
+FORM_FIELDS = ("use_video_audio", "min_confidence")
 MAX_FORM_VALUE = 1024
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 

@@ -53,7 +53,7 @@ def tiny_run(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.train import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    train(f"csv:{tiny_demo}", out, TrainConfig(method="mla", epochs=30, batch_size=32, workers=0))
+    train(f"csv:{tiny_demo}", out, TrainConfig(method="mla", epochs=30, batch_size=32, workers=0, owm_alpha=10.0))
     return out
 
 

@@ -15,7 +15,8 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or not one of ours."""
 
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint.pt"  # the best validation epoch: what export and evaluate read
+LAST_NAME = "last.pt"  # the latest epoch with optimiser, projection and RNG states: what --resume reads
 REQUIRED_KEYS = ("format", "model_config", "train_config", "method", "state_dict")
 
 

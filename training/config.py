@@ -8,6 +8,9 @@ from typing import Any
 from common.media import AudioSpec, VideoSpec
 
 MODALITIES = ("audio", "video")
+# alpha over unit-norm directions: after N folds of one direction its gain is alpha / (alpha + N), and a
+# run folds ~10^3 batch means, so this spans a hard projection (1) to a mild one (1000).
+OWM_ALPHA_GRID = (1.0, 10.0, 100.0, 1000.0)
 METHODS = ("mla", "joint", "unimodal")
 ENCODERS = ("small", "resnet18")
 
@@ -84,7 +87,9 @@ class TrainConfig:
     lr: float = 0.05  # peak SGD learning rate, cosine-decayed to lr/50
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    owm_alpha: float = 1.0  # MLA: the projection's regulariser alpha in P <- P - kk^T/(alpha + r^T P r)
+    # MLA: the projection's alpha in P <- P - kk^T / (alpha + r^T P r) over unit-norm mean features r;
+    # None ("auto"): one run per value of OWM_ALPHA_GRID, the best by validation accuracy kept
+    owm_alpha: float | None = None
     owm_project: bool = True  # MLA: project the shared head's gradient (off only for ablations)
     seed: int = 0
     workers: int = 1  # DataLoader worker processes

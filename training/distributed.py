@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -14,6 +14,9 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    device: torch.device = field(
+        default_factory=lambda: torch.device("cpu")
+    )  # where this process's collectives run: cuda for NCCL, cpu for gloo
 
     @property
     def main(self) -> bool:
@@ -28,10 +31,16 @@ class World:
             dist.barrier()
 
     def sum(self, t: torch.Tensor) -> torch.Tensor:
-        """All-reduce sum (a no-op in one process); returns the reduced tensor."""
-        if self.distributed:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
+        """All-reduce sum (a no-op in one process); returns the reduced tensor on the caller's device.
+
+        NCCL reduces only CUDA tensors and gloo only CPU ones: the tensor goes to this world's
+        device for the collective, whatever device the caller built it on.
+        """
+        if not self.distributed:
+            return t
+        on_group = t.to(self.device)
+        dist.all_reduce(on_group, op=dist.ReduceOp.SUM)
+        return on_group.to(t.device)
 
 
 def init_world() -> World:
@@ -40,15 +49,16 @@ def init_world() -> World:
     if size <= 1:
         return World()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        if cuda:
             torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend)
-    return World(rank, size, local)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return World(rank, size, local, torch.device("cuda", local) if cuda else torch.device("cpu"))
 
 
 def device_for(world: World) -> torch.device:
+    """The model's device: this process's GPU when there is one."""
     if torch.cuda.is_available():
         return torch.device("cuda", world.local_rank)
     return torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Evaluation: per-modality predictions, fused per sample, over every subset of modalities."""
+"""Evaluation: per-modality logits, fused per sample, over every subset of modalities and every fusion rule."""
 
 from __future__ import annotations
 
@@ -12,16 +12,36 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from common.fusion import fuse
+from common import calibration
+from common.fusion import FusionParams
 from training.data.dataset import Batch
 from training.models import MultimodalClassifier
 
 
 @dataclass
 class Predictions:
-    probs: dict[str, np.ndarray]  # modality -> [n, classes], rows of absent samples are uniform
+    logits: dict[str, np.ndarray]  # modality -> [n, classes]; rows of absent samples are zeros (a uniform softmax)
     present: dict[str, np.ndarray]  # modality -> [n] bool
     labels: np.ndarray  # [n] int
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.logits)
+
+    @property
+    def n_classes(self) -> int:
+        return next(iter(self.logits.values())).shape[1]
+
+    def rows(self, subset: Sequence[str]) -> np.ndarray:
+        """[n] bool: the samples that have at least one modality of `subset`."""
+        return np.any(np.stack([self.present[m] for m in subset]), axis=0)
+
+    def take(self, subset: Sequence[str]) -> Predictions:
+        """Only the modalities of `subset`, only the samples that have one of them."""
+        rows = self.rows(subset)
+        return Predictions(
+            {m: self.logits[m][rows] for m in subset}, {m: self.present[m][rows] for m in subset}, self.labels[rows]
+        )
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> Batch:
@@ -33,7 +53,7 @@ def predict(model: MultimodalClassifier, loader: Any, device: torch.device) -> P
     was_training = model.training
     model.eval()
     mods = list(model.cfg.modalities)
-    probs: dict[str, list[np.ndarray]] = {m: [] for m in mods}
+    logits: dict[str, list[np.ndarray]] = {m: [] for m in mods}
     present: dict[str, list[np.ndarray]] = {m: [] for m in mods}
     labels: list[np.ndarray] = []
     for raw in loader:
@@ -41,16 +61,16 @@ def predict(model: MultimodalClassifier, loader: Any, device: torch.device) -> P
         n = batch["label"].shape[0]
         for m in mods:
             mask = batch[f"{m}_present"]
-            p = torch.full((n, model.cfg.n_classes), 1.0 / model.cfg.n_classes, device=device)
+            z = torch.zeros((n, model.cfg.n_classes), device=device)
             if mask.any():
-                ((_, logits),) = model({m: batch[m][mask]}).values()
-                p[mask] = torch.softmax(logits.float(), dim=-1)
-            probs[m].append(p.cpu().numpy())
+                ((_, out),) = model({m: batch[m][mask]}).values()
+                z[mask] = out.float()
+            logits[m].append(z.cpu().numpy())
             present[m].append(mask.cpu().numpy())
         labels.append(batch["label"].cpu().numpy())
     model.train(was_training)
     return Predictions(
-        {m: np.concatenate(v) for m, v in probs.items()},
+        {m: np.concatenate(v).astype(np.float64) for m, v in logits.items()},
         {m: np.concatenate(v) for m, v in present.items()},
         np.concatenate(labels),
     )
@@ -65,60 +85,43 @@ def subset_name(subset: Sequence[str]) -> str:
     return "+".join(subset)
 
 
-def fused_for(
-    preds: Predictions, subset: Sequence[str], rule: str, weights: dict[str, float] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fused probabilities for the samples that have at least one modality of `subset`."""
-    rows = np.any(np.stack([preds.present[m] for m in subset]), axis=0)
-    probs = {m: preds.probs[m][rows] for m in subset}
-    present = {m: preds.present[m][rows] for m in subset}
-    fused, _ = fuse(probs, rule, present, weights)
-    return fused, rows
+def fused_for(preds: Predictions, subset: Sequence[str], params: FusionParams) -> tuple[np.ndarray, np.ndarray]:
+    """Fused probabilities for the samples that have at least one modality of `subset`, and which rows those are."""
+    part = preds.take(subset)
+    return params(part.logits, part.present).probs, preds.rows(subset)
 
 
-def score(preds: Predictions, rule: str = "entropy", weights: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
-    """Accuracy, macro-F1 and sample count per modality subset under one fusion rule."""
-    acc: dict[str, float] = {}
-    f1: dict[str, float] = {}
-    n: dict[str, int] = {}
-    n_classes = next(iter(preds.probs.values())).shape[1]
-    for sub in subsets(list(preds.probs)):
-        fused, rows = fused_for(preds, sub, rule, weights)
+def score(preds: Predictions, params: FusionParams | None = None) -> dict[str, dict[str, Any]]:
+    """Per modality subset: sample count, accuracy, macro-F1 and the calibration figures, under one fusion."""
+    params = params or FusionParams()
+    out: dict[str, dict[str, Any]] = {k: {} for k in ("n", "accuracy", "macro_f1", "nll", "brier", "ece", "adaptive_ece")}
+    for sub in subsets(preds.modalities):
+        probs, rows = fused_for(preds, sub, params)
         key = subset_name(sub)
-        n[key] = int(rows.sum())
-        if n[key] == 0:
+        out["n"][key] = int(rows.sum())
+        if out["n"][key] == 0:
             continue
-        y, yhat = preds.labels[rows], fused.argmax(axis=1)
-        acc[key] = float(accuracy_score(y, yhat))
-        f1[key] = float(f1_score(y, yhat, average="macro", labels=list(range(n_classes)), zero_division=0))
-    return {"accuracy": acc, "macro_f1": f1, "n": n}
+        y, yhat = preds.labels[rows], probs.argmax(axis=1)
+        out["accuracy"][key] = float(accuracy_score(y, yhat))
+        out["macro_f1"][key] = float(f1_score(y, yhat, average="macro", labels=list(range(preds.n_classes)), zero_division=0))
+        for name, value in calibration.summary(probs, y).items():
+            out[name][key] = value
+    return out
 
 
-def tune_fixed_weights(preds: Predictions, steps: int = 20) -> dict[str, float]:
-    """The best constant weights for all modalities fused, by accuracy on these (validation) predictions."""
-    names = list(preds.probs)
-    best, best_acc = {m: 1.0 / len(names) for m in names}, -1.0
-    grid = np.linspace(0.0, 1.0, steps + 1)
-    for combo in itertools.product(grid, repeat=len(names) - 1):
-        if sum(combo) > 1.0 + 1e-9:
-            continue
-        w = dict(zip(names, [*combo, 1.0 - sum(combo)], strict=False))
-        fused, rows = fused_for(preds, names, "fixed", w)
-        a = float((fused.argmax(axis=1) == preds.labels[rows]).mean())
-        if a > best_acc + 1e-12:
-            best, best_acc = {m: float(v) for m, v in w.items()}, a
-    return best
+def own_rule(method: str) -> str:
+    """The rule each method is selected and reported by: joint predicts with its summed logits."""
+    return "logit_sum" if method == "joint" else "entropy"
 
 
-def confusion_plot(preds: Predictions, class_names: list[str], path: Path, title: str) -> None:
+def confusion_plot(preds: Predictions, params: FusionParams, class_names: list[str], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    names = list(preds.probs)
-    fused, rows = fused_for(preds, names, "entropy")
+    fused, rows = fused_for(preds, preds.modalities, params)
     cm = confusion_matrix(preds.labels[rows], fused.argmax(axis=1), labels=list(range(len(class_names))))
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(class_names), 0.6 + 0.6 * len(class_names)))
     ConfusionMatrixDisplay(cm, display_labels=class_names).plot(ax=ax, colorbar=False, xticks_rotation=45)
@@ -129,10 +132,16 @@ def confusion_plot(preds: Predictions, class_names: list[str], path: Path, title
 
 
 def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1, batch_size: int = 128) -> dict[str, Any]:
-    """Score a trained run on one split under every fusion rule; write a confusion-matrix plot."""
+    """Score a trained run on one split under every fusion rule, raw and calibrated on validation; write plots.
+
+    Calibration (temperatures, fused temperatures, fitted weights, the abstention threshold)
+    is fitted on the validation split, never on the split being scored.
+    """
+    from training.calibrate import RULE_VARIANTS, TARGET_RISK, fit_abstention, fit_fusion
     from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
     from training.data.dataset import build_dataset, make_loader
     from training.data.specs import DataError, parse_spec
+    from training.plots import plot_calibration
 
     ckpt = load_checkpoint(run_dir)
     model = model_from_checkpoint(ckpt)
@@ -140,33 +149,68 @@ def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1
     if manifest.labels != model.cfg.labels:
         raise DataError(f"{data}: labels {manifest.labels} differ from the model's {model.cfg.labels}")
     device = torch.device("cpu")
-    preds = predict(model, make_loader(build_dataset(manifest, split, model.cfg, workers), batch_size, False, 0), device)
-    # Fixed weights are tuned on validation, never on the split being scored.
-    fixed = None
-    if split != "val":
-        try:
-            fixed = tune_fixed_weights(
-                predict(model, make_loader(build_dataset(manifest, "val", model.cfg, workers), batch_size, False, 0), device)
-            )
-        except DataError:
-            fixed = None
-    rules: dict[str, dict[str, Any]] = {r: score(preds, r) for r in ("entropy", "equal", "batch_entropy")}
-    if fixed is not None:
-        rules["fixed"] = {**score(preds, "fixed", fixed), "weights": fixed}
-    headline = rules["entropy"]
+
+    def predictions(name: str) -> Predictions:
+        return predict(model, make_loader(build_dataset(manifest, name, model.cfg, workers), batch_size, False, 0), device)
+
+    preds = predictions(split)
+    val = preds if split == "val" else predictions("val")
+    method = ckpt["method"]
+    own = own_rule(method)
+    rules: dict[str, dict[str, Any]] = {}
+    fitted: dict[str, FusionParams] = {}
+    for variant, (rule, calibrated) in RULE_VARIANTS.items():
+        params = fit_fusion(val, rule, calibrated)
+        fitted[variant] = params
+        rules[variant] = {**score(preds, params), "params": _params_dict(params)}
+    headline = fitted[own]
+    threshold = fit_abstention(val, headline)
+    fused, rows = fused_for(preds, preds.modalities, headline)
+    answered = fused.max(axis=1) >= threshold.min_confidence
+    correct = fused.argmax(axis=1) == preds.labels[rows]
     out_dir = checkpoint_path(run_dir).parent
-    plot = out_dir / f"confusion_{split}.png"
-    confusion_plot(preds, model.cfg.labels, plot, f"{ckpt['method']} on {split} (entropy fusion)")
+    plots = {
+        "confusion": out_dir / f"confusion_{split}.png",
+        "reliability": out_dir / f"reliability_{split}.png",
+        "risk_coverage": out_dir / f"risk_coverage_{split}.png",
+    }
+    confusion_plot(preds, headline, model.cfg.labels, plots["confusion"], f"{method} on {split} ({own}, calibrated)")
+    curves = {}
+    for name, subset, variant in [
+        *((f"fused, {v}", preds.modalities, v) for v in (f"{own}_raw", own)),
+        *((f"{m}, calibrated", [m], own) for m in preds.modalities),
+    ]:
+        probs, rows = fused_for(preds, subset, fitted[variant])
+        curves[name] = (probs, preds.labels[rows])
+    mark = (f"fused, {own}", threshold.min_confidence)
+    plot_calibration(curves, plots["reliability"], plots["risk_coverage"], f"{method} on {split}", mark)
+    own_scores = rules[own]
     return {
         "n": len(preds.labels),
         "split": split,
-        "method": ckpt["method"],
+        "method": method,
         "encoder": model.cfg.encoder,
-        "fusion": "entropy",
-        "accuracy": headline["accuracy"],
-        "macro_f1": headline["macro_f1"],
-        "n_per_subset": headline["n"],
+        "fusion": own,
+        **{k: own_scores[k] for k in ("accuracy", "macro_f1", "nll", "brier", "ece", "adaptive_ece")},
+        "n_per_subset": own_scores["n"],
         "by_fusion": {r: {k: v for k, v in s.items() if k != "n"} for r, s in rules.items()},
+        "abstention": {
+            "target_risk": TARGET_RISK,
+            "min_confidence": threshold.min_confidence,
+            "val_coverage": threshold.coverage,
+            "val_risk": threshold.risk,
+            "coverage": float(answered.mean()),
+            "risk": float(1.0 - correct[answered].mean()) if answered.any() else 0.0,
+        },
         "labels": model.cfg.labels,
-        "confusion_plot": str(plot),
+        "plots": {k: str(v) for k, v in plots.items()},
+    }
+
+
+def _params_dict(params: FusionParams) -> dict[str, Any]:
+    return {
+        "rule": params.rule,
+        "weights": dict(params.weights) if params.weights else None,
+        "temperatures": dict(params.temperatures) if params.temperatures else None,
+        "fused_temperatures": dict(params.fused_temperatures) if params.fused_temperatures else None,
     }

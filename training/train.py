@@ -1,12 +1,21 @@
-"""`mla train`: one harness for every method. Reads top to bottom, one block per stage."""
+"""`mla train`: one harness for every method. Reads top to bottom, one block per stage.
+
+A run folder holds run.json (what was asked), metrics.jsonl (one row per epoch),
+last.pt (everything needed to continue after a crash: `mla train --resume RUN_DIR`) and,
+when it ends, checkpoint.pt (the best validation epoch) and val_accuracy.png. MLA with
+`owm_alpha=None` ("auto") trains one sub-run per alpha of OWM_ALPHA_GRID in alpha-*/ and
+keeps the one with the best validation accuracy.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
+import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,11 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from training.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from training.config import METHODS, ModelConfig, TrainConfig
+from common.fusion import FusionParams
+from training.checkpoint import CHECKPOINT_NAME, LAST_NAME, CheckpointError, save_checkpoint
+from training.config import METHODS, OWM_ALPHA_GRID, ModelConfig, TrainConfig
 from training.data.dataset import build_dataset, make_loader
 from training.data.specs import parse_spec
-from training.distributed import close_world, device_for, init_world
+from training.distributed import World, close_world, device_for, init_world
 from training.evaluate import predict, score, to_device
 from training.methods import TRAINERS
 from training.models import build_model
@@ -29,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # progress(event, done, total): "decode" while inputs are decoded, "batch" while training
 Progress = Callable[[str, int, int], None]
+RUN_NAME = "run.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -44,19 +55,97 @@ def train(
     encoder: str = "small",
     model_overrides: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train one method; write checkpoint.pt, metrics.jsonl and val_accuracy.png into `out`."""
+    """Train one method; write checkpoint.pt, last.pt, metrics.jsonl and val_accuracy.png into `out`.
+
+    With `resume`, a run that stopped early continues from its last.pt (same configs);
+    sub-runs of an alpha search that finished are kept as they are.
+    """
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
+    overrides = model_overrides or {}
     world = init_world()
     try:
-        return _train(world, data, out, cfg, encoder, model_overrides or {}, progress)
+        if world.main:
+            out.mkdir(parents=True, exist_ok=True)
+            asked = {"data": data, "train_config": cfg.to_dict(), "encoder": encoder, "model_overrides": overrides}
+            (out / RUN_NAME).write_text(json.dumps(asked, indent=2) + "\n")
+        if cfg.method == "mla" and cfg.owm_project and cfg.owm_alpha is None:
+            return _search_alpha(world, data, out, cfg, encoder, overrides, progress, resume)
+        return _train(world, data, out, cfg, encoder, overrides, progress, resume)
     finally:
         close_world(world)
 
 
+def resume_run(run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Continue the run in `run_dir` as it was asked (its run.json)."""
+    path = run_dir / RUN_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} holds no {RUN_NAME}: it is not a run folder that can be resumed")
+    asked = json.loads(path.read_text())
+    cfg = TrainConfig(**asked["train_config"])
+    return train(asked["data"], run_dir, cfg, asked["encoder"], asked["model_overrides"], progress, resume=True)
+
+
+def _search_alpha(
+    world: World,
+    data: str,
+    out: Path,
+    cfg: TrainConfig,
+    encoder: str,
+    overrides: dict[str, Any],
+    progress: Progress | None,
+    resume: bool,
+) -> dict[str, Any]:
+    """One MLA run per alpha; the best validation accuracy (all modalities, own rule) is kept as this run."""
+    results: dict[str, dict[str, Any]] = {}
+    for alpha in OWM_ALPHA_GRID:
+        sub = out / f"alpha-{alpha:g}"
+        done = (sub / CHECKPOINT_NAME).is_file() and resume
+        if not done:
+            named = _named_progress(progress, f"alpha {alpha:g}")
+            _train(world, data, sub, replace(cfg, owm_alpha=alpha), encoder, overrides, named, resume)
+        if world.main:
+            ckpt = torch.load(sub / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+            results[f"{alpha:g}"] = {
+                "alpha": alpha,
+                "val_accuracy": ckpt["best_validation"]["all"]["accuracy"],
+                "train_seconds": ckpt["train_seconds"],
+            }
+        world.barrier()
+    result: dict[str, Any] = {"run_dir": str(out)}
+    if world.main:
+        best = max(results.values(), key=lambda r: r["val_accuracy"])  # the first (strongest) of equals
+        chosen = out / f"alpha-{best['alpha']:g}"
+        ckpt = torch.load(chosen / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+        ckpt["owm_alpha_search"] = {k: v["val_accuracy"] for k, v in results.items()}
+        save_checkpoint(out / CHECKPOINT_NAME, ckpt)
+        for name in ("metrics.jsonl", "val_accuracy.png"):
+            shutil.copyfile(chosen / name, out / name)
+        with (out / "metrics.jsonl").open("a") as f:
+            f.write(
+                json.dumps({"event": "alpha_search", "val_accuracy": ckpt["owm_alpha_search"], "chosen": best["alpha"]}) + "\n"
+            )
+        log.info("alpha search: %s; kept alpha %g", ckpt["owm_alpha_search"], best["alpha"])
+        result.update(
+            best_validation=ckpt["best_validation"],
+            owm_alpha=best["alpha"],
+            alpha_search=ckpt["owm_alpha_search"],
+            train_seconds=round(sum(r["train_seconds"] for r in results.values()), 2),  # the whole search
+        )
+    return result
+
+
 def _train(
-    world: Any, data: str, out: Path, cfg: TrainConfig, encoder: str, overrides: dict[str, Any], progress: Progress | None
+    world: World,
+    data: str,
+    out: Path,
+    cfg: TrainConfig,
+    encoder: str,
+    overrides: dict[str, Any],
+    progress: Progress | None,
+    resume: bool,
 ) -> dict[str, Any]:
     seed_everything(cfg.seed + world.rank)
     device = device_for(world)
@@ -84,17 +173,28 @@ def _train(
     model = build_model(mcfg).to(device)
     steps_per_epoch = len(train_loader) if cfg.max_batches is None else min(cfg.max_batches, len(train_loader))
     trainer = trainer_cls(model, cfg, world, cfg.epochs * steps_per_epoch)
+    rule = FusionParams(trainer_cls.fusion_rule)
 
     out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-    if world.main:
-        metrics_path.write_text("")
-    started = time.perf_counter()
+    metrics_path, last_path = out / "metrics.jsonl", out / LAST_NAME
     history: list[dict[str, Any]] = []
-    for epoch in range(1, cfg.epochs + 1):
-        # train
+    first_epoch, seconds_before = 1, 0.0
+    if resume and last_path.is_file():
+        last = torch.load(last_path, map_location="cpu", weights_only=False)  # our own file: it holds RNG states
+        model.load_state_dict(last["model"])
+        trainer.load_state(last["trainer"])
+        history, first_epoch, seconds_before = last["history"], last["epoch"] + 1, last["train_seconds"]
+        _set_rng(last["rng"][world.rank] if world.rank < len(last["rng"]) else last["rng"][0])
+        log.info("resuming %s after epoch %d", out, last["epoch"])
+    if world.main:  # the rows of the epochs kept, and nothing a killed epoch may have added
+        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
+    started = time.perf_counter() - seconds_before
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        # train: the shuffle is a function of (seed, epoch), so a resumed run sees the same batches
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every process
+        elif train_loader.generator is not None:
+            train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         t0 = time.perf_counter()
@@ -107,10 +207,11 @@ def _train(
             if notify:
                 notify("batch", (epoch - 1) * steps_per_epoch + i + 1, cfg.epochs * steps_per_epoch)
         train_seconds = time.perf_counter() - t0
+        stats = trainer.epoch_stats()
 
-        # validate and keep the best epoch (chosen on validation, never on test)
+        # validate by the method's own rule and keep the best epoch (chosen on validation, never on test)
         if world.main:
-            val = score(predict(model, val_loader, device))
+            val = score(predict(model, val_loader, device), rule)
             improved = trainer.observe_validation(epoch, val["accuracy"])
             row = {
                 "event": "epoch",
@@ -119,13 +220,32 @@ def _train(
                 "loss": {k: sums[k] / counts[k] for k in sums},
                 "val_accuracy": val["accuracy"],
                 "val_macro_f1": val["macro_f1"],
+                "val_nll": val["nll"],
+                "fusion": rule.rule,
                 "improved": improved,
                 "train_seconds": round(train_seconds, 3),
+                **({"projection": stats} if stats else {}),
             }
             history.append(row)
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             log.info("epoch %d loss %s val %s", epoch, row["loss"], val["accuracy"])
+        # last.pt: written after the epoch's metrics row, atomically, so a kill at any point leaves a consistent pair
+        rng = _gather_rng(world)
+        if world.main:
+            last = {
+                "format": 1,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "trainer": trainer.state(),
+                "history": history,
+                "rng": rng,
+                "train_seconds": time.perf_counter() - started,
+                "model_config": mcfg.to_dict(),
+                "train_config": cfg.to_dict(),
+                "data": data,
+            }
+            save_checkpoint(last_path, last)
         world.barrier()
 
     # checkpoint: the best validation epoch (per selection group), with its configs
@@ -135,6 +255,7 @@ def _train(
         ckpt = {
             "format": 1,
             "method": cfg.method,
+            "fusion_rule": rule.rule,
             "model_config": mcfg.to_dict(),
             "train_config": cfg.to_dict(),
             "state_dict": trainer.best_state,
@@ -148,20 +269,45 @@ def _train(
         }
         save_checkpoint(out / CHECKPOINT_NAME, ckpt)
         with metrics_path.open("a") as f:
-            f.write(
-                json.dumps(
-                    {
-                        "event": "done",
-                        "best_validation": best_val,
-                        "world_size": world.size,
-                        "train_seconds": ckpt["train_seconds"],
-                    }
-                )
-                + "\n"
-            )
+            done = {
+                "event": "done",
+                "best_validation": best_val,
+                "world_size": world.size,
+                "train_seconds": ckpt["train_seconds"],
+            }
+            f.write(json.dumps(done) + "\n")
         plot_validation_curves(metrics_path, out / "val_accuracy.png", f"{cfg.method} ({encoder}) on {data}")
         result.update(best_validation=best_val, train_seconds=ckpt["train_seconds"])
     return result
+
+
+def _named_progress(progress: Progress | None, name: str) -> Progress | None:
+    """Training events of one sub-run reported under their own name ("batch:alpha 10")."""
+    if progress is None:
+        return None
+    inner = progress
+    return lambda event, done, total: inner(f"{event}:{name}" if event == "batch" else event, done, total)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def _gather_rng(world: World) -> list[dict[str, Any]]:
+    """Every process's RNG states (the main process saves them all)."""
+    if not world.distributed:
+        return [_rng_state()]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * world.size
+    dist.all_gather_object(states, _rng_state())
+    return states
 
 
 def _val_of_best(history: list[dict[str, Any]], best_epoch: dict[str, int]) -> dict[str, float]:

@@ -1,14 +1,19 @@
-"""The AV-digits benchmark: MLA against joint and unimodal training on real data.
+"""The AV-digits benchmark: MLA against joint training and the unimodal ensemble, on real data.
 
     make bench-accuracy        # = python -m benchmarks.avdigits.run
 
-Builds the dataset (build.py) into the cache, trains `mla`, `joint` and `unimodal` with
-the same encoder and epochs for each seed, evaluates every modality subset on the
-held-out speaker, compares the fusion rules on that (corrupted) test set, and writes
-benchmarks/results/avdigits.json, avdigits.md, avdigits.png (accuracy by method and
-subset, spread over seeds) and avdigits_curves.png (per-modality validation accuracy
-per epoch: the imbalance of joint training), then refreshes docs/benchmarks.md and the
-README from the JSON. Exits 0 with a reason when ../shared/data is absent.
+Builds the dataset (build.py) into the cache and, for each seed, trains four rows with the
+same encoder and epochs:
+- `joint`: one loss on the summed logits; selected and scored by its own prediction,
+  argmax of the summed logits (`logit_sum`);
+- `unimodal ensemble`: one model per modality, each selected on its own, entropy-fused;
+- `mla`: MLA with `--owm-alpha auto`, alpha chosen on validation from the grid;
+- `mla, no projection`: the ablation (alternating training alone).
+Each is evaluated on the held-out speaker under its own rule, calibrated on validation
+(as `mla export` serves it), and under every other rule. Writes
+benchmarks/results/avdigits.json, avdigits.md, avdigits.png and avdigits_curves.png, then
+refreshes docs/benchmarks.md and the README. Exits 0 with a reason when ../shared/data is
+absent.
 """
 
 from __future__ import annotations
@@ -18,21 +23,37 @@ import json
 import logging
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.avdigits.build import SHARED, MissingSharedDataError, build
 from benchmarks.report import RESULTS, markdown_table, write
+from training.calibrate import RULE_VARIANTS
 from training.config import TrainConfig
 from training.data.specs import cache_root
 from training.evaluate import evaluate_run
 from training.train import train
 
-METHODS = ("joint", "unimodal", "mla")
+# row -> (method, TrainConfig overrides)
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "joint": ("joint", {}),
+    "unimodal ensemble": ("unimodal", {}),
+    "mla": ("mla", {}),
+    "mla, no projection": ("mla", {"owm_project": False}),
+}
 SUBSETS = ("audio", "video", "audio+video")
-RULES = ("entropy", "batch_entropy", "equal", "fixed")
+FUSION_COLUMNS = ("entropy_raw", "entropy", "energy", "loglinear", "equal", "fixed", "batch_entropy", "logit_sum")
 log = logging.getLogger("avdigits")
+
+
+def dataset() -> Path:
+    """The AV-digits manifest, built into the cache on first use (raises MissingSharedDataError)."""
+    data_dir = cache_root() / "datasets" / "avdigits-v2-seed0"
+    manifest = data_dir / "manifest.csv"
+    if not manifest.is_file():
+        log.info("building AV-digits into %s", data_dir)
+        build(data_dir, 0)
+    return manifest
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -44,6 +65,10 @@ def spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def run_dir(runs: Path, row: str, seed: int) -> Path:
+    return runs / f"{row.replace(', ', '-').replace(' ', '-')}-seed{seed}"
+
+
 def plots(results: dict[str, Any], runs: Path, out: Path) -> None:
     import matplotlib
 
@@ -51,30 +76,31 @@ def plots(results: dict[str, Any], runs: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.25
-    for i, method in enumerate(METHODS):
-        acc = results["methods"][method]["accuracy"]
+    rows = list(results["rows"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        acc = results["rows"][row]["accuracy"]
         means = [acc[s]["mean"] for s in SUBSETS]
         errs = [[acc[s]["mean"] - acc[s]["min"] for s in SUBSETS], [acc[s]["max"] - acc[s]["mean"] for s in SUBSETS]]
-        ax.bar(np.arange(len(SUBSETS)) + (i - 1) * width, means, width, yerr=errs, capsize=3, label=method)
+        ax.bar(np.arange(len(SUBSETS)) + (i - (len(rows) - 1) / 2) * width, means, width, yerr=errs, capsize=3, label=row)
     ax.set_xticks(range(len(SUBSETS)), SUBSETS)
     ax.set_ylabel("test accuracy (held-out speaker)")
     ax.set_ylim(0, 1)
-    ax.legend()
-    ax.set_title("AV-digits: accuracy by method and modality subset (bars: min-max over seeds)")
+    ax.legend(fontsize=8)
+    ax.set_title("AV-digits: accuracy by method and modality subset (own rule; bars: min-max over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "avdigits.png", dpi=120)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(METHODS), figsize=(12, 3.5), sharey=True)
-    for ax, method in zip(axes, METHODS, strict=True):
-        metrics = runs / f"{method}-seed{results['seeds'][0]}" / "metrics.jsonl"
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-        rows = [r for r in rows if r["event"] == "epoch"]
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.3 * len(rows), 3.5), sharey=True)
+    for ax, row in zip(axes, rows, strict=True):
+        metrics = run_dir(runs, row, results["seeds"][0]) / "metrics.jsonl"
+        epochs = [json.loads(line) for line in metrics.read_text().splitlines()]
+        epochs = [r for r in epochs if r["event"] == "epoch"]
         for key in SUBSETS:
-            ax.plot([r["epoch"] for r in rows], [r["val_accuracy"][key] for r in rows], marker=".", label=key)
-        ax.set_title(method)
+            ax.plot([r["epoch"] for r in epochs], [r["val_accuracy"][key] for r in epochs], marker=".", label=key)
+        ax.set_title(row, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation accuracy")
@@ -88,26 +114,44 @@ def markdown(results: dict[str, Any]) -> str:
     def cell(d: dict[str, float]) -> str:
         return f"{d['mean']:.3f} ± {d['std']:.3f}"
 
-    joint = results["methods"]["joint"]["accuracy"]
-    rows = [
+    rows = results["rows"]
+    joint = rows["joint"]["accuracy"]
+    table = markdown_table(
+        ["method", "own rule", *SUBSETS, *(f"{s} / joint" for s in SUBSETS), "fused ECE", "train s"],
         [
-            m,
-            *(cell(results["methods"][m]["accuracy"][s]) for s in SUBSETS),
-            *(results["methods"][m]["accuracy"][s]["mean"] / joint[s]["mean"] for s in SUBSETS),
-            round(results["methods"][m]["train_seconds"]),
-        ]
-        for m in METHODS
-    ]
-    table = markdown_table(["method", *SUBSETS, *(f"{s} / joint" for s in SUBSETS), "train s"], rows)
-    fusion_rows = [[m, *(cell(results["methods"][m]["fusion"][r]) for r in RULES)] for m in METHODS]
+            [
+                name,
+                r["rule"],
+                *(cell(r["accuracy"][s]) for s in SUBSETS),
+                *(r["accuracy"][s]["mean"] / joint[s]["mean"] for s in SUBSETS),
+                cell(r["ece"]["audio+video"]),
+                round(r["train_seconds"]),
+            ]
+            for name, r in rows.items()
+        ],
+    )
     fusion = markdown_table(
-        ["method", "entropy, per sample", "entropy, per batch (authors')", "equal", "fixed (tuned on val)"], fusion_rows
+        ["method", *FUSION_COLUMNS],
+        [[name, *(cell(r["fusion"][v]["accuracy"]) for v in FUSION_COLUMNS)] for name, r in rows.items()],
+    )
+    ece = markdown_table(
+        ["method", *FUSION_COLUMNS],
+        [[name, *(cell(r["fusion"][v]["ece"]) for v in FUSION_COLUMNS)] for name, r in rows.items()],
+    )
+    alphas = "; ".join(
+        f"seed {r['seed']}: alpha {r['owm_alpha']:g} (validation accuracy by alpha {json.dumps(r['alpha_search'])})"
+        for r in rows["mla"]["runs"]
     )
     return (
         f"# AV-digits: FSDD + MNIST, held-out speaker ({results['encoder']} encoder, {results['epochs']} epochs, "
-        f"seeds {results['seeds']})\n\nTest accuracy (mean ± std over seeds) by modality subset, entropy fusion; "
-        f"ratios against joint training from the same run.\n\n{table}\n\n"
-        f"Fusion rules on the corrupted test set (audio+video accuracy):\n\n{fusion}\n"
+        f"seeds {results['seeds']})\n\n"
+        "Test accuracy (mean ± std over seeds) by modality subset, each method under its own rule calibrated on validation "
+        "(joint: argmax of its summed logits; the others: per-sample entropy fusion); ratios against joint from the same run; "
+        "fused ECE with 15 bins.\n\n"
+        f"{table}\n\nMLA's alpha, chosen on validation: {alphas}.\n\n"
+        "Every rule on the corrupted test set, audio+video accuracy (`_raw`: uncalibrated; the paper's rule is `entropy_raw`; "
+        "the others calibrated on validation):\n\n"
+        f"{fusion}\n\nThe same, fused ECE (15 bins):\n\n{ece}\n"
     )
 
 
@@ -117,21 +161,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--encoder", default="small")
     parser.add_argument("--runs", type=Path, default=Path("runs/avdigits"))
-    parser.add_argument("--owm-alpha", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--name", default="avdigits", help="results file name")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-
-    data_dir = cache_root() / "datasets" / "avdigits-v2-seed0"
-    manifest = data_dir / "manifest.csv"
-    if not manifest.is_file():
-        try:
-            log.info("building AV-digits into %s", data_dir)
-            build(data_dir, 0)
-        except MissingSharedDataError as exc:
-            print(f"skipped: {exc}; the benchmark needs the shared data sets in {SHARED}")
-            sys.exit(0)
+    try:
+        manifest = dataset()
+    except MissingSharedDataError as exc:
+        print(f"skipped: {exc}; the benchmark needs the shared data sets in {SHARED}")
+        sys.exit(0)
     spec = f"csv:{manifest}"
     results: dict[str, Any] = {
         "data": "avdigits-v2",
@@ -139,26 +177,31 @@ def main() -> None:
         "epochs": args.epochs,
         "seeds": args.seeds,
         "lr": args.lr,
-        "owm_alpha": args.owm_alpha,
-        "methods": {},
+        "rows": {},
     }
-    for method in METHODS:
+    for name, (method, overrides) in ROWS.items():
         per_seed = []
         for seed in args.seeds:
-            run_dir = args.runs / f"{method}-seed{seed}"
-            t0 = time.perf_counter()
-            cfg = TrainConfig(method=method, epochs=args.epochs, seed=seed, lr=args.lr, owm_alpha=args.owm_alpha, workers=1)
-            train(spec, run_dir, cfg, args.encoder)
-            seconds = time.perf_counter() - t0
-            report = evaluate_run(run_dir, spec, "test")
-            kept = {k: report[k] for k in ("accuracy", "macro_f1", "by_fusion")}
-            per_seed.append({"seed": seed, "train_seconds": seconds, **kept})
-            log.info("%s seed %d: %s (%.0f s)", method, seed, report["accuracy"], seconds)
-        results["methods"][method] = {
+            out = run_dir(args.runs, name, seed)
+            cfg = TrainConfig(method=method, epochs=args.epochs, seed=seed, lr=args.lr, workers=1, **overrides)
+            trained = train(spec, out, cfg, args.encoder, resume=True)  # a finished run is kept, a killed one continues
+            seconds = float(trained["train_seconds"])  # training alone (MLA: its whole alpha search)
+            report = evaluate_run(out, spec, "test")
+            kept = {k: report[k] for k in ("fusion", "accuracy", "macro_f1", "ece", "nll", "by_fusion", "abstention")}
+            extra = {"owm_alpha": trained["owm_alpha"], "alpha_search": trained["alpha_search"]} if "owm_alpha" in trained else {}
+            per_seed.append({"seed": seed, "train_seconds": seconds, **kept, **extra})
+            log.info("%s seed %d: %s (%.0f s)", name, seed, report["accuracy"], seconds)
+        results["rows"][name] = {
+            "method": method,
+            "rule": per_seed[0]["fusion"],
             "runs": per_seed,
             "accuracy": {s: spread([r["accuracy"][s] for r in per_seed]) for s in SUBSETS},
             "macro_f1": {s: spread([r["macro_f1"][s] for r in per_seed]) for s in SUBSETS},
-            "fusion": {rule: spread([r["by_fusion"][rule]["accuracy"]["audio+video"] for r in per_seed]) for rule in RULES},
+            "ece": {s: spread([r["ece"][s] for r in per_seed]) for s in SUBSETS},
+            "fusion": {
+                v: {k: spread([r["by_fusion"][v][k]["audio+video"] for r in per_seed]) for k in ("accuracy", "ece")}
+                for v in RULE_VARIANTS
+            },
             "train_seconds": statistics.fmean(r["train_seconds"] for r in per_seed),
         }
     md = markdown(results)

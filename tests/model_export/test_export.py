@@ -17,6 +17,7 @@ from common.parity import FP32, compare
 from common.validate import InvalidRepositoryError, validate_repository
 from model_export.onnx_graph import CUDA_OPS, ExportError
 from model_export.repository import export_run
+from training.calibrate import calibrate_run
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
 runner = CliRunner()
@@ -133,3 +134,47 @@ def test_export_errors(tiny_run: Path, tiny_repo: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "unknown encoder" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_export_writes_the_calibration_fitted_on_validation(tiny_run: Path, tiny_repo: Path) -> None:
+    fusion = load_manifest(tiny_repo).fusion
+    assert fusion.rule == "entropy"  # MLA's own rule
+    cal = fusion.calibration
+    assert set(cal.temperatures) == {"audio", "video"}
+    assert set(cal.fused_temperatures) == {"audio+video"}
+    assert "val split" in cal.fitted_on
+    # what it writes is what fitting on the validation split gives, and it does not make validation worse
+    again = calibrate_run(tiny_run)
+    assert again["calibration"]["temperatures"] == pytest.approx(cal.temperatures)
+    for sub, fig in cal.val.items():
+        assert fig["nll"] <= fig["nll_raw"] + 1e-9, sub
+    a = fusion.abstention
+    assert a.target_risk == 0.05
+    assert a.val_risk <= a.target_risk
+    assert 0.0 <= a.min_confidence <= 1.0
+
+
+def test_a_schema_v1_manifest_is_served_uncalibrated(tiny_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "v1"
+    shutil.copytree(tiny_repo, repo)
+    doc = json.loads((repo / "manifest.json").read_text())
+    doc["schema_version"] = 1
+    doc["fusion"] = {"rule": "entropy", "combine": "probabilities"}  # what v1 wrote
+    (repo / "manifest.json").write_text(json.dumps(doc))
+    migrated = load_manifest(repo)
+    assert migrated.schema_version == 2
+    assert migrated.fusion.calibration.temperatures == {"audio": 1.0, "video": 1.0}
+    assert migrated.fusion.calibration.fused_temperatures == {}
+    assert migrated.fusion.abstention.min_confidence == 0.0  # never abstains
+    validate_repository(repo)  # the graphs and parity samples are untouched
+
+
+def test_export_with_another_fusion_rule(tiny_run: Path, tmp_path: Path) -> None:
+    repo = export_run(tiny_run, tmp_path, name="tiny", rule="loglinear")
+    fusion = load_manifest(repo).fusion
+    assert fusion.rule == "loglinear"
+    assert fusion.weights is not None
+    assert sum(fusion.weights.values()) == pytest.approx(1.0)
+    result = runner.invoke(app, ["export", str(tiny_run), "--out", str(tmp_path), "--fusion", "median"])
+    assert result.exit_code == 2
+    assert "unknown fusion rule 'median'" in result.stderr

@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from common.fusion import fuse
-from common.manifest import load_manifest
+from common.fusion import FusionParams
+from common.manifest import Manifest, load_manifest
 from common.media import AudioSpec, VideoSpec, load_audio, load_video
 from common.parity import FP32
 from tests.conftest import ROOT, shared_data
@@ -23,35 +23,43 @@ from training.data.writers import write_audio, write_video
 SUBSETS = [("audio",), ("video",), ("audio", "video")]
 
 
-def check_answer(body: dict, sent: set[str], labels: list[str]) -> None:
-    """Shape of the answer, and the fused part equal to the manifest's rule on the parts."""
-    assert body["fusion"] == "entropy"
+def check_answer(body: dict, sent: set[str], manifest: Manifest) -> None:
+    """Shape of the answer, and the fused part equal to the manifest's calibrated rule on the parts."""
+    labels, fusion = manifest.labels, manifest.fusion
+    assert body["fusion"] == fusion.rule
     assert set(body["modalities"]) == sent
     assert body["label"] in labels
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     names = sorted(sent)
     probs = {m: np.array([[body["modalities"][m]["probabilities"][c] for c in labels]]) for m in names}
-    fused, weights = fuse(probs, "entropy")
-    np.testing.assert_allclose([body["probabilities"][c] for c in labels], fused[0], atol=1e-9)
+    for m in names:  # each modality's probabilities come calibrated with the manifest's temperature
+        assert body["modalities"][m]["temperature"] == fusion.calibration.temperatures[m]
+    subset = "+".join(names)
+    assert body["fused_temperature"] == fusion.calibration.fused_temperatures.get(subset, 1.0)
+    # log p is a logit vector whose softmax is p: the same rule (already calibrated per modality) on it
+    refit = FusionParams(fusion.rule, fusion.weights, None, fusion.calibration.fused_temperatures)
+    fused = refit({m: np.log(p) for m, p in probs.items()})
+    np.testing.assert_allclose([body["probabilities"][c] for c in labels], fused.probs[0], atol=1e-9)
     for m in names:
-        assert body["modalities"][m]["weight"] == pytest.approx(weights[m][0], abs=1e-9)
+        assert body["modalities"][m]["weight"] == pytest.approx(fused.weights[m][0], abs=1e-9)
         p = probs[m][0]
         assert body["modalities"][m]["entropy"] == pytest.approx(float(-(p * np.log(np.clip(p, 1e-12, 1))).sum()), abs=1e-6)
         assert body["modalities"][m]["label"] == labels[int(p.argmax())]
-    assert body["label"] == labels[int(fused[0].argmax())]
-    assert body["confidence"] == pytest.approx(float(fused[0].max()))
+    assert body["label"] == labels[int(fused.probs[0].argmax())]
+    assert body["confidence"] == pytest.approx(float(fused.probs[0].max()))
+    assert body["min_confidence"] == fusion.abstention.min_confidence
+    assert body["abstained"] == (body["confidence"] < body["min_confidence"])
 
 
 @pytest.mark.parametrize("subset", SUBSETS, ids="+".join)
 def test_every_subset_of_demo_media(
     server: Server, tiny_repo: Path, clean_train_row: dict[str, str], subset: tuple[str, ...]
 ) -> None:
-    labels = load_manifest(tiny_repo).labels
     files = {m: Path(clean_train_row[m]) for m in subset}
     r = server.post(files)
     assert r.status_code == 200, r.text
     body = r.json()
-    check_answer(body, set(subset), labels)
+    check_answer(body, set(subset), load_manifest(tiny_repo))
     assert body["model"] == {"name": "tiny", "version": "1"}
     assert r.headers["x-request-id"]
     assert server.tmp_is_empty()
@@ -71,7 +79,8 @@ def test_service_runs_the_exported_graph_on_the_shared_decoder(
     for m, entry in manifest.modalities.items():
         sess = ort.InferenceSession(str(tiny_repo / entry.file), providers=["CPUExecutionProvider"])
         logits = sess.run(None, {entry.input.name: inputs[m][None]})[0][0]
-        p = np.exp(logits - logits.max())
+        scaled = logits / manifest.fusion.calibration.temperatures[m]  # calibrated as the manifest says
+        p = np.exp(scaled - scaled.max())
         p /= p.sum()
         # Same graph, same input; only ORT's kernel choice may differ (thread count, batch): the
         # fp32 parity bound on the logits, and softmax moves no probability by more than that.
@@ -124,25 +133,25 @@ def generated_media(tmp_path_factory: pytest.TempPathFactory, clean_train_row: d
 def test_audio_containers(server: Server, tiny_repo: Path, generated_media: dict[str, Path], kind: str) -> None:
     r = server.post({"audio": generated_media[kind]})
     assert r.status_code == 200, r.text
-    check_answer(r.json(), {"audio"}, load_manifest(tiny_repo).labels)
+    check_answer(r.json(), {"audio"}, load_manifest(tiny_repo))
 
 
 @pytest.mark.parametrize("kind", ["mp4", "mkv", "flv"])
 def test_video_containers_with_their_audio_track(
     server: Server, tiny_repo: Path, generated_media: dict[str, Path], kind: str
 ) -> None:
-    labels = load_manifest(tiny_repo).labels
+    manifest = load_manifest(tiny_repo)
     r = server.post({"video": generated_media[kind]})
     assert r.status_code == 200, r.text
-    check_answer(r.json(), {"video"}, labels)
+    check_answer(r.json(), {"video"}, manifest)
     r = server.post({"video": generated_media[kind]}, data={"use_video_audio": "true"})
     assert r.status_code == 200, r.text
-    check_answer(r.json(), {"audio", "video"}, labels)
+    check_answer(r.json(), {"audio", "video"}, manifest)
     assert server.tmp_is_empty()
 
 
 def test_grid_clips_and_fsdd_recordings(server: Server, tiny_repo: Path) -> None:
-    labels = load_manifest(tiny_repo).labels
+    manifest = load_manifest(tiny_repo)
     clips = sorted(shared_data("grid").glob("*.mpg"))[:3]
     recordings = sorted((shared_data("fsdd") / "recordings").glob("*.wav"))[:3]
     for clip, rec in zip(clips, recordings, strict=True):
@@ -153,7 +162,24 @@ def test_grid_clips_and_fsdd_recordings(server: Server, tiny_repo: Path) -> None
         ):
             r = server.post(files, data=data)
             assert r.status_code == 200, (clip.name, rec.name, r.text)
-            check_answer(r.json(), sent, labels)
+            check_answer(r.json(), sent, manifest)
+    assert server.tmp_is_empty()
+
+
+def test_min_confidence_overrides_the_models_threshold(server: Server, tiny_repo: Path, clean_train_row: dict[str, str]) -> None:
+    files = {"audio": Path(clean_train_row["audio"]), "video": Path(clean_train_row["video"])}
+    never = server.post(files, data={"min_confidence": "0"}).json()
+    assert never["abstained"] is False
+    assert never["min_confidence"] == 0.0
+    always = server.post(files, data={"min_confidence": "1"}).json()
+    assert always["min_confidence"] == 1.0
+    assert always["abstained"] == (always["confidence"] < 1.0)
+    own = server.post(files).json()
+    assert own["min_confidence"] == load_manifest(tiny_repo).fusion.abstention.min_confidence
+    for bad in ("abc", "1.5", "-0.1", "nan"):
+        r = server.post(files, data={"min_confidence": bad})
+        assert r.status_code == 422, (bad, r.text)
+        assert "min_confidence" in r.json()["error"]["message"]
     assert server.tmp_is_empty()
 
 
@@ -190,6 +216,7 @@ def test_metrics_count_what_happened(server: Server, clean_train_row: dict[str, 
         "mla_inference_seconds_bucket",
         "mla_batch_size_bucket",
         "mla_modality_subset_total",
+        "mla_abstained_total",
         "mla_entropy_nats_bucket",
         "mla_fusion_weight_bucket",
         "mla_requests_in_flight",

@@ -9,6 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from training.calibrate import RULE_VARIANTS
+from training.config import OWM_ALPHA_GRID
 from training.data.specs import write_manifest
 
 runner = CliRunner()
@@ -25,7 +27,8 @@ def _train(data: str, out: Path, method: str, *extra: str) -> None:
 @pytest.mark.parametrize("method", ["mla", "joint", "unimodal"])
 def test_train_then_evaluate(tiny_demo: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / method
-    _train(f"csv:{tiny_demo}", out, method)
+    # MLA with its default --owm-alpha auto: one short run per alpha of the grid
+    _train(f"csv:{tiny_demo}", out, method, *(["--max-batches", "2"] if method == "mla" else []))
     assert {"checkpoint.pt", "metrics.jsonl", "val_accuracy.png"} <= {p.name for p in out.iterdir()}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if r["event"] == "epoch"]
@@ -38,17 +41,35 @@ def test_train_then_evaluate(tiny_demo: Path, tmp_path: Path, method: str) -> No
     assert ckpt["model_config"]["shared_head"] is (method != "unimodal")
     if method == "mla":
         assert ckpt["owm_updates"] > 0
+        # auto: every alpha of the grid tried, the one with the best validation accuracy kept
+        search = ckpt["owm_alpha_search"]
+        assert set(search) == {f"{a:g}" for a in OWM_ALPHA_GRID}
+        assert ckpt["train_config"]["owm_alpha"] in OWM_ALPHA_GRID
+        assert search[f"{ckpt['train_config']['owm_alpha']:g}"] == max(search.values())
+        assert all((out / f"alpha-{a:g}" / "checkpoint.pt").is_file() for a in OWM_ALPHA_GRID)
+        # the projection's state is logged every epoch
+        for r in epochs:
+            assert 0 < r["projection"]["trace_over_dim"] <= 1
+            assert 0 < r["projection"]["lambda_min"] <= r["projection"]["trace_over_dim"]
+            assert 0 < r["projection"]["grad_kept"] <= 1 + 1e-9
+    assert epochs[0]["fusion"] == ("logit_sum" if method == "joint" else "entropy")
 
     result = runner.invoke(app, ["evaluate", str(out), "--data", f"csv:{tiny_demo}", "--split", "test", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["n"] == 24
-    assert report["fusion"] == "entropy"
-    for key in ("accuracy", "macro_f1"):
+    assert report["fusion"] == ("logit_sum" if method == "joint" else "entropy")  # each method by its own rule
+    for key in ("accuracy", "macro_f1", "nll", "brier", "ece", "adaptive_ece"):
         assert set(report[key]) == {"audio", "video", "audio+video"}
-        assert all(0.0 <= v <= 1.0 for v in report[key].values())
-    assert set(report["by_fusion"]) == {"entropy", "equal", "batch_entropy", "fixed"}
-    assert Path(report["confusion_plot"]).is_file()
+        assert all(v >= 0.0 for v in report[key].values())
+    assert all(v <= 1.0 for key in ("accuracy", "macro_f1", "ece", "adaptive_ece") for v in report[key].values())
+    assert set(report["by_fusion"]) == set(RULE_VARIANTS)  # every method under every rule
+    for rule, res in report["by_fusion"].items():
+        assert set(res["accuracy"]) == {"audio", "video", "audio+video"}, rule
+    assert report["accuracy"] == report["by_fusion"][report["fusion"]]["accuracy"]
+    assert 0.0 <= report["abstention"]["coverage"] <= 1.0
+    for plot in ("confusion", "reliability", "risk_coverage"):
+        assert Path(report["plots"][plot]).is_file()
 
 
 def _with_broken_test_split(tiny_demo: Path, tmp_path: Path) -> Path:
@@ -70,7 +91,7 @@ def test_training_never_reads_the_test_split(tiny_demo: Path, tmp_path: Path) ->
     broken, and only evaluating on test runs into them, with a clear message."""
     manifest = _with_broken_test_split(tiny_demo, tmp_path)
     out = tmp_path / "run"
-    _train(f"csv:{manifest}", out, "mla", "--max-batches", "1")
+    _train(f"csv:{manifest}", out, "mla", "--max-batches", "1", "--owm-alpha", "10")
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["best_validation"]["all"]["epoch"] in (1, 2)
     result = runner.invoke(app, ["evaluate", str(out), "--data", f"csv:{manifest}", "--split", "test", "--json"])

@@ -33,8 +33,9 @@ def test_update_is_the_recursive_formula_with_a_scalar_denominator() -> None:
     p_ref = torch.eye(dim, dtype=torch.float64)
     for _ in range(4):
         r = torch.randn(dim, dtype=torch.float64)
-        k = p_ref @ r
-        p_ref = p_ref - torch.outer(k, k) / (alpha + r @ p_ref @ r)
+        r_unit = r / r.norm()  # directions are folded in, whatever the features' scale
+        k = p_ref @ r_unit
+        p_ref = p_ref - torch.outer(k, k) / (alpha + r_unit @ p_ref @ r_unit)
         proj.update(r)
     assert torch.allclose(proj.P, p_ref)
     # P stays symmetric and its eigenvalues in (0, 1]: a (soft) projector, never an amplifier.
@@ -44,6 +45,28 @@ def test_update_is_the_recursive_formula_with_a_scalar_denominator() -> None:
     assert eig.max() <= 1 + 1e-9
     with pytest.raises(ValueError, match="alpha"):
         HeadProjector(dim, 0.0)
+
+
+def test_alpha_means_the_same_at_any_feature_scale() -> None:
+    """The same directions at scale 1e-3 or 1e3 give the same P: alpha is relative to unit vectors."""
+    dirs = torch.rand(20, 32, generator=torch.Generator().manual_seed(3))  # post-ReLU-like: all positive
+    small, large = HeadProjector(32, 10.0), HeadProjector(32, 10.0)
+    for r in dirs:
+        small.update(1e-3 * r)
+        large.update(1e3 * r)
+    assert torch.allclose(small.P, large.P)
+    # n folds of one direction leave it a gain of alpha / (alpha + n)
+    one = HeadProjector(8, 10.0)
+    e = torch.zeros(8, dtype=torch.float64)
+    e[0] = 5.0
+    for _ in range(30):
+        one.update(e)
+    assert float(one.P[0, 0]) == pytest.approx(10.0 / 40.0)
+    assert one.diagnostics()["lambda_min"] == pytest.approx(0.25)
+    assert one.diagnostics()["trace_over_dim"] == pytest.approx((7 + 0.25) / 8)
+    before = one.P.clone()
+    one.update(torch.zeros(8))  # no direction: nothing to fold
+    assert torch.equal(one.P, before)
 
 
 def _trainer(project: bool) -> MLATrainer:

@@ -26,6 +26,7 @@ class Rows(NamedTuple):
 class Trainer:
     method: ClassVar[str]
     shared_head: ClassVar[bool] = True  # whether this method's model has one head for all modalities
+    fusion_rule: ClassVar[str] = "entropy"  # the rule its predictions are selected and reported by
 
     def __init__(self, model: MultimodalClassifier, cfg: TrainConfig, world: World, steps_total: int) -> None:
         self.model, self.cfg, self.world = model, cfg, world
@@ -53,7 +54,22 @@ class Trainer:
         return {"all": ("+".join(self.modalities), [""])}
 
     def extra_state(self) -> dict[str, Any]:
+        """What the best checkpoint carries besides its weights."""
         return {}
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Figures of the epoch just trained, for metrics.jsonl (and reset for the next)."""
+        return {}
+
+    def on_best(self) -> None:
+        """Called when a selection group improved: keep whatever must go with the best weights."""
+
+    def resume_state(self) -> dict[str, Any]:
+        """Method state a resumed run needs besides the model, the optimiser and the selection."""
+        return {}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        pass
 
     # --- shared -------------------------------------------------------------------------
     def lr_now(self) -> float:
@@ -79,7 +95,8 @@ class Trainer:
         """
         mask = batch[f"{modality}_present"]
         local = int(mask.sum())
-        total = int(self.world.sum(torch.tensor([local])).item()) if self.world.distributed else local
+        count = torch.tensor([local], device=mask.device)
+        total = int(self.world.sum(count).item()) if self.world.distributed else local
         if local == 0 and total > 0:
             return Rows(batch[modality][:1], batch["label"][:1], real=False, anywhere=True)
         return Rows(batch[modality][mask], batch["label"][mask], real=local > 0, anywhere=total > 0)
@@ -100,4 +117,26 @@ class Trainer:
                 for name, value in state.items():
                     if any(name.startswith(p) for p in prefixes):
                         self.best_state[name] = value.detach().clone()
+        if improved:
+            self.on_best()
         return improved
+
+    # --- resuming -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything a killed run needs to continue exactly where it stopped (with the model's weights)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "step_count": self.step_count,
+            "best": dict(self.best),
+            "best_epoch": dict(self.best_epoch),
+            "best_state": self.best_state,
+            "method_state": self.resume_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_count = int(state["step_count"])
+        self.best = {k: float(v) for k, v in state["best"].items()}
+        self.best_epoch = {k: int(v) for k, v in state["best_epoch"].items()}
+        self.best_state = state["best_state"]
+        self.load_resume_state(state["method_state"])

@@ -14,6 +14,7 @@ from training.methods.base import Trainer
 
 class JointTrainer(Trainer):
     method = "joint"
+    fusion_rule = "logit_sum"  # it learns to predict argmax(sum of logits), and is scored by that
 
     def train_step(self, batch: Batch) -> dict[str, float]:
         y = batch["label"]

@@ -2,14 +2,19 @@
 
 Per mini-batch, each modality in turn: forward its encoder and the shared head, loss,
 backward, project the head weight's gradient with P, step, then fold this batch's mean
-feature into P (orthogonal weight modification, OWM):
+feature direction into P (orthogonal weight modification, OWM):
 
-    r = mean feature,  k = P r,  P <- P - k k^T / (alpha + r^T P r)
+    r = mean feature / |mean feature|,  k = P r,  P <- P - k k^T / (alpha + r^T P r)
 
 P is one matrix kept across steps, epochs and modalities, so learning one modality moves
 the head only in directions that leave the others' features' scores alone. The
 denominator is a scalar: the authors' code divides by a matrix (and its parameter-name
 check means the projection never ran at all).
+
+r is a unit vector, so alpha means the same thing whatever the encoders' feature scale:
+P starts as the identity and n folds of one direction leave it a gain of alpha / (alpha + n)
+(alpha = 1 halves it at once, alpha = 100 after a hundred batches). On raw features, whose
+squared norm is in the hundreds after a ReLU, alpha = 1 was a hard projection.
 """
 
 from __future__ import annotations
@@ -40,11 +45,21 @@ class HeadProjector:
 
     @torch.no_grad()
     def update(self, r: torch.Tensor) -> None:
-        """Fold one input direction r [dim] into P."""
+        """Fold the direction of r [dim] into P (a zero vector has none and changes nothing)."""
         r = r.double().reshape(-1, 1)
+        norm = float(r.norm())
+        if norm == 0.0:
+            return
+        r = r / norm
         k = self.P @ r
         self.P -= (k @ k.T) / (self.alpha + float(r.T @ k))
         self.updates += 1
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """How much P holds back: trace(P) / D (1: nothing) and its smallest eigenvalue."""
+        eig = torch.linalg.eigvalsh((self.P + self.P.T) / 2)
+        return {"trace_over_dim": float(eig.sum() / eig.numel()), "lambda_min": float(eig.min())}
 
 
 class MLATrainer(Trainer):
@@ -53,7 +68,11 @@ class MLATrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         head = self.model.head(self.modalities[0])
+        if self.cfg.owm_alpha is None:
+            raise ValueError("MLATrainer needs a number for owm_alpha; 'auto' is resolved by training.train")
         self.projector = HeadProjector(self.model.feature_dim, self.cfg.owm_alpha, head.weight.device)
+        self.best_P = self.projector.P.clone()
+        self._kept: list[float] = []  # ||G P|| / ||G|| of this epoch's steps
 
     def param_groups(self) -> list[dict[str, Any]]:
         # The head steps with exactly -lr * G P: momentum and weight decay would add back
@@ -77,7 +96,10 @@ class MLATrainer(Trainer):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.owm_project and head.weight.grad is not None:
+                before = float(head.weight.grad.norm())
                 self.projector.project_(head.weight.grad)
+                if before > 0:
+                    self._kept.append(float(head.weight.grad.norm()) / before)
             self.optimizer.step()
             # fold this batch's mean feature (averaged over every process) into P
             if self.cfg.owm_project:
@@ -93,5 +115,22 @@ class MLATrainer(Trainer):
             losses[m] = loss.item()
         return losses
 
+    def epoch_stats(self) -> dict[str, float]:
+        kept = sum(self._kept) / len(self._kept) if self._kept else 1.0
+        self._kept = []
+        return {**self.projector.diagnostics(), "grad_kept": kept, "updates": float(self.projector.updates)}
+
+    def on_best(self) -> None:
+        self.best_P = self.projector.P.clone()  # the checkpoint keeps the P that went with its weights
+
     def extra_state(self) -> dict[str, Any]:
-        return {"owm_P": self.projector.P.float().cpu(), "owm_updates": self.projector.updates}
+        return {"owm_P": self.best_P.float().cpu(), "owm_updates": self.projector.updates, "owm_alpha": self.projector.alpha}
+
+    def resume_state(self) -> dict[str, Any]:
+        return {"P": self.projector.P.cpu(), "updates": self.projector.updates, "best_P": self.best_P.cpu()}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        device = self.projector.P.device
+        self.projector.P = state["P"].to(device, torch.float64)
+        self.projector.updates = int(state["updates"])
+        self.best_P = state["best_P"].to(device, torch.float64)

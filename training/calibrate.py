@@ -1,0 +1,185 @@
+"""Calibration fitted on the validation split: what `mla export` writes into the manifest's fusion section.
+
+- A temperature per modality, T_m = argmin_T NLL(softmax(z_m / T)) (Guo et al., 2017): one
+  parameter, so it changes no modality's argmax and cannot overfit a few hundred clips.
+- A temperature per set of present modalities S, applied to the fused log-probabilities:
+  a mixture of calibrated distributions is under-confident where they disagree, and a
+  product over-confident where they agree; one scalar per S corrects either.
+- Constant weights where a rule has them: `fixed` by validation accuracy (a grid, as a user
+  would tune late fusion), `loglinear` by validation NLL jointly with its temperature.
+- The abstention threshold: the lowest calibrated confidence at which the validation
+  answers above it have an error rate of at most TARGET_RISK.
+
+Every figure here comes from validation predictions; the test split is never read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+
+from common import calibration
+from common.fusion import RULES, FusionParams, log_softmax, subset_name
+from training.evaluate import Predictions, fused_for, subsets
+
+TARGET_RISK = 0.05  # default: at most 5% errors among the answers given
+T_BOUNDS = (0.05, 20.0)
+GRID_STEPS = 20
+
+# Every rule scored by `mla evaluate`: name -> (rule, calibrated). "_raw" is the rule as
+# the model gives it (every temperature 1); the paper's rule is `entropy_raw`.
+RULE_VARIANTS: dict[str, tuple[str, bool]] = {
+    "entropy_raw": ("entropy", False),
+    "entropy": ("entropy", True),
+    "energy": ("energy", True),
+    "loglinear": ("loglinear", True),
+    "equal": ("equal", True),
+    "fixed": ("fixed", True),
+    "batch_entropy": ("batch_entropy", False),
+    "logit_sum_raw": ("logit_sum", False),
+    "logit_sum": ("logit_sum", True),
+}
+
+
+def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
+    """argmin_T of the NLL of softmax(log_probs / T); 1.0 when there is nothing to fit on."""
+    if len(labels) == 0:
+        return 1.0
+    x = np.asarray(log_probs, dtype=np.float64)
+    rows = np.arange(len(labels))
+
+    def loss(log_t: float) -> float:
+        return float(-np.mean(log_softmax(x / math.exp(log_t))[rows, labels]))
+
+    res = minimize_scalar(loss, bounds=(math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])), method="bounded", options={"xatol": 1e-4})
+    return float(math.exp(res.x))
+
+
+def _fused_log_probs(val: Predictions, subset: tuple[str, ...], params: FusionParams) -> tuple[np.ndarray, np.ndarray]:
+    """Log of the fused distribution (before any fused temperature) on the rows whose present set is exactly `subset`."""
+    probs, rows = fused_for(val, subset, params)
+    present = np.stack([val.present[m][rows] for m in subset])
+    exact = present.all(axis=0)
+    return np.log(np.clip(probs[exact], 1e-300, None)), val.labels[rows][exact]
+
+
+def fit_fused_temperatures(val: Predictions, params: FusionParams) -> dict[str, float]:
+    """T_S for every set of two or more modalities (every set, singles too, under logit_sum)."""
+    smallest = 1 if params.rule == "logit_sum" else 2
+    out: dict[str, float] = {}
+    for sub in subsets(val.modalities):
+        if len(sub) < smallest:
+            continue
+        log_q, y = _fused_log_probs(val, sub, FusionParams(params.rule, params.weights, params.temperatures))
+        if len(y):
+            out[subset_name(sub)] = fit_temperature(log_q, y)
+    return out
+
+
+def _grid(names: list[str]) -> list[dict[str, float]]:
+    points = np.linspace(0.0, 1.0, GRID_STEPS + 1)
+    out = []
+    for combo in itertools.product(points, repeat=len(names) - 1):
+        if sum(combo) <= 1.0 + 1e-9:
+            out.append(dict(zip(names, [*map(float, combo), 1.0 - float(sum(combo))], strict=True)))
+    return out
+
+
+def _tune_fixed(val: Predictions, temperatures: dict[str, float] | None) -> dict[str, float]:
+    """The constant mixture weights with the best validation accuracy on all modalities (first best on a grid)."""
+    names = val.modalities
+    best, best_acc = {m: 1.0 / len(names) for m in names}, -1.0
+    for w in _grid(names):
+        probs, rows = fused_for(val, names, FusionParams("fixed", w, temperatures))
+        acc = float((probs.argmax(axis=1) == val.labels[rows]).mean())
+        if acc > best_acc + 1e-12:
+            best, best_acc = w, acc
+    return best
+
+
+def _tune_loglinear(val: Predictions, temperatures: dict[str, float]) -> dict[str, float]:
+    """The product-of-experts weights with the lowest validation NLL once their fused temperature is fitted."""
+    names = val.modalities
+    best, best_nll = {m: 1.0 / len(names) for m in names}, math.inf
+    for w in _grid(names):
+        params = FusionParams("loglinear", w, temperatures)
+        params = FusionParams("loglinear", w, temperatures, fit_fused_temperatures(val, params))
+        probs, rows = fused_for(val, names, params)
+        loss = calibration.nll(probs, val.labels[rows])
+        if loss < best_nll - 1e-12:
+            best, best_nll = w, loss
+    return best
+
+
+def fit_fusion(val: Predictions, rule: str, calibrated: bool = True) -> FusionParams:
+    """The fusion of `rule` with everything it needs fitted on validation predictions."""
+    temperatures = None
+    if calibrated:
+        temperatures = {m: fit_temperature(val.logits[m][val.present[m]], val.labels[val.present[m]]) for m in val.modalities}
+    weights = None
+    if rule == "fixed":
+        weights = _tune_fixed(val, temperatures)
+    elif rule == "loglinear":
+        weights = _tune_loglinear(val, temperatures or {})
+    params = FusionParams(rule, weights, temperatures)
+    if not calibrated:
+        return params
+    return FusionParams(rule, weights, temperatures, fit_fused_temperatures(val, params))
+
+
+def fit_abstention(val: Predictions, params: FusionParams, target_risk: float = TARGET_RISK) -> calibration.Threshold:
+    """The selective-prediction threshold on the fused confidence, all modalities present, from validation."""
+    probs, rows = fused_for(val, val.modalities, params)
+    return calibration.selective_threshold(probs, val.labels[rows], target_risk)
+
+
+def calibrate_run(
+    run_dir: Path, data: str | None = None, rule: str | None = None, target_risk: float = TARGET_RISK
+) -> dict[str, Any]:
+    """The manifest's fusion section for a run: its rule (default: the method's own), fitted on validation.
+
+    Returns plain data (the schema lives in common.manifest): rule, weights, calibration
+    (temperatures, fused temperatures, validation figures before and after) and abstention.
+    """
+    from training.checkpoint import load_checkpoint, model_from_checkpoint
+    from training.data.dataset import build_dataset, make_loader
+    from training.data.specs import parse_spec
+    from training.evaluate import own_rule, predict, score
+
+    ckpt = load_checkpoint(run_dir)
+    model = model_from_checkpoint(ckpt)
+    data = data or ckpt["data"]
+    rule = rule or own_rule(ckpt["method"])
+    if rule not in RULES:
+        raise ValueError(f"unknown fusion rule {rule!r}; choose from {', '.join(RULES)}")
+    loader = make_loader(build_dataset(parse_spec(data), "val", model.cfg), 128, False, 0)
+    val = predict(model, loader, torch.device("cpu"))
+    params = fit_fusion(val, rule, calibrated=True)
+    raw, fitted = score(val, FusionParams(rule, params.weights)), score(val, params)
+    figures = {
+        sub: {"ece_raw": raw["ece"][sub], "ece": fitted["ece"][sub], "nll_raw": raw["nll"][sub], "nll": fitted["nll"][sub]}
+        for sub in fitted["ece"]
+    }
+    threshold = fit_abstention(val, params, target_risk)
+    return {
+        "rule": rule,
+        "weights": dict(params.weights) if params.weights else None,
+        "calibration": {
+            "temperatures": dict(params.temperatures or {}),
+            "fused_temperatures": dict(params.fused_temperatures or {}),
+            "fitted_on": f"val split of {data}, n={len(val.labels)}",
+            "val": figures,
+        },
+        "abstention": {
+            "min_confidence": threshold.min_confidence,
+            "target_risk": target_risk,
+            "val_coverage": threshold.coverage,
+            "val_risk": threshold.risk,
+        },
+    }
