@@ -303,11 +303,19 @@ def predict(
         return
     from rich.table import Table
 
-    table = Table(title=f"{body['label']} ({body['confidence']:.3f}) from {body['model']['name']} v{body['model']['version']}")
-    for col in ("modality", "label", "entropy", "weight"):
+    verdict = (
+        f"[bold yellow]abstained[/]: confidence below {body['min_confidence']:.3f}" if body.get("abstained") else "answered"
+    )
+    title = (
+        f"{body['label']} (calibrated confidence {body['confidence']:.3f}; {verdict}) "
+        f"from {body['model']['name']} v{body['model']['version']}, {body['fusion']} fusion"
+    )
+    table = Table(title=title)
+    for col in ("modality", "label", "confidence", "entropy (nats)", "weight", "temperature"):
         table.add_column(col)
     for m, d in body["modalities"].items():
-        table.add_row(m, d["label"], f"{d['entropy']:.3f}", f"{d['weight']:.3f}")
+        conf, temp = max(d["probabilities"].values()), d.get("temperature", 1.0)
+        table.add_row(m, d["label"], f"{conf:.3f}", f"{d['entropy']:.3f}", f"{d['weight']:.3f}", f"{temp:.3g}")
     Console().print(table)
 
 

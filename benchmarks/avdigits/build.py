@@ -98,8 +98,12 @@ def digit_clip(image: np.ndarray, rng: np.random.Generator, corrupt: str) -> np.
     return np.repeat(np.clip(frames, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def build(out: Path, seed: int = 0, root: Path = SHARED, limit_per_speaker_digit: int | None = None) -> Path:
-    """Write media/ and manifest.csv into `out`; return the manifest's path."""
+def build(out: Path, seed: int = 0, root: Path = SHARED, limit_per_speaker_digit: int | None = None, clean: bool = False) -> Path:
+    """Write media/ and manifest.csv into `out`; return the manifest's path.
+
+    `clean`: no corruption at all (the recordings as they are, undamaged digits), for the
+    robustness benchmark, which adds its own at controlled severities.
+    """
     recs = recordings(root)
     images, labels = mnist(root)
     rng = np.random.default_rng(seed)
@@ -132,10 +136,11 @@ def build(out: Path, seed: int = 0, root: Path = SHARED, limit_per_speaker_digit
         wave = decode_audio(r.path, SAMPLE_RATE)
         snr = float(rng.uniform(*SNR_RANGE))
         power = float(np.mean(wave**2)) or 1e-8
-        noisy = wave + rng.normal(0, np.sqrt(power / 10 ** (snr / 10)), wave.shape)
+        noise = rng.normal(0, np.sqrt(power / 10 ** (snr / 10)), wave.shape)  # drawn either way: the same seed stream
+        noisy = wave if clean else wave + noise
         noisy = 0.9 * noisy / max(1e-6, float(np.abs(noisy).max()))
         roll = rng.random()
-        corrupt = "" if roll >= VIDEO_CORRUPT_SHARE else ("occlusion" if roll < VIDEO_CORRUPT_SHARE / 2 else "blur")
+        corrupt = "" if roll >= VIDEO_CORRUPT_SHARE or clean else ("occlusion" if roll < VIDEO_CORRUPT_SHARE / 2 else "blur")
         name = f"{i:05d}_{r.path.stem}"
         write_audio(media / f"{name}.wav", noisy.astype(np.float32), SAMPLE_RATE)
         write_video(media / f"{name}.mp4", digit_clip(images[image_index], rng, corrupt), FPS, codec="mpeg4")
@@ -147,7 +152,7 @@ def build(out: Path, seed: int = 0, root: Path = SHARED, limit_per_speaker_digit
                 "split": split,
                 "speaker": r.speaker,
                 "image": image_index,
-                "snr_db": round(snr, 2),
+                "snr_db": "" if clean else round(snr, 2),
                 "video_corruption": corrupt,
             }
         )

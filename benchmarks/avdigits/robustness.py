@@ -1,0 +1,363 @@
+"""Fusion rules under corruption: which one to serve, chosen on validation, reported on test.
+
+    make bench-robustness      # = python -m benchmarks.avdigits.robustness
+
+Takes the models `make bench-accuracy` trained (runs/avdigits: MLA, joint and the unimodal
+ensemble, every seed) and a clean build of AV-digits (no noise, no damaged digits), and
+corrupts one modality at a time, then both, at rising severity:
+
+- audio: white noise and babble (four other speakers' digits at once) at 20 ... -10 dB SNR;
+- video: an occluding grey square (15 ... 90% of the frame), Gaussian pixel noise, blur,
+  and dropped (blank) frames;
+- both: white noise and occlusion together, severity by severity.
+
+Corruptions act on the decoded model inputs (the arrays the ONNX graphs take), seeded, the
+same for every rule. Every rule is calibrated once, on the ordinary validation split (as
+`mla export` does), and scored on the corrupted validation split (to choose) and the
+corrupted test split (to report): accuracy and ECE of the fused prediction. The rule served
+by default is the one with the best mean validation accuracy over every corruption and
+severity. Writes benchmarks/results/robustness.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.avdigits.build import SHARED, MissingSharedDataError, build, gaussian_blur
+from benchmarks.avdigits.run import dataset, run_dir
+from benchmarks.report import RESULTS, markdown_table, write
+from common import calibration
+from common.fusion import FusionParams
+from training.calibrate import fit_fusion
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.data.dataset import build_dataset, make_loader
+from training.data.specs import cache_root, parse_spec
+from training.evaluate import Predictions, fused_for, own_rule, predict
+from training.models import MultimodalClassifier
+
+log = logging.getLogger("robustness")
+MLA_RULES = ("entropy_raw", "entropy", "energy", "loglinear", "equal", "fixed")
+REFERENCES = {"joint": "joint", "unimodal ensemble": "unimodal ensemble"}  # row of bench-accuracy -> label here
+SNRS = (20.0, 10.0, 5.0, 0.0, -5.0, -10.0)
+BABBLE_TALKERS = 4
+
+
+@dataclass(frozen=True)
+class Corruption:
+    name: str  # "audio white noise"
+    modality: str  # "audio", "video" or "both"
+    unit: str  # what the severities are in
+    severities: tuple[float, ...]  # the first is the mildest
+
+
+def _occlude(frames: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """A grey square covering `share` of each frame, at one random place per clip."""
+    if share <= 0:
+        return frames
+    _, h, w, _ = frames.shape
+    side_h, side_w = round(h * np.sqrt(share)), round(w * np.sqrt(share))
+    y, x = rng.integers(0, h - side_h + 1), rng.integers(0, w - side_w + 1)
+    out = frames.copy()
+    out[:, y : y + side_h, x : x + side_w] = 128
+    return out
+
+
+def _pixel_noise(frames: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    return np.clip(frames + rng.normal(0, sigma, frames.shape), 0, 255).astype(np.uint8)
+
+
+def _blur(frames: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return frames
+    out = np.empty_like(frames)
+    for t in range(frames.shape[0]):
+        for c in range(frames.shape[3]):
+            out[t, :, :, c] = np.clip(gaussian_blur(frames[t, :, :, c], sigma), 0, 255).astype(np.uint8)
+    return out
+
+
+def _drop(frames: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Blank out round(share * T) of the T frames, chosen at random."""
+    k = round(share * frames.shape[0])
+    out = frames.copy()
+    out[rng.choice(frames.shape[0], size=k, replace=False)] = 0
+    return out
+
+
+def _add_noise(wave: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """wave + noise scaled to `snr_db` against the speech's power (measured where the clip is not padding)."""
+    speech = wave[: max(1, int(np.flatnonzero(wave).max(initial=0)) + 1)]
+    power = float(np.mean(speech.astype(np.float64) ** 2)) or 1e-10
+    scale = np.sqrt(power / 10 ** (snr_db / 10) / max(float(np.mean(noise.astype(np.float64) ** 2)), 1e-20))
+    return (wave + scale * noise).astype(np.float32)
+
+
+CORRUPTIONS = (
+    Corruption("audio white noise", "audio", "SNR dB", SNRS),
+    Corruption("audio babble", "audio", "SNR dB", SNRS),
+    Corruption("video occlusion", "video", "share of frame", (0.15, 0.3, 0.45, 0.6, 0.75, 0.9)),
+    Corruption("video pixel noise", "video", "sigma (0-255)", (16.0, 32.0, 64.0, 96.0, 128.0, 192.0)),
+    Corruption("video blur", "video", "sigma (px)", (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)),
+    Corruption("video dropped frames", "video", "share of frames", (0.25, 0.5, 0.75)),
+    Corruption("both: white noise + occlusion", "both", "step", (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)),
+)
+
+
+class Inputs:
+    """One split's clean decoded inputs, and corrupted copies of them (seeded per corruption and severity)."""
+
+    def __init__(self, audio: np.ndarray, video: np.ndarray, labels: np.ndarray, babble_pool: np.ndarray) -> None:
+        self.audio, self.video, self.labels, self.babble_pool = audio, video, labels, babble_pool
+
+    def corrupted(self, c: Corruption, level: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(1000 * CORRUPTIONS.index(c) + level)
+        s = c.severities[level]
+        if c.name == "audio white noise":
+            return {"audio": np.stack([_add_noise(w, rng.standard_normal(w.shape), s) for w in self.audio])}
+        if c.name == "audio babble":
+            out = []
+            for w in self.audio:
+                talkers = self.babble_pool[rng.choice(len(self.babble_pool), BABBLE_TALKERS, replace=False)]
+                out.append(_add_noise(w, talkers.sum(axis=0), s))
+            return {"audio": np.stack(out)}
+        if c.name == "video occlusion":
+            return {"video": np.stack([_occlude(f, s, rng) for f in self.video])}
+        if c.name == "video pixel noise":
+            return {"video": np.stack([_pixel_noise(f, s, rng) for f in self.video])}
+        if c.name == "video blur":
+            return {"video": np.stack([_blur(f, s) for f in self.video])}
+        if c.name == "video dropped frames":
+            return {"video": np.stack([_drop(f, s, rng) for f in self.video])}
+        step = int(s) - 1  # both: the audio white-noise and occlusion severities of the same step
+        return {**self.corrupted(CORRUPTIONS[0], step), **self.corrupted(CORRUPTIONS[2], step)}
+
+
+@torch.no_grad()
+def _logits(model: MultimodalClassifier, modality: str, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch):
+        ((_, z),) = model({modality: torch.from_numpy(x[i : i + batch])}).values()
+        out.append(z.double().numpy())
+    return np.concatenate(out)
+
+
+def _score(preds: Predictions, params: FusionParams) -> dict[str, float]:
+    probs, rows = fused_for(preds, preds.modalities, params)
+    y = preds.labels[rows]
+    return {"accuracy": float((probs.argmax(1) == y).mean()), "ece": calibration.ece(probs, y)}
+
+
+def _clean_inputs(spec: str, model: MultimodalClassifier, split: str) -> Inputs:
+    manifest = parse_spec(spec)
+    ds = build_dataset(manifest, split, model.cfg)
+    items = [ds[i] for i in range(len(ds))]
+    audio = np.stack([np.asarray(it["audio"]) for it in items])
+    video = np.stack([np.asarray(it["video"]) for it in items])
+    labels = np.array([it["label"] for it in items])
+    train = build_dataset(manifest, "train", model.cfg)  # babble: other speakers than val's and test's
+    rng = np.random.default_rng(7)
+    pool = np.stack([np.asarray(train[int(i)]["audio"]) for i in rng.choice(len(train), 200, replace=False)])
+    return Inputs(audio, video, labels, pool)
+
+
+def evaluate_model(run: Path, rules: dict[str, FusionParams] | None, clean_spec: str, val_spec: str) -> dict[str, Any]:
+    """One trained model: every rule (fitted on the ordinary validation split) at every corruption and severity."""
+    model = model_from_checkpoint(load_checkpoint(run))
+    if rules is None:  # a reference: its own rule only
+        own = own_rule(load_checkpoint(run)["method"])
+        val = predict(
+            model, make_loader(build_dataset(parse_spec(val_spec), "val", model.cfg), 256, False, 0), torch.device("cpu")
+        )
+        rules = {own: fit_fusion(val, own)}
+    out: dict[str, Any] = {}
+    for split in ("val", "test"):
+        inputs = _clean_inputs(clean_spec, model, split)
+        clean = {m: _logits(model, m, getattr(inputs, m)) for m in ("audio", "video")}
+        ones = {m: np.ones(len(inputs.labels), bool) for m in clean}
+        base = Predictions(clean, ones, inputs.labels)
+        out[split] = {"clean": {r: _score(base, p) for r, p in rules.items()}}
+        for c in CORRUPTIONS:
+            levels = []
+            for level in range(len(c.severities)):
+                logits = dict(clean)
+                for m, x in inputs.corrupted(c, level).items():
+                    logits[m] = _logits(model, m, x)
+                levels.append({r: _score(Predictions(logits, ones, inputs.labels), p) for r, p in rules.items()})
+            out[split][c.name] = levels
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def summarise(per_seed: list[dict[str, Any]], rules: list[str], split: str) -> dict[str, Any]:
+    """Mean over seeds: clean, then per corruption a list (by severity) of {rule: {accuracy, ece}}."""
+    out: dict[str, Any] = {
+        "clean": {r: {k: _mean([s[split]["clean"][r][k] for s in per_seed]) for k in ("accuracy", "ece")} for r in rules}
+    }
+    for c in CORRUPTIONS:
+        out[c.name] = [
+            {r: {k: _mean([s[split][c.name][i][r][k] for s in per_seed]) for k in ("accuracy", "ece")} for r in rules}
+            for i in range(len(c.severities))
+        ]
+    return out
+
+
+def choose(val: dict[str, Any], rules: list[str]) -> tuple[str, dict[str, float]]:
+    """The rule with the best validation accuracy averaged over every corruption and severity (clean included)."""
+    means = {
+        r: _mean([val["clean"][r]["accuracy"]] + [lvl[r]["accuracy"] for c in CORRUPTIONS for lvl in val[c.name]]) for r in rules
+    }
+    return max(means, key=lambda r: means[r]), means
+
+
+def severity_label(c: Corruption, i: int) -> str:
+    if c.modality == "both":
+        return f"{CORRUPTIONS[0].severities[i]:g} dB + {CORRUPTIONS[2].severities[i]:.0%}"
+    return f"{c.severities[i]:g} {c.unit}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    chosen, test = results["chosen"], results["mla"]["test"]
+    refs = results["references"]
+    lines = [
+        f"# Fusion rules under corruption (AV-digits test, MLA, seeds {results['seeds']})\n",
+        f"Rule chosen on validation (best mean accuracy over every corruption and severity): **{chosen}** "
+        f"(validation means: {', '.join(f'{r} {v:.3f}' for r, v in results['val_means'].items())}).\n",
+        "Audio+video test accuracy, mean over seeds; `gain` is the chosen rule minus equal weights and minus the best fixed "
+        "weights (tuned on clean validation), in points; references are joint (its own rule) and the unimodal ensemble.\n",
+    ]
+    header = ["corruption", "severity", *MLA_RULES, "gain vs equal", "gain vs fixed", *refs]
+    rows: list[list[Any]] = []
+
+    def row(name: str, sev: str, accs: dict[str, dict[str, float]], ref: list[dict[str, dict[str, float]]]) -> list[Any]:
+        gain_eq = 100 * (accs[chosen]["accuracy"] - accs["equal"]["accuracy"])
+        gain_fx = 100 * (accs[chosen]["accuracy"] - accs["fixed"]["accuracy"])
+        return [
+            name,
+            sev,
+            *(accs[r]["accuracy"] for r in MLA_RULES),
+            f"{gain_eq:+.1f}",
+            f"{gain_fx:+.1f}",
+            *(next(iter(r.values()))["accuracy"] for r in ref),
+        ]
+
+    rows.append(row("none", "clean", test["clean"], [refs[k]["test"]["clean"] for k in refs]))
+    for c in CORRUPTIONS:
+        for i in range(len(c.severities)):
+            rows.append(row(c.name, severity_label(c, i), test[c.name][i], [refs[k]["test"][c.name][i] for k in refs]))
+    lines.append(markdown_table(header, rows))
+    lines.append("\nFused ECE (15 bins) on the same test sets:\n")
+    ece_rows = [["none", "clean", *(test["clean"][r]["ece"] for r in MLA_RULES)]]
+    for c in CORRUPTIONS:
+        for i in range(len(c.severities)):
+            ece_rows.append([c.name, severity_label(c, i), *(test[c.name][i][r]["ece"] for r in MLA_RULES)])
+    lines.append(markdown_table(["corruption", "severity", *MLA_RULES], ece_rows))
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    test = results["mla"]["test"]
+    fig, axes = plt.subplots(2, len(CORRUPTIONS), figsize=(3.0 * len(CORRUPTIONS), 6), sharey="row")
+    for j, c in enumerate(CORRUPTIONS):
+        x = list(range(len(c.severities) + 1))
+        for r in MLA_RULES:
+            for i, key in enumerate(("accuracy", "ece")):
+                ys = [test["clean"][r][key]] + [lvl[r][key] for lvl in test[c.name]]
+                axes[i][j].plot(x, ys, marker=".", label=r, linewidth=2.5 if r == results["chosen"] else 1.0)
+        for name, ref in results["references"].items():
+            ys = [next(iter(ref["test"]["clean"].values()))["accuracy"]]
+            ys += [next(iter(lvl.values()))["accuracy"] for lvl in ref["test"][c.name]]
+            axes[0][j].plot(x, ys, linestyle="--", color="grey" if name == "joint" else "black", label=name)
+        axes[0][j].set_title(c.name, fontsize=9)
+        axes[1][j].set_xticks(x, ["clean", *(f"{s:g}" for s in c.severities)], fontsize=7, rotation=45)
+        axes[1][j].set_xlabel(c.unit, fontsize=8)
+        for i in range(2):
+            axes[i][j].grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (audio+video)")
+    axes[1][0].set_ylabel("fused ECE")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"MLA fusion rules under corruption (chosen on validation: {results['chosen']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "robustness.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, default=Path("runs/avdigits"), help="where make bench-accuracy trained")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        val_spec = f"csv:{dataset()}"
+        clean_dir = cache_root() / "datasets" / "avdigits-clean-v1-seed0"
+        if not (clean_dir / "manifest.csv").is_file():
+            log.info("building clean AV-digits into %s", clean_dir)
+            build(clean_dir, 0, clean=True)
+    except MissingSharedDataError as exc:
+        print(f"skipped: {exc}; the benchmark needs the shared data sets in {SHARED}")
+        sys.exit(0)
+    clean_spec = f"csv:{clean_dir / 'manifest.csv'}"
+    missing = [run_dir(args.runs, "mla", s) for s in args.seeds if not (run_dir(args.runs, "mla", s) / "checkpoint.pt").is_file()]
+    if missing:
+        raise SystemExit(f"no trained model in {', '.join(map(str, missing))}: run `make bench-accuracy` first")
+
+    per_seed, refs_per_seed = [], {k: [] for k in REFERENCES}  # type: ignore[var-annotated]
+    for seed in args.seeds:
+        run = run_dir(args.runs, "mla", seed)
+        model = model_from_checkpoint(load_checkpoint(run))
+        val = predict(
+            model, make_loader(build_dataset(parse_spec(val_spec), "val", model.cfg), 256, False, 0), torch.device("cpu")
+        )
+        rules = {r: fit_fusion(val, r.removesuffix("_raw"), not r.endswith("_raw")) for r in MLA_RULES}
+        log.info("seed %d: MLA", seed)
+        per_seed.append(evaluate_model(run, rules, clean_spec, val_spec))
+        for row in REFERENCES:
+            log.info("seed %d: %s", seed, row)
+            refs_per_seed[row].append(evaluate_model(run_dir(args.runs, row, seed), None, clean_spec, val_spec))
+    mla = {split: summarise(per_seed, list(MLA_RULES), split) for split in ("val", "test")}
+    chosen, val_means = choose(mla["val"], list(MLA_RULES))
+    references = {}
+    for row, runs in refs_per_seed.items():
+        rule = next(iter(runs[0]["test"]["clean"]))
+        references[row] = {split: summarise(runs, [rule], split) for split in ("val", "test")}
+    results = {
+        "seeds": args.seeds,
+        "corruptions": [
+            {"name": c.name, "modality": c.modality, "unit": c.unit, "severities": c.severities} for c in CORRUPTIONS
+        ],
+        "rules": list(MLA_RULES),
+        "chosen": chosen,
+        "val_means": val_means,
+        "mla": mla,
+        "references": references,
+        "per_seed": per_seed,
+    }
+    md = markdown(results)
+    write("robustness", results, md)
+    plot(results, RESULTS)
+    from benchmarks.readme import main as refresh_docs
+
+    refresh_docs()
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Calibration as a client sees it: AV-digits test pairs sent to a running `mla serve`.
+
+    python -m benchmarks.avdigits.service_calibration [--model models/default]
+
+Starts the real server (uvicorn, CPU provider) on a model exported from AV-digits (by
+default the embedded default model), sends every test pair of the held-out speaker three
+times (audio and video; audio only; video only), and scores the `confidence` the service
+returns: accuracy, ECE (15 bins), adaptive ECE, NLL of the returned probabilities, and the
+abstention it reports (coverage and the error rate among the answers it did not abstain
+on). The manifest holds the validation ECE before and after calibration. Writes
+benchmarks/results/service_calibration.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from benchmarks.avdigits.run import dataset
+from benchmarks.report import markdown_table, write
+from common import calibration
+from common.manifest import load_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+SENDS = {"audio+video": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
+log = logging.getLogger("service_calibration")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(model: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = {**os.environ, "MLA_PROVIDERS": "cpu", "MLA_TMP_DIR": str(workdir / "uploads"), "MLA_LOG_LEVEL": "WARNING"}
+    log_file = (workdir / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "serve", "--model", str(model), "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited: {(workdir / 'server.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the server never became ready")
+
+
+async def send_all(url: str, rows: list[dict[str, str]], base: Path, concurrency: int = 4) -> dict[str, list[dict[str, Any]]]:
+    """Every row under every subset; answers in row order."""
+    sem = asyncio.Semaphore(concurrency)
+    out: dict[str, list[dict[str, Any]]] = {k: [{} for _ in rows] for k in SENDS}
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def one(key: str, i: int, row: dict[str, str]) -> None:
+            files = {m: (Path(row[m]).name, (base / row[m]).read_bytes()) for m in SENDS[key]}
+            async with sem:
+                r = await client.post(f"{url}/v1/predict", files=files)
+            r.raise_for_status()
+            out[key][i] = r.json()
+
+        await asyncio.gather(*(one(k, i, row) for k in SENDS for i, row in enumerate(rows)))
+    return out
+
+
+def figures(answers: list[dict[str, Any]], labels: list[str], truth: np.ndarray) -> dict[str, float]:
+    probs = np.array([[a["probabilities"][c] for c in labels] for a in answers])
+    abstained = np.array([a["abstained"] for a in answers])
+    correct = probs.argmax(1) == truth
+    return {
+        "n": float(len(truth)),
+        "accuracy": float(correct.mean()),
+        **calibration.summary(probs, truth),
+        "coverage": float((~abstained).mean()),
+        "risk_among_answered": float(1 - correct[~abstained].mean()) if (~abstained).any() else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default")
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    manifest_csv = dataset()
+    with manifest_csv.open() as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == args.split]
+    version_dir = args.model if (args.model / "manifest.json").is_file() else max(args.model.iterdir())
+    manifest = load_manifest(version_dir)
+    labels = manifest.labels
+    truth = np.array([labels.index(r["label"]) for r in rows])
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start(args.model, Path(tmp))
+        try:
+            t0 = time.perf_counter()
+            answers = asyncio.run(send_all(url, rows, manifest_csv.parent))
+            seconds = time.perf_counter() - t0
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    results = {k: figures(v, labels, truth) for k, v in answers.items()}
+    fusion = manifest.fusion
+    payload = {
+        "model": f"{manifest.name} v{manifest.version}",
+        "fusion": fusion.model_dump(mode="json"),
+        "split": args.split,
+        "requests": sum(len(v) for v in answers.values()),
+        "seconds": seconds,
+        "results": results,
+    }
+    table = markdown_table(
+        ["sent", "n", "accuracy", "ECE", "adaptive ECE", "NLL", "Brier", "answered (not abstained)", "error rate among answered"],
+        [
+            [
+                k,
+                int(r["n"]),
+                r["accuracy"],
+                r["ece"],
+                r["adaptive_ece"],
+                r["nll"],
+                r["brier"],
+                r["coverage"],
+                r["risk_among_answered"],
+            ]
+            for k, r in results.items()
+        ],
+    )
+    temps = ", ".join(
+        f"{k} {v:.3g}" for k, v in {**fusion.calibration.temperatures, **fusion.calibration.fused_temperatures}.items()
+    )
+    md = (
+        f"# Calibration through the running service ({manifest.name} v{manifest.version}, AV-digits {args.split} split, "
+        f"held-out speaker)\n\n"
+        f"Every {args.split} pair sent to `mla serve` three ways; the returned `confidence` scored against the truth (15 bins). "
+        f"Fusion `{fusion.rule}`, temperatures {temps} (fitted on the {fusion.calibration.fitted_on}); abstention below "
+        f"{fusion.abstention.min_confidence:.3f} (chosen on validation for at most {fusion.abstention.target_risk:.0%} errors "
+        f"among answers).\n\n{table}\n"
+    )
+    write("service_calibration", payload, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
