@@ -303,9 +303,7 @@ def predict(
         return
     from rich.table import Table
 
-    verdict = (
-        f"[bold yellow]abstained[/]: confidence below {body['min_confidence']:.3f}" if body.get("abstained") else "answered"
-    )
+    verdict = f"[bold yellow]abstained[/]: confidence below {body['min_confidence']:.3f}" if body.get("abstained") else "answered"
     title = (
         f"{body['label']} (calibrated confidence {body['confidence']:.3f}; {verdict}) "
         f"from {body['model']['name']} v{body['model']['version']}, {body['fusion']} fusion"
