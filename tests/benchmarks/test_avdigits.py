@@ -31,6 +31,20 @@ def test_builder_splits_by_speaker_and_image(tmp_path: Path) -> None:
     assert again.read_text() == manifest.read_text()  # seeded: the same recipe every time
 
 
+def test_clean_build_has_no_corruption_and_the_same_samples(tmp_path: Path) -> None:
+    shared_data("fsdd")
+    shared_data("mnist")
+    noisy = build(tmp_path / "noisy", seed=0, root=shared_data(), limit_per_speaker_digit=1)
+    clean = build(tmp_path / "clean", seed=0, root=shared_data(), limit_per_speaker_digit=1, clean=True)
+    with noisy.open() as f, clean.open() as g:
+        a, b = list(csv.DictReader(f)), list(csv.DictReader(g))
+    assert [(r["label"], r["split"], r["speaker"], r["image"]) for r in a] == [
+        (r["label"], r["split"], r["speaker"], r["image"]) for r in b
+    ]
+    assert all(r["snr_db"] == "" and r["video_corruption"] == "" for r in b)
+    assert any(r["video_corruption"] for r in a)  # the ordinary build of the same 60 samples damages some
+
+
 def test_missing_shared_data_is_reported(tmp_path: Path) -> None:
     from benchmarks.avdigits.build import MissingSharedDataError
 
