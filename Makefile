@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the service's closure only (no torch): what `make serve` needs
+SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: venv system-deps check-deploy test lint typecheck pytest serve default-model bench-train bench-serve bench-accuracy clean
+.PHONY: venv system-deps check-deploy test lint typecheck pytest serve default-model bench-train bench-serve bench-accuracy bench-robustness bench-calibration clean
 
 # Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -13,7 +15,15 @@ $(STAMP): pyproject.toml requirements/dev.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements/dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
-	touch $(STAMP)
+	touch $(STAMP) $(SERVE_STAMP)
+
+# `make serve` on a fresh machine installs the service's pins alone (no torch) and starts at once.
+$(SERVE_STAMP): pyproject.toml requirements/serve.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements/serve.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(SERVE_STAMP)
 
 # Programs the deployment tests run for real: Prometheus (and promtool), docker-compose.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -47,19 +57,22 @@ check-deploy: venv system-deps
 # Everything CI runs: lint, types, deployment checks, the whole test suite.
 test: lint typecheck check-deploy pytest
 
-# The embedded default model: trained on the demo data and exported, once; reused afterwards.
+# The embedded default model (models/default/1, committed; see models/default/README.md): MLA on AV-digits,
+# real spoken (FSDD) and handwritten (MNIST) digits from ../shared/data. Rebuilt only when it is missing.
 DEFAULT_MODEL := models/default/1/manifest.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-$(DEFAULT_MODEL): | $(STAMP)
-	@echo "Building the default model (demo data, MLA, small encoder): a few minutes, once."
-	$(BIN)/mla train --data demo --method mla --out runs/default --epochs 10 --workers 2
+$(DEFAULT_MODEL):
+	@echo "Building the default model from ../shared/data (AV-digits, MLA with alpha chosen on validation): ~10 min, once."
+	$(MAKE) venv
+	manifest=$$($(BIN)/python -m benchmarks.avdigits.build) && \
+	$(BIN)/mla train --data csv:$$manifest --method mla --seed 0 --epochs 10 --out runs/default && \
 	$(BIN)/mla export runs/default --out models --name default --version 1
 
 default-model: $(DEFAULT_MODEL)
 
-serve: venv $(DEFAULT_MODEL)
+serve: $(SERVE_STAMP) $(DEFAULT_MODEL)
 	$(BIN)/mla serve --model models/default --host $(HOST) --port $(PORT)
 
 # Method x modality-subset accuracy of mla, joint and unimodal on the demo data.
@@ -70,9 +83,17 @@ bench-train: venv
 bench-serve: venv $(DEFAULT_MODEL)
 	$(BIN)/python -m benchmarks.serve_load
 
-# MLA vs joint vs unimodal on real spoken + handwritten digits (about 45 minutes on 2 cores).
+# MLA vs joint vs the unimodal ensemble on real spoken + handwritten digits (about 45 minutes on 2 cores).
 bench-accuracy: venv
 	$(BIN)/python -m benchmarks.avdigits.run
+
+# Fusion rules under corrupted audio and video, on the models bench-accuracy trained.
+bench-robustness: venv
+	$(BIN)/python -m benchmarks.avdigits.robustness
+
+# The default model's calibration as a client sees it: AV-digits test pairs through a running mla serve.
+bench-calibration: venv $(DEFAULT_MODEL)
+	$(BIN)/python -m benchmarks.avdigits.service_calibration
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

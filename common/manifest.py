@@ -131,6 +131,7 @@ class TrainingInfo(_Strict):
     encoder: str
     data: str
     val_accuracy: dict[str, float]
+    train_config: dict[str, Any] = {}  # the settings it was trained with (epochs, seed, lr, the alpha MLA kept, ...)
     source_checkpoint: str
     source_checkpoint_sha256: str
 

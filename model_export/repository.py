@@ -168,6 +168,10 @@ def export_run(
                 encoder=cfg.encoder,
                 data=str(ckpt["data"]),
                 val_accuracy={k: float(v) for k, v in ckpt.get("val_accuracy", {}).items()},
+                train_config={
+                    **ckpt["train_config"],
+                    **({"owm_alpha_search": ckpt["owm_alpha_search"]} if "owm_alpha_search" in ckpt else {}),
+                },
                 source_checkpoint=str(src.resolve()),
                 source_checkpoint_sha256=sha256_file(src),
             ),

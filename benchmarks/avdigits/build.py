@@ -1,6 +1,6 @@
 """Build the AV-digits dataset from ../shared/data: one FSDD recording + one MNIST image per sample.
 
-    python -m benchmarks.avdigits.build OUT_DIR [--seed 0]
+    python -m benchmarks.avdigits.build [OUT_DIR] [--seed 0]     # no OUT_DIR: into the cache, once; prints the manifest
 
 Splits are disjoint by speaker and by image: four speakers train, one validates, one is
 held out for test (`theo`, by default); every image is used once. Written as real media
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from common.media import decode_audio
-from training.data.specs import write_manifest
+from training.data.specs import cache_root, write_manifest
 from training.data.writers import write_audio, write_video
 
+log = logging.getLogger(__name__)
 SHARED = Path(os.environ.get("MLA_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 SPEAKERS_VAL = "jackson"
 SPEAKER_TEST = "theo"
@@ -159,12 +161,27 @@ def build(out: Path, seed: int = 0, root: Path = SHARED, limit_per_speaker_digit
     return write_manifest(out / "manifest.csv", rows)
 
 
+def cached(seed: int = 0) -> Path:
+    """The AV-digits manifest in the cache (`MLA_CACHE_DIR`), built on first use; what the benchmarks and
+    the default model train on. Raises MissingSharedDataError without ../shared/data."""
+    out = cache_root() / "datasets" / f"avdigits-v2-seed{seed}"
+    manifest = out / "manifest.csv"
+    if not manifest.is_file():
+        log.info("building AV-digits into %s", out)
+        build(out, seed)
+    return manifest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, nargs="?", help="where to write it (default: the cache, built once)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(build(args.out, args.seed))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        print(build(args.out, args.seed) if args.out else cached(args.seed))
+    except MissingSharedDataError as exc:
+        raise SystemExit(f"cannot build AV-digits: {exc}; the shared data sets belong in {SHARED}") from exc
 
 
 if __name__ == "__main__":

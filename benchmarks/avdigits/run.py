@@ -26,11 +26,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.avdigits.build import SHARED, MissingSharedDataError, build
+from benchmarks.avdigits.build import SHARED, MissingSharedDataError
+from benchmarks.avdigits.build import cached as dataset
 from benchmarks.report import RESULTS, markdown_table, write
 from training.calibrate import RULE_VARIANTS
 from training.config import TrainConfig
-from training.data.specs import cache_root
 from training.evaluate import evaluate_run
 from training.train import train
 
@@ -44,16 +44,6 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
 SUBSETS = ("audio", "video", "audio+video")
 FUSION_COLUMNS = ("entropy_raw", "entropy", "energy", "loglinear", "equal", "fixed", "batch_entropy", "logit_sum")
 log = logging.getLogger("avdigits")
-
-
-def dataset() -> Path:
-    """The AV-digits manifest, built into the cache on first use (raises MissingSharedDataError)."""
-    data_dir = cache_root() / "datasets" / "avdigits-v2-seed0"
-    manifest = data_dir / "manifest.csv"
-    if not manifest.is_file():
-        log.info("building AV-digits into %s", data_dir)
-        build(data_dir, 0)
-    return manifest
 
 
 def spread(values: list[float]) -> dict[str, float]:
