@@ -48,7 +48,8 @@ def test_retraining_with_the_documented_recipe_reproduces_its_validation_accurac
     run = tmp_path / "run"
     args = ["train", "--data", f"csv:{data}", "--method", "mla", "--seed", str(cfg["seed"]), "--epochs", str(cfg["epochs"])]
     args += ["--owm-alpha", str(cfg["owm_alpha"]), "--out", str(run)]
-    trained = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
+    cmd = [sys.executable, "-m", "cli.main", *args]
+    trained = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
     assert trained.returncode == 0, trained.stderr[-2000:]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     done = next(r for r in rows if r["event"] == "done")
