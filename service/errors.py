@@ -42,6 +42,10 @@ class Unauthorized(ServiceError):  # noqa: N818
     headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
 
 
+class Forbidden(ServiceError):  # noqa: N818
+    status, code = 403, "forbidden"
+
+
 class NotFound(ServiceError):  # noqa: N818
     status, code = 404, "not_found"
 
@@ -104,7 +108,5 @@ def install_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error: %s", exc)
-        return JSONResponse(error_body("internal", "internal error; see the server log"), status_code=500)
+    # Anything else is answered by RequestContext (service/middleware.py): it runs outside this
+    # app's own exception handling, so the 500 still carries X-Request-ID and its log line the id.
