@@ -53,8 +53,13 @@ async def _send(client: httpx.AsyncClient, url: str, req: Request) -> int:
         r = await client.post(f"{url}/v1/predict", files=files, data=req.form or None)
     if r.status_code == 503 and "retry-after" not in r.headers:
         return 599  # a 503 must say when to come back
-    if r.status_code >= 400 and "error" not in r.json():
-        return 598  # every error has the one JSON shape
+    if r.status_code >= 400:
+        try:
+            shaped = "error" in r.json()
+        except ValueError:
+            shaped = False
+        if not shaped:
+            return 598  # every error has the one JSON shape
     return r.status_code
 
 
@@ -137,7 +142,8 @@ def schemathesis(url: str, examples: int, seed: int, budget: float) -> dict[str,
         "--no-color",
     ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget, cwd=ROOT)
+        with tempfile.TemporaryDirectory() as cwd:  # its cache folder lands there, not in the repository
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
         return {"ok": False, "summary": f"schemathesis ran past {budget:.0f} s", "output": str(exc.stdout or "")[-4000:]}
     tail = proc.stdout.strip().splitlines()[-1:] or [""]

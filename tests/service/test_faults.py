@@ -3,6 +3,7 @@ a failing ONNX Runtime call, an unknown HTTP method, the operator routes."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.log_config import RequestIdFilter
 from service.main import create_app
 from service.routes import get_decoder
 from service.settings import Settings
@@ -62,26 +64,43 @@ def test_a_pool_that_raises_broken_process_pool_answers_503(client: TestClient, 
     assert client.post("/v1/predict", files=files(clean_train_row, "audio")).status_code == 200
 
 
-def test_a_failing_batch_is_a_500_that_carries_its_request_id(
-    client: TestClient, clean_train_row: dict[str, str], capsys: pytest.CaptureFixture[str]
-) -> None:
+class Records(logging.Handler):
+    """Every log record, with the request id the service's log filter gives it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.addFilter(RequestIdFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_failing_batch_is_a_500_that_carries_its_request_id(client: TestClient, clean_train_row: dict[str, str]) -> None:
     model: Any = client.app.state.model  # type: ignore[attr-defined]
     batcher = model.runtimes["video"].batcher
 
     def fail(batch: np.ndarray) -> np.ndarray:
         raise RuntimeError("CUDA failure: an illegal memory access")
 
+    records = Records()
+    logging.getLogger().addHandler(records)
     working, batcher.run = batcher.run, fail
     try:
         r = client.post("/v1/predict", files=files(clean_train_row, "audio", "video"), headers={"X-Request-ID": "fault-500"})
     finally:
         batcher.run = working
+        logging.getLogger().removeHandler(records)
     assert r.status_code == 500
     assert r.json() == {"error": {"code": "internal", "message": "internal error; see the server log"}}
     assert r.headers["x-request-id"] == "fault-500"
-    logged = [line for line in capsys.readouterr().err.splitlines() if "illegal memory access" in line]
-    assert logged
-    assert all('"request_id": "fault-500"' in line for line in logged), logged
+    tracebacks = [rec for rec in records.records if rec.exc_info and "illegal memory access" in str(rec.exc_info[1])]
+    assert tracebacks
+    # The request's own traceback carries its id; the batcher's (its own task) names the requests of the batch.
+    assert [rec.request_id for rec in tracebacks if rec.name == "service.access"] == ["fault-500"]  # type: ignore[attr-defined]
+    assert any("fault-500" in rec.getMessage() for rec in tracebacks if rec.name == "service.batching")
+    access = [rec for rec in records.records if rec.name == "service.access" and rec.levelno == logging.INFO]
+    assert [(rec.request_id, rec.status) for rec in access] == [("fault-500", 500)]  # type: ignore[attr-defined]
     assert client.post("/v1/predict", files=files(clean_train_row, "audio", "video")).status_code == 200
 
 
