@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import httpx
 
 from benchmarks import live
 from benchmarks.fuzz_corpus import Request, Seed, build_seeds, draw, hostile_seeds
+from benchmarks.report import markdown_table, write
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,8 +148,14 @@ def schemathesis(url: str, examples: int, seed: int, budget: float) -> dict[str,
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
         return {"ok": False, "summary": f"schemathesis ran past {budget:.0f} s", "output": str(exc.stdout or "")[-4000:]}
-    tail = proc.stdout.strip().splitlines()[-1:] or [""]
-    return {"ok": proc.returncode == 0, "summary": tail[0], "output": proc.stdout[-6000:] + proc.stderr[-2000:]}
+    return {"ok": proc.returncode == 0, "summary": _summary(proc.stdout), "output": proc.stdout[-6000:] + proc.stderr[-2000:]}
+
+
+def _summary(output: str) -> str:
+    """schemathesis's count of cases ("319 generated, 319 passed") and its closing line."""
+    lines = [line.strip() for line in output.strip().splitlines()]
+    cases = next((line for line in lines if re.match(r"\d+ generated", line)), "")
+    return "; ".join(part for part in (cases, (lines or [""])[-1].strip("= ")) if part)
 
 
 def run(
@@ -220,6 +228,33 @@ def run(
             shutil.rmtree(work, ignore_errors=True)
 
 
+def markdown(r: dict[str, Any]) -> str:
+    server_errors = sum(v for k, v in r["statuses"].items() if int(k) >= 500 and k != "503")
+    return "\n".join(
+        [
+            f"# Fuzz: {r['requests']} requests at concurrency {r['concurrency']}, seed {r['seed']} ({r['seconds']:.0f} s)",
+            "",
+            markdown_table(
+                ["answers", *r["statuses"], ">= 500 but 503", "hangs / dropped", "files left", "peak RSS MB", "RSS bound MB"],
+                [
+                    [
+                        "count",
+                        *r["statuses"].values(),
+                        server_errors,
+                        r["statuses"].get("0", 0) + r["statuses"].get("-1", 0),
+                        len(r["upload_leftovers"]),
+                        r["peak_tree_rss_mb"],
+                        r["rss_bound_mb"],
+                    ]
+                ],
+            ),
+            "",
+            f"schemathesis against /openapi.json, all checks: {r['schemathesis']['summary']}.",
+            f"Problems: {'; '.join(r['problems']) or 'none'}.",
+        ]
+    )
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -240,6 +275,11 @@ def main() -> None:
     log.info("schemathesis: %s", report["schemathesis"]["summary"])
     if report["requests"] < args.requests:
         report["problems"].append(f"only {report['requests']} of {args.requests} requests were sent in {args.seconds:g} s")
+    write(
+        "fuzz",
+        {k: v for k, v in report.items() if k != "schemathesis"} | {"schemathesis": report["schemathesis"]["summary"]},
+        markdown(report),
+    )
     if report["problems"]:
         log.error("FAILED: %s", "; ".join(report["problems"]))
         sys.exit(1)
