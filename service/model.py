@@ -106,6 +106,8 @@ class ServedModel:
         self.decoder: DecodePool | None = None
         self.warm = False  # sessions loaded and warmed up
         self.draining = False  # taken out of rotation by an operator (POST /admin/drain)
+        # Read at each scrape: readiness also falls when no decode worker can be started.
+        metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
 
     @property
     def ready(self) -> bool:
@@ -113,7 +115,6 @@ class ServedModel:
 
     def set_draining(self, draining: bool) -> None:
         self.draining = draining
-        self.metrics.ready.set(1 if self.ready else 0)
 
     # --- load -------------------------------------------------------------------------
     def load(self) -> None:
@@ -162,11 +163,9 @@ class ServedModel:
             for batch in {1, min(self.settings.max_batch_size, 8)}:
                 await loop.run_in_executor(None, rt.run, np.stack([blank] * batch))
         self.warm = True
-        self.metrics.ready.set(1 if self.ready else 0)
 
     async def close(self) -> None:
         self.warm = False
-        self.metrics.ready.set(0)
         for rt in self.runtimes.values():
             if rt.batcher is not None:
                 await rt.batcher.close()
