@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -11,8 +10,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.media import DecodeError, MediaError, MediaLimitError, MissingStreamError, StillImageError, UnsupportedFormatError
-
-log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
