@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the service's closure only (no torch): what `make serve` needs
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: venv system-deps check-deploy test lint typecheck pytest serve default-model bench-train bench-serve bench-accuracy bench-robustness bench-calibration clean
+.PHONY: venv system-deps check-deploy test lint typecheck pytest serve default-model bench-train bench-serve bench-accuracy bench-robustness bench-calibration fuzz soak clean
 
 # Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -82,6 +82,17 @@ bench-train: venv
 # The service under load against a naive torch server and raw ONNX Runtime.
 bench-serve: venv $(DEFAULT_MODEL)
 	$(BIN)/python -m benchmarks.serve_load
+
+# Hostile and mutated uploads plus schemathesis against a live server (about 5 minutes; CI runs
+# a short form in tests/benchmarks/test_fuzz.py). Fails on any answer >= 500 but 503, a hang,
+# a file left behind or RSS over its bound; failing inputs are kept under runs/fuzz/.
+fuzz: venv $(DEFAULT_MODEL)
+	$(BIN)/python -m benchmarks.fuzz --requests 12000 --seconds 300
+
+# 20,000 valid requests at concurrency 16: RSS growth and errors; starvation and worker-kill figures.
+soak: venv $(DEFAULT_MODEL)
+	$(BIN)/python -m benchmarks.soak
+	$(BIN)/python -m benchmarks.readme
 
 # MLA vs joint vs the unimodal ensemble on real spoken + handwritten digits (about 45 minutes on 2 cores).
 bench-accuracy: venv

@@ -12,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from service.errors import Overloaded
+from service.log_config import request_id
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[np.ndarray, "asyncio.Future[np.ndarray]", float]
+_Item = tuple[np.ndarray, "asyncio.Future[np.ndarray]", float, str]  # input, answer, enqueued at, request id
 
 
 class MicroBatcher:
@@ -50,7 +51,7 @@ class MicroBatcher:
         if self.queue.qsize() >= self.max_queue:
             raise Overloaded(f"the {self.modality} queue is full ({self.max_queue} waiting); retry shortly")
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((x, future, time.perf_counter()))
+        self.queue.put_nowait((x, future, time.perf_counter(), request_id.get()))
         self.metrics.queue_length.labels(self.modality).set(self.queue.qsize())
         return await future
 
@@ -79,9 +80,9 @@ class MicroBatcher:
             if not live:
                 continue
             now = time.perf_counter()
-            for _, _, enqueued in live:
+            for _, _, enqueued, _ in live:
                 self.metrics.queue.labels(self.modality).observe(now - enqueued)
-            batch = np.stack([x for x, _, _ in live])
+            batch = np.stack([x for x, _, _, _ in live])
             self.metrics.batch_size.labels(self.modality).observe(len(live))
             self.busy = True
             try:
@@ -89,14 +90,15 @@ class MicroBatcher:
                 out = await loop.run_in_executor(self.executor, self.run, batch)
                 self.metrics.inference.labels(self.modality, self.provider).observe(time.perf_counter() - t0)
             except Exception as exc:  # a failed session call fails its requests, never the loop
-                log.exception("%s batch of %d failed", self.modality, len(live))
-                for _, fut, _ in live:
+                ids = ", ".join(rid for _, _, _, rid in live)
+                log.exception("%s batch of %d failed (requests %s)", self.modality, len(live), ids)
+                for _, fut, _, _ in live:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
             finally:
                 self.busy = False
-            for i, (_, fut, _) in enumerate(live):
+            for i, (_, fut, _, _) in enumerate(live):
                 if not fut.done():
                     fut.set_result(out[i])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -11,8 +10,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.media import DecodeError, MediaError, MediaLimitError, MissingStreamError, StillImageError, UnsupportedFormatError
-
-log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -40,6 +37,10 @@ class BadRequest(ServiceError):  # noqa: N818
 class Unauthorized(ServiceError):  # noqa: N818
     status, code = 401, "unauthorized"
     headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):  # noqa: N818
+    status, code = 403, "forbidden"
 
 
 class NotFound(ServiceError):  # noqa: N818
@@ -104,7 +105,5 @@ def install_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error: %s", exc)
-        return JSONResponse(error_body("internal", "internal error; see the server log"), status_code=500)
+    # Anything else is answered by RequestContext (service/middleware.py): it runs outside this
+    # app's own exception handling, so the 500 still carries X-Request-ID and its log line the id.

@@ -41,6 +41,17 @@ class Metrics:
         self.weight = Histogram(
             "mla_fusion_weight", "Fusion weight of each modality", ["modality"], buckets=UNIT_BUCKETS, registry=r
         )
+        self.worker_restarts = Counter(
+            "mla_decode_worker_restarts_total",
+            "Decode workers replaced, by reason (died, timeout, memory)",
+            ["reason"],
+            registry=r,
+        )
+        self.decode_workers = Gauge("mla_decode_workers", "Decode workers running", registry=r)
+        self.decode_waiting = Gauge("mla_decode_waiting", "Decodes waiting for a free worker", registry=r)
+        self.decode_refused = Counter(
+            "mla_decode_refused_total", "Decodes refused for overload (line_full, wait_timeout)", ["reason"], registry=r
+        )
         self.rejected = Counter("mla_rejected_total", "Requests refused, by error code", ["code"], registry=r)
         self.ready = Gauge("mla_ready", "1 when the model is loaded and warmed up", registry=r)
         self.model_info = Gauge(

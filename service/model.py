@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,11 @@ from common.fusion import entropy, subset_name
 from common.manifest import AudioEntry, Manifest, VideoEntry, check_hashes, load_manifest
 from common.media import AudioSpec, Limits, MediaError, VideoSpec
 from service.batching import MicroBatcher
-from service.decoding import decode_audio_file, decode_video_file, warm_up
-from service.errors import InvalidRequest, ServiceError, TooLarge, from_media_error
+from service.decoding import decode_audio_file, decode_video_file
+from service.errors import InvalidMedia, InvalidRequest, NotReady, from_media_error
 from service.metrics import Metrics
 from service.settings import Settings
+from service.workers import DecodePool
 
 log = logging.getLogger(__name__)
 PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
@@ -104,17 +104,18 @@ class ServedModel:
         self.dir = resolve_version_dir(settings.model_dir, settings.model_version)
         self.manifest: Manifest | None = None
         self.runtimes: dict[str, Runtime] = {}
-        self.pool: ProcessPoolExecutor | None = None
+        self.decoder: DecodePool | None = None
         self.warm = False  # sessions loaded and warmed up
         self.draining = False  # taken out of rotation by an operator (POST /admin/drain)
+        # Read at each scrape: readiness also falls when no decode worker can be started.
+        metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
 
     @property
     def ready(self) -> bool:
-        return self.warm and not self.draining
+        return self.warm and not self.draining and self.decoder is not None and self.decoder.ready
 
     def set_draining(self, draining: bool) -> None:
         self.draining = draining
-        self.metrics.ready.set(1 if self.ready else 0)
 
     # --- load -------------------------------------------------------------------------
     def load(self) -> None:
@@ -135,8 +136,15 @@ class ServedModel:
                 self.metrics.subsets.labels(subset_name(sub))
                 self.metrics.abstained.labels(subset_name(sub))
         self.manifest = manifest
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds ORT threads
-        self.pool = ProcessPoolExecutor(max_workers=self.settings.decode_workers, mp_context=ctx)
+        s = self.settings
+        self.decoder = DecodePool(
+            s.decode_workers,
+            s.decode_workers * s.decode_queue_per_worker,
+            s.decode_wait_seconds,
+            s.decode_timeout_seconds,
+            s.decode_memory_mb * 2**20,
+            self.metrics,
+        )
         log.info(
             "loaded %s v%s from %s: %s",
             manifest.name,
@@ -154,63 +162,75 @@ class ServedModel:
             )
             rt.batcher.start()
         loop = asyncio.get_running_loop()
-        assert self.pool is not None
-        await asyncio.gather(*(loop.run_in_executor(self.pool, warm_up) for _ in range(self.settings.decode_workers)))
+        assert self.decoder is not None
+        await self.decoder.start()  # each worker imports its decoders before it says it is ready
         for rt in self.runtimes.values():
             blank = np.zeros([int(d) for d in rt.entry.input.shape[1:]], dtype=rt.entry.input.dtype)
             for batch in {1, min(self.settings.max_batch_size, 8)}:
                 await loop.run_in_executor(None, rt.run, np.stack([blank] * batch))
         self.warm = True
-        self.metrics.ready.set(1 if self.ready else 0)
 
     async def close(self) -> None:
         self.warm = False
-        self.metrics.ready.set(0)
         for rt in self.runtimes.values():
             if rt.batcher is not None:
                 await rt.batcher.close()
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.decoder is not None:
+            await self.decoder.close()
 
     # --- preprocess ---------------------------------------------------------------------
-    async def preprocess(self, files: dict[str, Path]) -> dict[str, np.ndarray]:
-        """Decode each (modality -> file) in the pool; all at once, each within the limits."""
-        loop = asyncio.get_running_loop()
+    def limits(self, modality: str) -> Limits:
         s = self.settings
-        jobs = {}
+        sane = {
+            "min_sample_rate": s.min_audio_rate,
+            "max_sample_rate": s.max_audio_rate,
+            "max_channels": s.max_audio_channels,
+            "max_streams": s.max_streams,
+        }
+        if isinstance(self.runtimes[modality].entry, AudioEntry):
+            return Limits(max_seconds=s.max_audio_seconds, **sane)
+        return Limits(
+            max_seconds=s.max_video_seconds, max_pixels=s.max_video_pixels, max_frames=s.max_video_frames, min_frames=2, **sane
+        )
+
+    async def preprocess(self, files: dict[str, Path], decoder: DecodePool) -> dict[str, np.ndarray]:
+        """Decode each (modality -> file) in the worker pool, all at once, each within the limits.
+
+        The first failure answers the request; the other jobs are abandoned (one still waiting
+        for a worker leaves the line, one running finishes within its deadline and frees its worker).
+        """
+        jobs: dict[str, asyncio.Task[tuple[np.ndarray, float]]] = {}
         for m, path in files.items():
             entry = self.runtimes[m].entry
             if isinstance(entry, AudioEntry):
-                limits = Limits(max_seconds=s.max_audio_seconds)
-                jobs[m] = loop.run_in_executor(
-                    self.pool, decode_audio_file, path, AudioSpec(entry.sample_rate, entry.clip_samples), limits
-                )
+                run = decoder.run(decode_audio_file, path, AudioSpec(entry.sample_rate, entry.clip_samples), self.limits(m))
             else:
-                limits = Limits(
-                    max_seconds=s.max_video_seconds, max_pixels=s.max_video_pixels, max_frames=s.max_video_frames, min_frames=2
-                )
-                spec = VideoSpec(entry.frames, entry.height, entry.width)
-                jobs[m] = loop.run_in_executor(self.pool, decode_video_file, path, spec, limits)
+                run = decoder.run(decode_video_file, path, VideoSpec(entry.frames, entry.height, entry.width), self.limits(m))
+            jobs[m] = asyncio.ensure_future(run)
         out: dict[str, np.ndarray] = {}
-        errors: list[ServiceError] = []
-        for m, job in jobs.items():
-            try:
-                array, seconds = await asyncio.wait_for(job, s.decode_timeout_seconds)
-            except MediaError as exc:
-                errors.append(from_media_error(exc, m))
-                continue
-            except TimeoutError:
-                errors.append(TooLarge(f"{m}: decoding took longer than {s.decode_timeout_seconds:g} s"))
-                continue
-            self.metrics.decode.labels(m).observe(seconds)
-            out[m] = array
-        if errors:
-            raise errors[0]
+        try:
+            for m, job in jobs.items():
+                try:
+                    array, seconds = await job
+                except MediaError as exc:
+                    raise from_media_error(exc, m) from None
+                except BrokenProcessPool as exc:  # a pool that cannot run jobs now: the replica is not ready
+                    raise NotReady(f"{m}: the decode pool is restarting ({exc}); retry shortly") from None
+                self.metrics.decode.labels(m).observe(seconds)
+                out[m] = array
+        finally:
+            for pending in jobs.values():
+                pending.cancel()
         return out
 
     # --- predict and postprocess -----------------------------------------------------------
     async def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = await asyncio.gather(*(self.runtimes[m].batcher.submit(x) for m, x in inputs.items()))  # type: ignore[union-attr]
+        for m, row in zip(inputs, rows, strict=True):
+            # Finite input can still overflow (float samples far outside [-1, 1]): never let a NaN
+            # reach the answer or the entropy histogram, whose running sum it would spoil for good.
+            if not np.isfinite(row).all():
+                raise InvalidMedia(f"{m}: the model's output is not finite for this input (sample values out of range?)")
         return dict(zip(inputs, rows, strict=True))
 
     def postprocess(self, logits: dict[str, np.ndarray], min_confidence: float | None = None) -> dict[str, Any]:

@@ -13,10 +13,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import uploads
-from service.errors import InvalidMedia, InvalidRequest, NotFound, NotReady, Overloaded, Unauthorized
+from service.errors import Forbidden, InvalidMedia, InvalidRequest, NotFound, NotReady, Overloaded, Unauthorized
 from service.model import ServedModel
-from service.schemas import ERROR_RESPONSES, PREDICT_BODY, PredictResponse
+from service.schemas import ERROR_RESPONSES, METRICS_RESPONSE, PREDICT_BODY, PredictResponse
 from service.settings import Settings
+from service.workers import DecodePool
 
 router = APIRouter()
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
@@ -32,8 +33,15 @@ def get_app_settings(request: Request) -> Settings:
     return settings
 
 
+def get_decoder(model: Annotated[ServedModel, Depends(get_model)]) -> DecodePool:
+    if model.decoder is None:
+        raise NotReady("the decode workers are not started yet; retry shortly")
+    return model.decoder
+
+
 ModelDep = Annotated[ServedModel, Depends(get_model)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
 
 
 def require_api_key(request: Request, settings: SettingsDep) -> None:
@@ -47,6 +55,15 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
         raise Unauthorized("a valid API key is required (X-API-Key or Authorization: Bearer)")
 
 
+def require_admin_key(request: Request, settings: SettingsDep) -> None:
+    """Operator routes: off unless MLA_ADMIN_KEY is set (it has no default), then only with that key."""
+    if settings.admin_key is None:
+        raise Forbidden("the admin routes are off; set MLA_ADMIN_KEY to use them")
+    given = request.headers.get("x-admin-key") or ""
+    if not given or not hmac.compare_digest(given.encode(), settings.admin_key.get_secret_value().encode()):
+        raise Unauthorized("a valid admin key is required (X-Admin-Key)")
+
+
 def warm_model(model: ModelDep) -> ServedModel:
     """Predictions need the sessions warmed up; a draining replica still answers them."""
     if not model.warm:
@@ -56,7 +73,11 @@ def warm_model(model: ModelDep) -> ServedModel:
 
 def ready_model(model: ModelDep) -> ServedModel:
     if not model.ready:
-        raise NotReady("draining: taken out of rotation" if model.draining else "the model is still loading; retry shortly")
+        if model.draining:
+            raise NotReady("draining: taken out of rotation")
+        if model.warm:
+            raise NotReady("no decode worker can be started")
+        raise NotReady("the model is still loading; retry shortly")
     return model
 
 
@@ -85,7 +106,7 @@ def _min_confidence(value: str | None) -> float | None:
     dependencies=[Depends(require_api_key)],
     summary="Predict from an audio file, a video file, or both, fused per sample by uncertainty",
 )
-async def predict(request: Request, model: WarmModel, settings: SettingsDep) -> dict[str, Any]:
+async def predict(request: Request, model: WarmModel, decoder: DecoderDep, settings: SettingsDep) -> dict[str, Any]:
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="req-", dir=settings.tmp_dir))
     try:
@@ -108,7 +129,7 @@ async def predict(request: Request, model: WarmModel, settings: SettingsDep) -> 
                 raise InvalidRequest("send at least one file field: 'audio' and/or 'video'")
             min_confidence = _min_confidence(upload.form.get("min_confidence"))
             model.check_modalities(set(files))
-            inputs = await model.preprocess(files)
+            inputs = await model.preprocess(files, decoder)
             logits = await model.predict(inputs)
             return model.postprocess(logits, min_confidence)
     except TimeoutError:
@@ -154,7 +175,7 @@ async def v2_ready(model: ReadyModel) -> dict[str, bool]:
     return {"ready": True}
 
 
-@router.get("/v2/models/{name}", summary="Open Inference Protocol: model metadata")
+@router.get("/v2/models/{name}", summary="Open Inference Protocol: model metadata", responses={404: ERROR_RESPONSES[404]})
 async def v2_model(name: str, model: ModelDep) -> dict[str, Any]:
     manifest = model.manifest
     if manifest is None or name != manifest.name:
@@ -176,19 +197,25 @@ async def v2_model(name: str, model: ModelDep) -> dict[str, Any]:
     }
 
 
-@router.post("/admin/drain", dependencies=[Depends(require_api_key)], summary="Report not ready (stop new traffic), keep serving")
+# Operator routes: left out of the public schema, and answered only with the admin key.
+@router.post(
+    "/admin/drain",
+    dependencies=[Depends(require_admin_key)],
+    include_in_schema=False,
+    summary="Report not ready (stop new traffic), keep serving",
+)
 async def drain(model: ModelDep) -> dict[str, bool]:
     """Before stopping a replica: the load balancer or orchestrator sees /readyz fail and moves traffic away."""
     model.set_draining(True)
     return {"ready": model.ready}
 
 
-@router.post("/admin/resume", dependencies=[Depends(require_api_key)], summary="Undo /admin/drain")
+@router.post("/admin/resume", dependencies=[Depends(require_admin_key)], include_in_schema=False, summary="Undo /admin/drain")
 async def resume(model: ModelDep) -> dict[str, bool]:
     model.set_draining(False)
     return {"ready": model.ready}
 
 
-@router.get("/metrics", summary="Prometheus exposition", include_in_schema=True)
+@router.get("/metrics", summary="Prometheus exposition", response_class=Response, responses=METRICS_RESPONSE)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -64,6 +64,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in {
         400: "undecodable media, or a file that is not of its field's modality",
         401: "missing or wrong API key",
+        404: "no such model",
         413: "too large or too long",
         415: "unsupported container or request type",
         422: "no modality, an unknown field, or an invalid field value",
@@ -71,6 +72,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
+METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+_AUDIO = {"type": "string", "format": "binary", "description": "an audio file (wav, flac, mp3, ...)"}
+_VIDEO = {"type": "string", "format": "binary", "description": "a video file (mp4, mkv, flv, mpg, ...)"}
+# What the service accepts, as a schema: at least one file; use_video_audio=true only with a
+# video and no audio file (it makes the video's audio track the audio input).
 PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -79,8 +91,8 @@ PREDICT_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "audio": {"type": "string", "format": "binary", "description": "an audio file (wav, flac, mp3, ...)"},
-                        "video": {"type": "string", "format": "binary", "description": "a video file (mp4, mkv, flv, mpg, ...)"},
+                        "audio": _AUDIO,
+                        "video": _VIDEO,
                         "use_video_audio": {
                             "type": "boolean",
                             "description": "with only a video: use its audio track as the audio modality",
@@ -92,6 +104,12 @@ PREDICT_BODY: dict[str, Any] = {
                             "description": "abstain below this calibrated confidence instead of the model's own threshold",
                         },
                     },
+                    "additionalProperties": False,
+                    "anyOf": [
+                        {"required": ["audio"], "properties": {"use_video_audio": {"const": False}}},
+                        {"required": ["video"], "properties": {"use_video_audio": {"const": False}}},
+                        {"required": ["video"], "properties": {"use_video_audio": {"const": True}, "audio": False}},
+                    ],
                 }
             }
         },

@@ -34,8 +34,16 @@ class Settings(BaseSettings):
     max_video_seconds: float = Field(60.0, gt=0)
     max_video_pixels: int = Field(1920 * 1080, gt=0, description="width x height of one frame")
     max_video_frames: int = Field(3600, gt=0)
-    decode_timeout_seconds: float = Field(20.0, gt=0)
+    min_audio_rate: int = Field(1_000, gt=0, description="declared sample rate, Hz")
+    max_audio_rate: int = Field(384_000, gt=0, description="declared sample rate, Hz")
+    max_audio_channels: int = Field(32, ge=1)
+    max_streams: int = Field(32, ge=1, description="streams in one container")
+    # decode workers
     decode_workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    decode_timeout_seconds: float = Field(20.0, gt=0, description="a decode running longer is killed: 413")
+    decode_memory_mb: int = Field(1024, ge=64, description="address space a worker may add to its own after start-up")
+    decode_queue_per_worker: int = Field(32, ge=0, description="decodes that may wait for a worker, per worker; more: 503")
+    decode_wait_seconds: float = Field(5.0, gt=0, description="longest wait for a free worker; longer: 503")
     # batching
     max_batch_size: int = Field(32, ge=1)
     # 0: a batch runs at once; under load, the requests that arrive while one call runs form the next batch
@@ -44,6 +52,7 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(30.0, gt=0)
     # access and logging
     api_key: SecretStr | None = Field(None, description="when set, /v1 routes need X-API-Key or Authorization: Bearer")
+    admin_key: SecretStr | None = Field(None, description="/admin routes need it (X-Admin-Key); unset: /admin is off")
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -2,7 +2,9 @@
 
 Starlette's form parser reads the whole body before a route sees it; here each chunk is
 written as it arrives and the request is refused the moment the limit is passed, so a
-1 GB upload costs at most the limit in bytes read.
+1 GB upload costs at most the limit in bytes read. The limit counts every byte of the body:
+the parts, their headers, and whatever a client puts before the first boundary or after
+the last one.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ async def receive(request: Request, folder: Path, max_bytes: int) -> Upload:
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise TooLarge(f"the upload is {int(declared)} bytes; the limit is {max_bytes}")
 
     upload = Upload()
@@ -91,10 +93,6 @@ async def receive(request: Request, folder: Path, max_bytes: int) -> Upload:
             raise InvalidRequest(f"unknown field {part.name!r}; the fields are {known}")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        nonlocal total
-        total += end - start
-        if total > max_bytes:
-            raise TooLarge(f"the upload passed the limit of {max_bytes} bytes")
         if part.sink is not None:
             part.sink.write(data[start:end])
             upload.sizes[part.name] += end - start
@@ -110,20 +108,21 @@ async def receive(request: Request, folder: Path, max_bytes: int) -> Upload:
         elif part.name:
             upload.form[part.name] = part.value.decode("utf-8", "replace")
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    }
     try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
         async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                raise TooLarge(f"the upload passed the limit of {max_bytes} bytes")
             parser.write(chunk)
         parser.finalize()
     except (TooLarge, InvalidRequest):

@@ -17,6 +17,7 @@ from tests.conftest import ROOT
 from tests.servers import Server, free_port, start_server, stop_server
 
 PROM_DIR = ROOT / "docker" / "prometheus"
+ADMIN_KEY = "operator-key"  # /admin answers only with it (MLA_ADMIN_KEY has no default)
 
 
 def _prometheus_config(target: str) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def stack(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         pytest.fail("prometheus is not installed: `make test` installs it (Debian package prometheus)")
     work = tmp_path_factory.mktemp("prometheus")
     (work / "api").mkdir()
-    api = start_server(tiny_repo, work / "api")
+    api = start_server(tiny_repo, work / "api", MLA_ADMIN_KEY=ADMIN_KEY)
     cfg_dir = work / "etc"
     cfg_dir.mkdir()
     shutil.copy(PROM_DIR / "alerts.yml", cfg_dir / "alerts.yml")
@@ -113,7 +114,7 @@ def test_prometheus_scrapes_the_service_and_the_not_ready_alert_fires(
     assert "MlaNotReady" not in _alerts(prom)
 
     # taken out of rotation: not ready, the alert goes pending, then fires after its `for: 1m`
-    assert httpx.post(f"{api.url}/admin/drain").json() == {"ready": False}
+    assert httpx.post(f"{api.url}/admin/drain", headers={"X-Admin-Key": ADMIN_KEY}).json() == {"ready": False}
     assert httpx.get(f"{api.url}/readyz").status_code == 503
     pending = _wait("MlaNotReady to be pending", lambda: _alerts(prom).get("MlaNotReady"))
     assert pending["state"] in ("pending", "firing")
@@ -121,5 +122,5 @@ def test_prometheus_scrapes_the_service_and_the_not_ready_alert_fires(
     _wait("MlaNotReady to fire", lambda: _alerts(prom).get("MlaNotReady", {}).get("state") == "firing", 120)
 
     # back in rotation: the alert resolves
-    assert httpx.post(f"{api.url}/admin/resume").json() == {"ready": True}
+    assert httpx.post(f"{api.url}/admin/resume", headers={"X-Admin-Key": ADMIN_KEY}).json() == {"ready": True}
     _wait("MlaNotReady to resolve", lambda: "MlaNotReady" not in _alerts(prom))

@@ -1,0 +1,102 @@
+"""A live `mla serve` for the fuzz and soak harnesses: start it, watch its process tree, stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Live:
+    url: str
+    proc: subprocess.Popen[bytes]
+    uploads: Path
+    log: Path
+
+    def tree_rss(self) -> int:
+        """Resident bytes of the server and every process under it (decode workers, resource tracker)."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += p.memory_info().rss
+        return total
+
+    def decode_workers(self) -> list[psutil.Process]:
+        children = psutil.Process(self.proc.pid).children()
+        return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+
+    def leftovers(self, settle: float = 5.0) -> list[str]:
+        """Files still in the upload folder after `settle` seconds: each one a leak."""
+        deadline = time.monotonic() + settle
+        while True:
+            left = [str(p.relative_to(self.uploads)) for p in self.uploads.rglob("*")] if self.uploads.exists() else []
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.1)
+
+    def metric(self, sample: str) -> float:
+        """The value of one exposition line, named with its labels as they are printed; 0 when absent."""
+        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+def start(model: Path, workdir: Path, **env: str) -> Live:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    uploads = workdir / "uploads"
+    log = workdir / "server.log"
+    environ = {**os.environ, "MLA_TMP_DIR": str(uploads), "MLA_PROVIDERS": "cpu", "MLA_LOG_LEVEL": "WARNING", **env}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "serve", "--model", str(model), "--port", str(port)],
+            cwd=ROOT,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return Live(url, proc, uploads, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"the server never became ready:\n{log.read_text()[-3000:]}")
+
+
+def stop(live: Live) -> None:
+    live.proc.terminate()
+    try:
+        live.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        live.proc.kill()
+        live.proc.wait(timeout=30)

@@ -1,0 +1,141 @@
+"""Faults injected in-process (the app, its lifespan and dependency overrides): a broken decode pool,
+a failing ONNX Runtime call, an unknown HTTP method, the operator routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.log_config import RequestIdFilter
+from service.main import create_app
+from service.routes import get_decoder
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def client(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    settings = Settings(
+        model_dir=tiny_repo,
+        providers=["cpu"],
+        decode_workers=1,
+        tmp_dir=tmp_path_factory.mktemp("uploads"),
+        admin_key="operator-secret",
+    )
+    app = create_app(settings)
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 120
+        while c.get("/readyz").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the app never became ready")
+            time.sleep(0.1)
+        yield c
+
+
+def files(row: dict[str, str], *modalities: str) -> dict[str, tuple[str, bytes]]:
+    return {m: (Path(row[m]).name, Path(row[m]).read_bytes()) for m in modalities}
+
+
+class BrokenPool:
+    ready = True
+
+    async def run(self, *_: Any) -> Any:
+        raise BrokenProcessPool("a child process terminated abruptly")
+
+
+def test_a_pool_that_raises_broken_process_pool_answers_503(client: TestClient, clean_train_row: dict[str, str]) -> None:
+    app: Any = client.app
+    app.dependency_overrides[get_decoder] = BrokenPool
+    try:
+        r = client.post("/v1/predict", files=files(clean_train_row, "audio"), headers={"X-Request-ID": "broken-pool"})
+    finally:
+        app.dependency_overrides.clear()
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "not_ready"
+    assert r.headers["retry-after"]
+    assert r.headers["x-request-id"] == "broken-pool"
+    assert client.post("/v1/predict", files=files(clean_train_row, "audio")).status_code == 200
+
+
+class Records(logging.Handler):
+    """Every log record, with the request id the service's log filter gives it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.addFilter(RequestIdFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_a_failing_batch_is_a_500_that_carries_its_request_id(client: TestClient, clean_train_row: dict[str, str]) -> None:
+    model: Any = client.app.state.model  # type: ignore[attr-defined]
+    batcher = model.runtimes["video"].batcher
+
+    def fail(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("CUDA failure: an illegal memory access")
+
+    records = Records()
+    logging.getLogger().addHandler(records)
+    working, batcher.run = batcher.run, fail
+    try:
+        r = client.post("/v1/predict", files=files(clean_train_row, "audio", "video"), headers={"X-Request-ID": "fault-500"})
+    finally:
+        batcher.run = working
+        logging.getLogger().removeHandler(records)
+    assert r.status_code == 500
+    assert r.json() == {"error": {"code": "internal", "message": "internal error; see the server log"}}
+    assert r.headers["x-request-id"] == "fault-500"
+    tracebacks = [rec for rec in records.records if rec.exc_info and "illegal memory access" in str(rec.exc_info[1])]
+    assert tracebacks
+    # The request's own traceback carries its id; the batcher's (its own task) names the requests of the batch.
+    assert [rec.request_id for rec in tracebacks if rec.name == "service.access"] == ["fault-500"]  # type: ignore[attr-defined]
+    assert any("fault-500" in rec.getMessage() for rec in tracebacks if rec.name == "service.batching")
+    access = [rec for rec in records.records if rec.name == "service.access" and rec.levelno == logging.INFO]
+    assert [(rec.request_id, rec.status) for rec in access] == [("fault-500", 500)]  # type: ignore[attr-defined]
+    assert client.post("/v1/predict", files=files(clean_train_row, "audio", "video")).status_code == 200
+
+
+def test_method_labels_come_from_a_fixed_set(client: TestClient) -> None:
+    assert client.request("BREW", "/healthz").status_code == 405
+    text = client.get("/metrics").text
+    assert 'method="other"' in text
+    assert "BREW" not in text
+
+
+def test_metrics_are_documented_as_text_and_the_schema_states_the_rules(client: TestClient) -> None:
+    r = client.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    spec = client.get("/openapi.json").json()
+    assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    assert "404" in spec["paths"]["/v2/models/{name}"]["get"]["responses"]
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["anyOf"]  # at least one file; use_video_audio only with a video and no audio file
+    assert not [p for p in spec["paths"] if p.startswith("/admin")]
+
+
+def test_admin_routes_need_the_admin_key(client: TestClient) -> None:
+    assert client.post("/admin/drain").status_code == 401
+    assert client.post("/admin/drain", headers={"X-Admin-Key": "wrong"}).status_code == 401
+    r = client.post("/admin/drain", headers={"X-Admin-Key": "operator-secret"})
+    assert r.json() == {"ready": False}
+    assert client.get("/readyz").status_code == 503
+    assert client.post("/admin/resume", headers={"X-Admin-Key": "operator-secret"}).json() == {"ready": True}
+    assert client.get("/readyz").status_code == 200
+
+
+def test_admin_routes_are_off_without_a_key(tiny_repo: Path, tmp_path: Path) -> None:
+    app = create_app(Settings(model_dir=tiny_repo, providers=["cpu"], decode_workers=1, tmp_dir=tmp_path))
+    with TestClient(app) as c:
+        r = c.post("/admin/drain")
+        assert r.status_code == 403
+        assert "MLA_ADMIN_KEY" in r.json()["error"]["message"]
+        assert c.post("/admin/resume", headers={"X-Admin-Key": ""}).status_code == 403
