@@ -17,10 +17,6 @@ import argparse
 import asyncio
 import csv
 import logging
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +26,7 @@ import httpx
 import numpy as np
 
 from benchmarks.avdigits.run import dataset
+from benchmarks.live import start, stop
 from benchmarks.report import markdown_table, write
 from common import calibration
 from common.manifest import load_manifest
@@ -37,38 +34,6 @@ from common.manifest import load_manifest
 ROOT = Path(__file__).resolve().parents[2]
 SENDS = {"audio+video": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
 log = logging.getLogger("service_calibration")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(model: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = {**os.environ, "MLA_PROVIDERS": "cpu", "MLA_TMP_DIR": str(workdir / "uploads"), "MLA_LOG_LEVEL": "WARNING"}
-    log_file = (workdir / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", "--model", str(model), "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {(workdir / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the server never became ready")
 
 
 async def send_all(url: str, rows: list[dict[str, str]], base: Path, concurrency: int = 4) -> dict[str, list[dict[str, Any]]]:
@@ -115,14 +80,13 @@ def main() -> None:
     labels = manifest.labels
     truth = np.array([labels.index(r["label"]) for r in rows])
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start(args.model, Path(tmp))
+        live = start(args.model, Path(tmp))
         try:
             t0 = time.perf_counter()
-            answers = asyncio.run(send_all(url, rows, manifest_csv.parent))
+            answers = asyncio.run(send_all(live.url, rows, manifest_csv.parent))
             seconds = time.perf_counter() - t0
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop(live)
     results = {k: figures(v, labels, truth) for k, v in answers.items()}
     fusion = manifest.fusion
     payload = {
