@@ -166,10 +166,12 @@ def evaluate(
         table.add_row(f"[bold]{rule}[/]" if rule == report["fusion"] else rule, *cells)
     Console().print(table)
     a = report["abstention"]
-    Console().print(
-        f"abstaining below {a['min_confidence']:.3f} (fitted on val for error rate {a['target_risk']:g}): "
-        f"coverage {a['coverage']:.3f}, error rate among answers {a['risk']:.3f}; plots: {', '.join(report['plots'].values())}"
-    )
+    for sub, t in a["by_subset"].items():
+        Console().print(
+            f"{sub}: abstaining below {t['min_confidence']:.3f} (fitted on val for error rate {a['target_risk']:g}): "
+            f"coverage {t['coverage']:.3f}, error rate among answers {t['risk']:.3f}"
+        )
+    Console().print(f"plots: {', '.join(report['plots'].values())}")
 
 
 @app.command("export")
@@ -211,10 +213,13 @@ def export_model(
         err.print(
             f"  {sub}: validation ECE {fig['ece_raw']:.3f} -> {fig['ece']:.3f}, NLL {fig['nll_raw']:.3f} -> {fig['nll']:.3f}"
         )
-    err.print(
-        f"abstains below confidence {abstain.min_confidence:.3f}: validation coverage {abstain.val_coverage:.3f}, "
-        f"error rate among answers {abstain.val_risk:.3f} (target {abstain.target_risk:g})"
-    )
+    for sub, t in abstain.min_confidence.items():
+        fig = abstain.val.get(sub, {})
+        err.print(
+            f"  {sub}: abstains below confidence {t:.3f}: validation coverage {fig.get('coverage', float('nan')):.3f}, "
+            f"error rate among answers {fig.get('risk', float('nan')):.3f} (bound {fig.get('risk_bound', float('nan')):.3f}, "
+            f"target {abstain.target_risk:g})"
+        )
     err.print(f"exported {target}")
 
 

@@ -9,8 +9,6 @@ would otherwise crowd into one bin. The service and evaluation both use these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 BINS = 15
@@ -35,9 +33,7 @@ def brier(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
 
 
-def ece(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
-    """Expected calibration error with `bins` equal-width confidence bins over (0, 1]."""
-    conf, correct = _top(probs, labels)
+def _ece(conf: np.ndarray, correct: np.ndarray, bins: int) -> float:
     idx = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
     total = 0.0
     for b in range(bins):
@@ -45,6 +41,25 @@ def ece(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
         if sel.any():
             total += sel.sum() * abs(correct[sel].mean() - conf[sel].mean())
     return float(total / len(conf))
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
+    """Expected calibration error with `bins` equal-width confidence bins over (0, 1]."""
+    conf, correct = _top(probs, labels)
+    return _ece(conf, correct, bins)
+
+
+def ece_floor(probs: np.ndarray, bins: int = BINS, draws: int = 200, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model with these confidences would still show on this many samples.
+
+    Each draw makes every prediction right with probability equal to its confidence and
+    measures ECE; the mean over draws is the sampling noise of the estimate. On a few hundred
+    predictions spread over many bins it is several points: an ECE near it is as good as the
+    data can show.
+    """
+    conf = np.asarray(probs, dtype=np.float64).max(axis=1)
+    rng = np.random.default_rng(seed)
+    return float(np.mean([_ece(conf, (rng.random(len(conf)) < conf).astype(np.float64), bins) for _ in range(draws)]))
 
 
 def adaptive_ece(probs: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
@@ -81,36 +96,12 @@ def risk_coverage(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np
     return k / len(conf), errors / k, conf[order]
 
 
-@dataclass(frozen=True)
-class Threshold:
-    min_confidence: float  # answer when the calibrated confidence is at least this
-    coverage: float  # share of the predictions answered
-    risk: float  # error rate among those answered
-
-
-def selective_threshold(probs: np.ndarray, labels: np.ndarray, target_risk: float) -> Threshold:
-    """The lowest confidence threshold whose answered predictions have an error rate of at most `target_risk`.
-
-    Ties in confidence are answered together, so the threshold is always a confidence that
-    occurs, and everything at or above it is answered. With no such threshold, nothing is
-    answered (threshold just above the highest confidence).
-    """
-    if not 0 <= target_risk < 1:
-        raise ValueError(f"target risk must be in [0, 1), got {target_risk}")
-    coverage, risk, conf = risk_coverage(probs, labels)
-    last_of_tie = np.append(conf[1:] < conf[:-1], True)  # cut only between different confidences
-    ok = np.flatnonzero((risk <= target_risk) & last_of_tie)
-    if len(ok) == 0:
-        return Threshold(float(np.nextafter(conf[0], np.inf)) if len(conf) else 1.0, 0.0, 0.0)
-    i = ok[-1]
-    return Threshold(float(conf[i]), float(coverage[i]), float(risk[i]))
-
-
 def summary(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Every calibration figure of one set of predictions."""
     return {
         "nll": nll(probs, labels),
         "brier": brier(probs, labels),
         "ece": ece(probs, labels),
+        "ece_floor": ece_floor(probs),
         "adaptive_ece": adaptive_ece(probs, labels),
     }

@@ -83,12 +83,15 @@ class Calibration(_Strict):
 
 
 class Abstention(_Strict):
-    """Answer with abstained=false only when the calibrated confidence reaches `min_confidence`."""
+    """Answer with abstained=false only when the calibrated confidence reaches the threshold of the set of modalities sent."""
 
-    min_confidence: Probability
-    target_risk: Probability  # the error rate allowed among answers, on validation
-    val_coverage: Probability  # share of validation answered at that threshold
-    val_risk: Probability  # error rate among them
+    min_confidence: dict[str, Probability]  # per set of modalities sent ("audio", "audio+video"); absent: 0, never abstain
+    target_risk: Probability  # the error rate allowed among answers
+    confidence: Probability = 0.9  # how sure: the validation rate's upper confidence bound at this level is within target
+    val: dict[str, dict[str, float]] = {}  # per set: n, coverage, risk and its bound on validation
+
+    def threshold(self, subset: str) -> float:
+        return float(self.min_confidence.get(subset, 0.0))
 
 
 class Fusion(_Strict):
@@ -181,7 +184,7 @@ def migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
     modalities = list(raw.get("modalities") or {})
     fusion.setdefault("rule", "entropy")
     fusion["calibration"] = {"temperatures": dict.fromkeys(modalities, 1.0), "fitted_on": "none: migrated from schema v1"}
-    fusion["abstention"] = {"min_confidence": 0.0, "target_risk": 1.0, "val_coverage": 1.0, "val_risk": 0.0}
+    fusion["abstention"] = {"min_confidence": {}, "target_risk": 1.0}
     return {**raw, "schema_version": 2, "fusion": fusion}
 
 

@@ -256,7 +256,7 @@ class ServedModel:
         self.metrics.subsets.labels(subset).inc()
         best = int(fused.probs[0].argmax())
         confidence = float(fused.probs[0, best])
-        threshold = fusion.abstention.min_confidence if min_confidence is None else min_confidence
+        threshold = fusion.abstention.threshold(subset) if min_confidence is None else min_confidence
         abstained = confidence < threshold
         if abstained:
             self.metrics.abstained.labels(subset).inc()

@@ -7,8 +7,11 @@
   product over-confident where they agree; one scalar per S corrects either.
 - Constant weights where a rule has them: `fixed` by validation accuracy (a grid, as a user
   would tune late fusion), `loglinear` by validation NLL jointly with its temperature.
-- The abstention threshold: the lowest calibrated confidence at which the validation
-  answers above it have an error rate of at most TARGET_RISK.
+- The abstention thresholds, one per set of modalities sent: the lowest calibrated
+  confidence at which the validation answers above it have an error rate whose
+  Clopper-Pearson upper bound (at CONFIDENCE) is at most TARGET_RISK. The bound, not the
+  bare rate, so that a threshold tuned on a few hundred clips still holds on new ones
+  (Geifman & El-Yaniv, "Selective classification for deep neural networks", 2017).
 
 Every figure here comes from validation predictions; the test split is never read.
 """
@@ -17,18 +20,21 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
+from scipy.stats import beta
 
 from common import calibration
 from common.fusion import RULES, FusionParams, log_softmax, subset_name
 from training.evaluate import Predictions, fused_for, subsets
 
 TARGET_RISK = 0.05  # default: at most 5% errors among the answers given
+CONFIDENCE = 0.9  # the abstention threshold's risk bound holds with this probability
 T_BOUNDS = (0.05, 20.0)
 GRID_STEPS = 20
 
@@ -133,10 +139,62 @@ def fit_fusion(val: Predictions, rule: str, calibrated: bool = True) -> FusionPa
     return FusionParams(rule, weights, temperatures, fit_fused_temperatures(val, params))
 
 
-def fit_abstention(val: Predictions, params: FusionParams, target_risk: float = TARGET_RISK) -> calibration.Threshold:
-    """The selective-prediction threshold on the fused confidence, all modalities present, from validation."""
-    probs, rows = fused_for(val, val.modalities, params)
-    return calibration.selective_threshold(probs, val.labels[rows], target_risk)
+@dataclass(frozen=True)
+class Threshold:
+    min_confidence: float  # answer when the calibrated confidence is at least this
+    coverage: float  # share of the predictions answered
+    risk: float  # error rate among those answered
+    risk_bound: float  # its upper confidence bound
+    n: int  # predictions it was fitted on
+
+
+def risk_upper_bound(errors: int, answered: int, confidence: float = CONFIDENCE) -> float:
+    """Clopper-Pearson upper bound on an error rate seen as `errors` in `answered`."""
+    if answered == 0:
+        return 1.0
+    if errors >= answered:
+        return 1.0
+    return float(beta.ppf(confidence, errors + 1, answered - errors))
+
+
+def selective_threshold(
+    probs: np.ndarray, labels: np.ndarray, target_risk: float = TARGET_RISK, confidence: float = CONFIDENCE
+) -> Threshold:
+    """The lowest confidence threshold whose answers' error rate is at most `target_risk` with `confidence`.
+
+    Ties in confidence are answered together, so the threshold is a confidence that occurs
+    and everything at or above it is answered. When no threshold qualifies, the threshold is
+    1.0: only certain answers are given.
+    """
+    if not 0 < target_risk < 1:
+        raise ValueError(f"target risk must be in (0, 1), got {target_risk}")
+    coverage, risk, conf = calibration.risk_coverage(probs, labels)
+    answered = np.arange(1, len(conf) + 1)
+    errors = np.rint(risk * answered).astype(int)
+    last_of_tie = np.append(conf[1:] < conf[:-1], True)  # cut only between different confidences
+    best: Threshold | None = None
+    for i in np.flatnonzero(last_of_tie):
+        bound = risk_upper_bound(int(errors[i]), int(answered[i]), confidence)
+        if bound <= target_risk:
+            best = Threshold(float(conf[i]), float(coverage[i]), float(risk[i]), bound, len(conf))
+    if best is None:
+        certain = conf >= 1.0
+        return Threshold(1.0, float(certain.mean()), float(risk[certain.sum() - 1]) if certain.any() else 0.0, 1.0, len(conf))
+    return best
+
+
+def fit_abstention(
+    val: Predictions, params: FusionParams, target_risk: float = TARGET_RISK, confidence: float = CONFIDENCE
+) -> dict[str, Threshold]:
+    """One threshold per set of modalities sent, each on the validation samples that have all of that set."""
+    out = {}
+    for sub in subsets(val.modalities):
+        have = np.all(np.stack([val.present[m] for m in sub]), axis=0)
+        part = Predictions({m: val.logits[m][have] for m in sub}, {m: val.present[m][have] for m in sub}, val.labels[have])
+        if len(part.labels):
+            probs, rows = fused_for(part, sub, params)
+            out[subset_name(sub)] = selective_threshold(probs, part.labels[rows], target_risk, confidence)
+    return out
 
 
 def calibrate_run(
@@ -166,7 +224,7 @@ def calibrate_run(
         sub: {"ece_raw": raw["ece"][sub], "ece": fitted["ece"][sub], "nll_raw": raw["nll"][sub], "nll": fitted["nll"][sub]}
         for sub in fitted["ece"]
     }
-    threshold = fit_abstention(val, params, target_risk)
+    thresholds = fit_abstention(val, params, target_risk)
     return {
         "rule": rule,
         "weights": dict(params.weights) if params.weights else None,
@@ -177,9 +235,11 @@ def calibrate_run(
             "val": figures,
         },
         "abstention": {
-            "min_confidence": threshold.min_confidence,
+            "min_confidence": {k: t.min_confidence for k, t in thresholds.items()},
             "target_risk": target_risk,
-            "val_coverage": threshold.coverage,
-            "val_risk": threshold.risk,
+            "confidence": CONFIDENCE,
+            "val": {
+                k: {"n": t.n, "coverage": t.coverage, "risk": t.risk, "risk_bound": t.risk_bound} for k, t in thresholds.items()
+            },
         },
     }

@@ -94,7 +94,8 @@ def fused_for(preds: Predictions, subset: Sequence[str], params: FusionParams) -
 def score(preds: Predictions, params: FusionParams | None = None) -> dict[str, dict[str, Any]]:
     """Per modality subset: sample count, accuracy, macro-F1 and the calibration figures, under one fusion."""
     params = params or FusionParams()
-    out: dict[str, dict[str, Any]] = {k: {} for k in ("n", "accuracy", "macro_f1", "nll", "brier", "ece", "adaptive_ece")}
+    keys = ("n", "accuracy", "macro_f1", "nll", "brier", "ece", "ece_floor", "adaptive_ece")
+    out: dict[str, dict[str, Any]] = {k: {} for k in keys}
     for sub in subsets(preds.modalities):
         probs, rows = fused_for(preds, sub, params)
         key = subset_name(sub)
@@ -137,7 +138,7 @@ def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1
     Calibration (temperatures, fused temperatures, fitted weights, the abstention threshold)
     is fitted on the validation split, never on the split being scored.
     """
-    from training.calibrate import RULE_VARIANTS, TARGET_RISK, fit_abstention, fit_fusion
+    from training.calibrate import CONFIDENCE, RULE_VARIANTS, TARGET_RISK, fit_abstention, fit_fusion
     from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
     from training.data.dataset import build_dataset, make_loader
     from training.data.specs import DataError, parse_spec
@@ -164,10 +165,23 @@ def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1
         fitted[variant] = params
         rules[variant] = {**score(preds, params), "params": _params_dict(params)}
     headline = fitted[own]
-    threshold = fit_abstention(val, headline)
-    fused, rows = fused_for(preds, preds.modalities, headline)
-    answered = fused.max(axis=1) >= threshold.min_confidence
-    correct = fused.argmax(axis=1) == preds.labels[rows]
+    thresholds = fit_abstention(val, headline)
+    abstention: dict[str, dict[str, float]] = {}
+    for sub in subsets(preds.modalities):
+        key = subset_name(sub)
+        if key not in thresholds:
+            continue
+        have = np.all(np.stack([preds.present[m] for m in sub]), axis=0)
+        probs = headline({m: preds.logits[m][have] for m in sub}, {m: preds.present[m][have] for m in sub}).probs
+        answered = probs.max(axis=1) >= thresholds[key].min_confidence
+        correct = probs.argmax(axis=1) == preds.labels[have]
+        abstention[key] = {
+            "min_confidence": thresholds[key].min_confidence,
+            "val_coverage": thresholds[key].coverage,
+            "val_risk": thresholds[key].risk,
+            "coverage": float(answered.mean()),
+            "risk": float(1.0 - correct[answered].mean()) if answered.any() else 0.0,
+        }
     out_dir = checkpoint_path(run_dir).parent
     plots = {
         "confusion": out_dir / f"confusion_{split}.png",
@@ -182,7 +196,7 @@ def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1
     ]:
         probs, rows = fused_for(preds, subset, fitted[variant])
         curves[name] = (probs, preds.labels[rows])
-    mark = (f"fused, {own}", threshold.min_confidence)
+    mark = (f"fused, {own}", thresholds[subset_name(preds.modalities)].min_confidence)
     plot_calibration(curves, plots["reliability"], plots["risk_coverage"], f"{method} on {split}", mark)
     own_scores = rules[own]
     return {
@@ -191,17 +205,10 @@ def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1
         "method": method,
         "encoder": model.cfg.encoder,
         "fusion": own,
-        **{k: own_scores[k] for k in ("accuracy", "macro_f1", "nll", "brier", "ece", "adaptive_ece")},
+        **{k: own_scores[k] for k in ("accuracy", "macro_f1", "nll", "brier", "ece", "ece_floor", "adaptive_ece")},
         "n_per_subset": own_scores["n"],
         "by_fusion": {r: {k: v for k, v in s.items() if k != "n"} for r, s in rules.items()},
-        "abstention": {
-            "target_risk": TARGET_RISK,
-            "min_confidence": threshold.min_confidence,
-            "val_coverage": threshold.coverage,
-            "val_risk": threshold.risk,
-            "coverage": float(answered.mean()),
-            "risk": float(1.0 - correct[answered].mean()) if answered.any() else 0.0,
-        },
+        "abstention": {"target_risk": TARGET_RISK, "confidence": CONFIDENCE, "by_subset": abstention},
         "labels": model.cfg.labels,
         "plots": {k: str(v) for k, v in plots.items()},
     }

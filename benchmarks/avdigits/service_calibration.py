@@ -98,13 +98,25 @@ def main() -> None:
         "results": results,
     }
     table = markdown_table(
-        ["sent", "n", "accuracy", "ECE", "adaptive ECE", "NLL", "Brier", "answered (not abstained)", "error rate among answered"],
+        [
+            "sent",
+            "n",
+            "accuracy",
+            "ECE",
+            "ECE floor",
+            "adaptive ECE",
+            "NLL",
+            "Brier",
+            "answered (not abstained)",
+            "error rate among answered",
+        ],
         [
             [
                 k,
                 int(r["n"]),
                 r["accuracy"],
                 r["ece"],
+                r["ece_floor"],
                 r["adaptive_ece"],
                 r["nll"],
                 r["brier"],
@@ -122,8 +134,10 @@ def main() -> None:
         f"held-out speaker)\n\n"
         f"Every {args.split} pair sent to `mla serve` three ways; the returned `confidence` scored against the truth (15 bins). "
         f"Fusion `{fusion.rule}`, temperatures {temps} (fitted on the {fusion.calibration.fitted_on}); abstention below "
-        f"{fusion.abstention.min_confidence:.3f} (chosen on validation for at most {fusion.abstention.target_risk:.0%} errors "
-        f"among answers).\n\n{table}\n"
+        f"{', '.join(f'{k} {v:.3f}' for k, v in fusion.abstention.min_confidence.items())} (chosen on validation so that "
+        f"the error rate among answers is at most {fusion.abstention.target_risk:.0%} at {fusion.abstention.confidence:.0%} "
+        "confidence). `ECE floor` is the ECE a perfectly calibrated model with the same confidences would show on this many "
+        f"samples (the estimate's own noise).\n\n{table}\n"
     )
     write("service_calibration", payload, md)
     print(md)

@@ -46,34 +46,23 @@ def test_nll_and_brier_agree_with_scikit_learn() -> None:
     assert calibration.brier(probs, labels) == pytest.approx(ovr)
 
 
-def test_selective_threshold_keeps_the_risk_and_the_most_coverage() -> None:
-    # sorted by confidence: right, right, wrong, right, right, wrong, wrong
-    conf = [0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5]
-    probs, labels = _two_class(conf, [True, True, False, True, True, False, False])
-    t = calibration.selective_threshold(probs, labels, 0.2)
-    # answering the top 5 gives 1 error in 5 (0.2); the top 6, 2 in 6 (0.33)
-    assert t.min_confidence == pytest.approx(0.7)
-    assert t.coverage == pytest.approx(5 / 7)
-    assert t.risk == pytest.approx(0.2)
-    strict = calibration.selective_threshold(probs, labels, 0.0)
-    assert strict.min_confidence == pytest.approx(0.95)
-    assert strict.coverage == pytest.approx(2 / 7)
-
-
-def test_ties_are_answered_together() -> None:
-    probs, labels = _two_class([0.9, 0.8, 0.8, 0.7], [True, True, False, True])
-    t = calibration.selective_threshold(probs, labels, 0.0)
-    assert t.min_confidence == pytest.approx(0.9)  # cutting inside the tie at 0.8 would answer a wrong one
-    nothing = calibration.selective_threshold(*_two_class([0.9], [False]), 0.0)
-    assert nothing.coverage == 0.0
-    assert nothing.min_confidence > 0.9
-    with pytest.raises(ValueError, match="target risk"):
-        calibration.selective_threshold(probs, labels, 1.5)
-
-
 def test_reliability_bins() -> None:
     probs, labels = _two_class([0.85, 0.85, 0.95, 0.95], [True, False, True, True])
     rel = calibration.reliability(probs, labels)
     assert sum(rel["count"]) == 4
     filled = [i for i, c in enumerate(rel["count"]) if c]
     assert [rel["accuracy"][i] for i in filled] == [0.5, 1.0]
+
+
+def test_ece_floor_is_the_noise_of_a_perfectly_calibrated_model() -> None:
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.2, 1.0, 500)
+    probs, _ = _two_class(list(conf), [True] * 500)
+    floor = calibration.ece_floor(probs)
+    # outcomes drawn from the model's own confidences: the measured ECE scatters around the floor
+    draws = [calibration.ece(probs, np.where(rng.random(500) < conf, 0, 1)) for _ in range(100)]
+    assert abs(np.mean(draws) - floor) < 0.01
+    # 500 predictions spread over 15 bins: a few points, shrinking like 1/sqrt(n)
+    assert 0.02 < floor < 0.08
+    big, _ = _two_class(list(rng.uniform(0.2, 1.0, 20_000)), [True] * 20_000)
+    assert calibration.ece_floor(big) < floor / 3

@@ -150,8 +150,11 @@ def test_export_writes_the_calibration_fitted_on_validation(tiny_run: Path, tiny
         assert fig["nll"] <= fig["nll_raw"] + 1e-9, sub
     a = fusion.abstention
     assert a.target_risk == 0.05
-    assert a.val_risk <= a.target_risk
-    assert 0.0 <= a.min_confidence <= 1.0
+    assert set(a.min_confidence) == {"audio", "video", "audio+video"}  # one threshold per set of modalities sent
+    for sub, t in a.min_confidence.items():
+        assert 0.0 <= t <= 1.0, sub
+        assert a.val[sub]["risk_bound"] <= a.target_risk or t == 1.0, sub  # within target, or answers only certainties
+        assert a.val[sub]["risk"] <= a.val[sub]["risk_bound"], sub
 
 
 def test_a_schema_v1_manifest_is_served_uncalibrated(tiny_repo: Path, tmp_path: Path) -> None:
@@ -165,7 +168,8 @@ def test_a_schema_v1_manifest_is_served_uncalibrated(tiny_repo: Path, tmp_path: 
     assert migrated.schema_version == 2
     assert migrated.fusion.calibration.temperatures == {"audio": 1.0, "video": 1.0}
     assert migrated.fusion.calibration.fused_temperatures == {}
-    assert migrated.fusion.abstention.min_confidence == 0.0  # never abstains
+    assert migrated.fusion.abstention.min_confidence == {}
+    assert migrated.fusion.abstention.threshold("audio+video") == 0.0  # never abstains
     validate_repository(repo)  # the graphs and parity samples are untouched
 
 

@@ -47,7 +47,7 @@ def check_answer(body: dict, sent: set[str], manifest: Manifest) -> None:
         assert body["modalities"][m]["label"] == labels[int(p.argmax())]
     assert body["label"] == labels[int(fused.probs[0].argmax())]
     assert body["confidence"] == pytest.approx(float(fused.probs[0].max()))
-    assert body["min_confidence"] == fusion.abstention.min_confidence
+    assert body["min_confidence"] == fusion.abstention.threshold(subset)
     assert body["abstained"] == (body["confidence"] < body["min_confidence"])
 
 
@@ -175,7 +175,7 @@ def test_min_confidence_overrides_the_models_threshold(server: Server, tiny_repo
     assert always["min_confidence"] == 1.0
     assert always["abstained"] == (always["confidence"] < 1.0)
     own = server.post(files).json()
-    assert own["min_confidence"] == load_manifest(tiny_repo).fusion.abstention.min_confidence
+    assert own["min_confidence"] == load_manifest(tiny_repo).fusion.abstention.threshold("audio+video")
     for bad in ("abc", "1.5", "-0.1", "nan"):
         r = server.post(files, data={"min_confidence": bad})
         assert r.status_code == 422, (bad, r.text)

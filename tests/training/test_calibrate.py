@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import beta
 
 from common import calibration
 from common.fusion import FusionParams, softmax
-from training.calibrate import RULE_VARIANTS, fit_abstention, fit_fusion, fit_temperature
+from training.calibrate import RULE_VARIANTS, fit_abstention, fit_fusion, fit_temperature, risk_upper_bound, selective_threshold
 from training.evaluate import Predictions, fused_for
 
 
@@ -27,10 +28,10 @@ def test_fit_temperature_recovers_a_known_temperature(true_t: float) -> None:
     assert fit_temperature(logits, labels) == pytest.approx(true_t, rel=0.06)
 
 
-def _two_modalities(n: int, seed: int) -> Predictions:
+def _two_modalities(n: int, seed: int, scale: float = 2.0) -> Predictions:
     """Audio over-confident (its logits are 3x what its labels support), video well calibrated, all present."""
     rng = np.random.default_rng(seed)
-    base = rng.normal(size=(n, 10)) * 2
+    base = rng.normal(size=(n, 10)) * scale
     labels = _sampled(base, 1.0, seed + 1)
     audio = 3.0 * (base + rng.normal(size=base.shape))  # noisier and over-confident
     video = base + 0.5 * rng.normal(size=base.shape)
@@ -59,12 +60,44 @@ def test_calibrated_rules_lower_ece_on_held_out_predictions() -> None:
             assert params.weights["video"] > params.weights["audio"]  # the cleaner modality weighs more
 
 
-def test_abstention_threshold_holds_its_risk_on_validation() -> None:
-    val = _two_modalities(2000, 3)
+def _two_class(conf: list[float], right: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.array([[c, 1 - c] for c in conf])
+    return probs, np.array([0 if ok else 1 for ok in right])
+
+
+def test_selective_threshold_answers_the_most_its_risk_bound_allows() -> None:
+    # 200 right at 0.95; then 100 at 0.8 with 5 wrong; then 100 at 0.6 with 50 wrong
+    conf = [0.95] * 200 + [0.8] * 100 + [0.6] * 100
+    right = [True] * 200 + [True] * 95 + [False] * 5 + [True] * 50 + [False] * 50
+    probs, labels = _two_class(conf, right)
+    t = selective_threshold(probs, labels, 0.05, 0.9)
+    # answering the top 300 (5 errors) has a 90% Clopper-Pearson bound under 5%; the top 400 (55 errors) does not
+    assert risk_upper_bound(5, 300, 0.9) == pytest.approx(beta.ppf(0.9, 6, 295))
+    assert risk_upper_bound(5, 300, 0.9) <= 0.05 < risk_upper_bound(55, 400, 0.9)
+    assert t.min_confidence == pytest.approx(0.8)
+    assert t.coverage == pytest.approx(0.75)
+    assert t.risk == pytest.approx(5 / 300)
+    assert t.risk_bound <= 0.05
+    few = selective_threshold(*_two_class([0.9] * 20, [True] * 19 + [False]), 0.05, 0.9)
+    assert few.min_confidence == 1.0  # 1 error in 20: the bound (19%) is far above 5%, so only certain answers
+    with pytest.raises(ValueError, match="target risk"):
+        selective_threshold(probs, labels, 1.5)
+
+
+def test_abstention_thresholds_per_set_of_modalities_hold_their_risk_on_validation() -> None:
+    val = _two_modalities(2000, 3, scale=4.0)  # labels that are often near-certain, so a 5% risk is reachable
     params = fit_fusion(val, "entropy")
-    t = fit_abstention(val, params, 0.05)
-    probs, rows = fused_for(val, val.modalities, params)
-    answered = probs.max(1) >= t.min_confidence
-    assert answered.mean() == pytest.approx(t.coverage)
-    assert 1 - (probs.argmax(1) == val.labels[rows])[answered].mean() <= 0.05
-    assert 0 < t.coverage < 1
+    thresholds = fit_abstention(val, params, 0.05)
+    assert set(thresholds) == {"audio", "video", "audio+video"}
+    for sub, t in thresholds.items():
+        names = sub.split("+")
+        probs, rows = fused_for(val, names, params)
+        answered = probs.max(1) >= t.min_confidence
+        assert answered.mean() == pytest.approx(t.coverage), sub
+        if not answered.any():  # no threshold meets the bound: only certain answers, and there are none
+            assert t.min_confidence == 1.0, sub
+            continue
+        assert 1 - (probs.argmax(1) == val.labels[rows])[answered].mean() <= t.risk_bound <= 0.05, sub
+    # the noisier audio alone needs a higher threshold than both together, and answers less
+    assert thresholds["audio"].min_confidence > thresholds["audio+video"].min_confidence
+    assert thresholds["audio"].coverage < thresholds["audio+video"].coverage > 0.2
