@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 def report(message: str) -> None:
     """One line per check made, in the test's output (make compose-test runs pytest -s)."""
-    print(f"\n    [compose] {message}", end="", flush=True)
+    print(f"\n    [compose] {message}", flush=True)
 
 
 def _unavailable(reason: str) -> None:
@@ -116,6 +116,16 @@ def stack(engine: eng.Engine, ci_model: Path, tmp_path_factory: pytest.TempPathF
     added: list[Path] = []
     try:
         stack.compose("down", "--volumes", "--remove-orphans")  # whatever an interrupted run left
+        added = _bring_up(stack)
+        yield stack
+    finally:
+        _teardown(stack, engine, added)
+
+
+def _bring_up(stack: Stack) -> list[Path]:
+    """Build the images and start the stack; a failure says what the containers logged."""
+    added: list[Path] = []
+    try:
         added = _timed("wheelhouse", fill_wheelhouse)
         size = sum(p.stat().st_size for p in added) / 2**20
         report(f"wheelhouse: {len(added)} wheels ({size:.0f} MiB) downloaded on the host for Python 3.11 manylinux x86-64")
@@ -131,9 +141,15 @@ def stack(engine: eng.Engine, ci_model: Path, tmp_path_factory: pytest.TempPathF
         wait_for("nginx to answer", lambda: (r := get(f"{stack.http}/readyz")) is not None and r.status_code == 200)
         wait_for("Prometheus to be ready", lambda: (r := get(f"{stack.prometheus}/-/ready")) is not None and r.status_code == 200)
         report(f"stack up: {', '.join(name(c) for c in replicas)} healthy; nginx {stack.http}, Prometheus {stack.prometheus}")
-        yield stack
-    finally:
-        _teardown(stack, engine, added)
+        return added
+    except Exception as exc:
+        try:
+            logs = stack.compose("logs", "--no-color", "--tail", "40")
+        except RuntimeError as err:
+            logs = str(err)
+        for path in added:
+            path.unlink(missing_ok=True)
+        raise RuntimeError(f"{exc}\n--- docker-compose logs ---\n{logs}") from exc
 
 
 def _timed(what: str, step: Callable[[], T]) -> T:
