@@ -16,6 +16,25 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY_SIZES = {"train": 160, "val": 32, "test": 24}
+COMPOSE_TESTS = ROOT / "tests" / "deploy" / "compose"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--compose",
+        action="store_true",
+        help="run tests/deploy/compose: build the image and run the compose stack in a Docker engine (make compose-test)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The compose stack takes minutes and a Docker engine: `make compose-test` runs it, on its own."""
+    if config.getoption("--compose"):
+        return
+    compose = [item for item in items if COMPOSE_TESTS in item.path.parents]
+    if compose:
+        config.hook.pytest_deselected(items=compose)
+        items[:] = [item for item in items if COMPOSE_TESTS not in item.path.parents]
 
 
 @pytest.fixture(scope="session", autouse=True)

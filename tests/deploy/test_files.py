@@ -13,6 +13,7 @@ from service.settings import Settings
 from tests.conftest import ROOT
 
 DOCKERFILES = [ROOT / "docker/Dockerfile", ROOT / "docker/Dockerfile.train"]
+CI_DOCKERFILES = [ROOT / "docker/ci/nginx.Dockerfile", ROOT / "docker/ci/prometheus.Dockerfile"]
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
@@ -24,41 +25,61 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     ]
 
 
-@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def arg_defaults(ins: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(arg.split("=", 1) for op, arg in ins if op == "ARG" and "=" in arg)
+
+
+@pytest.mark.parametrize("path", DOCKERFILES + CI_DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_essentials(path: Path) -> None:
+    text = path.read_text()
     ins = instructions(path)
+    assert not text.startswith("# syntax="), "a syntax line makes BuildKit fetch a frontend from a registry"
+    defaults = arg_defaults(ins)
     stages = {arg.split()[-1] for op, arg in ins if op == "FROM" and " AS " in arg.upper()}
     for op, arg in ins:
         if op == "FROM":
             image = arg.split()[0]
-            if image.startswith("base-"):
-                assert image.removeprefix("base-") == "${VARIANT}" or image in stages
+            if image in stages:
                 continue
+            if image.startswith("${"):  # a build argument: its default is what users get
+                image = defaults[image.strip("${}")]
             assert ":" in image, f"{image} is not pinned by tag"
             assert not image.endswith(":latest"), image
+    if path in CI_DOCKERFILES:
+        return
     users = [arg for op, arg in ins if op == "USER"]
     assert users, "no USER"
-    assert users[-1] not in ("root", "0")
+    assert users[-1].split(":")[0] not in ("root", "0")
     runs = " ".join(arg for op, arg in ins if op == "RUN")
-    lock = "serve.txt" if path.name == "Dockerfile" else "train.txt"
-    assert f"-r requirements/{lock}" in runs  # the pins CI installs
-    assert "--no-deps ." in runs
     if path.name == "Dockerfile":
+        # the variant picks its lock: CUDA build of ONNX Runtime for gpu, CPU build for cpu
+        assert "gpu) lock=serve.txt" in runs
+        assert "cpu) lock=serve-cpu.txt" in runs
+        assert '-r "requirements/$lock"' in runs
+        assert "-r requirements/build.txt" in runs  # the pinned build backend
+        assert "--no-deps --wheel-dir" in runs
         assert any(op == "HEALTHCHECK" and "/readyz" in arg for op, arg in ins)
         assert "torch" not in (ROOT / "requirements/serve.txt").read_text()
+        assert defaults["BASE_IMAGE"].startswith("nvidia/cuda:")  # the default variant is gpu
+    else:
+        assert "-r requirements/train.txt" in runs
+        assert "--no-deps ." in runs
 
 
 def test_ci_installs_the_same_pins() -> None:
     assert "-r requirements/dev.txt" in (ROOT / "Makefile").read_text()
     pins = {}
-    for lock in ("serve", "train", "dev"):
+    for lock in ("serve", "serve-cpu", "train", "dev", "build"):
         pins[lock] = dict(
             line.split("==") for line in (ROOT / f"requirements/{lock}.txt").read_text().splitlines() if "==" in line
         )
     # the images' pins are exactly CI's
-    for lock in ("serve", "train"):
+    for lock in ("serve", "train", "build"):
         for name, version in pins[lock].items():
             assert pins["dev"].get(name) == version, (lock, name)
+    # the CPU image's: the same, with ONNX Runtime's CPU build of the same release
+    swapped = {("onnxruntime-gpu" if name == "onnxruntime" else name): v for name, v in pins["serve-cpu"].items()}
+    assert swapped == pins["serve"]
     # every dependency that pyproject declares is pinned, at a version it accepts
     import tomllib
 
@@ -83,6 +104,43 @@ def test_compose_gpu_reservation_and_pinned_images() -> None:
             assert re.match(r"^[\w./-]+:[\w.-]+$", svc["image"]), (name, svc["image"])
             assert not svc["image"].endswith(":latest")
     assert services["api"]["volumes"] == ["./models:/models:ro"]
+    for name in ("api", "api-cpu"):
+        svc = services[name]
+        assert svc["volumes"] == ["./models:/models:ro"]
+        assert svc["read_only"] is True
+        assert svc["tmpfs"] == ["/tmp"]  # the one writable place: uploads (MLA_TMP_DIR)
+        assert svc["cap_drop"] == ["ALL"]
+        assert "no-new-privileges:true" in svc["security_opt"]
+    assert services["api"]["build"]["args"]["VARIANT"] == "gpu"
+    cpu_args = services["api-cpu"]["build"]["args"]
+    assert cpu_args["VARIANT"] == "cpu"
+    assert re.match(r"^debian:\d+\.\d+-slim$", cpu_args["BASE_IMAGE"])  # Debian's Python, like CI's base
+
+
+def test_ci_override_changes_only_what_ci_cannot_pull() -> None:
+    """docker/ci/compose.ci.yml: local images for the official ones, an offline api build, the test's
+    model; nothing about how the services run."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    ci = yaml.safe_load((ROOT / "docker/ci/compose.ci.yml").read_text())["services"]
+    assert set(ci) == {"api-cpu", "lb", "prometheus"}
+    assert set(ci["api-cpu"]) == {"build", "image", "environment", "volumes"}
+    assert ci["api-cpu"]["build"]["args"] == {"BASE_IMAGE": "${MLA_CI_BASE_IMAGE}", "WHEELS_ONLY": "1"}
+    assert ci["api-cpu"]["volumes"] == ["${MLA_CI_MODELS}:/models:ro"]
+    assert set(ci["api-cpu"]["environment"]) == {"MLA_MODEL_DIR"}
+    for name in ("lb", "prometheus"):
+        assert set(ci[name]) == {"build", "image"}
+        assert ci[name]["build"]["context"] == "docker/ci"
+        assert (ROOT / "docker/ci" / ci[name]["build"]["dockerfile"]).is_file()
+    for name, svc in ci.items():
+        assert svc["image"].startswith("mla-ci/")  # never a tag a user builds or pulls
+        assert "image" in compose[name]
+
+
+def test_nginx_keeps_admin_private_and_resends_dropped_requests() -> None:
+    conf = (ROOT / "docker/nginx/nginx.conf").read_text()
+    assert re.search(r"location \^~ /admin \{\s*return 404", conf)
+    assert "proxy_request_buffering on;" in conf  # a dropped request can be sent again
+    assert re.search(r"proxy_next_upstream [^;]*\bnon_idempotent\b", conf)
 
 
 def test_env_example_names_real_settings() -> None:
