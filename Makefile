@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv system-deps check-deploy test lint typecheck pytest serve default-model bench-train bench-serve bench-accuracy clean
+.PHONY: venv system-deps check-deploy test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-accuracy clean
 
 # Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -15,12 +15,15 @@ $(STAMP): pyproject.toml requirements/dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# Programs the deployment tests run for real: Prometheus (and promtool), docker-compose.
+# Programs the tests run for real: Prometheus (and promtool), docker-compose, and Debian's Chromium
+# (with a font) that Playwright drives for the page's tests; Playwright downloads no browser.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v docker-compose >/dev/null; then \
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v docker-compose >/dev/null \
+	    || ! command -v chromium >/dev/null || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then \
 	  $(SUDO) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends prometheus docker-compose; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
+	    prometheus docker-compose chromium fonts-dejavu-core; \
 	fi
 
 venv: $(STAMP)
@@ -61,6 +64,13 @@ default-model: $(DEFAULT_MODEL)
 
 serve: venv $(DEFAULT_MODEL)
 	$(BIN)/mla serve --model models/default --host $(HOST) --port $(PORT)
+
+# The page's screenshots in docs/ (desktop and phone width): the default model served, the digit
+# spoken by espeak-ng and drawn on the page's pad. Rerun whenever the page or the default model changes.
+screenshots: venv system-deps $(DEFAULT_MODEL)
+	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends espeak-ng; }
+	$(BIN)/python -m tests.browser --model models/default --out docs
 
 # Method x modality-subset accuracy of mla, joint and unimodal on the demo data.
 bench-train: venv
