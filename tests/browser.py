@@ -78,7 +78,9 @@ def draw(page: Page, digit: str) -> None:
     """Open the pad and draw `digit` with the mouse."""
     if page.locator("#draw-panel").is_hidden():
         page.click("#draw-button")
-    box = page.locator("#pad").bounding_box()
+    pad = page.locator("#pad")
+    pad.scroll_into_view_if_needed()  # the mouse acts inside the viewport only
+    box = pad.bounding_box()
     assert box is not None
     for stroke in STROKES[digit]:
         x, y = stroke[0]
@@ -126,6 +128,8 @@ def screenshots(model: Path, out: Path, digit: str, audio: Path | None) -> list[
                 browser = launch(pw)
                 for name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
                     page = browser.new_page(viewport=viewport)  # type: ignore[arg-type]
+                    page.on("console", lambda m: log.info("console.%s: %s", m.type, m.text))
+                    page.on("pageerror", lambda e: log.error("page error: %s", e))
                     open_page(page, server.url)
                     page.set_input_files("#audio-file", str(clip))
                     draw(page, digit)

@@ -44,10 +44,10 @@ export function extensionOf(type) {
 
 /** Records a MediaStream until stop(); stop() resolves to the Blob and releases the stream's tracks. */
 export class Recording {
-  constructor(stream, candidates) {
+  constructor(stream, candidates, options = {}) {
     this.stream = stream;
     const type = pickType(candidates);
-    this.recorder = new MediaRecorder(stream, type ? { mimeType: type } : undefined);
+    this.recorder = new MediaRecorder(stream, type ? { ...options, mimeType: type } : options);
     this.chunks = [];
     this.startedAt = 0;
     this.recorder.ondataavailable = (e) => {
@@ -217,7 +217,8 @@ export function recordDigitClip(pad, target, seconds = 1, fps = 15) {
     ctx.drawImage(pad.canvas, box.x, box.y, box.w, box.h, (size - w) / 2 + shift, (size - h) / 2 + shift, w, h);
   };
   paint(0);
-  const recording = new Recording(target.captureStream(fps), CLIP_TYPES);
+  // A generous bit rate for a tiny picture: the strokes stay sharp from the first frame (about 10 kB a second).
+  const recording = new Recording(target.captureStream(fps), CLIP_TYPES, { videoBitsPerSecond: 1_000_000 });
   recording.start();
   const t0 = performance.now();
   // A timer, not requestAnimationFrame: the clip still completes if the tab is in the background.
