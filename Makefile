@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the service's closure only (no torch): what `make serve` needs
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model bench-train bench-serve bench-accuracy bench-robustness bench-calibration fuzz soak clean
+.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-accuracy bench-robustness bench-calibration bench-espeak fuzz soak clean
 
 # Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -25,15 +25,19 @@ $(SERVE_STAMP): pyproject.toml requirements/serve.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(SERVE_STAMP)
 
-# Programs the deployment tests run for real: Prometheus (and promtool), docker-compose, and for
-# the compose test a Docker engine (docker.io, iptables) and debootstrap (its base image).
+# Programs the tests run for real: Prometheus (and promtool), docker-compose; for the compose
+# test a Docker engine (docker.io, iptables) and debootstrap (its base image); Debian's Chromium
+# (with a font) that Playwright drives for the page's tests (Playwright downloads no browser);
+# espeak-ng, whose voices speak the digits the default model is tested on.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v docker-compose >/dev/null \
-	    || ! command -v dockerd >/dev/null || ! command -v iptables >/dev/null || ! command -v debootstrap >/dev/null; then \
+	    || ! command -v dockerd >/dev/null || ! command -v iptables >/dev/null || ! command -v debootstrap >/dev/null \
+	    || ! command -v chromium >/dev/null || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] \
+	    || ! command -v espeak-ng >/dev/null; then \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
-	    prometheus docker-compose docker.io iptables debootstrap; \
+	    prometheus docker-compose docker.io iptables debootstrap chromium fonts-dejavu-core espeak-ng; \
 	fi
 
 venv: $(STAMP)
@@ -103,6 +107,13 @@ default-model: $(DEFAULT_MODEL)
 
 serve: $(SERVE_STAMP) $(DEFAULT_MODEL)
 	$(BIN)/mla serve --model models/default --host $(HOST) --port $(PORT)
+
+# The page's screenshots in docs/ (desktop and phone width): the default model served, the digit
+# spoken by espeak-ng and drawn on the page's pad. Rerun whenever the page or the default model changes.
+screenshots: venv system-deps $(DEFAULT_MODEL)
+	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends espeak-ng; }
+	$(BIN)/python -m tests.browser --model models/default --out docs
 
 # Method x modality-subset accuracy of mla, joint and unimodal on the demo data.
 bench-train: venv

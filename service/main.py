@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from service.errors import install_handlers
 from service.log_config import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContext
 from service.model import ServedModel
+from service.page import install_page
 from service.routes import router
 from service.settings import Settings, get_settings
 
@@ -46,7 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await model.close()
             log.info("stopped")
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the app itself, not a CDN: they work offline.
+    app = FastAPIOffline(
         title="mla-serve",
         summary="Audio and/or video in, an uncertainty-fused prediction out (MLA).",
         version="0.1.0",
@@ -55,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.include_router(router)
+    install_page(app)
     install_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
