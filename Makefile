@@ -146,5 +146,9 @@ bench-robustness: venv
 bench-calibration: venv $(DEFAULT_MODEL)
 	$(BIN)/python -m benchmarks.avdigits.service_calibration
 
+# Real speech no one here recorded: digits spoken by espeak-ng, audio only, to the default model.
+bench-espeak: venv system-deps $(DEFAULT_MODEL)
+	$(BIN)/python -m benchmarks.espeak_digits
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
