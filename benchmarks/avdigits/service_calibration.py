@@ -53,7 +53,7 @@ async def send_all(url: str, rows: list[dict[str, str]], base: Path, concurrency
     return out
 
 
-def figures(answers: list[dict[str, Any]], labels: list[str], truth: np.ndarray) -> dict[str, float]:
+def figures(answers: list[dict[str, Any]], labels: list[str], truth: np.ndarray) -> dict[str, Any]:
     probs = np.array([[a["probabilities"][c] for c in labels] for a in answers])
     abstained = np.array([a["abstained"] for a in answers])
     correct = probs.argmax(1) == truth
@@ -62,7 +62,7 @@ def figures(answers: list[dict[str, Any]], labels: list[str], truth: np.ndarray)
         "accuracy": float(correct.mean()),
         **calibration.summary(probs, truth),
         "coverage": float((~abstained).mean()),
-        "risk_among_answered": float(1 - correct[~abstained].mean()) if (~abstained).any() else 0.0,
+        "risk_among_answered": float(1 - correct[~abstained].mean()) if (~abstained).any() else None,
     }
 
 
@@ -121,7 +121,7 @@ def main() -> None:
                 r["nll"],
                 r["brier"],
                 r["coverage"],
-                r["risk_among_answered"],
+                r["risk_among_answered"] if r["coverage"] > 0 else "none answered",
             ]
             for k, r in results.items()
         ],

@@ -1,4 +1,4 @@
-"""Chromium for the page's tests: one browser per session, a fresh context per test, cut off from the internet."""
+"""Chromium for the page's tests: one browser per test module, a fresh context per test, cut off from the internet."""
 
 from __future__ import annotations
 
@@ -33,8 +33,10 @@ def fake_mic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(fake_mic: Path) -> Iterator[Browser]:
+    # Per module, not per session: Playwright's sync API runs an event loop in this thread while it
+    # is open, and later tests that call asyncio.run (the decode-pool tests) need the thread free.
     with sync_playwright() as pw:
         b = launch(pw, fake_mic)
         yield b

@@ -67,7 +67,8 @@ def test_train_then_evaluate(tiny_demo: Path, tmp_path: Path, method: str) -> No
     for rule, res in report["by_fusion"].items():
         assert set(res["accuracy"]) == {"audio", "video", "audio+video"}, rule
     assert report["accuracy"] == report["by_fusion"][report["fusion"]]["accuracy"]
-    assert 0.0 <= report["abstention"]["coverage"] <= 1.0
+    assert set(report["abstention"]["by_subset"]) == {"audio", "video", "audio+video"}
+    assert all(0.0 <= t["coverage"] <= 1.0 for t in report["abstention"]["by_subset"].values())
     for plot in ("confusion", "reliability", "risk_coverage"):
         assert Path(report["plots"][plot]).is_file()
 

@@ -45,9 +45,14 @@ def test_torchrun_two_processes(tiny_demo: Path, tmp_path: Path, method: str) ->
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["world_size"] == 2
-    done = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
-    assert done["event"] == "done"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    done = next(r for r in reversed(rows) if r["event"] == "done")
     assert done["world_size"] == 2
     if method == "mla":
+        # --owm-alpha auto under DDP: every process runs the same search, and the kept run is one of it
+        assert rows[-1]["event"] == "alpha_search"
+        assert set(ckpt["owm_alpha_search"]) == {"1", "10", "100", "1000"}
         # both processes fold the same all-reduced feature into P every step
         assert ckpt["owm_updates"] == 2 * 2 * 3
+    else:
+        assert rows[-1] == done

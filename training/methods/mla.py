@@ -68,9 +68,11 @@ class MLATrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         head = self.model.head(self.modalities[0])
-        if self.cfg.owm_alpha is None:
+        alpha = self.cfg.owm_alpha
+        if alpha is None and self.cfg.owm_project:
             raise ValueError("MLATrainer needs a number for owm_alpha; 'auto' is resolved by training.train")
-        self.projector = HeadProjector(self.model.feature_dim, self.cfg.owm_alpha, head.weight.device)
+        # Without the projection (the ablation) P stays the identity and alpha is never used.
+        self.projector = HeadProjector(self.model.feature_dim, alpha or 1.0, head.weight.device)
         self.best_P = self.projector.P.clone()
         self._kept: list[float] = []  # ||G P|| / ||G|| of this epoch's steps
 
