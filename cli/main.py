@@ -184,7 +184,8 @@ def export_model(
     opset: Annotated[int, typer.Option(min=17, max=23)] = 18,
     data: Annotated[str | None, typer.Option(help="dataset for parity and calibration (default: the one trained on)")] = None,
     fusion: Annotated[
-        str | None, typer.Option(help="fusion rule to serve (default: the method's own: logit_sum for joint, else entropy)")
+        str | None,
+        typer.Option(help="fusion rule to serve (default: logit_sum for joint, else the robustness winner, loglinear)"),
     ] = None,
     verbose: bool = False,
 ) -> None:

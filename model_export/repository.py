@@ -97,8 +97,8 @@ def export_run(
 ) -> Path:
     """Export every modality of a run, prove parity, calibrate on validation, write the manifest; return the version folder.
 
-    `rule` is the fusion rule to serve (default: the method's own: logit_sum for joint,
-    entropy otherwise); its temperatures and abstention threshold are fitted here.
+    `rule` is the fusion rule to serve (default: logit_sum for joint, training.evaluate.SERVED_RULE
+    otherwise); its temperatures, weights and abstention thresholds are fitted here.
     """
     ckpt = load_checkpoint(run_dir)
     model = model_from_checkpoint(ckpt)

@@ -81,7 +81,8 @@ def tiny_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny run exported (fp32): MODEL_DIR/tiny/1."""
     from model_export.repository import export_run
 
-    return export_run(tiny_run, tmp_path_factory.mktemp("models"), name="tiny", version="1")
+    # The paper's per-sample entropy rule, whose weights the service tests follow sample by sample.
+    return export_run(tiny_run, tmp_path_factory.mktemp("models"), name="tiny", version="1", rule="entropy")
 
 
 @pytest.fixture(scope="session")

@@ -200,7 +200,7 @@ def fit_abstention(
 def calibrate_run(
     run_dir: Path, data: str | None = None, rule: str | None = None, target_risk: float = TARGET_RISK
 ) -> dict[str, Any]:
-    """The manifest's fusion section for a run: its rule (default: the method's own), fitted on validation.
+    """The manifest's fusion section for a run: its rule (default: `served_rule`), fitted on validation.
 
     Returns plain data (the schema lives in common.manifest): rule, weights, calibration
     (temperatures, fused temperatures, validation figures before and after) and abstention.
@@ -208,12 +208,12 @@ def calibrate_run(
     from training.checkpoint import load_checkpoint, model_from_checkpoint
     from training.data.dataset import build_dataset, make_loader
     from training.data.specs import parse_spec
-    from training.evaluate import own_rule, predict, score
+    from training.evaluate import predict, score, served_rule
 
     ckpt = load_checkpoint(run_dir)
     model = model_from_checkpoint(ckpt)
     data = data or ckpt["data"]
-    rule = rule or own_rule(ckpt["method"])
+    rule = rule or served_rule(ckpt["method"])
     if rule not in RULES:
         raise ValueError(f"unknown fusion rule {rule!r}; choose from {', '.join(RULES)}")
     loader = make_loader(build_dataset(parse_spec(data), "val", model.cfg), 128, False, 0)

@@ -30,6 +30,7 @@ from benchmarks.live import start, stop
 from benchmarks.report import markdown_table, write
 from common import calibration
 from common.manifest import load_manifest
+from service.model import resolve_version_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 SENDS = {"audio+video": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
@@ -75,8 +76,7 @@ def main() -> None:
     manifest_csv = dataset()
     with manifest_csv.open() as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == args.split]
-    version_dir = args.model if (args.model / "manifest.json").is_file() else max(args.model.iterdir())
-    manifest = load_manifest(version_dir)
+    manifest = load_manifest(resolve_version_dir(args.model, None))  # the version `mla serve` will serve
     labels = manifest.labels
     truth = np.array([labels.index(r["label"]) for r in rows])
     with tempfile.TemporaryDirectory() as tmp:
