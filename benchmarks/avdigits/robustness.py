@@ -286,9 +286,9 @@ def plot(results: dict[str, Any], out: Path) -> None:
             ys += [next(iter(lvl.values()))["accuracy"] for lvl in ref["test"][c.name]]
             axes[0][j].plot(x, ys, linestyle="--", color="grey" if name == "joint" else "black", label=name)
         axes[0][j].set_title(c.name, fontsize=9)
-        axes[1][j].set_xticks(x, ["clean", *(f"{s:g}" for s in c.severities)], fontsize=7, rotation=45)
         axes[1][j].set_xlabel(c.unit, fontsize=8)
         for i in range(2):
+            axes[i][j].set_xticks(x, ["clean", *(f"{s:g}" for s in c.severities)], fontsize=7, rotation=45)
             axes[i][j].grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (audio+video)")
     axes[1][0].set_ylabel("fused ECE")
