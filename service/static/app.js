@@ -278,6 +278,8 @@ function send(event) {
   if (audio) form.append("audio", audio.blob, audio.name);
   if (video) form.append("video", video.blob, video.name);
   if ($("use-video-audio").checked && video && !audio) form.append("use_video_audio", "true");
+  const threshold = $("min-confidence").value.trim();
+  if (threshold) form.append("min_confidence", threshold); // the service checks it and words any error
 
   const xhr = new XMLHttpRequest(); // not fetch: it reports upload progress
   state.xhr = xhr;

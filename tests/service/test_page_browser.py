@@ -222,6 +222,23 @@ def test_phone_width(page: Page, server: Server, clean_train_row: dict[str, str]
         assert box["height"] >= 44, f"{button} is too small to tap"
 
 
+def test_min_confidence_is_sent_and_the_answer_says_abstained(
+    page: Page, server: Server, clean_train_row: dict[str, str], labels: list[str]
+) -> None:
+    """The threshold field goes to the real service: 1 makes it abstain (unless it is certain), 0 never."""
+    open_page(page, server.url)
+    page.set_input_files("#audio-file", clean_train_row["audio"])
+    page.fill("#min-confidence", "1")
+    body = send_and_wait(page)
+    assert body["min_confidence"] == 1.0
+    shown = check_rendered(page, body, labels)
+    assert shown["abstained"].startswith("Abstained" if body["confidence"] < 1.0 else "Answered")
+    page.fill("#min-confidence", "0")
+    body = send_and_wait(page)
+    assert body["min_confidence"] == 0.0
+    assert check_rendered(page, body, labels)["abstained"].startswith("Answered")
+
+
 def test_new_fields_render_and_abstention_shows(
     page: Page, server: Server, clean_train_row: dict[str, str], labels: list[str]
 ) -> None:
