@@ -144,6 +144,12 @@ async def models(model: ModelDep, settings: SettingsDep) -> dict[str, Any]:
     return {
         **model.manifest.public(),
         "providers": {m: rt.provider for m, rt in model.runtimes.items()},
+        # Session calls only ever have these batch sizes, each run once before ready.
+        "batching": {
+            m: {"buckets": list(rt.batcher.buckets), "fill": rt.batcher.fill, "warmed": sorted(rt.batcher.warmed)}
+            for m, rt in model.runtimes.items()
+            if rt.batcher is not None
+        },
         "limits": {
             "max_upload_bytes": settings.max_upload_bytes,
             "max_audio_seconds": settings.max_audio_seconds,
