@@ -6,8 +6,9 @@ the centres of N equal segments of the clip, by presentation order. Then one of 
 decodes them:
 
 - **seek** (the default): for each wanted frame, start decoding at the last key frame at or
-  before its timestamp and decode forward only until it comes out; a wanted frame in the GOP
-  already being decoded continues from there. The packets come from the index, not from a
+  before its timestamp and decode forward only until it comes out, skipping the frames on the
+  way that no other frame refers to (most B-frames); a wanted frame in the GOP already being
+  decoded continues from there. The packets come from the index, not from a
   container seek, so a container without an index (MPEG-TS, MPEG-PS, a Matroska file without
   cues) seeks as well as an MP4, and a seek can never land anywhere but on the key frame chosen.
   Cost: demuxing the whole file (cheap) plus at most one GOP per wanted frame.
@@ -216,6 +217,7 @@ def seek(
     key_stamps, key_positions = starts
     stats = stats if stats is not None else SampleStats()
     targets = [order[int(i)] for i in picks]
+    wanted = set(targets)
     kept: dict[int, np.ndarray] = {}
     ready: deque[av.VideoFrame] = deque()  # decoded, not yet looked at (presentation order)
     sent = -1  # packets[:sent] went to the decoder; -1: nothing yet
@@ -238,9 +240,13 @@ def seek(
                     if drained:
                         return None  # the wanted frame never came out: let the scan decide
                     if sent < len(packets):
+                        # On the way to a wanted frame, frames that nothing refers to (most B-frames)
+                        # need no decoding: the reference frames decode the same without them.
+                        ctx.skip_frame = "DEFAULT" if index.pts[sent] in wanted else "NONREF"
                         ready.extend(ctx.decode(packets[sent]))
                         sent += 1
                     else:
+                        ctx.skip_frame = "DEFAULT"
                         ready.extend(ctx.decode(None))
                         drained = True
                     continue
