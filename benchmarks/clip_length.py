@@ -203,10 +203,10 @@ def main() -> None:
         )
         + "\n\n60 s / 5 s cost with seeking (goal: at most 2):\n\n"
         + "\n".join(f"- {k}: {v:.2f}" for k, v in ratios.items())
-        + f"\n\nWhy: a sampled frame costs decoding from its key frame, on average half a GOP; a 5 s clip's "
-        "frames share GOPs, a 60 s clip's each need their own. The 60 s / 5 s ratio is therefore about "
-        "(frames x GOP / 2) / (frames decoded in 5 s), whatever the code: it meets 2 only where the model takes few frames "
-        "and the GOP is short.\n\n"
+        + "\n\nWhy: a sampled frame costs decoding the reference frames from its key frame to it, on average "
+        "those of half a GOP; a 5 s clip's sampled frames share GOPs, a 60 s clip's each need their own. The 60 s / 5 s "
+        "ratio therefore grows with frames x GOP, whatever the code: it stays near 2 or below only where the model takes "
+        "few frames and the GOP is short.\n\n"
         f"Wav, 44.1 kHz stereo, to one 1 s window at 16 kHz: 5 s file {wavs[0]['s'] * 1000:.2f} ms, "
         f"60 s file {wavs[1]['s'] * 1000:.2f} ms, ratio {wav_ratio:.2f}.\n\n"
         f"Load average while measuring: {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}.\n"
