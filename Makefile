@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the service's closure only (no torch): what `make serve` needs
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-accuracy bench-robustness bench-calibration bench-espeak fuzz soak clean
+.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak fuzz soak clean
 
 # Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -119,9 +119,17 @@ screenshots: venv system-deps $(DEFAULT_MODEL)
 bench-train: venv
 	$(BIN)/python -m benchmarks.train_demo
 
-# The service under load against a naive torch server and raw ONNX Runtime.
+# The service under load against a naive torch server: req/s, latency, first minute against steady
+# state, and the server's CPU per request over the in-process cost of the same work. Load from wrk (C).
 bench-serve: venv $(DEFAULT_MODEL)
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends wrk; }
 	$(BIN)/python -m benchmarks.serve_load
+	$(BIN)/python -m benchmarks.readme
+
+# Video decoding cost against clip length (5 to 60 s, 480p and 1080p H.264), key-frame seeking against the scan.
+bench-clips: venv
+	$(BIN)/python -m benchmarks.clip_length
+	$(BIN)/python -m benchmarks.readme
 
 # Hostile and mutated uploads plus schemathesis against a live server (about 5 minutes; CI runs
 # a short form in tests/benchmarks/test_fuzz.py). Fails on any answer >= 500 but 503, a hang,

@@ -7,6 +7,7 @@ same FastAPI shape, decoding in the request, one request at a time, no batching.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -61,5 +62,5 @@ def build(run_dir: Path) -> FastAPI:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("NAIVE_TORCH_THREADS", "1")))
     uvicorn.run(build(Path(sys.argv[1])), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")

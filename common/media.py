@@ -8,46 +8,57 @@ Any file, hostile ones included, costs bounded memory and time: the container mu
 of the accepted demuxers (FFmpeg's own `format_whitelist`, so no other demuxer, such as
 HLS, ever opens a file a playlist names), probing is capped, and the declared sample rate,
 channel count, stream count, frame size and duration are checked before anything is
-decoded. Audio stops decoding once the clip is full; video keeps only the sampled frames,
-each converted at the target size as it is decoded.
+decoded. Audio stops decoding once the clip is full; video decodes only as far as the
+sampled frames need, by seeking to the key frame before each (common/frames.py), and converts
+only the frames it keeps, at the target size.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
 import av.error
 import numpy as np
+from av.video.codeccontext import VideoCodecContext
+
+from common.frames import Converter, SampleStats, decoded_frames, index_packets, memory_error, scan, seek, uniform_indices
+from common.media_types import (
+    NO_LIMITS,
+    AudioSpec,
+    DecodeError,
+    Limits,
+    MediaError,
+    MediaLimitError,
+    MissingStreamError,
+    StillImageError,
+    UnsupportedFormatError,
+    VideoSpec,
+)
+
+__all__ = [
+    "IMAGE_FORMATS",
+    "MEDIA_FORMATS",
+    "NO_LIMITS",
+    "AudioSpec",
+    "DecodeError",
+    "Limits",
+    "MediaError",
+    "MediaLimitError",
+    "MissingStreamError",
+    "StillImageError",
+    "UnsupportedFormatError",
+    "VideoSpec",
+    "decode_audio",
+    "fit_length",
+    "load_audio",
+    "load_video",
+    "uniform_indices",
+]
 
 log = logging.getLogger(__name__)
-
-
-class MediaError(Exception):
-    """A file that cannot be turned into model input."""
-
-
-class DecodeError(MediaError):
-    """The container or stream is corrupt, truncated, not media at all, or has no decoder here."""
-
-
-class MissingStreamError(MediaError):
-    """The file decodes but has no stream of the kind asked for (no audio track, say)."""
-
-
-class MediaLimitError(MediaError):
-    """The file is longer, larger, has more frames or needs more memory than the configured limit."""
-
-
-class UnsupportedFormatError(MediaError):
-    """The container is not one that is accepted."""
-
-
-class StillImageError(MediaError):
-    """A still image where audio or video was expected."""
 
 
 # FFmpeg demuxer names accepted by default: the usual audio and audio-visual containers.
@@ -76,44 +87,6 @@ IMAGE_FORMATS = frozenset({"image2", "gif", "apng", "webp", "ico"})  # and every
 PROBE_BYTES = 5_000_000
 PROBE_MICROSECONDS = 5_000_000
 MAX_SAMPLES_PER_FRAME = 1 << 20  # one decoded audio frame; FFmpeg's own `max_samples` check
-
-
-@dataclass(frozen=True)
-class AudioSpec:
-    """How a waveform is prepared: resampled to `sample_rate`, padded/cropped to `samples`."""
-
-    sample_rate: int
-    samples: int
-
-
-@dataclass(frozen=True)
-class VideoSpec:
-    """How a clip is prepared: `frames` frames sampled uniformly, resized to height x width."""
-
-    frames: int
-    height: int
-    width: int
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds checked before and while decoding.
-
-    The first four are the caller's (None: unbounded); the sanity bounds below them hold for
-    every file, in training too: no real recording has a rate, channel or stream count past them.
-    """
-
-    max_seconds: float | None = None
-    max_pixels: int | None = None
-    max_frames: int | None = None
-    min_frames: int = 1
-    min_sample_rate: int = 1_000
-    max_sample_rate: int = 384_000
-    max_channels: int = 32
-    max_streams: int = 32
-
-
-NO_LIMITS = Limits()
 
 
 def _names(formats: frozenset[str]) -> list[str]:
@@ -189,10 +162,6 @@ def _check_audio_format(name: str, rate: int, channels: int, limits: Limits) -> 
         raise DecodeError(f"{name}: {channels} audio channels; 1..{limits.max_channels} are accepted")
 
 
-def _memory_error(name: str) -> MediaLimitError:
-    return MediaLimitError(f"{name} needs more memory to decode than the limit allows")
-
-
 def _resampled(name: str, frames: Iterator[av.AudioFrame], sample_rate: int, limits: Limits) -> Iterator[np.ndarray]:
     """Mono float32 chunks at `sample_rate`; a frame whose format, layout or rate differs from
     the last one's (real mp3 and ADTS streams do this) gets a new resampler, after the old is flushed."""
@@ -252,7 +221,7 @@ def decode_audio(
                 if max_samples is not None and total > max_samples:
                     raise MediaLimitError(f"{name} is longer than the limit of {limits.max_seconds:g} s")
         except MemoryError as exc:  # av.error.MemoryError too: FFmpeg's ENOMEM under the worker's ceiling
-            raise _memory_error(name) from exc
+            raise memory_error(name) from exc
         except av.error.FFmpegError as exc:
             if total == 0:
                 raise DecodeError(f"{name}: corrupt audio ({exc.strerror or exc})") from exc
@@ -280,104 +249,66 @@ def load_audio(
     return fit_length(decode_audio(path, spec.sample_rate, limits, formats, keep=spec.samples), spec.samples)
 
 
-def uniform_indices(available: int, wanted: int) -> np.ndarray:
-    """Indices of `wanted` frames spread evenly over `available` (centre of each segment)."""
-    return ((np.arange(wanted) + 0.5) * available / wanted).astype(np.int64).clip(0, available - 1)
-
-
-def _count_frames(name: str, container: av.container.InputContainer, stream: av.stream.Stream, limits: Limits) -> int:
-    """Frames in the stream, by demuxing without decoding (cheap): a demuxed video packet holds
-    one frame. Refuses a clip over `max_frames` before a single frame is decoded."""
-    count = 0
-    try:
-        for packet in container.demux(stream):
-            if packet.size and not packet.is_discard:
-                count += 1
-                if limits.max_frames is not None and count > limits.max_frames:
-                    raise MediaLimitError(f"{name} has more than {limits.max_frames} frames")
-    except av.error.FFmpegError as exc:
-        if count == 0:
-            raise DecodeError(f"{name}: corrupt video ({exc.strerror or exc})") from exc
-        log.warning("%s: video stream ends early (%s); counting %d frames", name, exc, count)
-    return count
-
-
-def _sampled_frames(
-    name: str, frames: Iterator[av.VideoFrame], picks: np.ndarray, spec: VideoSpec, limits: Limits
-) -> tuple[list[np.ndarray], int]:
-    """Convert the frames at `picks` (sorted, repeats allowed) as they are decoded; keep nothing else.
-
-    Returns the converted frames and how many frames decoded. Decoding stops after the last
-    pick. (Seeking to the key frame before each pick would replace this loop, not its callers.)
-    """
-    out: list[np.ndarray] = []
-    last: av.VideoFrame | None = None
-    decoded = 0
-    try:
-        for frame in frames:
-            if limits.max_pixels is not None and frame.width * frame.height > limits.max_pixels:
-                raise MediaLimitError(f"{name} has a frame larger than {limits.max_pixels} pixels")
-            while len(out) < len(picks) and picks[len(out)] == decoded:
-                out.append(frame.to_ndarray(format="rgb24", width=spec.width, height=spec.height))
-            last, decoded = frame, decoded + 1
-            if len(out) == len(picks):
-                break
-    except MemoryError as exc:
-        raise _memory_error(name) from exc
-    except av.error.ArgumentError as exc:
-        if limits.max_pixels is None:
-            raise DecodeError(f"{name}: corrupt video ({exc.strerror or exc})") from exc
-        # EINVAL from FFmpeg's own max_pixels check: a frame larger than the header said
-        raise MediaLimitError(f"{name} has a frame larger than {limits.max_pixels} pixels") from exc
-    except av.error.FFmpegError as exc:
-        if last is None:
-            raise DecodeError(f"{name}: corrupt video ({exc.strerror or exc})") from exc
-        # A damaged tail still leaves usable frames: the picks past it take the last good frame.
-        log.warning("%s: video stream ends early (%s) after %d frames", name, exc, decoded)
-    except ValueError as exc:
-        raise DecodeError(f"{name}: corrupt video ({exc})") from exc
-    if last is not None and len(out) < len(picks):
-        tail = last.to_ndarray(format="rgb24", width=spec.width, height=spec.height)
-        out.extend(tail for _ in range(len(picks) - len(out)))
-    return out, decoded
-
-
 def load_video(
     path: str | Path,
     spec: VideoSpec,
     limits: Limits = NO_LIMITS,
     formats: frozenset[str] | None = None,
     threads: int = 0,
+    method: str = "seek",
+    stats: SampleStats | None = None,
 ) -> np.ndarray:
     """Decode the first video track: uint8 RGB frames [spec.frames, height, width, 3].
 
-    One demuxing pass counts the frames (no decoding), then a decoding pass converts only
-    the sampled ones, at the target size, as they come (conversion costs more than decoding:
-    PERF-NOTES.md). `threads`: FFmpeg decoding threads, 0 for its choice (one per core).
+    One demuxing pass indexes the packets (no decoding), then only the sampled frames are
+    decoded and converted, at the target size (common/frames.py). `method`: "seek" (start at
+    the key frame before each sampled frame, falling back to the scan where the stream's
+    timestamps cannot place them) or "scan" (decode from the start). `threads`: FFmpeg
+    decoding threads, 0 for its choice (one per core).
     """
+    if method not in ("seek", "scan"):
+        raise ValueError(f"method must be 'seek' or 'scan', not {method!r}")
     name = Path(path).name
+    convert = Converter(spec)
+    needed = max(1, limits.min_frames)
     with _open(path, formats, limits) as container:
         if not container.streams.video:
             raise MissingStreamError(f"{name} has no video track")
         stream = container.streams.video[0]
-        if stream.codec_context is None:
+        ctx = stream.codec_context
+        if ctx is None:
             raise _no_decoder(name, "video")
-        width, height = stream.codec_context.width, stream.codec_context.height
+        width, height = ctx.width, ctx.height
         if limits.max_pixels is not None and width * height > limits.max_pixels:
             raise MediaLimitError(f"{name} is {width}x{height}, more than {limits.max_pixels} pixels per frame")
         _check_declared_duration(name, container, stream, limits)
-        available = _count_frames(name, container, stream, limits)
-    needed = max(1, limits.min_frames)
-    if available < needed:
-        raise DecodeError(f"{name}: {available} video frame(s) decoded, at least {needed} needed")
-    picks = uniform_indices(available, spec.frames)
+        index = index_packets(name, container, stream, limits)
+        if index.count < needed:
+            raise DecodeError(f"{name}: {index.count} video frame(s) decoded, at least {needed} needed")
+        picks = uniform_indices(index.count, spec.frames)
+        _setup_decoder(ctx, threads, limits)
+        stats = stats if stats is not None else SampleStats()
+        frames = seek(name, ctx, index, picks, convert, limits, stats) if method == "seek" else None
+        if frames is not None:
+            return np.stack(frames)
+        if index.packets is not None and not stats.touched:  # a fresh decoder and every packet at hand
+            frames, decoded = scan(name, decoded_frames(ctx, index.packets), picks, convert, limits, stats)
+            return _checked(name, frames, decoded, needed)
+    # Scan from a fresh decoder, demuxing again: the index held too much, or seeking gave up midway.
     with _open(path, formats, limits) as container:
         stream = container.streams.video[0]
-        ctx = stream.codec_context
-        ctx.thread_type, ctx.thread_count = "AUTO", threads
-        if limits.max_pixels is not None:
-            ctx.options = {"max_pixels": str(limits.max_pixels)}  # FFmpeg's own check, on every frame it allocates
-        frames, decoded = _sampled_frames(name, container.decode(stream), picks, spec, limits)
+        _setup_decoder(stream.codec_context, threads, limits)
+        frames, decoded = scan(name, container.decode(stream), picks, convert, limits, stats)
+    return _checked(name, frames, decoded, needed)
+
+
+def _setup_decoder(ctx: VideoCodecContext, threads: int, limits: Limits) -> None:
+    ctx.thread_type, ctx.thread_count = "AUTO", threads
+    if limits.max_pixels is not None:
+        ctx.options = {"max_pixels": str(limits.max_pixels)}  # FFmpeg's own check, on every frame it allocates
+
+
+def _checked(name: str, frames: list[np.ndarray], decoded: int, needed: int) -> np.ndarray:
     if decoded < needed:
         raise DecodeError(f"{name}: {decoded} video frame(s) decoded, at least {needed} needed")
     return np.stack(frames)

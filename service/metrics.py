@@ -28,7 +28,14 @@ class Metrics:
             "mla_inference_seconds", "ONNX Runtime time per batch", ["modality", "provider"], buckets=FAST_BUCKETS, registry=r
         )
         self.batch_size = Histogram(
-            "mla_batch_size", "Inputs per ONNX Runtime call", ["modality"], buckets=BATCH_BUCKETS, registry=r
+            "mla_batch_size",
+            "Inputs per ONNX Runtime call (padding rows not counted)",
+            ["modality"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.padded_rows = Counter(
+            "mla_batch_padded_rows_total", "Zero rows added to fill a batch up to its bucket size", ["modality"], registry=r
         )
         self.queue_length = Gauge("mla_queue_length", "Inputs waiting for a batch", ["modality"], registry=r)
         self.subsets = Counter("mla_modality_subset_total", "Predictions by the set of modalities sent", ["subset"], registry=r)

@@ -98,6 +98,10 @@ def make_session(path: Path, settings: Settings) -> tuple[str, Callable[[np.ndar
     return provider, run
 
 
+def _ms(seconds: dict[int, float]) -> dict[int, float]:
+    return {k: round(v * 1000, 1) for k, v in seconds.items()}
+
+
 class ServedModel:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
@@ -154,20 +158,22 @@ class ServedModel:
         )
 
     async def start(self) -> None:
-        """Start the batchers and warm everything up; ready afterwards."""
+        """Start the batchers and the decode workers, and run every batch size once; ready afterwards."""
         s = self.settings
-        for m, rt in self.runtimes.items():
-            rt.batcher = MicroBatcher(
-                m, rt.run, self.metrics, rt.provider, s.max_batch_size, s.max_queue_delay_ms / 1000, s.max_queue_length
-            )
-            rt.batcher.start()
-        loop = asyncio.get_running_loop()
         assert self.decoder is not None
+        for m, rt in self.runtimes.items():
+            fill = s.batch_fill
+            if fill == "auto":  # on a GPU a padded batch costs about what the real rows do; on a CPU every row costs
+                fill = "pad" if rt.provider == "CUDAExecutionProvider" else "split"
+            rt.batcher = MicroBatcher(
+                m, rt.run, self.metrics, rt.provider, s.max_batch_size, s.max_queue_delay_ms / 1000, s.max_queue_length, fill
+            )
         await self.decoder.start()  # each worker imports its decoders before it says it is ready
-        for rt in self.runtimes.values():
-            blank = np.zeros([int(d) for d in rt.entry.input.shape[1:]], dtype=rt.entry.input.dtype)
-            for batch in {1, min(self.settings.max_batch_size, 8)}:
-                await loop.run_in_executor(None, rt.run, np.stack([blank] * batch))
+        for m, rt in self.runtimes.items():
+            assert rt.batcher is not None
+            await rt.batcher.warm(tuple(int(d) for d in rt.entry.input.shape[1:]), np.dtype(rt.entry.input.dtype))
+            log.info("%s: batch sizes %s warmed (first call, ms: %s)", m, list(rt.batcher.warmed), _ms(rt.batcher.warmed))
+            rt.batcher.start()
         self.warm = True
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic_core import to_json
 
 from service import uploads
 from service.errors import Forbidden, InvalidMedia, InvalidRequest, NotFound, NotReady, Overloaded, Unauthorized
@@ -20,20 +21,22 @@ from service.settings import Settings
 from service.workers import DecodePool
 
 router = APIRouter()
+# Every dependency is `async def`: FastAPI runs a plain `def` dependency on a worker thread, a
+# thread hop per dependency per request, where these only read attributes.
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
 
 
-def get_model(request: Request) -> ServedModel:
+async def get_model(request: Request) -> ServedModel:
     model: ServedModel = request.app.state.model
     return model
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_decoder(model: Annotated[ServedModel, Depends(get_model)]) -> DecodePool:
+async def get_decoder(model: Annotated[ServedModel, Depends(get_model)]) -> DecodePool:
     if model.decoder is None:
         raise NotReady("the decode workers are not started yet; retry shortly")
     return model.decoder
@@ -44,7 +47,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
+async def require_api_key(request: Request, settings: SettingsDep) -> None:
     if settings.api_key is None:
         return
     given = request.headers.get("x-api-key") or ""
@@ -55,7 +58,7 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
         raise Unauthorized("a valid API key is required (X-API-Key or Authorization: Bearer)")
 
 
-def require_admin_key(request: Request, settings: SettingsDep) -> None:
+async def require_admin_key(request: Request, settings: SettingsDep) -> None:
     """Operator routes: off unless MLA_ADMIN_KEY is set (it has no default), then only with that key."""
     if settings.admin_key is None:
         raise Forbidden("the admin routes are off; set MLA_ADMIN_KEY to use them")
@@ -64,14 +67,14 @@ def require_admin_key(request: Request, settings: SettingsDep) -> None:
         raise Unauthorized("a valid admin key is required (X-Admin-Key)")
 
 
-def warm_model(model: ModelDep) -> ServedModel:
+async def warm_model(model: ModelDep) -> ServedModel:
     """Predictions need the sessions warmed up; a draining replica still answers them."""
     if not model.warm:
         raise NotReady("the model is still loading; retry shortly")
     return model
 
 
-def ready_model(model: ModelDep) -> ServedModel:
+async def ready_model(model: ModelDep) -> ServedModel:
     if not model.ready:
         if model.draining:
             raise NotReady("draining: taken out of rotation")
@@ -106,7 +109,7 @@ def _min_confidence(value: str | None) -> float | None:
     dependencies=[Depends(require_api_key)],
     summary="Predict from an audio file, a video file, or both, fused per sample by uncertainty",
 )
-async def predict(request: Request, model: WarmModel, decoder: DecoderDep, settings: SettingsDep) -> dict[str, Any]:
+async def predict(request: Request, model: WarmModel, decoder: DecoderDep, settings: SettingsDep) -> Response:
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="req-", dir=settings.tmp_dir))
     try:
@@ -131,7 +134,10 @@ async def predict(request: Request, model: WarmModel, decoder: DecoderDep, setti
             model.check_modalities(set(files))
             inputs = await model.preprocess(files, decoder)
             logits = await model.predict(inputs)
-            return model.postprocess(logits, min_confidence)
+            # Serialised here, by pydantic-core: the answer is built by postprocess in the shape of
+            # PredictResponse (the OpenAPI schema; the end-to-end tests and schemathesis check answers against it), so
+            # validating it again on every request would only cost time.
+            return Response(to_json(model.postprocess(logits, min_confidence)), media_type="application/json")
     except TimeoutError:
         raise Overloaded(f"the request took longer than {settings.request_timeout_seconds:g} s") from None
     finally:
@@ -144,6 +150,12 @@ async def models(model: ModelDep, settings: SettingsDep) -> dict[str, Any]:
     return {
         **model.manifest.public(),
         "providers": {m: rt.provider for m, rt in model.runtimes.items()},
+        # Session calls only ever have these batch sizes, each run once before ready.
+        "batching": {
+            m: {"buckets": list(rt.batcher.buckets), "fill": rt.batcher.fill, "warmed": sorted(rt.batcher.warmed)}
+            for m, rt in model.runtimes.items()
+            if rt.batcher is not None
+        },
         "limits": {
             "max_upload_bytes": settings.max_upload_bytes,
             "max_audio_seconds": settings.max_audio_seconds,

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     # 0: a batch runs at once; under load, the requests that arrive while one call runs form the next batch
     max_queue_delay_ms: float = Field(0.0, ge=0, description="extra wait to grow a batch")
     max_queue_length: int = Field(256, ge=1)
+    # Every session call has a bucket size (1, 2, 4, ... max_batch_size), all warmed before ready.
+    batch_fill: Literal["auto", "pad", "split"] = Field(
+        "auto",
+        description="a batch between bucket sizes: pad (zero rows up to the next), split (the largest it fills), "
+        "auto (pad on CUDA, split on CPU)",
+    )
     request_timeout_seconds: float = Field(30.0, gt=0)
     # access and logging
     api_key: SecretStr | None = Field(None, description="when set, /v1 routes need X-API-Key or Authorization: Bearer")

@@ -22,13 +22,16 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
+import struct
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from common.media import DecodeError, MediaLimitError
@@ -158,12 +161,13 @@ class DecodePool:
                 self._release(fut.result())  # handed over just as the caller gave up: pass it on
             raise
         finally:
-            with contextlib.suppress(ValueError):
+            # Only when still in line: a miss in deque.remove formats repr(fut), the worker's
+            # repr with it, and that asks the OS for the process's status, on every request.
+            if fut in self.waiters:
                 self.waiters.remove(fut)
             self._gauges()
 
     async def _execute(self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        loop = asyncio.get_running_loop()
         worker.busy, worker.jobs = True, worker.jobs + 1
         self._gauges()
         try:
@@ -173,9 +177,8 @@ class DecodePool:
             self._retire(worker, "died")
             raise Overloaded("a decode worker was lost; retry") from None
         try:
-            reply = loop.run_in_executor(self.threads, worker.conn.recv)
             async with asyncio.timeout(self.job_seconds):
-                status, value = await reply
+                status, value = await _receive(worker.conn)
         except TimeoutError:
             self._retire(worker, "timeout")
             raise MediaLimitError(f"decoding took longer than {self.job_seconds:g} s") from None
@@ -218,6 +221,9 @@ class DecodePool:
         return worker
 
     def _add(self, worker: _Worker) -> None:
+        # Replies are read on the event loop as they arrive (_receive); sends are a few hundred
+        # bytes, far below the socket's buffer, so they never wait either.
+        os.set_blocking(worker.conn.fileno(), False)
         self.live.add(worker)
         # The process's sentinel becomes readable when it exits: an idle worker's death is seen at once.
         asyncio.get_running_loop().add_reader(worker.process.sentinel, self._on_exit, worker)
@@ -284,6 +290,57 @@ class DecodePool:
 
     def pids(self) -> list[int]:
         return sorted(w.pid for w in self.live)
+
+
+async def _receive(conn: Connection) -> Any:
+    """The next message on `conn`, read on the event loop as its bytes arrive: no thread per reply.
+
+    The framing is multiprocessing's own (Connection.send on the worker's side): a signed 32-bit
+    big-endian length (-1, then an unsigned 64-bit one, past 2 GiB), then the pickle. EOFError
+    when the worker's end closes (it died), as Connection.recv would raise.
+    """
+    loop = asyncio.get_running_loop()
+    fd = conn.fileno()
+    done: asyncio.Future[bytes] = loop.create_future()
+    buf = bytearray()
+    need, header = 4, True  # bytes wanted in buf; still reading the length
+
+    def readable() -> None:
+        nonlocal need, header
+        try:
+            while True:
+                if len(buf) == need:
+                    if not header:
+                        break
+                    if need == 4 and struct.unpack("!i", buf)[0] == -1:
+                        need = 12  # a 64-bit length follows
+                        continue
+                    size = struct.unpack("!i", buf)[0] if need == 4 else struct.unpack("!Q", buf[4:])[0]
+                    buf.clear()
+                    need, header = size, False
+                    continue
+                chunk = os.read(fd, need - len(buf))  # never past this message
+                if not chunk:
+                    raise EOFError("the decode worker closed its end")
+                buf.extend(chunk)
+        except BlockingIOError:
+            return  # the rest has not arrived yet: called again when it has
+        except (EOFError, OSError) as exc:
+            loop.remove_reader(fd)
+            if not done.done():
+                done.set_exception(exc)
+            return
+        loop.remove_reader(fd)
+        if not done.done():
+            done.set_result(bytes(buf))
+
+    loop.add_reader(fd, readable)
+    try:
+        payload = await done
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            loop.remove_reader(fd)
+    return ForkingPickler.loads(payload)
 
 
 def _consume(task: asyncio.Task[Any]) -> None:

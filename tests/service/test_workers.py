@@ -194,3 +194,23 @@ def test_not_ready_only_while_no_worker_can_be_started(monkeypatch: pytest.Monke
         assert await pool.run(square, 8) == 64
 
     with_pool(test)
+
+
+def pattern(n_bytes: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, n_bytes, dtype=np.uint8)
+
+
+def test_replies_of_every_size_arrive_whole_and_in_order() -> None:
+    """Replies are read on the event loop as their bytes arrive: one far past the socket's buffer
+    comes in many reads, and each job still gets exactly its own reply."""
+
+    async def test(pool: DecodePool, metrics: Metrics) -> None:
+        sizes = [0, 1, 3, 4, 5, 4096, 65_536, 200_000, 8 * MiB + 7]
+        for i, n in enumerate(sizes):
+            np.testing.assert_array_equal(await pool.run(pattern, n, i), pattern(n, i))
+        together = await asyncio.gather(*(pool.run(pattern, n, i) for i, n in enumerate(sizes)))
+        for i, (n, out) in enumerate(zip(sizes, together, strict=True)):
+            np.testing.assert_array_equal(out, pattern(n, i))
+        assert restarts(metrics, "died") == 0
+
+    with_pool(test, size=2, max_waiting=16)
