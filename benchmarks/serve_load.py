@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks.live import free_port
 from benchmarks.report import RESULTS, markdown_table, write
 from benchmarks.serve_cost import InProcess, inference_per_request, served_batches
 from common.manifest import load_manifest
@@ -54,14 +55,6 @@ from training.data.specs import parse_spec
 ROOT = Path(__file__).resolve().parents[1]
 LUA = Path(__file__).with_name("wrk_post.lua")
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start(cmd: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
