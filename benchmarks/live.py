@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,18 +80,24 @@ def start(model: Path, workdir: Path, **env: str) -> Live:
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    wait_ready(proc, url, 180, lambda: log.read_text()[-3000:])
+    return Live(url, proc, uploads, log)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, seconds: float, tail: Callable[[], str] = str) -> None:
+    """Until `url`/readyz answers 200; kills `proc` and raises (with `tail()`, its log) if it exits or takes longer."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(f"the server (pid {proc.pid}) exited with {proc.returncode}:\n{tail()}")
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return Live(url, proc, uploads, log)
+                return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"the server never became ready:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"the server (pid {proc.pid}) never became ready in {seconds:g} s:\n{tail()}")
 
 
 def stop(live: Live) -> None:

@@ -38,15 +38,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
-from benchmarks.live import free_port
+from benchmarks.live import free_port, wait_ready
 from benchmarks.report import RESULTS, markdown_table, write
 from benchmarks.serve_cost import InProcess, inference_per_request, served_batches
 from common.manifest import load_manifest
@@ -59,18 +57,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def start(cmd: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{cmd} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{cmd} never became ready")
+    wait_ready(proc, f"http://127.0.0.1:{port}", 300)
+    return proc
 
 
 def tree_cpu(pid: int) -> tuple[float, float]:
