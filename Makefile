@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml requirements/dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP) $(SERVE_STAMP)
 
-# `make serve` on a fresh machine installs the service's pins alone (no torch) and starts at once.
+# `make serve` on a fresh machine installs the service's pins alone (no torch; the venv's own pip,
+# not upgraded: seconds saved) and starts at once.
 $(SERVE_STAMP): pyproject.toml requirements/serve.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements/serve.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(SERVE_STAMP)
