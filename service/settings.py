@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from functools import lru_cache
@@ -16,6 +17,31 @@ Provider = Literal["cuda", "cpu"]
 
 def _default_providers() -> list[Provider]:
     return ["cuda", "cpu"]
+
+
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota.
+
+    os.cpu_count() counts the host's cores: in a container limited to 4 CPUs on a 64-core node
+    (Kubernetes `limits.cpu`, `docker run --cpus`) it says 64, and as many decode workers would
+    each get their own memory allowance and share 4 cores. The quota is cgroup v2's `cpu.max`
+    ("QUOTA PERIOD", or "max") or v1's `cpu.cfs_quota_us` / `cpu.cfs_period_us`; a fraction of a
+    core counts as one.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = period = None
+    try:
+        if (cgroup / "cpu.max").is_file():
+            q, p = (cgroup / "cpu.max").read_text().split()[:2]
+            quota, period = (None if q == "max" else int(q)), int(p)
+        elif (cgroup / "cpu" / "cpu.cfs_quota_us").is_file():
+            q1 = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            quota, period = (q1 if q1 > 0 else None), int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):  # unreadable or malformed: no quota known
+        quota = None
+    if quota is not None and period:
+        cores = min(cores, math.ceil(quota / period))
+    return max(1, cores)
 
 
 class Settings(BaseSettings):
@@ -39,7 +65,7 @@ class Settings(BaseSettings):
     max_audio_channels: int = Field(32, ge=1)
     max_streams: int = Field(32, ge=1, description="streams in one container")
     # decode workers
-    decode_workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    decode_workers: int = Field(default_factory=usable_cpus, ge=1, description="default: the usable cores (cgroup quota)")
     decode_timeout_seconds: float = Field(20.0, gt=0, description="a decode running longer is killed: 413")
     decode_memory_mb: int = Field(1024, ge=64, description="address space a worker may add to its own after start-up")
     decode_queue_per_worker: int = Field(32, ge=0, description="decodes that may wait for a worker, per worker; more: 503")

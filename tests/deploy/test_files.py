@@ -148,3 +148,14 @@ def test_env_example_names_real_settings() -> None:
     fields = {f"MLA_{f.upper()}" for f in Settings.model_fields}
     assert names
     assert names <= fields, names - fields
+    assert fields <= names, f"settings .env.example does not name: {sorted(fields - names)}"
+
+
+def test_readme_documents_every_setting() -> None:
+    table = {
+        name
+        for row in re.findall(r"^\| (.+?) \|", (ROOT / "README.md").read_text(), re.M)
+        for name in re.findall(r"`(MLA_\w+)`", row)
+    }
+    fields = {f"MLA_{f.upper()}" for f in Settings.model_fields}
+    assert fields <= table, f"the README's settings table does not name: {sorted(fields - table)}"

@@ -1,11 +1,15 @@
 """Settings come from MLA_* environment variables, validated."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.settings import Settings, usable_cpus
+from tests.conftest import ROOT
 
 
 def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,3 +33,40 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch, name: str, 
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def _cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("files", "cap"),
+    [
+        ({"cpu.max": "100000 100000\n"}, 1),  # v2, one core
+        ({"cpu.max": "150000 100000\n"}, 2),  # a core and a half: the half counts as one
+        ({"cpu.max": "max 100000\n"}, None),  # v2, no quota
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no quota
+        ({"cpu.max": "garbage\n"}, None),  # malformed: no quota known
+        ({}, None),  # no cgroup files at all
+    ],
+)
+def test_usable_cpus_follows_the_cgroup_quota(tmp_path: Path, files: dict[str, str], cap: int | None) -> None:
+    """Decode workers default to the cores the container may use, not the host's (Kubernetes limits.cpu: 4 on 64 cores)."""
+    affinity = len(os.sched_getaffinity(0))
+    expected = affinity if cap is None else min(affinity, cap)
+    assert usable_cpus(_cgroup(tmp_path, files)) == expected
+
+
+def test_usable_cpus_follows_the_affinity() -> None:
+    """A process pinned to one core (taskset, cpuset) defaults to one decode worker, whatever the host has."""
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "from service.settings import Settings; print(Settings().decode_workers)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLA_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    assert out.stdout.strip() == "1"
