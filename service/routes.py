@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -141,7 +140,7 @@ async def predict(request: Request, model: WarmModel, decoder: DecoderDep, setti
     except TimeoutError:
         raise Overloaded(f"the request took longer than {settings.request_timeout_seconds:g} s") from None
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        uploads.remove(folder)
 
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)], summary="The served model: labels, inputs, limits, providers")

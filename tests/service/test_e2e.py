@@ -67,6 +67,18 @@ def test_every_subset_of_demo_media(
     assert server.tmp_is_empty()
 
 
+def test_two_files_with_one_name_stay_apart(server: Server, clean_train_row: dict[str, str]) -> None:
+    """Uploads lie flat in the request's folder: a second file with the first one's name must get
+    a place of its own, not overwrite it (the audio would then be decoded from the mp4)."""
+    audio, video = Path(clean_train_row["audio"]), Path(clean_train_row["video"])
+    named = server.post({"audio": audio, "video": video})
+    same = server.post({"audio": ("clip", audio.read_bytes()), "video": ("clip", video.read_bytes())})
+    assert named.status_code == same.status_code == 200, same.text
+    assert same.json()["modalities"] == named.json()["modalities"]
+    assert same.json()["probabilities"] == named.json()["probabilities"]
+    assert server.tmp_is_empty()
+
+
 def test_service_runs_the_exported_graph_on_the_shared_decoder(
     server: Server, tiny_repo: Path, clean_train_row: dict[str, str]
 ) -> None:
