@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from service.batching import MicroBatcher
 from service.decoding import decode_audio_file, decode_video_file
 from service.errors import InvalidMedia, InvalidRequest, NotReady, from_media_error
 from service.metrics import Metrics
-from service.settings import Settings
+from service.settings import Settings, usable_cpus
 from service.workers import DecodePool
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,13 @@ def make_session(path: Path, settings: Settings) -> tuple[str, Callable[[np.ndar
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if settings.intra_op_threads:
-        opts.intra_op_num_threads = settings.intra_op_threads
+    threads = settings.intra_op_threads
+    if not threads and usable_cpus() < (os.cpu_count() or 1):
+        # ONNX Runtime sizes its pool from the host's cores, blind to CPU affinity and cgroup
+        # quotas: in a 4-CPU container on a 64-core node it would start dozens of threads.
+        threads = usable_cpus()
+    if threads:
+        opts.intra_op_num_threads = threads
     # No busy-waiting between calls: the decode workers share these cores, and a spinning
     # thread pool took them (video decoding measured 5 ms alone, 24 ms beside spinning ORT).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

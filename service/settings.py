@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     providers: Annotated[list[Provider], NoDecode] = Field(
         default_factory=_default_providers, description="execution providers in order of preference (MLA_PROVIDERS=cuda,cpu)"
     )
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per session (0: its default)")
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads per session (0: its default, capped at the usable cores)"
+    )
     # input limits
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0, description="per request, all files together")
     max_audio_seconds: float = Field(60.0, gt=0)
