@@ -64,11 +64,11 @@ def make_session(path: Path, settings: Settings) -> tuple[str, Callable[[np.ndar
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    threads = settings.intra_op_threads
-    if not threads and usable_cpus() < (os.cpu_count() or 1):
+    threads, usable = settings.intra_op_threads, usable_cpus()
+    if not threads and usable < (os.cpu_count() or 1):
         # ONNX Runtime sizes its pool from the host's cores, blind to CPU affinity and cgroup
         # quotas: in a 4-CPU container on a 64-core node it would start dozens of threads.
-        threads = usable_cpus()
+        threads = usable
     if threads:
         opts.intra_op_num_threads = threads
     # No busy-waiting between calls: the decode workers share these cores, and a spinning

@@ -19,10 +19,6 @@ __all__ = ["Server", "free_port", "start_server", "stop_server"]
 
 @dataclass
 class Server(Live):
-    @property
-    def tmp_dir(self) -> Path:
-        return self.uploads
-
     def post(
         self, files: Mapping[str, Path | tuple[str | None, bytes]] | None = None, data: dict[str, str] | None = None, **kw: object
     ) -> httpx.Response:
@@ -32,7 +28,7 @@ class Server(Live):
         return httpx.post(f"{self.url}/v1/predict", files=opened or None, data=data, timeout=60, **kw)  # type: ignore[arg-type]
 
     def tmp_is_empty(self) -> bool:
-        return not any(self.uploads.iterdir()) if self.uploads.exists() else True
+        return not self.leftovers(settle=0)
 
 
 def start_server(model_dir: Path, workdir: Path, **env: str) -> Server:

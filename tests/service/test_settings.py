@@ -61,15 +61,17 @@ def test_usable_cpus_follows_the_cgroup_quota(tmp_path: Path, files: dict[str, s
     assert usable_cpus(_cgroup(tmp_path, files)) == expected
 
 
+def _pinned_to_one_core(code: str) -> str:
+    """The last line `code` prints, run in a fresh Python pinned to one core, with no MLA_* settings."""
+    pin = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLA_")}
+    out = subprocess.run([sys.executable, "-c", pin + code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    return out.stdout.strip().splitlines()[-1]
+
+
 def test_usable_cpus_follows_the_affinity() -> None:
     """A process pinned to one core (taskset, cpuset) defaults to one decode worker, whatever the host has."""
-    code = (
-        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
-        "from service.settings import Settings; print(Settings().decode_workers)"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLA_")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
-    assert out.stdout.strip() == "1"
+    assert _pinned_to_one_core("from service.settings import Settings; print(Settings().decode_workers)") == "1"
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores, to pin a process to fewer than the host has")
@@ -77,13 +79,10 @@ def test_onnx_runtime_threads_follow_the_usable_cores() -> None:
     """ONNX Runtime sizes its pool from the host's cores whatever the affinity or quota (measured:
     pinned to one core it still starts a second thread); the service caps it at the usable cores."""
     code = (
-        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
         "import onnxruntime, psutil; from pathlib import Path; "
         "from service.model import make_session; from service.settings import Settings; "
         "before = psutil.Process().num_threads(); "
         "kept = make_session(Path('models/default/1/audio.onnx'), Settings(providers=['cpu'])); "
         "print(psutil.Process().num_threads() - before)"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLA_")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
-    assert out.stdout.strip().splitlines()[-1] == "0"  # one thread in all: the caller's own
+    assert _pinned_to_one_core(code) == "0"  # one thread in all: the caller's own
