@@ -185,7 +185,7 @@ def export_model(
     data: Annotated[str | None, typer.Option(help="dataset for parity and calibration (default: the one trained on)")] = None,
     fusion: Annotated[
         str | None,
-        typer.Option(help="fusion rule to serve (default: logit_sum for joint, else the robustness winner, loglinear)"),
+        typer.Option(help="fusion rule to serve (default: logit_sum for joint, else the robustness winner, gated_loglinear)"),
     ] = None,
     verbose: bool = False,
 ) -> None:

@@ -10,12 +10,17 @@ A prediction is made in three steps, each set by the model's manifest:
    - `energy` (QMF-style): w_m = softmax_m(logsumexp(z_m / T_m)), the negative free energy;
    - `equal`, `fixed`: constant weights (fixed ones tuned on validation);
    - `loglinear`: constant weights, combined as a weighted product of experts;
+   - `gated_loglinear`: `loglinear` whose each exponent w_m is multiplied, per sample, by a
+     typicality gate g_m in (0, 1]: 1 while the modality's logits lie as near the class
+     means as validation's did, shrinking as they leave that region (see `Typicality`);
    - `batch_entropy`: the authors' code, entropy averaged over the batch (kept to compare);
    - `logit_sum`: joint training's own prediction, softmax(sum_m z_m).
    Every rule but `loglinear` and `logit_sum` mixes probabilities, sum_m w_m p_m: the
    modalities' logits live at their own scales, and a mixture stays a distribution
    whose weights mean what they say. `loglinear` mixes log-probabilities,
-   log q = sum_m w_m log p_m (renormalised), which is sharper where modalities agree.
+   log q = sum_m w_m log p_m (renormalised), which is sharper where modalities agree;
+   `gated_loglinear` uses sum_m g_m w_m log p_m, so an atypical modality loses its say and
+   the fused distribution flattens, instead of a confidently wrong expert vetoing the truth.
 3. Calibrate the fused distribution for the set of modalities present:
    q = softmax(log q / T_S), with T_S fitted on validation (a mixture of two calibrated
    distributions is under-confident when they disagree). A single modality needs no T_S,
@@ -34,8 +39,10 @@ import numpy as np
 
 # Rules that mix probabilities with per-sample or constant weights, and those that mix logits.
 MIXTURE_RULES = ("entropy", "energy", "equal", "fixed", "batch_entropy")
-RULES = (*MIXTURE_RULES, "loglinear", "logit_sum")
-WEIGHTED_RULES = ("fixed", "loglinear")  # rules that need fitted constant weights
+PRODUCT_RULES = ("loglinear", "gated_loglinear")  # weighted products of experts
+RULES = (*MIXTURE_RULES, *PRODUCT_RULES, "logit_sum")
+WEIGHTED_RULES = ("fixed", *PRODUCT_RULES)  # rules that need fitted constant weights
+GATED_RULES = ("gated_loglinear",)  # rules that need a Typicality per modality
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -65,11 +72,44 @@ def subset_name(modalities: Sequence[str]) -> str:
     return "+".join(sorted(modalities))
 
 
+@dataclass(frozen=True)
+class Typicality:
+    """How far one modality's logits lie from those validation saw, and the weight gate that follows.
+
+    The distance is the squared Mahalanobis distance of the logit vector to the nearest
+    class mean, under the classes' shared covariance (Lee et al., "A simple unified
+    framework for detecting out-of-distribution samples", NeurIPS 2018, on logits rather
+    than features: the logits are what the service has). A softmax cannot tell a
+    confidently wrong modality from a confidently right one; this distance can, when the
+    input is unlike anything the model was fitted on (white noise drowning the speech puts
+    the audio logits tens of times farther out than any validation clip's).
+
+    gate = exp(-max(0, d / threshold - 1) / decay): 1 up to `threshold`, then falling by a
+    factor e every `decay * threshold` beyond it.
+    """
+
+    means: np.ndarray  # [classes, classes]: the mean logit vector of each class
+    precision: np.ndarray  # [classes, classes]: the inverse of the classes' shared covariance
+    threshold: float  # distances up to this keep the full weight
+    decay: float
+
+    def distance(self, logits: np.ndarray) -> np.ndarray:
+        """[n] squared Mahalanobis distance of each row of `logits` [n, classes] to its nearest class mean."""
+        diff = np.asarray(logits, dtype=np.float64)[:, None, :] - self.means[None]
+        return np.einsum("nkd,de,nke->nk", diff, self.precision, diff).min(axis=1)
+
+    def gate(self, logits: np.ndarray) -> np.ndarray:
+        """[n] in (0, 1]: the factor on this modality's weight."""
+        excess = np.maximum(0.0, self.distance(logits) / self.threshold - 1.0)
+        return np.exp(-excess / self.decay)
+
+
 @dataclass
 class Fused:
     probs: np.ndarray  # [n, classes]: the calibrated fused distribution
-    weights: dict[str, np.ndarray]  # modality -> [n]; 0 where absent
+    weights: dict[str, np.ndarray]  # modality -> [n]: its share of the fusion, 0 where absent; sums to 1 over the present
     modality_probs: dict[str, np.ndarray]  # modality -> [n, classes]: calibrated per modality
+    gates: dict[str, np.ndarray] | None = None  # modality -> [n]: the typicality gate (gated rules only)
 
 
 def _present_matrix(names: Sequence[str], n: int, present: Mapping[str, np.ndarray] | None) -> np.ndarray:
@@ -127,12 +167,14 @@ def fuse(
     weights: Mapping[str, float] | None = None,
     temperatures: Mapping[str, float] | None = None,
     fused_temperatures: Mapping[str, float] | None = None,
+    typicality: Mapping[str, Typicality] | None = None,
 ) -> Fused:
     """Fuse per-modality logits [n, classes] into one calibrated distribution per sample.
 
     `present[m]` ([n] bool) says which samples have modality m (default: all);
     `temperatures[m]` calibrates modality m (default 1); `fused_temperatures[S]`
-    calibrates the fused distribution of samples whose present set is S ("audio+video").
+    calibrates the fused distribution of samples whose present set is S ("audio+video");
+    `typicality[m]` gates modality m under the gated rules.
     """
     if not logits:
         raise ValueError("nothing to fuse: no modality given")
@@ -145,6 +187,11 @@ def fuse(
     scaled = {m: np.asarray(logits[m], dtype=np.float64) / float(temps.get(m, 1.0)) for m in names}
     probs = {m: softmax(scaled[m]) for m in names}
     w = _weights(rule, names, probs, scaled, mask, weights)
+    gates = None
+    if rule in GATED_RULES:
+        if typicality is None or not set(names) <= set(typicality):
+            raise ValueError(f"{rule} fusion needs a typicality for each of {names}")
+        gates = {m: typicality[m].gate(logits[m]) for m in names}
 
     if rule == "logit_sum":
         # Joint's own prediction: the raw logits summed over what is present (per-modality
@@ -153,6 +200,14 @@ def fuse(
         log_q = log_softmax(np.asarray(summed))
     elif rule == "loglinear":
         log_q = log_softmax(sum(w[i][:, None] * log_softmax(scaled[m]) for i, m in enumerate(names)))
+    elif gates is not None:
+        # The exponents are not renormalised: an atypical modality's share goes nowhere, so the
+        # product flattens (it is less sure) rather than trusting the other modality more.
+        exponents = np.stack([w[i] * gates[m] for i, m in enumerate(names)])
+        log_q = log_softmax(sum(exponents[i][:, None] * log_softmax(scaled[m]) for i, m in enumerate(names)))
+        # What each modality contributed, as shares that sum to 1 (the constant weights where every gate is ~0).
+        total = exponents.sum(axis=0, keepdims=True)
+        w = np.where(total > 1e-300, exponents / np.where(total > 1e-300, total, 1.0), w)
     else:
         mixed = sum(w[i][:, None] * probs[m] for i, m in enumerate(names))
         log_q = np.log(np.clip(np.asarray(mixed), 1e-300, None))
@@ -166,7 +221,7 @@ def fuse(
                 raise ValueError(f"fused temperature for {key} must be positive, got {t}")
             t_fused[keys == key] = t
     fused = softmax(log_q / t_fused[:, None])
-    return Fused(fused, {m: w[i] for i, m in enumerate(names)}, probs)
+    return Fused(fused, {m: w[i] for i, m in enumerate(names)}, probs, gates)
 
 
 @dataclass(frozen=True)
@@ -177,6 +232,7 @@ class FusionParams:
     weights: Mapping[str, float] | None = None
     temperatures: Mapping[str, float] | None = None
     fused_temperatures: Mapping[str, float] | None = None
+    typicality: Mapping[str, Typicality] | None = None
 
     def __call__(self, logits: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray] | None = None) -> Fused:
-        return fuse(logits, self.rule, present, self.weights, self.temperatures, self.fused_temperatures)
+        return fuse(logits, self.rule, present, self.weights, self.temperatures, self.fused_temperatures, self.typicality)

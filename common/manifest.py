@@ -2,9 +2,11 @@
 
 Pure pydantic (no torch, no onnx), so the service reads it with the same model that wrote it.
 
-Schema history: v2 (current) added the fusion section's calibration and abstention; a v1
-manifest is migrated on load as an uncalibrated model (every temperature 1, never abstains)
-with a warning, so older exports keep serving exactly as before.
+Schema history: v3 (current) added the fusion section's `typicality` (the gate of the
+`gated_loglinear` rule); a v2 manifest has none and loads as v3 unchanged. v2 added the
+fusion section's calibration and abstention; a v1 manifest is migrated on load as an
+uncalibrated model (every temperature 1, never abstains) with a warning, so older exports
+keep serving exactly as before.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from common.fusion import RULES, FusionParams
+from common.fusion import GATED_RULES, RULES, WEIGHTED_RULES, FusionParams, Typicality
 from common.hashing import sha256_file
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 
 
@@ -68,7 +71,7 @@ class VideoEntry(_ModalityBase):
 ModalityEntry = Annotated[AudioEntry | VideoEntry, Field(discriminator="kind")]
 
 
-Rule = Literal["entropy", "energy", "equal", "fixed", "batch_entropy", "loglinear", "logit_sum"]
+Rule = Literal["entropy", "energy", "equal", "fixed", "batch_entropy", "loglinear", "gated_loglinear", "logit_sum"]
 Positive = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
@@ -94,22 +97,48 @@ class Abstention(_Strict):
         return float(self.min_confidence.get(subset, 0.0))
 
 
+class TypicalityEntry(_Strict):
+    """One modality's logit statistics on validation and its gate (common.fusion.Typicality says how they act)."""
+
+    means: list[list[float]]  # [classes][classes]: the mean logit vector of each class
+    precision: list[list[float]]  # [classes][classes]: the inverse of the classes' shared logit covariance
+    threshold: Positive  # squared distances up to this keep the full weight
+    decay: Positive  # beyond it the weight falls by e every decay * threshold
+    val_quantiles: dict[str, float] = {}  # the distance's quantiles on validation ("0.5", "0.99"), for reference
+
+    @model_validator(mode="after")
+    def _square(self) -> TypicalityEntry:
+        k = len(self.means)
+        if k == 0 or any(len(r) != k for r in self.means) or len(self.precision) != k or any(len(r) != k for r in self.precision):
+            raise ValueError(f"means and precision must both be [classes][classes], got {k} rows of means")
+        if not (np.isfinite(self.means).all() and np.isfinite(self.precision).all()):
+            raise ValueError("means and precision must be finite")
+        return self
+
+    def typicality(self) -> Typicality:
+        return Typicality(np.asarray(self.means, np.float64), np.asarray(self.precision, np.float64), self.threshold, self.decay)
+
+
 class Fusion(_Strict):
     rule: Rule = "entropy"  # how the modalities present are weighted and combined (common/fusion.py)
-    weights: dict[str, float] | None = None  # constant weights, for the rules that have them (fixed, loglinear)
+    weights: dict[str, float] | None = None  # constant weights, for the rules that have them (fixed, the products)
+    typicality: dict[str, TypicalityEntry] | None = None  # per modality, for the gated rules
     calibration: Calibration
     abstention: Abstention
 
     @model_validator(mode="after")
     def _weights_where_needed(self) -> Fusion:
-        if self.rule in ("fixed", "loglinear") and not self.weights:
-            raise ValueError(f"the {self.rule} rule needs its weights")
         if self.rule not in RULES:
             raise ValueError(f"unknown fusion rule {self.rule!r}")
+        if self.rule in WEIGHTED_RULES and not self.weights:
+            raise ValueError(f"the {self.rule} rule needs its weights")
+        if self.rule in GATED_RULES and not self.typicality:
+            raise ValueError(f"the {self.rule} rule needs a typicality per modality")
         return self
 
     def params(self) -> FusionParams:
-        return FusionParams(self.rule, self.weights, self.calibration.temperatures, self.calibration.fused_temperatures)
+        gates = {m: t.typicality() for m, t in self.typicality.items()} if self.typicality else None
+        return FusionParams(self.rule, self.weights, self.calibration.temperatures, self.calibration.fused_temperatures, gates)
 
 
 class Parity(_Strict):
@@ -140,7 +169,7 @@ class TrainingInfo(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[2] = 2  # SCHEMA_VERSION
+    schema_version: Literal[3] = 3  # SCHEMA_VERSION
     name: str
     version: str
     created: datetime
@@ -166,6 +195,8 @@ def load_manifest(model_dir: Path) -> Manifest:
     if isinstance(raw, dict) and raw.get("schema_version") == 1:
         raw = migrate_v1(raw)
         log.warning("%s: a schema v1 manifest, served uncalibrated (every temperature 1, never abstains)", path)
+    if isinstance(raw, dict) and raw.get("schema_version") == 2:
+        raw = {**raw, "schema_version": 3}  # v3 only added an optional section
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
@@ -174,18 +205,25 @@ def load_manifest(model_dir: Path) -> Manifest:
     for key, entry in manifest.modalities.items():
         if entry.kind != key:
             raise ManifestError(f"{path}: modality {key!r} holds a {entry.kind!r} entry")
+    for key, gate in (manifest.fusion.typicality or {}).items():
+        if key not in manifest.modalities:
+            raise ManifestError(f"{path}: fusion.typicality names {key!r}, which is not one of its modalities")
+        if len(gate.means) != len(manifest.labels):
+            raise ManifestError(
+                f"{path}: fusion.typicality.{key} is for {len(gate.means)} classes, the model has {len(manifest.labels)}"
+            )
     return manifest
 
 
 def migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
-    """A v1 manifest as v2: its entropy rule uncalibrated, with no abstention threshold."""
+    """A v1 manifest as v3: its entropy rule uncalibrated, with no abstention threshold."""
     fusion = dict(raw.get("fusion") or {})
     fusion.pop("combine", None)
     modalities = list(raw.get("modalities") or {})
     fusion.setdefault("rule", "entropy")
     fusion["calibration"] = {"temperatures": dict.fromkeys(modalities, 1.0), "fitted_on": "none: migrated from schema v1"}
     fusion["abstention"] = {"min_confidence": {}, "target_risk": 1.0}
-    return {**raw, "schema_version": 2, "fusion": fusion}
+    return {**raw, "schema_version": SCHEMA_VERSION, "fusion": fusion}
 
 
 def check_hashes(model_dir: Path, manifest: Manifest) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from common.fusion import entropy, subset_name
+from common.fusion import FusionParams, entropy, subset_name
 from common.manifest import AudioEntry, Manifest, VideoEntry, check_hashes, load_manifest
 from common.media import AudioSpec, Limits, MediaError, VideoSpec
 from service.batching import MicroBatcher
@@ -113,6 +113,7 @@ class ServedModel:
         self.settings, self.metrics = settings, metrics
         self.dir = resolve_version_dir(settings.model_dir, settings.model_version)
         self.manifest: Manifest | None = None
+        self.fusion_params = FusionParams()  # the manifest's, once loaded
         self.runtimes: dict[str, Runtime] = {}
         self.decoder: DecodePool | None = None
         self.warm = False  # sessions loaded and warmed up
@@ -146,6 +147,7 @@ class ServedModel:
                 self.metrics.subsets.labels(subset_name(sub))
                 self.metrics.abstained.labels(subset_name(sub))
         self.manifest = manifest
+        self.fusion_params = manifest.fusion.params()
         s = self.settings
         self.decoder = DecodePool(
             s.decode_workers,
@@ -249,7 +251,7 @@ class ServedModel:
         """The manifest's calibrated fusion of one request's logits; abstain below `min_confidence` (default: the manifest's)."""
         assert self.manifest is not None
         labels, fusion = self.manifest.labels, self.manifest.fusion
-        params = fusion.params()
+        params = self.fusion_params
         fused = params({m: z.astype(np.float64)[None] for m, z in logits.items()})
         subset = subset_name(list(logits))
         detail = {}
@@ -264,6 +266,7 @@ class ServedModel:
                 "entropy": h,
                 "weight": w,
                 "temperature": float((params.temperatures or {}).get(m, 1.0)),
+                "typicality": None if fused.gates is None else float(fused.gates[m][0]),
             }
         self.metrics.subsets.labels(subset).inc()
         best = int(fused.probs[0].argmax())

@@ -22,6 +22,12 @@ class ModalityResult(BaseModel):
         description="this modality's share of the fused prediction (the weights of the sent modalities sum to 1)"
     )
     temperature: float = Field(description="the calibration temperature applied to this modality's logits (fitted on validation)")
+    typicality: float | None = Field(
+        default=None,
+        description="under the gated_loglinear rule: the factor in (0, 1] on this modality's weight, 1 while its logits "
+        "lie as near the class means as validation's did, smaller the farther out they are (an input unlike the model's "
+        "data, such as speech drowned in noise); null under rules without a gate",
+    )
 
 
 class PredictResponse(BaseModel):
@@ -42,8 +48,9 @@ class PredictResponse(BaseModel):
     probabilities: dict[str, float] = Field(description="the calibrated fused distribution over the labels")
     modalities: dict[str, ModalityResult] = Field(description="one entry per modality sent, and only those")
     fusion: str = Field(
-        description="the fusion rule (entropy: per-sample weights softmax(-entropy); logit_sum: joint training's own; "
-        "see the model's manifest)"
+        description="the fusion rule (gated_loglinear: a weighted product of experts whose weights shrink for atypical "
+        "modalities; loglinear: the same without the gate; entropy: per-sample weights softmax(-entropy); logit_sum: "
+        "joint training's own; see the model's manifest)"
     )
     fused_temperature: float = Field(
         description="the temperature applied to the fused log-probabilities for this set of modalities (1: none)"

@@ -6,7 +6,13 @@
   a mixture of calibrated distributions is under-confident where they disagree, and a
   product over-confident where they agree; one scalar per S corrects either.
 - Constant weights where a rule has them: `fixed` by validation accuracy (a grid, as a user
-  would tune late fusion), `loglinear` by validation NLL jointly with its temperature.
+  would tune late fusion), `loglinear` and `gated_loglinear` by validation NLL jointly with
+  their temperature.
+- For `gated_loglinear`, each modality's typicality (common.fusion.Typicality): its class
+  means and shared covariance of the logits on validation, and a threshold at GATE_MARGIN
+  times the 99th percentile of the validation distances, so that validation-like inputs
+  keep their full weight. GATE_MARGIN and GATE_DECAY were chosen by `make bench-robustness`
+  on its corrupted validation sets (the grid and the scores are in its results).
 - The abstention thresholds, one per set of modalities sent: the lowest calibrated
   confidence at which the validation answers above it have an error rate whose
   Clopper-Pearson upper bound (at CONFIDENCE) is at most TARGET_RISK. The bound, not the
@@ -30,13 +36,16 @@ from scipy.optimize import minimize_scalar
 from scipy.stats import beta
 
 from common import calibration
-from common.fusion import RULES, FusionParams, log_softmax, subset_name
+from common.fusion import GATED_RULES, RULES, FusionParams, Typicality, log_softmax, subset_name
 from training.evaluate import Predictions, fused_for, subsets
 
 TARGET_RISK = 0.05  # default: at most 5% errors among the answers given
 CONFIDENCE = 0.9  # the abstention threshold's risk bound holds with this probability
 T_BOUNDS = (0.05, 20.0)
 GRID_STEPS = 20
+GATE_MARGIN = 2.0  # threshold = this x the 99th percentile of the validation distances
+GATE_DECAY = 4.0  # beyond it, the weight falls by e every GATE_DECAY x threshold
+GATE_QUANTILE = 0.99
 
 # Every rule scored by `mla evaluate`: name -> (rule, calibrated). "_raw" is the rule as
 # the model gives it (every temperature 1); the paper's rule is `entropy_raw`.
@@ -45,6 +54,7 @@ RULE_VARIANTS: dict[str, tuple[str, bool]] = {
     "entropy": ("entropy", True),
     "energy": ("energy", True),
     "loglinear": ("loglinear", True),
+    "gated_loglinear": ("gated_loglinear", True),
     "equal": ("equal", True),
     "fixed": ("fixed", True),
     "batch_entropy": ("batch_entropy", False),
@@ -82,7 +92,9 @@ def fit_fused_temperatures(val: Predictions, params: FusionParams) -> dict[str, 
     for sub in subsets(val.modalities):
         if len(sub) < smallest:
             continue
-        log_q, y = _fused_log_probs(val, sub, FusionParams(params.rule, params.weights, params.temperatures))
+        log_q, y = _fused_log_probs(
+            val, sub, FusionParams(params.rule, params.weights, params.temperatures, None, params.typicality)
+        )
         if len(y):
             out[subset_name(sub)] = fit_temperature(log_q, y)
     return out
@@ -109,13 +121,48 @@ def _tune_fixed(val: Predictions, temperatures: dict[str, float] | None) -> dict
     return best
 
 
-def _tune_loglinear(val: Predictions, temperatures: dict[str, float]) -> dict[str, float]:
+def fit_typicality(
+    logits: np.ndarray, labels: np.ndarray, margin: float = GATE_MARGIN, decay: float = GATE_DECAY
+) -> tuple[Typicality, dict[str, float]]:
+    """A modality's Typicality from its validation logits [n, classes], and the distance's validation quantiles.
+
+    Class means and the covariance of each logit vector around its own class's mean (shared by
+    the classes, as in linear discriminant analysis), with a ridge of 1e-6 of its mean variance
+    so that it inverts even where validation leaves a direction flat. A class missing from
+    validation takes the mean over all of it.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+    k = z.shape[1]
+    if len(z) < 2:
+        raise ValueError("a typicality needs at least two validation samples")
+    overall = z.mean(axis=0)
+    means = np.stack([z[y == c].mean(axis=0) if np.any(y == c) else overall for c in range(k)])
+    resid = z - means[y]
+    cov = resid.T @ resid / len(z)
+    cov += np.eye(k) * max(1e-6 * float(np.trace(cov)) / k, 1e-12)
+    base = Typicality(means, np.linalg.inv(cov), 1.0, decay)
+    d = base.distance(z)
+    quantiles = {str(q): float(np.quantile(d, q)) for q in (0.5, 0.9, GATE_QUANTILE)}
+    threshold = margin * max(quantiles[str(GATE_QUANTILE)], 1e-12)
+    return Typicality(means, base.precision, threshold, decay), quantiles
+
+
+def _typicality(val: Predictions, margin: float = GATE_MARGIN, decay: float = GATE_DECAY) -> dict[str, Typicality]:
+    return {
+        m: fit_typicality(val.logits[m][val.present[m]], val.labels[val.present[m]], margin, decay)[0] for m in val.modalities
+    }
+
+
+def _tune_loglinear(
+    val: Predictions, temperatures: dict[str, float], rule: str = "loglinear", typicality: dict[str, Typicality] | None = None
+) -> dict[str, float]:
     """The product-of-experts weights with the lowest validation NLL once their fused temperature is fitted."""
     names = val.modalities
     best, best_nll = {m: 1.0 / len(names) for m in names}, math.inf
     for w in _grid(names):
-        params = FusionParams("loglinear", w, temperatures)
-        params = FusionParams("loglinear", w, temperatures, fit_fused_temperatures(val, params))
+        params = FusionParams(rule, w, temperatures, None, typicality)
+        params = FusionParams(rule, w, temperatures, fit_fused_temperatures(val, params), typicality)
         probs, rows = fused_for(val, names, params)
         loss = calibration.nll(probs, val.labels[rows])
         if loss < best_nll - 1e-12:
@@ -123,20 +170,23 @@ def _tune_loglinear(val: Predictions, temperatures: dict[str, float]) -> dict[st
     return best
 
 
-def fit_fusion(val: Predictions, rule: str, calibrated: bool = True) -> FusionParams:
-    """The fusion of `rule` with everything it needs fitted on validation predictions."""
+def fit_fusion(
+    val: Predictions, rule: str, calibrated: bool = True, gate: tuple[float, float] = (GATE_MARGIN, GATE_DECAY)
+) -> FusionParams:
+    """The fusion of `rule` with everything it needs fitted on validation predictions (`gate`: margin and decay)."""
     temperatures = None
     if calibrated:
         temperatures = {m: fit_temperature(val.logits[m][val.present[m]], val.labels[val.present[m]]) for m in val.modalities}
     weights = None
+    typicality = _typicality(val, *gate) if rule in GATED_RULES else None
     if rule == "fixed":
         weights = _tune_fixed(val, temperatures)
-    elif rule == "loglinear":
-        weights = _tune_loglinear(val, temperatures or {})
-    params = FusionParams(rule, weights, temperatures)
+    elif rule in ("loglinear", "gated_loglinear"):
+        weights = _tune_loglinear(val, temperatures or {}, rule, typicality)
+    params = FusionParams(rule, weights, temperatures, None, typicality)
     if not calibrated:
         return params
-    return FusionParams(rule, weights, temperatures, fit_fused_temperatures(val, params))
+    return FusionParams(rule, weights, temperatures, fit_fused_temperatures(val, params), typicality)
 
 
 @dataclass(frozen=True)
@@ -219,15 +269,28 @@ def calibrate_run(
     loader = make_loader(build_dataset(parse_spec(data), "val", model.cfg), 128, False, 0)
     val = predict(model, loader, torch.device("cpu"))
     params = fit_fusion(val, rule, calibrated=True)
-    raw, fitted = score(val, FusionParams(rule, params.weights)), score(val, params)
+    raw, fitted = score(val, FusionParams(rule, params.weights, None, None, params.typicality)), score(val, params)
     figures = {
         sub: {"ece_raw": raw["ece"][sub], "ece": fitted["ece"][sub], "nll_raw": raw["nll"][sub], "nll": fitted["nll"][sub]}
         for sub in fitted["ece"]
     }
     thresholds = fit_abstention(val, params, target_risk)
+    typicality = None
+    if params.typicality:
+        typicality = {}
+        for m, t in params.typicality.items():
+            quantiles = fit_typicality(val.logits[m][val.present[m]], val.labels[val.present[m]])[1]
+            typicality[m] = {
+                "means": t.means.tolist(),
+                "precision": t.precision.tolist(),
+                "threshold": t.threshold,
+                "decay": t.decay,
+                "val_quantiles": quantiles,
+            }
     return {
         "rule": rule,
         "weights": dict(params.weights) if params.weights else None,
+        "typicality": typicality,
         "calibration": {
             "temperatures": dict(params.temperatures or {}),
             "fused_temperatures": dict(params.fused_temperatures or {}),

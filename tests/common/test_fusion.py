@@ -3,7 +3,18 @@
 import numpy as np
 import pytest
 
-from common.fusion import RULES, FusionParams, entropy, fuse, log_softmax, logsumexp, softmax
+from common.fusion import (
+    GATED_RULES,
+    RULES,
+    WEIGHTED_RULES,
+    FusionParams,
+    Typicality,
+    entropy,
+    fuse,
+    log_softmax,
+    logsumexp,
+    softmax,
+)
 
 CONFIDENT = np.log(np.array([0.97, 0.01, 0.01, 0.01]))  # logits whose softmax is that distribution
 NOISE = np.zeros(4)  # a uniform prediction
@@ -12,6 +23,19 @@ U4 = np.full(4, 0.25)
 
 def _logits(seed: int, n: int = 5, scale: float = 3.0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 4)) * scale
+
+
+def _everywhere_typical(classes: int = 4) -> Typicality:
+    """A gate that never closes: every logit vector is within its threshold."""
+    return Typicality(np.zeros((classes, classes)), np.eye(classes), threshold=1e300, decay=1.0)
+
+
+def _extras(rule: str, names: tuple[str, ...] = ("audio", "video")) -> dict[str, object]:
+    """The weights and typicality a rule needs, set so that they change nothing."""
+    return {
+        "weights": dict.fromkeys(names, 1.0) if rule in WEIGHTED_RULES else None,
+        "typicality": dict.fromkeys(names, _everywhere_typical()) if rule in GATED_RULES else None,
+    }
 
 
 def test_entropy_weights_are_softmax_of_negative_entropy_per_sample() -> None:
@@ -59,12 +83,12 @@ def test_energy_weights_are_softmax_of_logsumexp() -> None:
     np.testing.assert_allclose(w["audio"], np.exp(ea) / (np.exp(ea) + np.exp(ev)))
 
 
-@pytest.mark.parametrize("rule", [r for r in RULES if r not in ("fixed", "loglinear")])
+@pytest.mark.parametrize("rule", RULES)
 def test_absent_modality_gets_zero_weight_and_the_other_decides(rule: str) -> None:
     a = np.stack([CONFIDENT, CONFIDENT])
     v = np.stack([CONFIDENT[::-1], NOISE])
     present = {"audio": np.array([True, False]), "video": np.array([True, True])}
-    out = fuse({"audio": a, "video": v}, rule, present)
+    out = fuse({"audio": a, "video": v}, rule, present, **_extras(rule))  # type: ignore[arg-type]
     assert out.weights["audio"][1] == 0.0
     assert out.weights["video"][1] == 1.0
     np.testing.assert_allclose(out.probs[1], U4)
@@ -101,8 +125,13 @@ def test_logit_sum_is_joint_trainings_own_prediction() -> None:
 def test_single_modality_is_its_own_calibrated_prediction_under_every_rule() -> None:
     a = _logits(7, n=3)
     for rule in RULES:
-        weights = {"audio": 1.0} if rule in ("fixed", "loglinear") else None
-        out = fuse({"audio": a}, rule, weights=weights, temperatures={"audio": 2.0}, fused_temperatures={"audio+video": 0.5})
+        out = fuse(
+            {"audio": a},
+            rule,
+            temperatures={"audio": 2.0},
+            fused_temperatures={"audio+video": 0.5},
+            **_extras(rule, ("audio",)),  # type: ignore[arg-type]
+        )
         expect = softmax(a) if rule == "logit_sum" else softmax(a / 2.0)  # logit_sum is calibrated by T_S alone
         np.testing.assert_allclose(out.probs, expect, err_msg=rule)
         np.testing.assert_allclose(out.weights["audio"], 1.0)
@@ -135,3 +164,69 @@ def test_fusion_params_apply_exactly_what_they_hold() -> None:
     params = FusionParams("loglinear", {"audio": 0.4, "video": 0.6}, {"audio": 1.5, "video": 0.8}, {"audio+video": 0.7})
     direct = fuse({"audio": a, "video": v}, "loglinear", None, params.weights, params.temperatures, params.fused_temperatures)
     np.testing.assert_array_equal(params({"audio": a, "video": v}).probs, direct.probs)
+
+
+def _gate(means: np.ndarray, threshold: float = 2.0, decay: float = 0.5) -> Typicality:
+    return Typicality(means, np.eye(means.shape[1]), threshold, decay)
+
+
+def test_typicality_is_the_mahalanobis_distance_to_the_nearest_class_mean_and_its_gate() -> None:
+    means = np.array([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]])
+    precision = np.diag([1.0, 0.25, 4.0])  # a covariance of diag(1, 4, 0.25)
+    t = Typicality(means, precision, threshold=2.0, decay=0.5)
+    z = np.array([[4.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 12.0]])
+    # by hand: row 0 is 1 from class 0 along the axis of variance 4; row 1 is 4 from each class
+    # mean along one axis (variances 1, 4, 0.25: 16, 4, 64); row 2 is 8 from class 2's along the axis of variance 0.25
+    expect = np.array([1.0 / 4.0, min(16.0, 16.0 / 4.0, 16.0 * 4.0), 64.0 * 4.0])
+    np.testing.assert_allclose(t.distance(z), expect)
+    gate = t.gate(z)
+    np.testing.assert_allclose(gate, [1.0, np.exp(-(4.0 / 2.0 - 1) / 0.5), np.exp(-(256 / 2.0 - 1) / 0.5)])
+    assert gate[0] == 1.0
+    assert 0.0 < gate[2] < gate[1] < 1.0
+
+
+def test_gated_loglinear_is_loglinear_while_every_modality_is_typical() -> None:
+    a, v = _logits(12), _logits(13)
+    w = {"audio": 0.4, "video": 0.6}
+    typical = {m: _everywhere_typical() for m in ("audio", "video")}
+    gated = fuse({"audio": a, "video": v}, "gated_loglinear", weights=w, typicality=typical)
+    plain = fuse({"audio": a, "video": v}, "loglinear", weights=w)
+    np.testing.assert_allclose(gated.probs, plain.probs)
+    np.testing.assert_allclose(gated.weights["audio"], 0.4)
+    np.testing.assert_allclose(gated.gates["audio"], 1.0)  # type: ignore[index]
+    with pytest.raises(ValueError, match="gated_loglinear fusion needs a typicality"):
+        fuse({"audio": a, "video": v}, "gated_loglinear", weights=w)
+
+
+def test_a_confidently_wrong_atypical_modality_loses_its_veto() -> None:
+    # Validation put each class's logits near 3 * one-hot. The audio here is far outside that
+    # (logit 40 on class 1: a "sure" answer to an input it never saw); the video is typical and
+    # moderately sure of class 0. A product of experts follows the audio's veto; the gate lifts it.
+    means = 3.0 * np.eye(4)
+    gates = {"audio": _gate(means), "video": _gate(means)}
+    audio = np.array([[0.0, 40.0, 0.0, 0.0]])
+    video = np.array([[3.0, 1.0, 0.0, 0.0]])
+    w = {"audio": 0.5, "video": 0.5}
+    plain = fuse({"audio": audio, "video": video}, "loglinear", weights=w)
+    gated = fuse({"audio": audio, "video": video}, "gated_loglinear", weights=w, typicality=gates)
+    assert plain.probs[0].argmax() == 1
+    assert gated.probs[0].argmax() == 0
+    assert gated.gates is not None
+    assert gated.gates["audio"][0] < 1e-6
+    assert gated.gates["video"][0] == 1.0
+    # the reported weights are each modality's share of the exponents, summing to 1
+    assert gated.weights["audio"][0] + gated.weights["video"][0] == pytest.approx(1.0)
+    assert gated.weights["video"][0] > 0.99
+    # the audio's share is not handed to the video: the fused distribution is the video's
+    # own, flattened by its weight 0.5, not sharpened to weight 1
+    np.testing.assert_allclose(gated.probs[0], softmax(0.5 * log_softmax(video[0])), rtol=1e-6)
+
+
+def test_an_atypical_single_modality_is_less_sure_but_keeps_its_answer() -> None:
+    means = 3.0 * np.eye(4)
+    z = np.array([[3.0, 0.0, 0.0, 0.0], [30.0, 0.0, 0.0, 0.0]])
+    out = fuse({"audio": z}, "gated_loglinear", weights={"audio": 1.0}, typicality={"audio": _gate(means)})
+    own = softmax(z)
+    np.testing.assert_allclose(out.probs[0], own[0])  # typical: its own calibrated prediction
+    assert out.probs[1].argmax() == own[1].argmax() == 0
+    assert out.probs[1].max() < own[1].max()  # atypical: less sure

@@ -2,7 +2,9 @@
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,7 +19,7 @@ from common.parity import FP32, compare
 from common.validate import InvalidRepositoryError, validate_repository
 from model_export.onnx_graph import CUDA_OPS, ExportError
 from model_export.repository import export_run
-from training.calibrate import calibrate_run
+from training.calibrate import GATE_MARGIN, calibrate_run
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.evaluate import SERVED_RULE
 
@@ -166,7 +168,7 @@ def test_a_schema_v1_manifest_is_served_uncalibrated(tiny_repo: Path, tmp_path: 
     doc["fusion"] = {"rule": "entropy", "combine": "probabilities"}  # what v1 wrote
     (repo / "manifest.json").write_text(json.dumps(doc))
     migrated = load_manifest(repo)
-    assert migrated.schema_version == 2
+    assert migrated.schema_version == 3
     assert migrated.fusion.calibration.temperatures == {"audio": 1.0, "video": 1.0}
     assert migrated.fusion.calibration.fused_temperatures == {}
     assert migrated.fusion.abstention.min_confidence == {}
@@ -177,9 +179,51 @@ def test_a_schema_v1_manifest_is_served_uncalibrated(tiny_repo: Path, tmp_path: 
 def test_export_serves_the_robustness_winner_by_default(tiny_run: Path, tmp_path: Path) -> None:
     repo = export_run(tiny_run, tmp_path, name="tiny")
     fusion = load_manifest(repo).fusion
-    assert fusion.rule == SERVED_RULE == "loglinear"
+    assert fusion.rule == SERVED_RULE == "gated_loglinear"
     assert fusion.weights is not None
     assert sum(fusion.weights.values()) == pytest.approx(1.0)
     result = runner.invoke(app, ["export", str(tiny_run), "--out", str(tmp_path), "--fusion", "median"])
     assert result.exit_code == 2
     assert "unknown fusion rule 'median'" in result.stderr
+
+
+def test_a_gated_export_carries_its_typicality_and_bad_ones_are_refused(tiny_run: Path, tmp_path: Path) -> None:
+    repo = export_run(tiny_run, tmp_path, name="gated", rule="gated_loglinear")
+    manifest = load_manifest(repo)
+    fusion = manifest.fusion
+    assert fusion.rule == "gated_loglinear"
+    assert fusion.typicality is not None
+    assert set(fusion.typicality) == {"audio", "video"}
+    k = len(manifest.labels)
+    for m, entry in fusion.typicality.items():
+        assert len(entry.means) == k, m
+        assert all(len(r) == k for r in entry.means), m
+        # the threshold sits at the margin above validation's 99th percentile, so validation keeps its full weight
+        assert entry.threshold == pytest.approx(GATE_MARGIN * entry.val_quantiles["0.99"]), m
+        assert entry.val_quantiles["0.5"] <= entry.val_quantiles["0.99"] < entry.threshold, m
+    params = fusion.params()
+    assert params.typicality is not None
+    np.testing.assert_array_equal(params.typicality["audio"].means, np.asarray(fusion.typicality["audio"].means))
+    doc = json.loads((repo / "manifest.json").read_text())
+
+    def refused(change: Callable[[dict[str, Any]], None], message: str) -> None:
+        bad = json.loads(json.dumps(doc))
+        change(bad)
+        (repo / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(ManifestError, match=message):
+            load_manifest(repo)
+
+    refused(lambda d: d["fusion"].pop("typicality"), "needs a typicality")
+    refused(lambda d: d["fusion"]["typicality"]["audio"]["means"][0].pop(), r"\[classes\]\[classes\]")
+    refused(lambda d: d["fusion"]["typicality"]["audio"].update(threshold=0), "greater than 0")
+    refused(lambda d: d["fusion"]["typicality"].update(smell=d["fusion"]["typicality"]["audio"]), "not one of its modalities")
+    # a v2 manifest (no typicality section) loads as v3, unchanged otherwise
+    v2 = json.loads(json.dumps(doc))
+    v2["schema_version"] = 2
+    v2["fusion"]["rule"] = "loglinear"
+    v2["fusion"].pop("typicality")
+    (repo / "manifest.json").write_text(json.dumps(v2))
+    older = load_manifest(repo)
+    assert older.schema_version == 3
+    assert older.fusion.typicality is None
+    assert older.fusion.params().weights == fusion.weights

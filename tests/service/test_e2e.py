@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from common.fusion import FusionParams
+from common.fusion import GATED_RULES, FusionParams, log_softmax, softmax
 from common.manifest import Manifest, load_manifest
 from common.media import AudioSpec, VideoSpec, load_audio, load_video
 from common.parity import FP32
@@ -39,16 +39,32 @@ def check_answer(body: dict, sent: set[str], manifest: Manifest) -> None:
     subset = "+".join(names)
     assert body["fused_temperature"] == fusion.calibration.fused_temperatures.get(subset, 1.0)
     # log p is a logit vector whose softmax is p: the same rule (already calibrated per modality) on it
-    refit = FusionParams(fusion.rule, fusion.weights, None, fusion.calibration.fused_temperatures)
-    fused = refit({m: np.log(p) for m, p in probs.items()})
-    np.testing.assert_allclose([body["probabilities"][c] for c in labels], fused.probs[0], atol=1e-9)
+    if fusion.rule in GATED_RULES:
+        # the gate acts on the raw logits, which the answer does not carry: rebuild the product from the
+        # typicality it reports, log q = sum_m w_m g_m log p_m, then the fused temperature
+        assert fusion.weights is not None
+        w = {m: fusion.weights[m] / sum(fusion.weights[k] for k in names) for m in names}
+        gates = {m: body["modalities"][m]["typicality"] for m in names}
+        assert all(0.0 < g <= 1.0 for g in gates.values()), gates
+        log_q = log_softmax(sum(w[m] * gates[m] * np.log(probs[m]) for m in names))
+        t_s = fusion.calibration.fused_temperatures.get(subset, 1.0) if len(names) > 1 else 1.0
+        expect = softmax(log_q / t_s)
+        total = sum(w[m] * gates[m] for m in names)
+        shares = {m: np.array([w[m] * gates[m] / total]) for m in names}
+    else:
+        for m in names:
+            assert body["modalities"][m]["typicality"] is None
+        refit = FusionParams(fusion.rule, fusion.weights, None, fusion.calibration.fused_temperatures)
+        fused = refit({m: np.log(p) for m, p in probs.items()})
+        expect, shares = fused.probs, fused.weights
+    np.testing.assert_allclose([body["probabilities"][c] for c in labels], expect[0], atol=1e-9)
     for m in names:
-        assert body["modalities"][m]["weight"] == pytest.approx(fused.weights[m][0], abs=1e-9)
+        assert body["modalities"][m]["weight"] == pytest.approx(shares[m][0], abs=1e-9)
         p = probs[m][0]
         assert body["modalities"][m]["entropy"] == pytest.approx(float(-(p * np.log(np.clip(p, 1e-12, 1))).sum()), abs=1e-6)
         assert body["modalities"][m]["label"] == labels[int(p.argmax())]
-    assert body["label"] == labels[int(fused.probs[0].argmax())]
-    assert body["confidence"] == pytest.approx(float(fused.probs[0].max()))
+    assert body["label"] == labels[int(expect[0].argmax())]
+    assert body["confidence"] == pytest.approx(float(expect[0].max()))
     assert body["min_confidence"] == fusion.abstention.threshold(subset)
     assert body["abstained"] == (body["confidence"] < body["min_confidence"])
 

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import beta
+from scipy.stats import beta, chi2
 
 from common import calibration
 from common.fusion import FusionParams, softmax
-from training.calibrate import RULE_VARIANTS, fit_abstention, fit_fusion, fit_temperature, risk_upper_bound, selective_threshold
+from training.calibrate import (
+    GATE_DECAY,
+    GATE_MARGIN,
+    RULE_VARIANTS,
+    fit_abstention,
+    fit_fusion,
+    fit_temperature,
+    fit_typicality,
+    risk_upper_bound,
+    selective_threshold,
+)
 from training.evaluate import Predictions, fused_for
 
 
@@ -49,15 +59,63 @@ def test_calibrated_rules_lower_ece_on_held_out_predictions() -> None:
         assert params.temperatures is not None
         assert params.temperatures["audio"] > 2.0  # it found the over-confidence ...
         assert 0.7 < params.temperatures["video"] < 1.5  # ... and left the calibrated one roughly alone
-        raw = FusionParams(rule, params.weights)
+        raw = FusionParams(rule, params.weights, None, None, params.typicality)
         probs_raw, rows = fused_for(test, test.modalities, raw)
         probs_cal, _ = fused_for(test, test.modalities, params)
         # with 3,000 held-out samples, ECE's sampling noise is about 0.01
         assert calibration.ece(probs_cal, test.labels[rows]) < 0.03, variant
         assert calibration.ece(probs_cal, test.labels[rows]) < calibration.ece(probs_raw, test.labels[rows]), variant
-        if rule in ("fixed", "loglinear"):
+        if rule in ("fixed", "loglinear", "gated_loglinear"):
             assert params.weights is not None
             assert params.weights["video"] > params.weights["audio"]  # the cleaner modality weighs more
+
+
+def test_fit_typicality_recovers_the_class_means_covariance_and_threshold() -> None:
+    rng = np.random.default_rng(3)
+    k, n = 4, 20000
+    means = 3.0 * np.eye(k)
+    root = rng.normal(size=(k, k))
+    cov = root @ root.T + np.eye(k)
+    labels = rng.integers(0, k, n)
+    logits = means[labels] + rng.multivariate_normal(np.zeros(k), cov, n)
+    t, quantiles = fit_typicality(logits, labels)
+    # each class mean from ~n/k samples: within 5 standard errors on every axis
+    se = np.sqrt(np.diag(cov) / (n / k))
+    assert np.all(np.abs(t.means - means) < 5 * se)
+    # the sample covariance's relative error is about sqrt(2/n) = 1%
+    assert np.abs(t.precision @ cov - np.eye(k)).max() < 0.1
+    # Gaussian logits: the squared distance to the own class mean is chi-square with k degrees of freedom
+    assert quantiles["0.99"] == pytest.approx(chi2.ppf(0.99, k), rel=0.1)
+    assert t.threshold == pytest.approx(GATE_MARGIN * quantiles["0.99"])
+    assert t.decay == GATE_DECAY
+    assert np.mean(t.gate(logits) == 1.0) >= 0.99  # validation-like inputs keep their full weight
+    far = means[:1] + 20 * np.sqrt(np.diag(cov))[None]
+    assert t.gate(far)[0] < 0.5
+
+
+def test_gated_rule_fitted_on_validation_ignores_a_modality_gone_wrong_where_loglinear_follows_it() -> None:
+    val, test = _two_modalities(3000, 0), _two_modalities(3000, 10)
+    gated, plain = fit_fusion(val, "gated_loglinear"), fit_fusion(val, "loglinear")
+    assert gated.typicality is not None
+    assert set(gated.typicality) == {"audio", "video"}
+    # on held-out data like validation's the gate stays open: the rule is the product of experts
+    _, rows = fused_for(test, test.modalities, gated)
+    same = fused_for(
+        test, test.modalities, FusionParams("loglinear", gated.weights, gated.temperatures, gated.fused_temperatures)
+    )[0]
+    agree = fused_for(test, test.modalities, gated)[0].argmax(1) == same.argmax(1)
+    assert agree.mean() > 0.98
+    # now the audio is broken: whatever comes in, it is sure of class 0, far beyond any validation logit
+    broken_audio = np.zeros_like(test.logits["audio"])
+    broken_audio[:, 0] = 10 * np.abs(val.logits["audio"]).max()
+    broken = Predictions({"audio": broken_audio, "video": test.logits["video"]}, test.present, test.labels)
+    acc = {
+        name: float((fused_for(broken, broken.modalities, p)[0].argmax(1) == broken.labels[rows]).mean())
+        for name, p in (("gated", gated), ("plain", plain))
+    }
+    video_alone = float((test.logits["video"].argmax(1) == test.labels).mean())
+    assert acc["plain"] < 0.2  # the product follows the broken audio to class 0
+    assert acc["gated"] == pytest.approx(video_alone, abs=0.01)  # the gate leaves the decision to the video
 
 
 def _two_class(conf: list[float], right: list[bool]) -> tuple[np.ndarray, np.ndarray]:
