@@ -48,6 +48,13 @@ class Metrics:
         self.weight = Histogram(
             "mla_fusion_weight", "Fusion weight of each modality", ["modality"], buckets=UNIT_BUCKETS, registry=r
         )
+        self.typicality = Histogram(
+            "mla_typicality",
+            "Typicality gate of each modality's input (1: logits like validation's; gated fusion rules only)",
+            ["modality"],
+            buckets=UNIT_BUCKETS,
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "mla_decode_worker_restarts_total",
             "Decode workers replaced, by reason (died, timeout, memory)",

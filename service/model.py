@@ -141,6 +141,7 @@ class ServedModel:
             provider, run = make_session(self.dir / entry.file, self.settings)
             self.runtimes[m] = Runtime(entry, provider, run)
             self.metrics.model_info.labels(manifest.name, manifest.version, m, provider).set(1)
+            self.metrics.typicality.labels(m)  # the series exists from the start, for the dashboard and the alert
         names = sorted(manifest.modalities)
         for k in range(1, len(names) + 1):  # every subset's series exists from the start, at 0, for rate() and alerts
             for sub in itertools.combinations(names, k):
@@ -260,13 +261,16 @@ class ServedModel:
             w = float(fused.weights[m][0])
             self.metrics.entropy.labels(m).observe(h)
             self.metrics.weight.labels(m).observe(w)
+            typicality = None if fused.gates is None else float(fused.gates[m][0])
+            if typicality is not None:
+                self.metrics.typicality.labels(m).observe(typicality)
             detail[m] = {
                 "label": labels[int(p[0].argmax())],
                 "probabilities": dict(zip(labels, map(float, p[0]), strict=True)),
                 "entropy": h,
                 "weight": w,
                 "temperature": float((params.temperatures or {}).get(m, 1.0)),
-                "typicality": None if fused.gates is None else float(fused.gates[m][0]),
+                "typicality": typicality,
             }
         self.metrics.subsets.labels(subset).inc()
         best = int(fused.probs[0].argmax())
