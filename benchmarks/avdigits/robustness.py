@@ -170,7 +170,7 @@ def _clean_inputs(spec: str, model: MultimodalClassifier, split: str) -> Inputs:
     labels = np.array([it["label"] for it in items])
     train = build_dataset(manifest, "train", model.cfg)  # babble: other speakers than val's and test's
     rng = np.random.default_rng(7)
-    pool = np.stack([np.asarray(train[int(i)]["audio"]) for i in rng.choice(len(train), 200, replace=False)])
+    pool = np.stack([np.asarray(train[int(i)]["audio"]) for i in rng.choice(len(train), min(200, len(train)), replace=False)])
     return Inputs(audio, video, labels, pool)
 
 
