@@ -1,10 +1,10 @@
-// Rendering: the answer of /v1/predict (fused label, bars, entropy and weight per modality) and errors.
+// Rendering: the answer of /v1/predict (fused label, bars, entropy, weight and typicality per modality) and errors.
 // Only textContent is ever set from what the service or a file name says: no HTML injection.
 
 const $ = (id) => document.getElementById(id);
 
 const KNOWN = new Set(["model", "label", "confidence", "probabilities", "modalities", "fusion", "abstained"]);
-const KNOWN_MODALITY = new Set(["label", "probabilities", "entropy", "weight"]);
+const KNOWN_MODALITY = new Set(["label", "probabilities", "entropy", "weight", "typicality"]);
 const STATUS_TEXT = {
   400: "Bad Request",
   401: "Unauthorized",
@@ -159,6 +159,11 @@ function modalityCard(name, m, order) {
   fact("label", m.label, "modality-label");
   fact("weight", percent(m.weight), "modality-weight");
   fact("entropy", `${m.entropy.toFixed(3)} nats (at most ${Math.log(n).toFixed(3)})`, "modality-entropy");
+  // Only under a gated rule: the factor on this modality's weight (null otherwise, and not shown).
+  if (typeof m.typicality === "number") {
+    const note = m.typicality < 1 ? " (unlike the model's data: its weight was cut)" : " (like the model's data)";
+    fact("typicality", `${percent(m.typicality)}${note}`, "modality-typicality");
+  }
   card.append(facts);
   const weight = el("span", "bar-track weight");
   weight.setAttribute("aria-hidden", "true");
