@@ -315,11 +315,14 @@ def predict(
         f"from {body['model']['name']} v{body['model']['version']}, {body['fusion']} fusion"
     )
     table = Table(title=title)
-    for col in ("modality", "label", "confidence", "entropy (nats)", "weight", "temperature"):
+    gated = any(isinstance(d.get("typicality"), int | float) for d in body["modalities"].values())
+    columns = ("modality", "label", "confidence", "entropy (nats)", "weight", "temperature")
+    for col in (*columns, "typicality") if gated else columns:
         table.add_column(col)
     for m, d in body["modalities"].items():
         conf, temp = max(d["probabilities"].values()), d.get("temperature", 1.0)
-        table.add_row(m, d["label"], f"{conf:.3f}", f"{d['entropy']:.3f}", f"{d['weight']:.3f}", f"{temp:.3g}")
+        row = [m, d["label"], f"{conf:.3f}", f"{d['entropy']:.3f}", f"{d['weight']:.3f}", f"{temp:.3g}"]
+        table.add_row(*row, *([f"{d['typicality']:.3f}"] if gated else []))
     Console().print(table)
 
 

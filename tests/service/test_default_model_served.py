@@ -12,6 +12,9 @@ some of the same pairs.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,3 +96,17 @@ def test_speech_drowned_in_noise_loses_its_say(default_server: Server, media: di
     # without the gate the sure but wrong audio outvotes the drawing on some of them
     assert ungated_right < len(media)
     assert default_server.tmp_is_empty()
+
+
+def test_mla_predict_shows_the_typicality(default_server: Server, media: dict[int, dict[str, Path]]) -> None:
+    files = media[3]
+    cmd = [sys.executable, "-m", "cli.main", "predict", "--url", default_server.url, "--audio", str(files["drowned"])]
+    env = {**os.environ, "COLUMNS": "160"}  # one line per row, whatever terminal the tests run in
+    proc = subprocess.run([*cmd, "--video", str(files["drawn"])], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "typicality" in proc.stdout
+    assert "gated_loglinear fusion" in proc.stdout
+    audio_row = next(line for line in proc.stdout.splitlines() if "audio" in line and "│" in line)
+    shown = float(audio_row.split("│")[-2])  # the last column
+    body = default_server.post({"audio": files["drowned"], "video": files["drawn"]}).json()
+    assert shown == pytest.approx(body["modalities"]["audio"]["typicality"], abs=5e-4)
