@@ -198,16 +198,15 @@ def fuse(
         # temperatures would change its argmax); it is calibrated by T_S alone, singles included.
         summed = sum(np.where(mask[i][:, None], np.asarray(logits[m], np.float64), 0.0) for i, m in enumerate(names))
         log_q = log_softmax(np.asarray(summed))
-    elif rule == "loglinear":
-        log_q = log_softmax(sum(w[i][:, None] * log_softmax(scaled[m]) for i, m in enumerate(names)))
-    elif gates is not None:
-        # The exponents are not renormalised: an atypical modality's share goes nowhere, so the
-        # product flattens (it is less sure) rather than trusting the other modality more.
-        exponents = np.stack([w[i] * gates[m] for i, m in enumerate(names)])
+    elif rule in PRODUCT_RULES:
+        # Under a gate the exponents are not renormalised: an atypical modality's share goes
+        # nowhere, so the product flattens (it is less sure) rather than trusting the other more.
+        exponents = w if gates is None else np.stack([w[i] * gates[m] for i, m in enumerate(names)])
         log_q = log_softmax(sum(exponents[i][:, None] * log_softmax(scaled[m]) for i, m in enumerate(names)))
-        # What each modality contributed, as shares that sum to 1 (the constant weights where every gate is ~0).
-        total = exponents.sum(axis=0, keepdims=True)
-        w = np.where(total > 1e-300, exponents / np.where(total > 1e-300, total, 1.0), w)
+        if gates is not None:
+            # What each modality contributed, as shares that sum to 1 (the constant weights where every gate is ~0).
+            total = exponents.sum(axis=0, keepdims=True)
+            w = np.where(total > 1e-300, exponents / np.where(total > 1e-300, total, 1.0), w)
     else:
         mixed = sum(w[i][:, None] * probs[m] for i, m in enumerate(names))
         log_q = np.log(np.clip(np.asarray(mixed), 1e-300, None))

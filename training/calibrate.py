@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from scipy.optimize import minimize_scalar
 from scipy.stats import beta
 
 from common import calibration
-from common.fusion import GATED_RULES, RULES, FusionParams, Typicality, log_softmax, subset_name
+from common.fusion import GATED_RULES, PRODUCT_RULES, RULES, FusionParams, Typicality, log_softmax, subset_name
 from training.evaluate import Predictions, fused_for, subsets
 
 TARGET_RISK = 0.05  # default: at most 5% errors among the answers given
@@ -142,10 +142,14 @@ def fit_typicality(
     cov = resid.T @ resid / len(z)
     cov += np.eye(k) * max(1e-6 * float(np.trace(cov)) / k, 1e-12)
     base = Typicality(means, np.linalg.inv(cov), 1.0, decay)
-    d = base.distance(z)
-    quantiles = {str(q): float(np.quantile(d, q)) for q in (0.5, 0.9, GATE_QUANTILE)}
-    threshold = margin * max(quantiles[str(GATE_QUANTILE)], 1e-12)
-    return Typicality(means, base.precision, threshold, decay), quantiles
+    quantiles = distance_quantiles(base, z)
+    return replace(base, threshold=margin * max(quantiles[str(GATE_QUANTILE)], 1e-12)), quantiles
+
+
+def distance_quantiles(typicality: Typicality, logits: np.ndarray) -> dict[str, float]:
+    """The median, 90th and GATE_QUANTILE-th percentiles of the distances of `logits` (validation's, in use)."""
+    d = typicality.distance(logits)
+    return {str(q): float(np.quantile(d, q)) for q in (0.5, 0.9, GATE_QUANTILE)}
 
 
 def _typicality(val: Predictions, margin: float = GATE_MARGIN, decay: float = GATE_DECAY) -> dict[str, Typicality]:
@@ -181,7 +185,7 @@ def fit_fusion(
     typicality = _typicality(val, *gate) if rule in GATED_RULES else None
     if rule == "fixed":
         weights = _tune_fixed(val, temperatures)
-    elif rule in ("loglinear", "gated_loglinear"):
+    elif rule in PRODUCT_RULES:
         weights = _tune_loglinear(val, temperatures or {}, rule, typicality)
     params = FusionParams(rule, weights, temperatures, None, typicality)
     if not calibrated:
@@ -279,7 +283,7 @@ def calibrate_run(
     if params.typicality:
         typicality = {}
         for m, t in params.typicality.items():
-            quantiles = fit_typicality(val.logits[m][val.present[m]], val.labels[val.present[m]])[1]
+            quantiles = distance_quantiles(t, val.logits[m][val.present[m]])
             typicality[m] = {
                 "means": t.means.tolist(),
                 "precision": t.precision.tolist(),

@@ -174,8 +174,8 @@ def _clean_inputs(spec: str, model: MultimodalClassifier, split: str) -> Inputs:
     return Inputs(audio, video, labels, pool)
 
 
-def _key(c: Corruption | None, level: int = 0) -> str:
-    return "clean" if c is None else f"{CORRUPTIONS.index(c)}/{level}"
+def _key(c: Corruption, level: int) -> str:
+    return f"{CORRUPTIONS.index(c)}/{level}"
 
 
 def condition_logits(run: Path, clean_spec: str) -> dict[str, np.ndarray]:
@@ -237,12 +237,10 @@ def _val_predictions(run: Path, val_spec: str) -> Predictions:
     return predict(model, make_loader(build_dataset(parse_spec(val_spec), "val", model.cfg), 256, False, 0), torch.device("cpu"))
 
 
-def evaluate_model(run: Path, rules: dict[str, FusionParams] | None, clean_spec: str, val_spec: str) -> dict[str, Any]:
-    """One trained model: every rule (fitted on the ordinary validation split) at every corruption and severity."""
-    if rules is None:  # a reference: its own rule only
-        own = own_rule(load_checkpoint(run)["method"])
-        rules = {own: fit_fusion(_val_predictions(run, val_spec), own)}
-    return score_rules(condition_logits(run, clean_spec), rules)
+def evaluate_reference(run: Path, clean_spec: str, val_spec: str) -> dict[str, Any]:
+    """A reference model: its own rule (fitted on the ordinary validation split) at every corruption and severity."""
+    own = own_rule(load_checkpoint(run)["method"])
+    return score_rules(condition_logits(run, clean_spec), {own: fit_fusion(_val_predictions(run, val_spec), own)})
 
 
 def gate_grid(val: Predictions, held: dict[str, np.ndarray]) -> dict[str, float]:
@@ -393,11 +391,12 @@ def main() -> None:
         val = _val_predictions(run, val_spec)
         rules = {r: fit_fusion(val, r.removesuffix("_raw"), not r.endswith("_raw")) for r in MLA_RULES}
         log.info("seed %d: MLA", seed)
-        per_seed.append(evaluate_model(run, rules, clean_spec, val_spec))
-        grids.append(gate_grid(val, condition_logits(run, clean_spec)))
+        held = condition_logits(run, clean_spec)
+        per_seed.append(score_rules(held, rules))
+        grids.append(gate_grid(val, held))
         for row in REFERENCES:
             log.info("seed %d: %s", seed, row)
-            refs_per_seed[row].append(evaluate_model(run_dir(args.runs, row, seed), None, clean_spec, val_spec))
+            refs_per_seed[row].append(evaluate_reference(run_dir(args.runs, row, seed), clean_spec, val_spec))
     mla = {split: summarise(per_seed, list(MLA_RULES), split) for split in ("val", "test")}
     chosen, val_means = choose(mla["val"], list(MLA_RULES))
     gate_means = {g: _mean([grid[g] for grid in grids]) for g in grids[0]}
