@@ -47,7 +47,7 @@ def test_logits_are_computed_once_per_checkpoint(
     assert n == 10  # the validation speaker, one clip per digit
     for c in robustness.CORRUPTIONS:
         for level in range(len(c.severities)):
-            key = f"val/{robustness.CORRUPTIONS.index(c)}/{level}"
+            key = f"val/{robustness._key(c, level)}"
             stored = {m for m in ("audio", "video") if f"{key}/{m}" in held}
             assert stored == ({"audio", "video"} if c.modality == "both" else {c.modality}), (c.name, level)
             for m in stored:
@@ -89,3 +89,46 @@ def test_rules_are_scored_on_every_corruption_from_the_same_logits(small: tuple[
         for cell in [scores["test"]["clean"], *scores["test"]["audio white noise"]]:
             assert 0.0 <= cell[rule]["accuracy"] <= 1.0
             assert 0.0 <= cell[rule]["ece"] <= 1.0
+
+
+def test_each_corruption_draws_from_its_own_seed() -> None:
+    """Adding a corruption must change no other's noise: each has a fixed seed, which is also its cache key."""
+    seeds = [c.seed for c in robustness.CORRUPTIONS]
+    assert len(set(seeds)) == len(seeds)
+    assert robustness._key(robustness.WHITE, 5) == "0/5"  # the keys the cache of CACHE_VERSION 1 used for white noise
+
+
+def test_low_band_noise_keeps_only_the_speech_band() -> None:
+    """The 0-4 kHz noise: no power above the cutoff, the white noise's own spectrum below it, at any length."""
+    rate = 16_000
+    rng = np.random.default_rng(0)
+    for n in (16_000, 12_345):
+        white = rng.standard_normal(n)
+        low = robustness._low_band(white, rate)
+        freqs = np.fft.rfftfreq(n, 1.0 / rate)
+        spectrum, original = np.fft.rfft(low), np.fft.rfft(white)
+        scale = np.abs(original).max()
+        above = freqs > robustness.SPEECH_BAND_HZ
+        # float64 FFT round trip: errors of order 1e-16 of the spectrum's scale, bounded here at 1e-9
+        assert np.abs(spectrum[above]).max() <= 1e-9 * scale
+        np.testing.assert_allclose(spectrum[~above], original[~above], rtol=0, atol=1e-9 * scale)
+        # about half the power of the 8 kHz-wide white noise is left in the lower 4 kHz
+        assert 0.4 < np.mean(low**2) / np.mean(white**2) < 0.6
+
+
+def test_low_band_corruption_meets_its_snr() -> None:
+    """The noise added by "audio noise, 0-4 kHz" has the asked power against the speech, and lies in the band."""
+    rate = 16_000
+    t = np.arange(rate) / rate
+    speech = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    inputs = robustness.Inputs(speech[None], np.zeros((1, 1, 2, 2, 3), np.uint8), np.zeros(1, int), speech[None], rate)
+    band = next(c for c in robustness.CORRUPTIONS if c.name == "audio noise, 0-4 kHz")
+    for level, snr in enumerate(band.severities):
+        noisy = inputs.corrupted(band, level)["audio"][0].astype(np.float64)
+        noise = noisy - speech
+        measured = 10 * np.log10(np.mean(speech.astype(np.float64) ** 2) / np.mean(noise**2))
+        assert measured == pytest.approx(snr, abs=0.01)  # float32 storage of the sum: far below 0.01 dB
+        spectrum = np.abs(np.fft.rfft(noise))
+        above = np.fft.rfftfreq(len(noise), 1.0 / rate) > robustness.SPEECH_BAND_HZ
+        # what is left above 4 kHz is the float32 rounding of the noisy clip, about 1e-7 of its scale
+        assert spectrum[above].max() < 1e-4 * spectrum[~above].max()
