@@ -122,25 +122,33 @@ def _tune_fixed(val: Predictions, temperatures: dict[str, float] | None) -> dict
 
 
 def fit_typicality(
-    logits: np.ndarray, labels: np.ndarray, margin: float = GATE_MARGIN, decay: float = GATE_DECAY
+    logits: np.ndarray,
+    labels: np.ndarray,
+    margin: float = GATE_MARGIN,
+    decay: float = GATE_DECAY,
+    classes: int | None = None,
 ) -> tuple[Typicality, dict[str, float]]:
     """A modality's Typicality from its validation logits [n, classes], and the distance's validation quantiles.
 
     Class means and the covariance of each logit vector around its own class's mean (shared by
     the classes, as in linear discriminant analysis), with a ridge of 1e-6 of its mean variance
     so that it inverts even where validation leaves a direction flat. A class missing from
-    validation takes the mean over all of it.
+    validation takes the mean over all of it. Any other per-sample vectors (an encoder's
+    features, [n, dim]) fit the same way given the number of `classes`.
     """
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels)
-    k = z.shape[1]
+    dim = z.shape[1]
+    k = dim if classes is None else classes
     if len(z) < 2:
         raise ValueError("a typicality needs at least two validation samples")
+    if y.min() < 0 or y.max() >= k:
+        raise ValueError(f"labels must lie in 0..{k - 1}, got {y.min()}..{y.max()}")
     overall = z.mean(axis=0)
     means = np.stack([z[y == c].mean(axis=0) if np.any(y == c) else overall for c in range(k)])
     resid = z - means[y]
     cov = resid.T @ resid / len(z)
-    cov += np.eye(k) * max(1e-6 * float(np.trace(cov)) / k, 1e-12)
+    cov += np.eye(dim) * max(1e-6 * float(np.trace(cov)) / dim, 1e-12)
     base = Typicality(means, np.linalg.inv(cov), 1.0, decay)
     quantiles = distance_quantiles(base, z)
     return replace(base, threshold=margin * max(quantiles[str(GATE_QUANTILE)], 1e-12)), quantiles

@@ -93,6 +93,28 @@ def test_fit_typicality_recovers_the_class_means_covariance_and_threshold() -> N
     assert t.gate(far)[0] < 0.5
 
 
+def test_fit_typicality_fits_features_wider_than_the_classes() -> None:
+    """Given the number of classes, the same fit works on an encoder's features ([n, dim], dim != classes)."""
+    rng = np.random.default_rng(4)
+    k, dim, n = 3, 7, 30000
+    means = rng.normal(scale=4.0, size=(k, dim))
+    root = rng.normal(size=(dim, dim))
+    cov = root @ root.T + np.eye(dim)
+    labels = rng.integers(0, k, n)
+    feats = means[labels] + rng.multivariate_normal(np.zeros(dim), cov, n)
+    t, quantiles = fit_typicality(feats, labels, classes=k)
+    assert t.means.shape == (k, dim)
+    assert t.precision.shape == (dim, dim)
+    se = np.sqrt(np.diag(cov) / (n / k))
+    assert np.all(np.abs(t.means - means) < 5 * se)
+    assert np.abs(t.precision @ cov - np.eye(dim)).max() < 0.1
+    # the distance to the nearest mean is at most the one to the own class's: chi-square with dim degrees of freedom at most
+    assert quantiles["0.99"] <= chi2.ppf(0.99, dim) * 1.1
+    # a label outside the classes is refused, not silently given a mean of its own
+    with pytest.raises(ValueError, match="labels"):
+        fit_typicality(feats, np.where(labels == 0, k, labels), classes=k)
+
+
 def test_gated_rule_fitted_on_validation_ignores_a_modality_gone_wrong_where_loglinear_follows_it() -> None:
     val, test = _two_modalities(3000, 0), _two_modalities(3000, 10)
     gated, plain = fit_fusion(val, "gated_loglinear"), fit_fusion(val, "loglinear")
