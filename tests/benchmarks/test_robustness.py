@@ -132,3 +132,28 @@ def test_low_band_corruption_meets_its_snr() -> None:
         above = np.fft.rfftfreq(len(noise), 1.0 / rate) > robustness.SPEECH_BAND_HZ
         # what is left above 4 kHz is the float32 rounding of the noisy clip, about 1e-7 of its scale
         assert spectrum[above].max() < 1e-4 * spectrum[~above].max()
+
+
+def test_feature_gate_study_reproduces_the_served_gate_and_scores_both_spaces(small: tuple[Path, str]) -> None:
+    """The study's logits/logits column is the served gated_loglinear, as the robustness benchmark scores it."""
+    from benchmarks.avdigits import feature_gate
+    from training.checkpoint import load_checkpoint
+
+    run, spec = small
+    out = feature_gate.evaluate_seed(run, load_checkpoint(run)["data"], spec)
+    held = robustness.condition_logits(run, spec)
+    val = robustness._val_predictions(run, load_checkpoint(run)["data"])
+    served = robustness.score_rules(held, {"g": fit_fusion(val, "gated_loglinear")})
+    combos = ["/".join(c) for c in feature_gate.COMBOS]
+    for split in ("val", "test"):
+        rows = out["splits"][split]
+        assert rows["clean"]["logits/logits"] == pytest.approx(served[split]["clean"]["g"]["accuracy"])
+        for c in robustness.CORRUPTIONS:
+            for level, row in enumerate(rows[c.name]):
+                assert row["logits/logits"] == pytest.approx(served[split][c.name][level]["g"]["accuracy"]), (c.name, level)
+                assert all(0.0 <= row[k] <= 1.0 for k in [*combos, "equal", "fixed"])
+                assert ("auroc" in row) == (c.modality != "both")
+    summary = feature_gate.summarise([out, out])
+    assert summary["chosen"] in combos
+    assert len(summary["rows"]["test"]) == 1 + sum(len(c.severities) for c in robustness.CORRUPTIONS)
+    assert "features/features" in feature_gate.markdown({"seeds": [0, 0], "summary": summary})
