@@ -1,6 +1,6 @@
 """Where should the typicality gate look: at a modality's logits (served today) or at its encoder features?
 
-    python -m benchmarks.avdigits.feature_gate      # after make bench-accuracy (and bench-robustness's clean build)
+    python -m benchmarks.avdigits.feature_gate      # after make bench-accuracy
 
 The served gate (common.fusion.Typicality, fitted by training.calibrate) measures the squared
 Mahalanobis distance of the 10 logits to the nearest class mean. `make bench-robustness`
@@ -22,11 +22,9 @@ benchmarks/results/feature_gate.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,16 +33,13 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from benchmarks.avdigits.build import SHARED, MissingSharedDataError
-from benchmarks.avdigits.build import cached as dataset
-from benchmarks.avdigits.robustness import CORRUPTIONS, Inputs, _clean_inputs, _val_predictions, severity_label
-from benchmarks.avdigits.run import run_dir
+from benchmarks.avdigits.robustness import CORRUPTIONS, Inputs, _clean_inputs, _val_predictions, setup, severity_label
 from benchmarks.report import markdown_table, write
 from common.fusion import FusionParams, Typicality, log_softmax
 from training.calibrate import GATE_DECAY, GATE_MARGIN, GATE_QUANTILE, fit_fusion, fit_typicality
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data.dataset import build_dataset
-from training.data.specs import cache_root, parse_spec
+from training.data.specs import parse_spec
 from training.models import MultimodalClassifier
 
 log = logging.getLogger("feature_gate")
@@ -221,25 +216,11 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=Path("runs/avdigits"), help="where make bench-accuracy trained")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        val_spec = f"csv:{dataset()}"
-    except MissingSharedDataError as exc:
-        print(f"skipped: {exc}; the study needs the shared data sets in {SHARED}")
-        sys.exit(0)
-    clean = cache_root() / "datasets" / "avdigits-clean-v1-seed0" / "manifest.csv"
-    runs = [run_dir(args.runs, "mla", s) for s in args.seeds]
-    missing = [str(r) for r in runs if not (r / "checkpoint.pt").is_file()]
-    if missing or not clean.is_file():
-        raise SystemExit(f"run `make bench-accuracy` and `make bench-robustness` first (missing: {missing or clean})")
+    args, val_spec, clean_spec, runs = setup(__doc__)
     per_seed = []
     for seed, run in zip(args.seeds, runs, strict=True):
         log.info("seed %d", seed)
-        per_seed.append(evaluate_seed(run, val_spec, f"csv:{clean}"))
+        per_seed.append(evaluate_seed(run, val_spec, clean_spec))
     results = {"seeds": args.seeds, "summary": summarise(per_seed), "per_seed": per_seed}
     md = markdown(results)
     write("feature_gate", results, md)

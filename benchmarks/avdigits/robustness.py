@@ -385,8 +385,10 @@ def plot(results: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def setup(doc: str | None) -> tuple[argparse.Namespace, str, str, list[Path]]:
+    """The command line shared by the studies on bench-accuracy's MLA runs: args, the ordinary and the clean
+    AV-digits specs (the clean one built if missing), and each seed's run. Exits 0 where the shared data is absent."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=Path, default=Path("runs/avdigits"), help="where make bench-accuracy trained")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
@@ -400,11 +402,15 @@ def main() -> None:
     except MissingSharedDataError as exc:
         print(f"skipped: {exc}; the benchmark needs the shared data sets in {SHARED}")
         sys.exit(0)
-    clean_spec = f"csv:{clean_dir / 'manifest.csv'}"
-    missing = [run_dir(args.runs, "mla", s) for s in args.seeds if not (run_dir(args.runs, "mla", s) / "checkpoint.pt").is_file()]
+    runs = [run_dir(args.runs, "mla", s) for s in args.seeds]
+    missing = [r for r in runs if not (r / "checkpoint.pt").is_file()]
     if missing:
         raise SystemExit(f"no trained model in {', '.join(map(str, missing))}: run `make bench-accuracy` first")
+    return args, val_spec, f"csv:{clean_dir / 'manifest.csv'}", runs
 
+
+def main() -> None:
+    args, val_spec, clean_spec, _ = setup(__doc__)
     per_seed, refs_per_seed, grids = [], {k: [] for k in REFERENCES}, []  # type: ignore[var-annotated]
     for seed in args.seeds:
         run = run_dir(args.runs, "mla", seed)
