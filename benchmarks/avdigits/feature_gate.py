@@ -30,10 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
-from benchmarks.avdigits.robustness import CORRUPTIONS, Inputs, _clean_inputs, _val_predictions, setup, severity_label
+from benchmarks.avdigits.robustness import (
+    CORRUPTIONS,
+    Inputs,
+    _clean_inputs,
+    _val_predictions,
+    model_outputs,
+    setup,
+    severity_label,
+)
 from benchmarks.report import markdown_table, write
 from common.fusion import FusionParams, Typicality, log_softmax
 from training.calibrate import GATE_DECAY, GATE_MARGIN, GATE_QUANTILE, fit_fusion, fit_typicality
@@ -48,24 +55,12 @@ SPACES = ("logits", "features")
 COMBOS = tuple(itertools.product(SPACES, repeat=len(MODALITIES)))  # (audio's space, video's space)
 
 
-@torch.no_grad()
-def features_and_logits(model: MultimodalClassifier, modality: str, x: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
-    model.eval()
-    feats, logits = [], []
-    for i in range(0, len(x), batch):
-        ((f, z),) = model({modality: torch.from_numpy(x[i : i + batch])}).values()
-        feats.append(f.double().numpy())
-        logits.append(z.double().numpy())
-    return {"features": np.concatenate(feats), "logits": np.concatenate(logits)}
-
-
 def _split(model: MultimodalClassifier, inputs: Inputs) -> dict[str, Any]:
     """{"clean": {modality: {space: array}}, corruption name: [per severity: the corrupted modalities' arrays]}."""
-    out: dict[str, Any] = {"clean": {m: features_and_logits(model, m, getattr(inputs, m)) for m in MODALITIES}}
+    out: dict[str, Any] = {"clean": {m: model_outputs(model, m, getattr(inputs, m)) for m in MODALITIES}}
     for c in CORRUPTIONS:
         out[c.name] = [
-            {m: features_and_logits(model, m, x) for m, x in inputs.corrupted(c, level).items()}
-            for level in range(len(c.severities))
+            {m: model_outputs(model, m, x) for m, x in inputs.corrupted(c, level).items()} for level in range(len(c.severities))
         ]
     return out
 
@@ -123,16 +118,17 @@ def evaluate_seed(run: Path, val_spec: str, clean_spec: str) -> dict[str, Any]:
         raise RuntimeError("the validation split came back in another order")
     val_arrays = {
         m: {
-            "features": features_and_logits(model, m, np.stack([np.asarray(it[m]) for it in items]))["features"],
+            "features": model_outputs(model, m, np.stack([np.asarray(it[m]) for it in items]))["features"],
             "logits": val_preds.logits[m],
         }
         for m in MODALITIES
     }
     k = model.cfg.n_classes
-    typicality = {
-        m: {space: fit_typicality(val_arrays[m][space], val_y, GATE_MARGIN, GATE_DECAY, classes=k)[0] for space in SPACES}
+    fits = {
+        m: {space: fit_typicality(val_arrays[m][space], val_y, GATE_MARGIN, GATE_DECAY, classes=k) for space in SPACES}
         for m in MODALITIES
     }
+    typicality = {m: {space: fit[0] for space, fit in by_space.items()} for m, by_space in fits.items()}
     fitted = Fitted(
         typicality, fit_fusion(val_preds, "gated_loglinear"), {r: fit_fusion(val_preds, r) for r in ("equal", "fixed")}
     )
@@ -150,8 +146,7 @@ def evaluate_seed(run: Path, val_spec: str, clean_spec: str) -> dict[str, Any]:
             ]
         out["splits"][split] = rows
     out["val_quantiles"] = {
-        m: {space: float(np.quantile(typicality[m][space].distance(val_arrays[m][space]), GATE_QUANTILE)) for space in SPACES}
-        for m in MODALITIES
+        m: {space: fit[1][str(GATE_QUANTILE)] for space, fit in by_space.items()} for m, by_space in fits.items()
     }
     return out
 

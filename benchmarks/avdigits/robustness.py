@@ -166,13 +166,19 @@ class Inputs:
 
 
 @torch.no_grad()
-def _logits(model: MultimodalClassifier, modality: str, x: np.ndarray, batch: int = 256) -> np.ndarray:
+def model_outputs(model: MultimodalClassifier, modality: str, x: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
+    """One modality's encoder features [n, dim] and logits [n, classes] for inputs `x`, in float64."""
     model.eval()
-    out = []
+    feats, logits = [], []
     for i in range(0, len(x), batch):
-        ((_, z),) = model({modality: torch.from_numpy(x[i : i + batch])}).values()
-        out.append(z.double().numpy())
-    return np.concatenate(out)
+        ((f, z),) = model({modality: torch.from_numpy(x[i : i + batch])}).values()
+        feats.append(f.double().numpy())
+        logits.append(z.double().numpy())
+    return {"features": np.concatenate(feats), "logits": np.concatenate(logits)}
+
+
+def _logits(model: MultimodalClassifier, modality: str, x: np.ndarray) -> np.ndarray:
+    return model_outputs(model, modality, x)["logits"]
 
 
 def _score(preds: Predictions, params: FusionParams) -> dict[str, float]:
@@ -410,10 +416,9 @@ def setup(doc: str | None) -> tuple[argparse.Namespace, str, str, list[Path]]:
 
 
 def main() -> None:
-    args, val_spec, clean_spec, _ = setup(__doc__)
+    args, val_spec, clean_spec, mla_runs = setup(__doc__)
     per_seed, refs_per_seed, grids = [], {k: [] for k in REFERENCES}, []  # type: ignore[var-annotated]
-    for seed in args.seeds:
-        run = run_dir(args.runs, "mla", seed)
+    for seed, run in zip(args.seeds, mla_runs, strict=True):
         val = _val_predictions(run, val_spec)
         rules = {r: fit_fusion(val, r.removesuffix("_raw"), not r.endswith("_raw")) for r in MLA_RULES}
         log.info("seed %d: MLA", seed)

@@ -99,9 +99,8 @@ def test_speech_drowned_in_noise_loses_its_say(default_server: Server, media: di
         before, after = clean.json()["modalities"], noisy.json()["modalities"]
         assert after["video"]["label"] == str(digit), digit  # the drawing alone is right ...
         assert after["video"]["typicality"] == 1.0, digit  # ... and looks like validation's drawings
-        assert after["audio"]["typicality"] < GATE_BELOW[band], (
-            digit
-        )  # the drowned speech's logits lie far out: its gate closes part way
+        # the drowned speech's logits lie far out: its gate closes part way
+        assert after["audio"]["typicality"] < GATE_BELOW[band], digit
         assert after["audio"]["typicality"] < before["audio"]["typicality"], digit
         assert after["audio"]["weight"] < before["audio"]["weight"], digit
         assert noisy.json()["label"] == str(digit), digit  # the drawing decides
