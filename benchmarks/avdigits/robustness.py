@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 
 from benchmarks.avdigits.build import SHARED, MissingSharedDataError, build, gaussian_blur
 from benchmarks.avdigits.run import dataset, run_dir
@@ -55,6 +56,8 @@ CACHE_VERSION = 2  # bump when the corruptions change
 REFERENCES = {"joint": "joint", "unimodal ensemble": "unimodal ensemble"}  # row of bench-accuracy -> label here
 SNRS = (20.0, 10.0, 5.0, 0.0, -5.0, -10.0)
 BABBLE_TALKERS = 4
+CI_LEVEL = 0.95  # of the paired intervals on the chosen rule's gains
+BOOTSTRAP_RESAMPLES = 2000
 SPEECH_BAND_HZ = 4000.0  # FSDD is recorded at 8 kHz: nothing it holds lies above this
 
 
@@ -187,6 +190,12 @@ def _score(preds: Predictions, params: FusionParams) -> dict[str, float]:
     return {"accuracy": float((probs.argmax(1) == y).mean()), "ece": calibration.ece(probs, y)}
 
 
+def _correct(preds: Predictions, params: FusionParams) -> np.ndarray:
+    """[n] bool: which fused predictions are right."""
+    probs, rows = fused_for(preds, preds.modalities, params)
+    return probs.argmax(1) == preds.labels[rows]
+
+
 def _clean_inputs(spec: str, model: MultimodalClassifier, split: str) -> Inputs:
     manifest = parse_spec(spec)
     ds = build_dataset(manifest, split, model.cfg)
@@ -279,6 +288,55 @@ def gate_grid(val: Predictions, held: dict[str, np.ndarray]) -> dict[str, float]
     return out
 
 
+def conditions() -> list[tuple[str, int | None, str]]:
+    """(corruption name, severity index, cache key) of every scored condition, clean first (severity None)."""
+    return [("clean", None, "clean")] + [(c.name, i, _key(c, i)) for c in CORRUPTIONS for i in range(len(c.severities))]
+
+
+def paired_gaps(
+    held_by_seed: list[dict[str, np.ndarray]],
+    rules_by_seed: list[dict[str, FusionParams]],
+    chosen: str,
+    against: tuple[str, ...] = ("equal", "fixed"),
+    split: str = "test",
+    level: float = CI_LEVEL,
+) -> dict[str, Any]:
+    """The chosen rule's accuracy minus each of `against`'s, in points, with a bootstrap interval, per condition.
+
+    The same clips are scored under every rule and seed, so the difference is paired: per clip,
+    the difference of right answers averaged over the seeds, then a BCa bootstrap over the clips
+    (scipy.stats.bootstrap). The interval is how far the gap could move on another draw of
+    clips from the same speakers; the seeds are held fixed.
+    Returns {"clean": {rule: {gain, low, high}}, corruption: [by severity: {rule: {...}}]}.
+    """
+    out: dict[str, Any] = {c.name: [None] * len(c.severities) for c in CORRUPTIONS}
+    for name, i, key in conditions():
+        per_rule = {}
+        for ref in against:
+            diffs = np.mean(
+                [
+                    _correct(_condition(held, split, key), rules[chosen]).astype(float)
+                    - _correct(_condition(held, split, key), rules[ref])
+                    for held, rules in zip(held_by_seed, rules_by_seed, strict=True)
+                ],
+                axis=0,
+            )
+            gain = 100 * float(diffs.mean())
+            if np.all(diffs == diffs[0]):  # no clip differs: the interval is the point
+                low = high = gain
+            else:
+                ci = stats.bootstrap(
+                    (diffs,), np.mean, confidence_level=level, n_resamples=BOOTSTRAP_RESAMPLES, method="BCa", rng=0
+                ).confidence_interval
+                low, high = 100 * float(ci.low), 100 * float(ci.high)
+            per_rule[ref] = {"gain": gain, "low": low, "high": high}
+        if i is None:
+            out[name] = per_rule
+        else:
+            out[name][i] = per_rule
+    return out
+
+
 def _mean(values: list[float]) -> float:
     return statistics.fmean(values)
 
@@ -310,45 +368,62 @@ def severity_label(c: Corruption, i: int) -> str:
     return f"{c.severities[i]:g} {c.unit}"
 
 
+def _gap_cells(results: dict[str, Any]) -> list[dict[str, dict[str, float]]]:
+    """The paired gaps of every test row, in the table's order."""
+    gaps = results["gaps"]["by_condition"]
+    return [gaps["clean"] if i is None else gaps[name][i] for name, i, _ in conditions()]
+
+
 def markdown(results: dict[str, Any]) -> str:
     chosen, test = results["chosen"], results["mla"]["test"]
     refs = results["references"]
     gate = results["gate"]
     grid = ", ".join(f"{g} {v:.4f}" for g, v in gate["grid"].items())
-    cells = [test["clean"]] + [lvl for c in CORRUPTIONS for lvl in test[c.name]]
-    held = sum(
-        100 * (cell[chosen]["accuracy"] - max(cell["equal"]["accuracy"], cell["fixed"]["accuracy"])) >= -0.5 for cell in cells
-    )
+    gap_cells = _gap_cells(results)
+    # the bar: within 0.5 point of, or above, the better of equal and fixed weights in that row
+    binding = [min(cell.values(), key=lambda g: g["gain"]) for cell in gap_cells]
+    below = [g for g in binding if g["gain"] < -0.5]
+    shown = [g for g in below if g["high"] < -0.5]
+    level = f"{results['gaps']['level']:.0%}"
     lines = [
         f"# Fusion rules under corruption (AV-digits test, MLA, seeds {results['seeds']})\n",
         f"Rule chosen on validation (best mean accuracy over every corruption and severity): **{chosen}** "
         f"(validation means: {', '.join(f'{r} {v:.3f}' for r, v in results['val_means'].items())}). "
-        f"On test it is within 0.5 point of, or above, both equal and the best fixed weights in {held} of the "
-        f"{len(cells)} rows below.\n",
+        f"On test it is within 0.5 point of, or above, both equal and the best fixed weights in "
+        f"{len(binding) - len(below)} of the {len(binding)} rows below. Of the {len(below)} rows under that bar, "
+        f"{len(shown)} fall short by more than the test set's noise (the {level} interval of the gap lies wholly "
+        "below -0.5 point).\n",
         f"`gated_loglinear` used margin/decay {gate['used']} (training.calibrate's constants); the best on validation of "
         f"the grid was {gate['best']} (mean validation accuracy, margin/decay: {grid}).\n",
         "Audio+video test accuracy, mean over seeds; `gain` is the chosen rule minus equal weights and minus the best fixed "
-        "weights (tuned on clean validation), in points; references are joint (its own rule) and the unimodal ensemble.\n",
+        f"weights (tuned on clean validation), in points, with its {level} interval (paired: the same clips under both "
+        "rules; BCa bootstrap over the clips, seeds fixed); references are joint (its own rule) and the unimodal "
+        "ensemble.\n",
     ]
     header = ["corruption", "severity", *MLA_RULES, "gain vs equal", "gain vs fixed", *refs]
     rows: list[list[Any]] = []
 
-    def row(name: str, sev: str, accs: dict[str, dict[str, float]], ref: list[dict[str, dict[str, float]]]) -> list[Any]:
-        gain_eq = 100 * (accs[chosen]["accuracy"] - accs["equal"]["accuracy"])
-        gain_fx = 100 * (accs[chosen]["accuracy"] - accs["fixed"]["accuracy"])
+    def gain(g: dict[str, float]) -> str:
+        return f"{g['gain']:+.1f} ({g['low']:+.1f} to {g['high']:+.1f})"
+
+    def row(
+        name: str, sev: str, accs: dict[str, dict[str, float]], gaps: dict[str, dict[str, float]], ref: list[Any]
+    ) -> list[Any]:
         return [
             name,
             sev,
             *(accs[r]["accuracy"] for r in MLA_RULES),
-            f"{gain_eq:+.1f}",
-            f"{gain_fx:+.1f}",
+            gain(gaps["equal"]),
+            gain(gaps["fixed"]),
             *(next(iter(r.values()))["accuracy"] for r in ref),
         ]
 
-    rows.append(row("none", "clean", test["clean"], [refs[k]["test"]["clean"] for k in refs]))
-    for c in CORRUPTIONS:
-        for i in range(len(c.severities)):
-            rows.append(row(c.name, severity_label(c, i), test[c.name][i], [refs[k]["test"][c.name][i] for k in refs]))
+    for (name, i, _), gaps in zip(conditions(), gap_cells, strict=True):
+        if i is None:
+            rows.append(row("none", "clean", test["clean"], gaps, [refs[k]["test"]["clean"] for k in refs]))
+        else:
+            c = next(c for c in CORRUPTIONS if c.name == name)
+            rows.append(row(name, severity_label(c, i), test[name][i], gaps, [refs[k]["test"][name][i] for k in refs]))
     lines.append(markdown_table(header, rows))
     lines.append("\nFused ECE (15 bins) on the same test sets:\n")
     ece_rows = [["none", "clean", *(test["clean"][r]["ece"] for r in MLA_RULES)]]
@@ -418,12 +493,15 @@ def setup(doc: str | None) -> tuple[argparse.Namespace, str, str, list[Path]]:
 def main() -> None:
     args, val_spec, clean_spec, mla_runs = setup(__doc__)
     per_seed, refs_per_seed, grids = [], {k: [] for k in REFERENCES}, []  # type: ignore[var-annotated]
+    held_by_seed, rules_by_seed = [], []
     for seed, run in zip(args.seeds, mla_runs, strict=True):
         val = _val_predictions(run, val_spec)
         rules = {r: fit_fusion(val, r.removesuffix("_raw"), not r.endswith("_raw")) for r in MLA_RULES}
         log.info("seed %d: MLA", seed)
         held = condition_logits(run, clean_spec)
         per_seed.append(score_rules(held, rules))
+        held_by_seed.append(held)
+        rules_by_seed.append(rules)
         grids.append(gate_grid(val, held))
         for row in REFERENCES:
             log.info("seed %d: %s", seed, row)
@@ -450,6 +528,8 @@ def main() -> None:
             "used": f"{GATE_MARGIN:g}/{GATE_DECAY:g}",  # training.calibrate's constants, which gated_loglinear above used
         },
         "mla": mla,
+        # the chosen rule minus equal and minus fixed weights on test, in points, with paired bootstrap intervals
+        "gaps": {"level": CI_LEVEL, "by_condition": paired_gaps(held_by_seed, rules_by_seed, chosen)},
         "references": references,
         "per_seed": per_seed,
     }

@@ -91,6 +91,66 @@ def test_rules_are_scored_on_every_corruption_from_the_same_logits(small: tuple[
             assert 0.0 <= cell[rule]["ece"] <= 1.0
 
 
+def test_paired_gaps_are_the_table_gains_with_an_interval_around_them(small: tuple[Path, str]) -> None:
+    run, spec = small
+    held = robustness.condition_logits(run, spec)
+    y = held["val/labels"]
+    ones = np.ones(len(y), bool)
+    fit = Predictions({m: held[f"val/clean/{m}"] for m in ("audio", "video")}, {"audio": ones, "video": ones}, y)
+    rules = {
+        "gated_loglinear": fit_fusion(fit, "gated_loglinear"),
+        "equal": FusionParams("equal"),
+        "fixed": fit_fusion(fit, "fixed"),
+    }
+    scores = robustness.score_rules(held, rules, ("test",))["test"]
+    gaps = robustness.paired_gaps([held], [rules], "gated_loglinear")
+    assert set(gaps) == {"clean", *(c.name for c in robustness.CORRUPTIONS)}
+    for name, i, _ in robustness.conditions():
+        cell, gap = (scores[name], gaps[name]) if i is None else (scores[name][i], gaps[name][i])
+        for ref in ("equal", "fixed"):
+            g = gap[ref]
+            assert g["gain"] == pytest.approx(100 * (cell["gated_loglinear"]["accuracy"] - cell[ref]["accuracy"]))
+            assert -100.0 <= g["low"] <= g["high"] <= 100.0
+            if g["low"] == g["high"]:  # a point only where no clip tells the two rules apart
+                assert g["gain"] == g["low"]
+    # two seeds that are the same model: the same gains, and the rule against itself gains exactly nothing
+    twice = robustness.paired_gaps([held, held], [rules, rules], "gated_loglinear", against=("equal", "gated_loglinear"))
+    for name, i, _ in robustness.conditions():
+        a, b = (gaps[name], twice[name]) if i is None else (gaps[name][i], twice[name][i])
+        assert b["equal"]["gain"] == pytest.approx(a["equal"]["gain"])
+        assert b["gated_loglinear"] == {"gain": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_paired_gap_interval_reflects_how_many_clips_disagree() -> None:
+    """Synthetic logits, two "rules" that follow one modality each: where both are right or wrong on the same
+    clips the gap is exactly 0; right everywhere against wrong everywhere, exactly 100; right everywhere against
+    right on half the clips, 50 with an interval of about two standard errors either side."""
+    n, k = 400, 10
+    y = np.arange(n) % k
+    right = np.eye(k)[y] * 10.0
+    wrong = np.eye(k)[(y + 1) % k] * 10.0
+    half = np.where((np.arange(n) % 2 == 0)[:, None], right, wrong)
+    held = {"test/labels": y, "test/clean/audio": right, "test/clean/video": right}
+    white, occlusion = robustness.WHITE, robustness.OCCLUSION
+    held[f"test/{robustness._key(white, 0)}/audio"] = wrong
+    held[f"test/{robustness._key(occlusion, 0)}/audio"] = half
+    held[f"test/{robustness._key(occlusion, 0)}/video"] = half
+    held[f"test/{robustness._key(occlusion, 1)}/audio"] = half
+    rules = {
+        "video": FusionParams("fixed", {"audio": 0.0, "video": 1.0}),
+        "audio": FusionParams("fixed", {"audio": 1.0, "video": 0.0}),
+    }
+    gaps = robustness.paired_gaps([held], [rules], "video", against=("audio",))
+    assert gaps["clean"]["audio"] == {"gain": 0.0, "low": 0.0, "high": 0.0}
+    assert gaps[white.name][0]["audio"] == {"gain": 100.0, "low": 100.0, "high": 100.0}
+    assert gaps[occlusion.name][0]["audio"] == {"gain": 0.0, "low": 0.0, "high": 0.0}
+    g = gaps[occlusion.name][1]["audio"]
+    se = 100 * np.sqrt(0.25 / n)
+    assert g["gain"] == pytest.approx(50.0)
+    assert 1.5 * se < 50.0 - g["low"] < 2.5 * se
+    assert 1.5 * se < g["high"] - 50.0 < 2.5 * se
+
+
 def test_each_corruption_draws_from_its_own_seed() -> None:
     """Adding a corruption must change no other's noise: each has a fixed seed, which is also its cache key."""
     seeds = [c.seed for c in robustness.CORRUPTIONS]
