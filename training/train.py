@@ -59,8 +59,9 @@ def train(
 ) -> dict[str, Any]:
     """Train one method; write checkpoint.pt, last.pt, metrics.jsonl and val_accuracy.png into `out`.
 
-    With `resume`, a run that stopped early continues from its last.pt (same configs);
-    sub-runs of an alpha search that finished are kept as they are.
+    With `resume`, a run that stopped early continues from its last.pt (same configs); a run,
+    or a sub-run of an alpha search, that finished is kept as it is (nothing is trained or
+    written again).
     """
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose from {', '.join(METHODS)}")
@@ -147,6 +148,9 @@ def _train(
     progress: Progress | None,
     resume: bool,
 ) -> dict[str, Any]:
+    finished = _finished(out, cfg) if resume else None
+    if finished is not None:
+        return finished
     seed_everything(cfg.seed + world.rank)
     device = device_for(world)
     trainer_cls = TRAINERS[cfg.method]
@@ -279,6 +283,19 @@ def _train(
         plot_validation_curves(metrics_path, out / "val_accuracy.png", f"{cfg.method} ({encoder}) on {data}")
         result.update(best_validation=best_val, train_seconds=ckpt["train_seconds"])
     return result
+
+
+def _finished(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """A run that already trained every epoch and saved its checkpoint: what it returned, without training or
+    writing anything again (so the checkpoint, and every cache keyed by its hash, stays as it is)."""
+    ckpt_path, last_path = out / CHECKPOINT_NAME, out / LAST_NAME
+    if not (ckpt_path.is_file() and last_path.is_file()):
+        return None
+    last = torch.load(last_path, map_location="cpu", weights_only=False)  # our own file
+    if int(last["epoch"]) < cfg.epochs:
+        return None
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return {"run_dir": str(out), "best_validation": ckpt["best_validation"], "train_seconds": ckpt["train_seconds"]}
 
 
 def _named_progress(progress: Progress | None, name: str) -> Progress | None:

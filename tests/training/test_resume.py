@@ -97,3 +97,23 @@ def test_killed_run_resumes_to_the_same_result(tiny_demo: Path, tmp_path: Path) 
     assert torch.equal(a["owm_P"], b["owm_P"])
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
+
+
+@pytest.mark.parametrize("alpha", [10.0, None], ids=["one-run", "alpha-search"])
+def test_a_finished_run_is_kept_as_it_is(tiny_demo: Path, tmp_path: Path, alpha: float | None) -> None:
+    """Resuming a run that already finished trains nothing and rewrites nothing: its checkpoint keeps its bytes,
+    so whatever is keyed by the checkpoint's hash (the corruption benchmark's cached logits) stays valid."""
+    from training.config import TrainConfig
+    from training.train import train
+
+    cfg = TrainConfig(method="mla", epochs=2, batch_size=32, workers=0, max_batches=2, owm_alpha=alpha)
+    out = tmp_path / "run"
+    first = train(f"csv:{tiny_demo}", out, cfg)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "run.json"}
+    assert out / "checkpoint.pt" in files
+    again = train(f"csv:{tiny_demo}", out, cfg, resume=True)
+    assert {p: p.read_bytes() for p in files} == files
+    assert again["best_validation"] == first["best_validation"]
+    assert again["train_seconds"] == first["train_seconds"]
+    if alpha is None:
+        assert again["owm_alpha"] == first["owm_alpha"]
