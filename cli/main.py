@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,6 +24,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+if TYPE_CHECKING:
+    from common.manifest import Manifest
 
 app = typer.Typer(
     name="mla", help="Train, export and serve balanced multimodal classifiers (MLA).", no_args_is_help=True, add_completion=False
@@ -174,6 +177,26 @@ def evaluate(
     Console().print(f"plots: {', '.join(report['plots'].values())}")
 
 
+def _print_calibration(manifest: Manifest) -> None:
+    """What was fitted on validation: temperatures, confidence maps, ECE and NLL before and after, abstention."""
+    cal, abstain = manifest.fusion.calibration, manifest.fusion.abstention
+    temps = ", ".join(f"{k} {v:.3g}" for k, v in {**cal.temperatures, **cal.fused_temperatures}.items())
+    err.print(f"fusion {manifest.fusion.rule}; temperatures {temps} (fitted on the {cal.fitted_on})")
+    for sub, cmap in cal.confidence_maps.items():
+        err.print(f"  {sub}: confidence map sigmoid({cmap.slope:.3g} logit(c) + {cmap.offset:.3g}) on the top label")
+    for sub, fig in cal.val.items():
+        err.print(
+            f"  {sub}: validation ECE {fig['ece_raw']:.3f} -> {fig['ece']:.3f}, NLL {fig['nll_raw']:.3f} -> {fig['nll']:.3f}"
+        )
+    for sub, t in abstain.min_confidence.items():
+        fig = abstain.val.get(sub, {})
+        err.print(
+            f"  {sub}: abstains below confidence {t:.3f}: validation coverage {fig.get('coverage', float('nan')):.3f}, "
+            f"error rate among answers {fig.get('risk', float('nan')):.3f} (bound {fig.get('risk_bound', float('nan')):.3f}, "
+            f"target {abstain.target_risk:g})"
+        )
+
+
 @app.command("export")
 def export_model(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (or its checkpoint.pt)")],
@@ -207,21 +230,39 @@ def export_model(
     for m, p in manifest.export.parity.items():
         rel = "" if p.max_rel_logit_diff is None else f" ({p.max_rel_logit_diff:.1e} of their scale)"
         err.print(f"{m}: max |logit diff| {p.max_abs_logit_diff:.2e}{rel}, top-1 agreement {p.top1_agreement:.4f} (n={p.n})")
-    cal, abstain = manifest.fusion.calibration, manifest.fusion.abstention
-    temps = ", ".join(f"{k} {v:.3g}" for k, v in {**cal.temperatures, **cal.fused_temperatures}.items())
-    err.print(f"fusion {manifest.fusion.rule}; temperatures {temps} (fitted on the {cal.fitted_on})")
-    for sub, fig in cal.val.items():
-        err.print(
-            f"  {sub}: validation ECE {fig['ece_raw']:.3f} -> {fig['ece']:.3f}, NLL {fig['nll_raw']:.3f} -> {fig['nll']:.3f}"
-        )
-    for sub, t in abstain.min_confidence.items():
-        fig = abstain.val.get(sub, {})
-        err.print(
-            f"  {sub}: abstains below confidence {t:.3f}: validation coverage {fig.get('coverage', float('nan')):.3f}, "
-            f"error rate among answers {fig.get('risk', float('nan')):.3f} (bound {fig.get('risk_bound', float('nan')):.3f}, "
-            f"target {abstain.target_risk:g})"
-        )
+    _print_calibration(manifest)
     err.print(f"exported {target}")
+
+
+@app.command()
+def calibrate(
+    model_dir: Annotated[Path, typer.Argument(help="an exported version, MODEL_DIR/<name>/<version>")],
+    data: Annotated[str | None, typer.Option(help="labelled data to fit on (default: the data it was trained on)")] = None,
+    split: Annotated[str, typer.Option(help="the split of --data to fit on (never the one you test on)")] = "val",
+    fusion: Annotated[str | None, typer.Option(help="fusion rule to serve (default: the one it serves now)")] = None,
+    in_place: Annotated[
+        bool, typer.Option("--in-place", help="rewrite this version's manifest instead of writing the next version")
+    ] = False,
+    version: Annotated[str | None, typer.Option(help="the version to write (default: the next integer)")] = None,
+    verbose: bool = False,
+) -> None:
+    """Fit an exported model's calibration, fusion weights and abstention again, from its own graphs (no checkpoint)."""
+    _setup_logging(verbose)
+    from common.manifest import ManifestError, load_manifest
+    from model_export.onnx_graph import ExportError
+    from model_export.repository import recalibrate
+    from training.data.specs import DataError
+
+    if in_place and version is not None:
+        _fail("--in-place rewrites the version given; --version names a new one: pass one of them")
+    with err.status("running the graphs on the data and fitting"):
+        try:
+            target = recalibrate(model_dir, data, split, fusion, in_place, version)
+        except (ManifestError, ExportError, DataError, ValueError) as exc:
+            _fail(str(exc))
+    manifest = load_manifest(target)
+    _print_calibration(manifest)
+    err.print(f"calibrated {target}")
 
 
 @app.command()

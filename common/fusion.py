@@ -1,6 +1,6 @@
 """Test-time fusion of per-modality logits, per sample, in numpy: one code path for evaluation and the service.
 
-A prediction is made in three steps, each set by the model's manifest:
+A prediction is made in four steps, each set by the model's manifest:
 
 1. Calibrate each modality: p_m = softmax(z_m / T_m), with T_m fitted on validation
    (T_m = 1 is the raw model).
@@ -25,6 +25,12 @@ A prediction is made in three steps, each set by the model's manifest:
    q = softmax(log q / T_S), with T_S fitted on validation (a mixture of two calibrated
    distributions is under-confident when they disagree). A single modality needs no T_S,
    except under `logit_sum`, whose sum is calibrated only here.
+4. Where validation asks for it, map the top label's probability for that set of
+   modalities: c' = sigmoid(a * logit(c) + b) (Platt scaling of the top-label confidence;
+   Gupta & Ramdas, "Top-label calibration", ICLR 2022), the other classes rescaled to keep
+   their proportions. A temperature moves every confidence the same way; this also lets
+   confident answers come down while unsure ones go up, which is the shape a weak
+   modality's reliability curve has (see `ConfidenceMap`). No map is the identity.
 
 Each sample is weighted on its own: the authors' code averaged the entropy over the
 batch, so one noisy clip changed everyone's weights.
@@ -43,6 +49,7 @@ PRODUCT_RULES = ("loglinear", "gated_loglinear")  # weighted products of experts
 RULES = (*MIXTURE_RULES, *PRODUCT_RULES, "logit_sum")
 WEIGHTED_RULES = ("fixed", *PRODUCT_RULES)  # rules that need fitted constant weights
 GATED_RULES = ("gated_loglinear",)  # rules that need a Typicality per modality
+TIE_MARGIN = 1e-9  # how far above its runner-up a confidence map keeps the top label
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -102,6 +109,42 @@ class Typicality:
         """[n] in (0, 1]: the factor on this modality's weight."""
         excess = np.maximum(0.0, self.distance(logits) / self.threshold - 1.0)
         return np.exp(-excess / self.decay)
+
+
+@dataclass(frozen=True)
+class ConfidenceMap:
+    """Platt scaling of the top label's probability: c' = sigmoid(slope * logit(c) + offset).
+
+    The other classes keep their proportions and share 1 - c'. With slope > 0 the map is
+    increasing in c, and c' is never let below the runner-up after rescaling,
+    p2 (1 - c') / (1 - c), so the label never changes (that floor is at most c, and acts only
+    where the map would pull a top label under its runner-up). slope 1, offset 0 is the
+    identity.
+    """
+
+    slope: float
+    offset: float
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.slope) and np.isfinite(self.offset) and self.slope > 0):
+            raise ValueError(f"a confidence map needs a finite positive slope and a finite offset, got {self}")
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:
+        p = np.asarray(probs, dtype=np.float64)
+        rows = np.arange(len(p))
+        top = p.argmax(axis=1)
+        c = np.clip(p[rows, top], 1e-12, 1 - 1e-12)
+        mapped = 1.0 / (1.0 + np.exp(-(self.slope * np.log(c / (1.0 - c)) + self.offset)))
+        others = p.copy()
+        others[rows, top] = 0.0
+        second = others.max(axis=1)
+        # c' above the largest other class after rescaling, p2 (1 - c') / (1 - c), keeps the argmax; at equality
+        # the two would tie and argmax could pick the other, so the floor sits a relative 1e-9 above it
+        floor = np.minimum(second / np.maximum(1.0 - c + second, 1e-300) * (1.0 + TIE_MARGIN), c)  # a tie given stays
+        mapped = np.maximum(mapped, floor)
+        out = others * ((1.0 - mapped) / np.maximum(others.sum(axis=1), 1e-300))[:, None]
+        out[rows, top] = mapped
+        return out
 
 
 @dataclass
@@ -168,13 +211,15 @@ def fuse(
     temperatures: Mapping[str, float] | None = None,
     fused_temperatures: Mapping[str, float] | None = None,
     typicality: Mapping[str, Typicality] | None = None,
+    confidence_maps: Mapping[str, ConfidenceMap] | None = None,
 ) -> Fused:
     """Fuse per-modality logits [n, classes] into one calibrated distribution per sample.
 
     `present[m]` ([n] bool) says which samples have modality m (default: all);
     `temperatures[m]` calibrates modality m (default 1); `fused_temperatures[S]`
     calibrates the fused distribution of samples whose present set is S ("audio+video");
-    `typicality[m]` gates modality m under the gated rules.
+    `typicality[m]` gates modality m under the gated rules; `confidence_maps[S]` maps the
+    top label's probability of the samples whose present set is S, singles included.
     """
     if not logits:
         raise ValueError("nothing to fuse: no modality given")
@@ -213,13 +258,16 @@ def fuse(
 
     # Calibrate the fused distribution per set of modalities present.
     t_fused = np.ones(n)
-    if fused_temperatures:
-        keys = np.array([subset_name([m for i, m in enumerate(names) if mask[i, j]]) for j in range(n)])
-        for key, t in fused_temperatures.items():
-            if t <= 0:
-                raise ValueError(f"fused temperature for {key} must be positive, got {t}")
-            t_fused[keys == key] = t
+    keys = np.array([subset_name([m for i, m in enumerate(names) if mask[i, j]]) for j in range(n)])
+    for key, t in (fused_temperatures or {}).items():
+        if t <= 0:
+            raise ValueError(f"fused temperature for {key} must be positive, got {t}")
+        t_fused[keys == key] = t
     fused = softmax(log_q / t_fused[:, None])
+    for key, cmap in (confidence_maps or {}).items():
+        rows = keys == key
+        if rows.any():
+            fused[rows] = cmap(fused[rows])
     return Fused(fused, {m: w[i] for i, m in enumerate(names)}, probs, gates)
 
 
@@ -232,6 +280,16 @@ class FusionParams:
     temperatures: Mapping[str, float] | None = None
     fused_temperatures: Mapping[str, float] | None = None
     typicality: Mapping[str, Typicality] | None = None
+    confidence_maps: Mapping[str, ConfidenceMap] | None = None
 
     def __call__(self, logits: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray] | None = None) -> Fused:
-        return fuse(logits, self.rule, present, self.weights, self.temperatures, self.fused_temperatures, self.typicality)
+        return fuse(
+            logits,
+            self.rule,
+            present,
+            self.weights,
+            self.temperatures,
+            self.fused_temperatures,
+            self.typicality,
+            self.confidence_maps,
+        )

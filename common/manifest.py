@@ -2,8 +2,10 @@
 
 Pure pydantic (no torch, no onnx), so the service reads it with the same model that wrote it.
 
-Schema history: v3 (current) added the fusion section's `typicality` (the gate of the
-`gated_loglinear` rule); a v2 manifest has none and loads as v3 unchanged. v2 added the
+Schema history: v4 (current) added the calibration's `confidence_maps` (the top-label
+map per set of modalities); a v3 manifest has none and loads as v4 unchanged, serving what
+it served. v3 added the fusion section's `typicality` (the gate of the `gated_loglinear`
+rule); a v2 manifest has none and loads unchanged too. v2 added the
 fusion section's calibration and abstention; a v1 manifest is migrated on load as an
 uncalibrated model (every temperature 1, never abstains) with a warning, so older exports
 keep serving exactly as before.
@@ -20,11 +22,11 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from common.fusion import GATED_RULES, RULES, WEIGHTED_RULES, FusionParams, Typicality
+from common.fusion import GATED_RULES, RULES, WEIGHTED_RULES, ConfidenceMap, FusionParams, Typicality, subset_name
 from common.hashing import sha256_file
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MANIFEST_NAME = "manifest.json"
 
 
@@ -76,11 +78,22 @@ Positive = Annotated[float, Field(gt=0)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
+class ConfidenceMapEntry(_Strict):
+    """c' = sigmoid(slope * logit(c) + offset) on the top label's probability (common.fusion.ConfidenceMap)."""
+
+    slope: Positive
+    offset: float = Field(allow_inf_nan=False)
+
+    def confidence_map(self) -> ConfidenceMap:
+        return ConfidenceMap(self.slope, self.offset)
+
+
 class Calibration(_Strict):
-    """Temperatures fitted on the validation split (common/fusion.py says where each one acts)."""
+    """Temperatures and confidence maps fitted on the validation split (common/fusion.py says where each one acts)."""
 
     temperatures: dict[str, Positive]  # per modality: p_m = softmax(logits_m / T_m)
     fused_temperatures: dict[str, Positive] = {}  # per set of present modalities ("audio+video"): q = softmax(log q / T_S)
+    confidence_maps: dict[str, ConfidenceMapEntry] = {}  # per set of modalities sent ("audio"), where validation kept one
     fitted_on: str  # which data: "val split of csv:..., n=500"
     val: dict[str, dict[str, float]] = {}  # figures on validation per subset, e.g. {"audio+video": {"ece": .., "ece_raw": ..}}
 
@@ -138,7 +151,9 @@ class Fusion(_Strict):
 
     def params(self) -> FusionParams:
         gates = {m: t.typicality() for m, t in self.typicality.items()} if self.typicality else None
-        return FusionParams(self.rule, self.weights, self.calibration.temperatures, self.calibration.fused_temperatures, gates)
+        maps = {k: c.confidence_map() for k, c in self.calibration.confidence_maps.items()} or None
+        cal = self.calibration
+        return FusionParams(self.rule, self.weights, cal.temperatures, cal.fused_temperatures, gates, maps)
 
 
 class Parity(_Strict):
@@ -169,7 +184,7 @@ class TrainingInfo(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[3] = 3  # SCHEMA_VERSION
+    schema_version: Literal[4] = 4  # SCHEMA_VERSION
     name: str
     version: str
     created: datetime
@@ -195,8 +210,8 @@ def load_manifest(model_dir: Path) -> Manifest:
     if isinstance(raw, dict) and raw.get("schema_version") == 1:
         raw = migrate_v1(raw)
         log.warning("%s: a schema v1 manifest, served uncalibrated (every temperature 1, never abstains)", path)
-    if isinstance(raw, dict) and raw.get("schema_version") == 2:
-        raw = {**raw, "schema_version": 3}  # v3 only added an optional section
+    if isinstance(raw, dict) and raw.get("schema_version") in (2, 3):
+        raw = {**raw, "schema_version": SCHEMA_VERSION}  # v3 and v4 each only added an optional section
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
@@ -212,11 +227,18 @@ def load_manifest(model_dir: Path) -> Manifest:
             raise ManifestError(
                 f"{path}: fusion.typicality.{key} is for {len(gate.means)} classes, the model has {len(manifest.labels)}"
             )
+    names = set(manifest.modalities)
+    for key in manifest.fusion.calibration.confidence_maps:
+        if not key or not set(key.split("+")) <= names or key != subset_name(key.split("+")):
+            raise ManifestError(
+                f"{path}: fusion.calibration.confidence_maps names {key!r}, which is not a set of its modalities "
+                f"({', '.join(sorted(names))}, joined by '+' in alphabetical order)"
+            )
     return manifest
 
 
 def migrate_v1(raw: dict[str, Any]) -> dict[str, Any]:
-    """A v1 manifest as v3: its entropy rule uncalibrated, with no abstention threshold."""
+    """A v1 manifest as the current schema: its entropy rule uncalibrated, with no abstention threshold."""
     fusion = dict(raw.get("fusion") or {})
     fusion.pop("combine", None)
     modalities = list(raw.get("modalities") or {})

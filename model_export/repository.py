@@ -3,6 +3,12 @@
 The repository holds audio.onnx and video.onnx (raw input -> logits, preprocessing inside),
 a parity sample per modality, and manifest.json. Versions sit side by side; an existing
 version is never overwritten.
+
+`mla calibrate`: an exported version's fusion section (temperatures, weights, typicality,
+confidence maps, abstention) fitted again on a labelled split, from its own graphs: no
+checkpoint needed, so an older export gains what the current schema fits, and a deployment
+can calibrate on its own held-out data. The result is the next version (the same graphs
+under a new manifest), or, with `in_place`, this version's manifest rewritten.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ import numpy as np
 import onnx
 import torch
 
+from common.fusion import RULES
 from common.hashing import sha256_file
 from common.manifest import (
     MANIFEST_NAME,
+    SCHEMA_VERSION,
     AudioEntry,
     ExportInfo,
     Fusion,
@@ -30,15 +38,18 @@ from common.manifest import (
     TensorSpec,
     TrainingInfo,
     VideoEntry,
+    check_hashes,
+    load_manifest,
 )
 from common.parity import ParityError, compare
 from common.validate import run_session
 from model_export.onnx_graph import DEFAULT_OPSET, OUTPUT_NAME, ExportError, ExportSpec, export_graph, spec_for
-from training.calibrate import calibrate_run
+from training.calibrate import TARGET_RISK, calibrate_run, fusion_section
 from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from training.config import ModelConfig
-from training.data.dataset import build_dataset
+from training.data.dataset import build_dataset, make_loader
 from training.data.specs import parse_spec
+from training.evaluate import Predictions
 from training.models.classifier import SingleModality
 
 log = logging.getLogger(__name__)
@@ -183,4 +194,110 @@ def export_run(
         tmp.replace(target)  # atomic: a half-written version is never visible
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def config_from_manifest(manifest: Manifest) -> ModelConfig:
+    """What decoding a data set for these graphs needs: the manifest's labels, modalities and input sizes."""
+    sizes: dict[str, Any] = {}
+    for entry in manifest.modalities.values():
+        if isinstance(entry, AudioEntry):
+            sizes.update(sample_rate=entry.sample_rate, clip_samples=entry.clip_samples)
+        else:
+            sizes.update(video_frames=entry.frames, video_size=entry.height)
+            if entry.height != entry.width:
+                raise ExportError(f"{manifest.name}: frames of {entry.height}x{entry.width}; the data sets decode square frames")
+    return ModelConfig(
+        encoder=manifest.training.encoder, labels=list(manifest.labels), modalities=list(manifest.modalities), **sizes
+    )
+
+
+def graph_predictions(version_dir: Path, manifest: Manifest, data: str, split: str = "val") -> Predictions:
+    """Every modality's logits on a split of `data`, from the version's ONNX graphs (CPU), as `predict` gives torch's."""
+    import onnxruntime as ort
+
+    cfg = config_from_manifest(manifest)
+    dataset = build_dataset(parse_spec(data), split, cfg)
+    if len(dataset) == 0:
+        raise ExportError(f"the {split} split of {data} is empty: nothing to calibrate on")
+    sessions = {
+        m: ort.InferenceSession(str(version_dir / e.file), providers=["CPUExecutionProvider"])
+        for m, e in manifest.modalities.items()
+    }
+    k = len(manifest.labels)
+    logits: dict[str, list[np.ndarray]] = {m: [] for m in sessions}
+    present: dict[str, list[np.ndarray]] = {m: [] for m in sessions}
+    labels: list[np.ndarray] = []
+    for batch in make_loader(dataset, 128, False, 0):
+        n = len(batch["label"])
+        for m, session in sessions.items():
+            mask = batch[f"{m}_present"].numpy()
+            z = np.zeros((n, k), np.float64)
+            if mask.any():
+                entry = manifest.modalities[m]
+                x = batch[m].numpy()[mask].astype(entry.input.dtype)
+                z[mask] = session.run([entry.output.name], {entry.input.name: x})[0]
+            logits[m].append(z)
+            present[m].append(mask)
+        labels.append(batch["label"].numpy())
+    return Predictions(
+        {m: np.concatenate(v) for m, v in logits.items()},
+        {m: np.concatenate(v) for m, v in present.items()},
+        np.concatenate(labels),
+    )
+
+
+def recalibrate(
+    version_dir: Path,
+    data: str | None = None,
+    split: str = "val",
+    rule: str | None = None,
+    in_place: bool = False,
+    version: str | None = None,
+    target_risk: float = TARGET_RISK,
+) -> Path:
+    """Fit the fusion section of an exported version again from its graphs; return the version folder written.
+
+    `data` defaults to the data the model was trained on (its validation split); `rule` to the
+    one it serves. The graphs' hashes are checked first: a changed graph is not calibrated.
+    Without `in_place`, the graphs and parity samples are copied, unchanged, to `version`
+    (default: the next one) with the new manifest; an existing version is never overwritten.
+    """
+    manifest = load_manifest(version_dir)
+    failures = check_hashes(version_dir, manifest)
+    if failures:
+        raise ExportError(f"{version_dir} does not match its manifest, so it is not calibrated: " + "; ".join(failures))
+    data = data or manifest.training.data
+    rule = rule or manifest.fusion.rule
+    if rule not in RULES:
+        raise ValueError(f"unknown fusion rule {rule!r}; choose from {', '.join(RULES)}")
+    preds = graph_predictions(version_dir, manifest, data, split)
+    fitted_on = f"{split} split of {data}, n={len(preds.labels)}, through the exported graphs"
+    fusion = Fusion.model_validate(fusion_section(preds, rule, fitted_on, target_risk))
+    if in_place:
+        updated = manifest.model_copy(update={"schema_version": SCHEMA_VERSION, "fusion": fusion})
+        tmp = version_dir / f".{MANIFEST_NAME}.tmp"
+        tmp.write_text(updated.model_dump_json(indent=2) + "\n")
+        tmp.replace(version_dir / MANIFEST_NAME)  # atomic: the service never reads half a manifest
+        return version_dir
+    root = version_dir.parent
+    version = version or next_version(root)
+    if not SAFE.match(version):
+        raise ExportError(f"version {version!r} must be letters, digits, '.', '_' or '-'")
+    target = root / version
+    if target.exists():
+        raise ExportError(f"{target} already exists: versions are never overwritten; pass another --version")
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
+    try:
+        for entry in manifest.modalities.values():
+            for rel in (entry.file, entry.parity_sample):
+                (tmp_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(version_dir / rel, tmp_dir / rel)
+        updated = manifest.model_copy(
+            update={"schema_version": SCHEMA_VERSION, "version": version, "created": datetime.now(UTC), "fusion": fusion}
+        )
+        (tmp_dir / MANIFEST_NAME).write_text(updated.model_dump_json(indent=2) + "\n")
+        tmp_dir.replace(target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return target

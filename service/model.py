@@ -277,6 +277,7 @@ class ServedModel:
         confidence = float(fused.probs[0, best])
         threshold = fusion.abstention.threshold(subset) if min_confidence is None else min_confidence
         abstained = confidence < threshold
+        cmap = (params.confidence_maps or {}).get(subset)
         if abstained:
             self.metrics.abstained.labels(subset).inc()
         return {
@@ -289,6 +290,7 @@ class ServedModel:
             "modalities": detail,
             "fusion": fusion.rule,
             "fused_temperature": float((params.fused_temperatures or {}).get(subset, 1.0)),
+            "confidence_map": None if cmap is None else {"slope": cmap.slope, "offset": cmap.offset},
         }
 
     def check_modalities(self, wanted: set[str]) -> None:

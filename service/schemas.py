@@ -30,6 +30,11 @@ class ModalityResult(BaseModel):
     )
 
 
+class ConfidenceMapUsed(BaseModel):
+    slope: float = Field(description="on the logit of the top label's probability (below 1: sure answers come down)")
+    offset: float = Field(description="added to it (above 0: unsure answers go up)")
+
+
 class PredictResponse(BaseModel):
     model: ModelRef
     label: str = Field(description="the fused prediction: the most probable label")
@@ -54,6 +59,12 @@ class PredictResponse(BaseModel):
     )
     fused_temperature: float = Field(
         description="the temperature applied to the fused log-probabilities for this set of modalities (1: none)"
+    )
+    confidence_map: ConfidenceMapUsed | None = Field(
+        default=None,
+        description="where validation kept one for this set of modalities: the map applied last to the top label's "
+        "probability, confidence = sigmoid(slope * logit(c) + offset), the other labels rescaled to keep their "
+        "proportions (it never changes the label); null: none",
     )
 
 

@@ -8,6 +8,13 @@
 - Constant weights where a rule has them: `fixed` by validation accuracy (a grid, as a user
   would tune late fusion), `loglinear` and `gated_loglinear` by validation NLL jointly with
   their temperature.
+- A top-label confidence map per set of modalities (common.fusion.ConfidenceMap: Platt
+  scaling of the top label's probability), kept only where it lowers the top label's
+  log-loss out of sample (5-fold cross-validation on validation) by more than one standard
+  error; elsewhere none. A
+  temperature has one degree of freedom and spends it on the whole distribution's NLL; a
+  weak modality's confident answers can still be too sure while its unsure ones are right
+  more often than they say, which only a map of the confidence itself can straighten.
 - For `gated_loglinear`, each modality's typicality (common.fusion.Typicality): its class
   means and shared covariance of the logits on validation, and a threshold at GATE_MARGIN
   times the 99th percentile of the validation distances, so that validation-like inputs
@@ -34,9 +41,20 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 from scipy.stats import beta
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
 
 from common import calibration
-from common.fusion import GATED_RULES, PRODUCT_RULES, RULES, FusionParams, Typicality, log_softmax, subset_name
+from common.fusion import (
+    GATED_RULES,
+    PRODUCT_RULES,
+    RULES,
+    ConfidenceMap,
+    FusionParams,
+    Typicality,
+    log_softmax,
+    subset_name,
+)
 from training.evaluate import Predictions, fused_for, subsets
 
 TARGET_RISK = 0.05  # default: at most 5% errors among the answers given
@@ -46,6 +64,7 @@ GRID_STEPS = 20
 GATE_MARGIN = 2.0  # threshold = this x the 99th percentile of the validation distances
 GATE_DECAY = 4.0  # beyond it, the weight falls by e every GATE_DECAY x threshold
 GATE_QUANTILE = 0.99
+MAP_FOLDS = 5  # cross-validation folds that decide whether a confidence map is kept
 
 # Every rule scored by `mla evaluate`: name -> (rule, calibrated). "_raw" is the rule as
 # the model gives it (every temperature 1); the paper's rule is `entropy_raw`.
@@ -97,6 +116,55 @@ def fit_fused_temperatures(val: Predictions, params: FusionParams) -> dict[str, 
         )
         if len(y):
             out[subset_name(sub)] = fit_temperature(log_q, y)
+    return out
+
+
+def _top_label(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The logit of each top label's probability, and whether that label is right."""
+    c = np.clip(np.asarray(probs, dtype=np.float64).max(axis=1), 1e-12, 1 - 1e-12)
+    return np.log(c / (1 - c)), (np.asarray(probs).argmax(axis=1) == labels).astype(int)
+
+
+def _log_losses(scores: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Per answer, the binary cross-entropy of `right` under probability sigmoid(scores)."""
+    return np.logaddexp(0.0, -scores) * right + np.logaddexp(0.0, scores) * (1 - right)
+
+
+def fit_confidence_map(probs: np.ndarray, labels: np.ndarray, folds: int = MAP_FOLDS) -> ConfidenceMap | None:
+    """Platt scaling of the top label's probability (a logistic regression of "right" on its logit), or None.
+
+    Kept only if it earns its two parameters out of sample: fitted on all but one of `folds`
+    stratified folds and scored on that fold, its top-label log-loss must beat the
+    probabilities as they are by more than one standard error of the per-answer difference
+    (the one-standard-error rule: the simpler model, no map, wins whatever the comparison
+    cannot tell apart). None also where there is too little to fit on (fewer than 10 answers
+    per fold, or fewer right or wrong ones than folds) or where the fit would reverse the
+    order of confidences.
+    """
+    x, right = _top_label(probs, labels)
+    if len(x) < 10 * folds or min(right.sum(), len(right) - right.sum()) < folds:
+        return None
+    gain = np.empty(len(x))  # per answer: its log-loss as it is minus under the map fitted without its fold
+    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=0).split(x, right):
+        lr = LogisticRegression(C=np.inf).fit(x[fit, None], right[fit])
+        gain[held] = _log_losses(x[held], right[held]) - _log_losses(lr.coef_[0, 0] * x[held] + lr.intercept_[0], right[held])
+    lr = LogisticRegression(C=np.inf).fit(x[:, None], right)
+    slope, offset = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    if gain.mean() <= gain.std(ddof=1) / math.sqrt(len(gain)) or slope <= 0:
+        return None
+    return ConfidenceMap(slope, offset)
+
+
+def fit_confidence_maps(val: Predictions, params: FusionParams) -> dict[str, ConfidenceMap]:
+    """A map for every set of modalities whose validation answers (under `params`, without maps) it improves."""
+    base = replace(params, confidence_maps=None)
+    out: dict[str, ConfidenceMap] = {}
+    for sub in subsets(val.modalities):
+        log_q, y = _fused_log_probs(val, sub, base)
+        if len(y):
+            cmap = fit_confidence_map(np.exp(log_q), y)
+            if cmap is not None:
+                out[subset_name(sub)] = cmap
     return out
 
 
@@ -198,7 +266,8 @@ def fit_fusion(
     params = FusionParams(rule, weights, temperatures, None, typicality)
     if not calibrated:
         return params
-    return FusionParams(rule, weights, temperatures, fit_fused_temperatures(val, params), typicality)
+    params = FusionParams(rule, weights, temperatures, fit_fused_temperatures(val, params), typicality)
+    return replace(params, confidence_maps=fit_confidence_maps(val, params) or None)
 
 
 @dataclass(frozen=True)
@@ -265,12 +334,13 @@ def calibrate_run(
     """The manifest's fusion section for a run: its rule (default: `served_rule`), fitted on validation.
 
     Returns plain data (the schema lives in common.manifest): rule, weights, calibration
-    (temperatures, fused temperatures, validation figures before and after) and abstention.
+    (temperatures, fused temperatures, confidence maps, validation figures before and after)
+    and abstention.
     """
     from training.checkpoint import load_checkpoint, model_from_checkpoint
     from training.data.dataset import build_dataset, make_loader
     from training.data.specs import parse_spec
-    from training.evaluate import predict, score, served_rule
+    from training.evaluate import predict, served_rule
 
     ckpt = load_checkpoint(run_dir)
     model = model_from_checkpoint(ckpt)
@@ -280,6 +350,15 @@ def calibrate_run(
         raise ValueError(f"unknown fusion rule {rule!r}; choose from {', '.join(RULES)}")
     loader = make_loader(build_dataset(parse_spec(data), "val", model.cfg), 128, False, 0)
     val = predict(model, loader, torch.device("cpu"))
+    return fusion_section(val, rule, f"val split of {data}, n={len(val.labels)}", target_risk)
+
+
+def fusion_section(val: Predictions, rule: str, fitted_on: str, target_risk: float = TARGET_RISK) -> dict[str, Any]:
+    """The manifest's fusion section fitted on `val` (a model's validation predictions, from torch or its graphs)."""
+    from training.evaluate import score
+
+    if rule not in RULES:
+        raise ValueError(f"unknown fusion rule {rule!r}; choose from {', '.join(RULES)}")
     params = fit_fusion(val, rule, calibrated=True)
     raw, fitted = score(val, FusionParams(rule, params.weights, None, None, params.typicality)), score(val, params)
     figures = {
@@ -306,7 +385,8 @@ def calibrate_run(
         "calibration": {
             "temperatures": dict(params.temperatures or {}),
             "fused_temperatures": dict(params.fused_temperatures or {}),
-            "fitted_on": f"val split of {data}, n={len(val.labels)}",
+            "confidence_maps": {k: {"slope": c.slope, "offset": c.offset} for k, c in (params.confidence_maps or {}).items()},
+            "fitted_on": fitted_on,
             "val": figures,
         },
         "abstention": {

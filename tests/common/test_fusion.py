@@ -7,6 +7,7 @@ from common.fusion import (
     GATED_RULES,
     RULES,
     WEIGHTED_RULES,
+    ConfidenceMap,
     FusionParams,
     Typicality,
     entropy,
@@ -164,6 +165,55 @@ def test_fusion_params_apply_exactly_what_they_hold() -> None:
     params = FusionParams("loglinear", {"audio": 0.4, "video": 0.6}, {"audio": 1.5, "video": 0.8}, {"audio+video": 0.7})
     direct = fuse({"audio": a, "video": v}, "loglinear", None, params.weights, params.temperatures, params.fused_temperatures)
     np.testing.assert_array_equal(params({"audio": a, "video": v}).probs, direct.probs)
+
+
+def test_confidence_map_moves_the_top_label_only_and_never_changes_it() -> None:
+    probs = softmax(_logits(12, n=400, scale=2.0))
+    np.testing.assert_allclose(ConfidenceMap(1.0, 0.0)(probs), probs, atol=1e-12)  # the identity
+    cmap = ConfidenceMap(0.5, 0.3)
+    out = cmap(probs)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(out.argmax(axis=1), probs.argmax(axis=1))
+    rows, top = np.arange(len(probs)), probs.argmax(axis=1)
+    c = probs[rows, top]
+    platt = 1 / (1 + np.exp(-(0.5 * np.log(c / (1 - c)) + 0.3)))
+    floor_ = np.sort(probs, axis=1)[:, -2] / (1 - c + np.sort(probs, axis=1)[:, -2])
+    np.testing.assert_allclose(out[rows, top], np.maximum(platt, floor_), rtol=1e-8)
+    # unsure answers go up, sure ones down: no temperature does both
+    assert np.any(platt > c)
+    assert np.any(platt < c)
+    # the other classes keep their proportions
+    others, mapped_others = probs.copy(), out.copy()
+    others[rows, top] = 0
+    mapped_others[rows, top] = 0
+    np.testing.assert_allclose(mapped_others, others * ((1 - out[rows, top]) / (1 - c))[:, None], atol=1e-12)
+    # the floor: a map that would pull a top label under its runner-up stops just above it, wherever the two lie
+    for row in ([0.55, 0.44, 0.01], [0.44, 0.55, 0.01], [0.2, 0.05, 0.35, 0.4]):
+        p = np.array([row])
+        tight = ConfidenceMap(1.0, -5.0)(p)
+        assert tight[0].argmax() == p[0].argmax(), row
+        assert np.sort(tight[0])[-1] == pytest.approx(np.sort(tight[0])[-2], rel=1e-8), row
+    # on many weak, unsure answers pulled down hard, no label changes
+    weak = softmax(_logits(15, n=2000, scale=0.3))
+    np.testing.assert_array_equal(ConfidenceMap(2.0, -3.0)(weak).argmax(axis=1), weak.argmax(axis=1))
+    np.testing.assert_allclose(ConfidenceMap(0.5, 2.0)(weak).sum(axis=1), 1.0)
+    for slope, offset in ((0.0, 0.0), (-1.0, 0.0), (1.0, float("nan"))):
+        with pytest.raises(ValueError, match="finite positive slope"):
+            ConfidenceMap(slope, offset)
+
+
+def test_confidence_maps_act_on_their_set_of_modalities_only() -> None:
+    a, v = _logits(13), _logits(14)
+    present = {"audio": np.ones(5, bool), "video": np.array([True, False, True, False, True])}
+    base = fuse({"audio": a, "video": v}, present=present, temperatures={"audio": 1.5})
+    cmap = ConfidenceMap(0.5, 0.3)
+    mapped = fuse({"audio": a, "video": v}, present=present, temperatures={"audio": 1.5}, confidence_maps={"audio": cmap})
+    alone = ~present["video"]
+    np.testing.assert_allclose(mapped.probs[alone], cmap(base.probs[alone]))  # the rows sent audio alone
+    np.testing.assert_allclose(mapped.probs[~alone], base.probs[~alone])  # the pairs are not touched
+    np.testing.assert_allclose(mapped.modality_probs["audio"], base.modality_probs["audio"])  # nor the per-modality detail
+    params = FusionParams("entropy", None, {"audio": 1.5}, None, None, {"audio": cmap})
+    np.testing.assert_array_equal(params({"audio": a, "video": v}, present).probs, mapped.probs)
 
 
 def _gate(means: np.ndarray, threshold: float = 2.0, decay: float = 0.5) -> Typicality:

@@ -14,11 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from common.manifest import Manifest, ManifestError, load_manifest
+from common.fusion import ConfidenceMap
+from common.manifest import SCHEMA_VERSION, Manifest, ManifestError, load_manifest
 from common.parity import FP32, compare
 from common.validate import InvalidRepositoryError, validate_repository
 from model_export.onnx_graph import CUDA_OPS, ExportError
-from model_export.repository import export_run
+from model_export.repository import export_run, recalibrate
 from training.calibrate import GATE_MARGIN, calibrate_run
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.evaluate import SERVED_RULE
@@ -168,12 +169,104 @@ def test_a_schema_v1_manifest_is_served_uncalibrated(tiny_repo: Path, tmp_path: 
     doc["fusion"] = {"rule": "entropy", "combine": "probabilities"}  # what v1 wrote
     (repo / "manifest.json").write_text(json.dumps(doc))
     migrated = load_manifest(repo)
-    assert migrated.schema_version == 3
+    assert migrated.schema_version == SCHEMA_VERSION == 4
     assert migrated.fusion.calibration.temperatures == {"audio": 1.0, "video": 1.0}
     assert migrated.fusion.calibration.fused_temperatures == {}
     assert migrated.fusion.abstention.min_confidence == {}
     assert migrated.fusion.abstention.threshold("audio+video") == 0.0  # never abstains
     validate_repository(repo)  # the graphs and parity samples are untouched
+
+
+def test_confidence_maps_are_read_from_the_manifest_and_bad_ones_refused(tiny_run: Path, tmp_path: Path) -> None:
+    repo = export_run(tiny_run, tmp_path, name="maps")
+    doc = json.loads((repo / "manifest.json").read_text())
+    assert doc["schema_version"] == SCHEMA_VERSION
+
+    def loaded(change: Callable[[dict[str, Any]], None]) -> Manifest:
+        changed = json.loads(json.dumps(doc))
+        change(changed)
+        (repo / "manifest.json").write_text(json.dumps(changed))
+        return load_manifest(repo)
+
+    def put(maps: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+        return lambda d: d["fusion"]["calibration"].update(confidence_maps=maps)
+
+    manifest = loaded(put({"audio": {"slope": 0.5, "offset": 0.25}}))
+    maps = manifest.fusion.params().confidence_maps
+    assert maps == {"audio": ConfidenceMap(0.5, 0.25)}
+    for maps_, message in (
+        ({"audio": {"slope": 0.0, "offset": 0.0}}, "greater than 0"),
+        ({"audio": {"slope": 1.0, "offset": float("nan")}}, "finite"),
+        ({"smell": {"slope": 1.0, "offset": 0.0}}, "not a set of its modalities"),
+        ({"video+audio": {"slope": 1.0, "offset": 0.0}}, "alphabetical"),
+        ({"audio": {"slope": 1.0}}, "offset"),
+    ):
+        with pytest.raises(ManifestError, match=message):
+            loaded(put(maps_))
+
+    # a v3 manifest, from before the maps, loads and serves without any
+    def as_v3(d: dict[str, Any]) -> None:
+        d["schema_version"] = 3
+        d["fusion"]["calibration"].pop("confidence_maps", None)
+
+    v3 = loaded(as_v3)
+    assert v3.schema_version == SCHEMA_VERSION
+    assert v3.fusion.params().confidence_maps is None
+
+
+def test_calibrate_refits_an_export_from_its_graphs_into_the_next_version(tiny_repo: Path, tmp_path: Path) -> None:
+    root = tmp_path / "tiny"
+    shutil.copytree(tiny_repo, root / "1")
+    before = load_manifest(root / "1")
+    target = recalibrate(root / "1")
+    assert target == root / "2"
+    after = load_manifest(target)
+    assert after.version == "2"
+    assert after.fusion.rule == before.fusion.rule
+    assert "through the exported graphs" in after.fusion.calibration.fitted_on
+    # the same graphs, byte for byte, still passing their parity check; everything but the fusion section kept
+    for entry in after.modalities.values():
+        assert (target / entry.file).read_bytes() == (root / "1" / entry.file).read_bytes()
+    validate_repository(target)
+    assert (after.modalities, after.training, after.export, after.labels) == (
+        before.modalities,
+        before.training,
+        before.export,
+        before.labels,
+    )
+    # the graphs give torch's logits to within parity, so the fit lands where export's did
+    for m, t in before.fusion.calibration.temperatures.items():
+        assert after.fusion.calibration.temperatures[m] == pytest.approx(t, rel=1e-3), m
+    assert after.fusion.abstention.min_confidence.keys() == before.fusion.abstention.min_confidence.keys()
+    assert load_manifest(root / "1") == before  # the version it came from is untouched
+    # in place, under another rule: the same version, its manifest rewritten
+    assert recalibrate(root / "1", rule="gated_loglinear", in_place=True) == root / "1"
+    rewritten = load_manifest(root / "1")
+    assert (rewritten.version, rewritten.fusion.rule) == ("1", "gated_loglinear")
+    assert rewritten.fusion.typicality is not None
+    assert not list((root / "1").glob(".*"))  # no temporary file left beside it
+    with pytest.raises(ExportError, match="already exists"):
+        recalibrate(root / "1", version="2")
+    (root / "2" / "audio.onnx").write_bytes(b"not the graph the manifest names")
+    with pytest.raises(ExportError, match="does not match its manifest"):
+        recalibrate(root / "2")
+
+
+def test_mla_calibrate_reports_what_it_fitted_and_refuses_plainly(tiny_repo: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_repo, tmp_path / "tiny" / "1")
+    result = runner.invoke(app, ["calibrate", str(tmp_path / "tiny" / "1")])
+    assert result.exit_code == 0, result.stderr
+    assert "calibrated" in result.stderr
+    assert "temperatures audio" in result.stderr
+    assert (tmp_path / "tiny" / "2" / "manifest.json").is_file()
+    for args, message in (
+        ([str(tmp_path / "nothing")], "no manifest.json"),
+        ([str(tmp_path / "tiny" / "1"), "--in-place", "--version", "3"], "pass one of them"),
+        ([str(tmp_path / "tiny" / "1"), "--fusion", "median"], "unknown fusion rule"),
+    ):
+        result = runner.invoke(app, ["calibrate", *args])
+        assert result.exit_code == 2, args
+        assert message in result.stderr, (args, result.stderr)
 
 
 def test_export_serves_the_robustness_winner_by_default(tiny_run: Path, tmp_path: Path) -> None:
@@ -217,13 +310,16 @@ def test_a_gated_export_carries_its_typicality_and_bad_ones_are_refused(tiny_run
     refused(lambda d: d["fusion"]["typicality"]["audio"]["means"][0].pop(), r"\[classes\]\[classes\]")
     refused(lambda d: d["fusion"]["typicality"]["audio"].update(threshold=0), "greater than 0")
     refused(lambda d: d["fusion"]["typicality"].update(smell=d["fusion"]["typicality"]["audio"]), "not one of its modalities")
-    # a v2 manifest (no typicality section) loads as v3, unchanged otherwise
+    # a v2 manifest (no typicality section, no confidence maps) loads as the current schema, unchanged otherwise
     v2 = json.loads(json.dumps(doc))
     v2["schema_version"] = 2
     v2["fusion"]["rule"] = "loglinear"
     v2["fusion"].pop("typicality")
+    v2["fusion"]["calibration"].pop("confidence_maps", None)
     (repo / "manifest.json").write_text(json.dumps(v2))
     older = load_manifest(repo)
-    assert older.schema_version == 3
+    assert older.schema_version == SCHEMA_VERSION
+    assert older.fusion.calibration.confidence_maps == {}
+    assert older.fusion.params().confidence_maps is None
     assert older.fusion.typicality is None
     assert older.fusion.params().weights == fusion.weights

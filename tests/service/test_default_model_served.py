@@ -112,6 +112,16 @@ def test_speech_drowned_in_noise_loses_its_say(default_server: Server, media: di
     assert default_server.tmp_is_empty()
 
 
+def test_one_modality_alone_answers_as_the_manifest_says(default_server: Server, media: dict[int, dict[str, Path]]) -> None:
+    """Audio alone and video alone: the calibrated, gated part, then the set's confidence map where it has one."""
+    manifest = load_manifest(DEFAULT)
+    for files in media.values():
+        for sent, path in (("audio", files["speech"]), ("audio", files["drowned"]), ("video", files["drawn"])):
+            r = default_server.post({sent: path})
+            assert r.status_code == 200, r.text
+            check_answer(r.json(), {sent}, manifest)
+
+
 def test_mla_predict_shows_the_typicality(default_server: Server, media: dict[int, dict[str, Path]]) -> None:
     files = media[3]
     cmd = [sys.executable, "-m", "cli.main", "predict", "--url", default_server.url, "--audio", str(files["drowned"])]

@@ -57,6 +57,13 @@ def check_answer(body: dict, sent: set[str], manifest: Manifest) -> None:
         refit = FusionParams(fusion.rule, fusion.weights, None, fusion.calibration.fused_temperatures)
         fused = refit({m: np.log(p) for m, p in probs.items()})
         expect, shares = fused.probs, fused.weights
+    # last, the top-label map of this set of modalities, where the manifest has one
+    cmap = fusion.calibration.confidence_maps.get(subset)
+    if cmap is None:
+        assert body["confidence_map"] is None
+    else:
+        assert body["confidence_map"] == {"slope": cmap.slope, "offset": cmap.offset}
+        expect = cmap.confidence_map()(expect)
     np.testing.assert_allclose([body["probabilities"][c] for c in labels], expect[0], atol=1e-9)
     for m in names:
         assert body["modalities"][m]["weight"] == pytest.approx(shares[m][0], abs=1e-9)

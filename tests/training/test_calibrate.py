@@ -7,12 +7,13 @@ import pytest
 from scipy.stats import beta, chi2
 
 from common import calibration
-from common.fusion import FusionParams, softmax
+from common.fusion import ConfidenceMap, FusionParams, softmax
 from training.calibrate import (
     GATE_DECAY,
     GATE_MARGIN,
     RULE_VARIANTS,
     fit_abstention,
+    fit_confidence_map,
     fit_fusion,
     fit_temperature,
     fit_typicality,
@@ -68,6 +69,42 @@ def test_calibrated_rules_lower_ece_on_held_out_predictions() -> None:
         if rule in ("fixed", "loglinear", "gated_loglinear"):
             assert params.weights is not None
             assert params.weights["video"] > params.weights["audio"]  # the cleaner modality weighs more
+
+
+def _top_label_distorted(n: int, slope: float, offset: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities whose top label is right with probability sigmoid(slope * logit(c) + offset), not c."""
+    rng = np.random.default_rng(seed)
+    probs = softmax(rng.normal(size=(n, 10)) * rng.uniform(0.5, 3.0, size=(n, 1)))
+    top = probs.argmax(axis=1)
+    c = probs.max(axis=1)
+    p_right = 1 / (1 + np.exp(-(slope * np.log(c / (1 - c)) + offset)))
+    wrong = (top + rng.integers(1, 10, size=n)) % 10  # some other class
+    labels = np.where(rng.random(n) < p_right, top, wrong)
+    return probs, labels
+
+
+def test_fit_confidence_map_recovers_a_known_distortion_and_calibrates_held_out_answers() -> None:
+    probs, labels = _top_label_distorted(4000, 0.5, 0.4, seed=0)
+    cmap = fit_confidence_map(probs, labels)
+    assert cmap is not None
+    # a logistic regression on 4,000 answers: the standard errors are a few hundredths
+    assert cmap.slope == pytest.approx(0.5, abs=0.1)
+    assert cmap.offset == pytest.approx(0.4, abs=0.15)
+    test_probs, test_labels = _top_label_distorted(4000, 0.5, 0.4, seed=1)
+    before, after = calibration.ece(test_probs, test_labels), calibration.ece(cmap(test_probs), test_labels)
+    assert after < before / 2
+    assert after < 2 * calibration.ece_floor(cmap(test_probs))
+
+
+def test_fit_confidence_map_leaves_calibrated_answers_about_alone_and_refuses_too_little() -> None:
+    probs, labels = _top_label_distorted(4000, 1.0, 0.0, seed=2)  # calibrated: right with probability c
+    cmap = fit_confidence_map(probs, labels)
+    if cmap is not None:  # kept only if it helped out of sample, and then it is near the identity
+        assert cmap.slope == pytest.approx(1.0, abs=0.1)
+        assert cmap.offset == pytest.approx(0.0, abs=0.15)
+    assert fit_confidence_map(probs[:40], labels[:40]) is None  # fewer than 10 answers per fold
+    assert fit_confidence_map(probs, probs.argmax(axis=1)) is None  # every answer right: nothing to fit
+    assert isinstance(fit_confidence_map(*_top_label_distorted(4000, 0.5, 0.4, seed=3)), ConfidenceMap)
 
 
 def test_fit_typicality_recovers_the_class_means_covariance_and_threshold() -> None:
