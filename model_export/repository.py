@@ -80,6 +80,17 @@ def next_version(root: Path) -> str:
     return str(max(numbers, default=0) + 1)
 
 
+def new_version_dir(root: Path, version: str | None) -> Path:
+    """Where a new version goes: `version` (default: the next integer) under `root`, which must not exist yet."""
+    version = version or next_version(root)
+    if not SAFE.match(version):
+        raise ExportError(f"version {version!r} must be letters, digits, '.', '_' or '-'")
+    target = root / version
+    if target.exists():
+        raise ExportError(f"{target} already exists: versions are never overwritten; pass another --version")
+    return target
+
+
 def _entry(spec: ExportSpec, cfg: ModelConfig, file: str, sample: str, out_dir: Path) -> AudioEntry | VideoEntry:
     common: dict[str, Any] = {
         "file": file,
@@ -118,12 +129,8 @@ def export_run(
     if not SAFE.match(name):
         raise ExportError(f"model name {name!r} must be letters, digits, '.', '_' or '-'")
     root = out_root / name
-    version = version or next_version(root)
-    if not SAFE.match(version):
-        raise ExportError(f"version {version!r} must be letters, digits, '.', '_' or '-'")
-    target = root / version
-    if target.exists():
-        raise ExportError(f"{target} already exists: versions are never overwritten; pass another --version")
+    target = new_version_dir(root, version)
+    version = target.name
     precision: Literal["fp32", "fp16"] = "fp16" if fp16 else "fp32"
     inputs = parity_inputs(cfg, data or ckpt["data"])
     fusion = Fusion.model_validate(calibrate_run(run_dir, data, rule))
@@ -281,12 +288,8 @@ def recalibrate(
         tmp.replace(version_dir / MANIFEST_NAME)  # atomic: the service never reads half a manifest
         return version_dir
     root = version_dir.parent
-    version = version or next_version(root)
-    if not SAFE.match(version):
-        raise ExportError(f"version {version!r} must be letters, digits, '.', '_' or '-'")
-    target = root / version
-    if target.exists():
-        raise ExportError(f"{target} already exists: versions are never overwritten; pass another --version")
+    target = new_version_dir(root, version)
+    version = target.name
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
     try:
         for entry in manifest.modalities.values():

@@ -32,6 +32,13 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return run, f"csv:{clean}"
 
 
+def _clean_val(held: dict[str, np.ndarray]) -> Predictions:
+    """The clean validation logits held in the cache, as the predictions every rule is fitted on here."""
+    y = held["val/labels"]
+    ones = np.ones(len(y), bool)
+    return Predictions({m: held[f"val/clean/{m}"] for m in ("audio", "video")}, {"audio": ones, "video": ones}, y)
+
+
 def _boom(*_: object) -> None:
     raise AssertionError("the model was loaded: the cached logits were not used")
 
@@ -73,9 +80,8 @@ def test_logits_are_computed_once_per_checkpoint(
 def test_rules_are_scored_on_every_corruption_from_the_same_logits(small: tuple[Path, str]) -> None:
     run, spec = small
     held = robustness.condition_logits(run, spec)
-    y = held["val/labels"]
-    ones = np.ones(len(y), bool)
-    fit = Predictions({m: held[f"val/clean/{m}"] for m in ("audio", "video")}, {"audio": ones, "video": ones}, y)
+    fit = _clean_val(held)
+    y = fit.labels
     rules = {"equal": FusionParams("equal"), "gated_loglinear": fit_fusion(fit, "gated_loglinear")}
     scores = robustness.score_rules(held, rules)
     for split in ("val", "test"):
@@ -94,9 +100,7 @@ def test_rules_are_scored_on_every_corruption_from_the_same_logits(small: tuple[
 def test_paired_gaps_are_the_table_gains_with_an_interval_around_them(small: tuple[Path, str]) -> None:
     run, spec = small
     held = robustness.condition_logits(run, spec)
-    y = held["val/labels"]
-    ones = np.ones(len(y), bool)
-    fit = Predictions({m: held[f"val/clean/{m}"] for m in ("audio", "video")}, {"audio": ones, "video": ones}, y)
+    fit = _clean_val(held)
     rules = {
         "gated_loglinear": fit_fusion(fit, "gated_loglinear"),
         "equal": FusionParams("equal"),
