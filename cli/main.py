@@ -183,7 +183,10 @@ def _print_calibration(manifest: Manifest) -> None:
     temps = ", ".join(f"{k} {v:.3g}" for k, v in {**cal.temperatures, **cal.fused_temperatures}.items())
     err.print(f"fusion {manifest.fusion.rule}; temperatures {temps} (fitted on the {cal.fitted_on})")
     for sub, cmap in cal.confidence_maps.items():
-        err.print(f"  {sub}: confidence map sigmoid({cmap.slope:.3g} logit(c) + {cmap.offset:.3g}) on the top label")
+        err.print(
+            f"  {sub}: confidence map sigmoid({cmap.slope:.3g} logit(c) + {cmap.offset:.3g}) on the top label "
+            f"from {cmap.lowest:.3g} up, a straight line to the uniform answer below"
+        )
     for sub, fig in cal.val.items():
         err.print(
             f"  {sub}: validation ECE {fig['ece_raw']:.3f} -> {fig['ece']:.3f}, NLL {fig['nll_raw']:.3f} -> {fig['nll']:.3f}"

@@ -30,7 +30,8 @@ A prediction is made in four steps, each set by the model's manifest:
    Gupta & Ramdas, "Top-label calibration", ICLR 2022), the other classes rescaled to keep
    their proportions. A temperature moves every confidence the same way; this also lets
    confident answers come down while unsure ones go up, which is the shape a weak
-   modality's reliability curve has (see `ConfidenceMap`). No map is the identity.
+   modality's reliability curve has. Below the confidences it was fitted on it runs
+   straight to the uniform answer (see `ConfidenceMap`). No map is the identity.
 
 Each sample is weighted on its own: the authors' code averaged the entropy over the
 batch, so one noisy clip changed everyone's weights.
@@ -115,26 +116,39 @@ class Typicality:
 class ConfidenceMap:
     """Platt scaling of the top label's probability: c' = sigmoid(slope * logit(c) + offset).
 
-    The other classes keep their proportions and share 1 - c'. With slope > 0 the map is
-    increasing in c, and c' is never let below the runner-up after rescaling,
-    p2 (1 - c') / (1 - c), so the label never changes (that floor is at most c, and acts only
-    where the map would pull a top label under its runner-up). slope 1, offset 0 is the
-    identity.
+    Fitted on validation answers whose top confidence was at least `lowest`; below that the
+    map is not extrapolated but drawn straight to (1/K, 1/K): a uniform answer carries no
+    information and keeps confidence 1/K, whatever the fit would say about it. The other
+    classes keep their proportions and share 1 - c'. With slope > 0 the map is increasing in
+    c, and c' is never let below the runner-up after rescaling, p2 (1 - c') / (1 - c), so
+    the label never changes (that floor is at most c, and acts only where the map would pull
+    a top label under its runner-up). slope 1, offset 0, lowest 0 is the identity.
     """
 
     slope: float
     offset: float
+    lowest: float = 0.0  # the lowest top confidence among the answers it was fitted on
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.slope) and np.isfinite(self.offset) and self.slope > 0):
             raise ValueError(f"a confidence map needs a finite positive slope and a finite offset, got {self}")
+        if not 0.0 <= self.lowest < 1.0:
+            raise ValueError(f"a confidence map's lowest confidence must lie in [0, 1), got {self.lowest}")
+
+    def _platt(self, c: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(self.slope * np.log(c / (1.0 - c)) + self.offset)))
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
         p = np.asarray(probs, dtype=np.float64)
         rows = np.arange(len(p))
         top = p.argmax(axis=1)
         c = np.clip(p[rows, top], 1e-12, 1 - 1e-12)
-        mapped = 1.0 / (1.0 + np.exp(-(self.slope * np.log(c / (1.0 - c)) + self.offset)))
+        mapped = self._platt(c)
+        uniform = 1.0 / p.shape[1]
+        if self.lowest > uniform:  # below what it was fitted on: the straight line from the uniform answer
+            at_lowest = max(float(self._platt(np.array(self.lowest))), uniform)
+            line = uniform + (c - uniform) * (at_lowest - uniform) / (self.lowest - uniform)
+            mapped = np.where(c < self.lowest, line, mapped)
         others = p.copy()
         others[rows, top] = 0.0
         second = others.max(axis=1)

@@ -79,13 +79,14 @@ Probability = Annotated[float, Field(ge=0, le=1)]
 
 
 class ConfidenceMapEntry(_Strict):
-    """c' = sigmoid(slope * logit(c) + offset) on the top label's probability (common.fusion.ConfidenceMap)."""
+    """c' = sigmoid(slope * logit(c) + offset) on the top label's probability from `lowest` up (common.fusion.ConfidenceMap)."""
 
     slope: Positive
     offset: float = Field(allow_inf_nan=False)
+    lowest: float = Field(ge=0, lt=1)  # the lowest top confidence it was fitted on; below it, straight to uniform
 
     def confidence_map(self) -> ConfidenceMap:
-        return ConfidenceMap(self.slope, self.offset)
+        return ConfidenceMap(self.slope, self.offset, self.lowest)
 
 
 class Calibration(_Strict):

@@ -290,7 +290,7 @@ class ServedModel:
             "modalities": detail,
             "fusion": fusion.rule,
             "fused_temperature": float((params.fused_temperatures or {}).get(subset, 1.0)),
-            "confidence_map": None if cmap is None else {"slope": cmap.slope, "offset": cmap.offset},
+            "confidence_map": None if cmap is None else {"slope": cmap.slope, "offset": cmap.offset, "lowest": cmap.lowest},
         }
 
     def check_modalities(self, wanted: set[str]) -> None:

@@ -33,6 +33,10 @@ class ModalityResult(BaseModel):
 class ConfidenceMapUsed(BaseModel):
     slope: float = Field(description="on the logit of the top label's probability (below 1: sure answers come down)")
     offset: float = Field(description="added to it (above 0: unsure answers go up)")
+    lowest: float = Field(
+        description="the lowest top confidence the map was fitted on; below it the map runs straight to 1/classes, "
+        "so an answer that says nothing keeps the confidence of a guess"
+    )
 
 
 class PredictResponse(BaseModel):
@@ -63,8 +67,8 @@ class PredictResponse(BaseModel):
     confidence_map: ConfidenceMapUsed | None = Field(
         default=None,
         description="where validation kept one for this set of modalities: the map applied last to the top label's "
-        "probability, confidence = sigmoid(slope * logit(c) + offset), the other labels rescaled to keep their "
-        "proportions (it never changes the label); null: none",
+        "probability, confidence = sigmoid(slope * logit(c) + offset) from `lowest` up, the other labels rescaled to "
+        "keep their proportions (it never changes the label); null: none",
     )
 
 

@@ -152,7 +152,7 @@ def fit_confidence_map(probs: np.ndarray, labels: np.ndarray, folds: int = MAP_F
     slope, offset = float(lr.coef_[0, 0]), float(lr.intercept_[0])
     if gain.mean() <= gain.std(ddof=1) / math.sqrt(len(gain)) or slope <= 0:
         return None
-    return ConfidenceMap(slope, offset)
+    return ConfidenceMap(slope, offset, float(np.asarray(probs).max(axis=1).min()))
 
 
 def fit_confidence_maps(val: Predictions, params: FusionParams) -> dict[str, ConfidenceMap]:
@@ -385,7 +385,9 @@ def fusion_section(val: Predictions, rule: str, fitted_on: str, target_risk: flo
         "calibration": {
             "temperatures": dict(params.temperatures or {}),
             "fused_temperatures": dict(params.fused_temperatures or {}),
-            "confidence_maps": {k: {"slope": c.slope, "offset": c.offset} for k, c in (params.confidence_maps or {}).items()},
+            "confidence_maps": {
+                k: {"slope": c.slope, "offset": c.offset, "lowest": c.lowest} for k, c in (params.confidence_maps or {}).items()
+            },
             "fitted_on": fitted_on,
             "val": figures,
         },

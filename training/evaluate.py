@@ -231,5 +231,8 @@ def _params_dict(params: FusionParams) -> dict[str, Any]:
         "weights": dict(params.weights) if params.weights else None,
         "temperatures": dict(params.temperatures) if params.temperatures else None,
         "fused_temperatures": dict(params.fused_temperatures) if params.fused_temperatures else None,
-        "confidence_maps": {k: {"slope": c.slope, "offset": c.offset} for k, c in (params.confidence_maps or {}).items()} or None,
+        "confidence_maps": {
+            k: {"slope": c.slope, "offset": c.offset, "lowest": c.lowest} for k, c in (params.confidence_maps or {}).items()
+        }
+        or None,
     }

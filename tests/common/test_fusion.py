@@ -202,6 +202,32 @@ def test_confidence_map_moves_the_top_label_only_and_never_changes_it() -> None:
             ConfidenceMap(slope, offset)
 
 
+def test_confidence_map_is_not_extrapolated_below_what_it_was_fitted_on() -> None:
+    """Below `lowest` the map runs straight to the uniform answer, which keeps confidence 1/K: a Platt fit that
+    lifts unsure answers would otherwise give an answer that says nothing the confidence of one that says a little."""
+    k = 10
+    cmap = ConfidenceMap(0.56, 0.1, lowest=0.18)  # the default model's audio map, about
+    uniform = np.full((1, k), 1.0 / k)
+    np.testing.assert_allclose(cmap(uniform), uniform)  # a guess stays a guess
+    assert ConfidenceMap(0.56, 0.1)(uniform)[0].max() > 0.2  # where the Platt fit alone would say more
+    # from the uniform answer up through `lowest` and on: continuous and increasing in c
+    c = np.linspace(1.0 / k + 1e-6, 0.95, 400)
+    probs = np.column_stack([c, np.repeat(((1 - c) / (k - 1))[:, None], k - 1, axis=1)])
+    mapped = cmap(probs)[:, 0]
+    assert np.all(np.diff(mapped) > 0)
+    below, above = c < 0.18, c >= 0.18
+
+    def platt(x: np.ndarray | float) -> np.ndarray:
+        return 1 / (1 + np.exp(-(0.56 * np.log(np.divide(x, np.subtract(1, x))) + 0.1)))
+
+    np.testing.assert_allclose(mapped[above], platt(c[above]), rtol=1e-12)
+    slope_below = (platt(0.18) - 0.1) / (0.18 - 0.1)
+    np.testing.assert_allclose(mapped[below], 0.1 + (c[below] - 0.1) * slope_below, rtol=1e-9)
+    assert mapped[above][0] - mapped[below][-1] < 2 * slope_below * (c[1] - c[0])  # no jump at `lowest`
+    with pytest.raises(ValueError, match="lowest"):
+        ConfidenceMap(1.0, 0.0, lowest=1.0)
+
+
 def test_confidence_maps_act_on_their_set_of_modalities_only() -> None:
     a, v = _logits(13), _logits(14)
     present = {"audio": np.ones(5, bool), "video": np.array([True, False, True, False, True])}

@@ -191,15 +191,17 @@ def test_confidence_maps_are_read_from_the_manifest_and_bad_ones_refused(tiny_ru
     def put(maps: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
         return lambda d: d["fusion"]["calibration"].update(confidence_maps=maps)
 
-    manifest = loaded(put({"audio": {"slope": 0.5, "offset": 0.25}}))
+    manifest = loaded(put({"audio": {"slope": 0.5, "offset": 0.25, "lowest": 0.2}}))
     maps = manifest.fusion.params().confidence_maps
-    assert maps == {"audio": ConfidenceMap(0.5, 0.25)}
+    assert maps == {"audio": ConfidenceMap(0.5, 0.25, 0.2)}
     for maps_, message in (
-        ({"audio": {"slope": 0.0, "offset": 0.0}}, "greater than 0"),
-        ({"audio": {"slope": 1.0, "offset": float("nan")}}, "finite"),
-        ({"smell": {"slope": 1.0, "offset": 0.0}}, "not a set of its modalities"),
-        ({"video+audio": {"slope": 1.0, "offset": 0.0}}, "alphabetical"),
-        ({"audio": {"slope": 1.0}}, "offset"),
+        ({"audio": {"slope": 0.0, "offset": 0.0, "lowest": 0.2}}, "greater than 0"),
+        ({"audio": {"slope": 1.0, "offset": float("nan"), "lowest": 0.2}}, "finite"),
+        ({"audio": {"slope": 1.0, "offset": 0.0, "lowest": 1.0}}, "less than 1"),
+        ({"smell": {"slope": 1.0, "offset": 0.0, "lowest": 0.2}}, "not a set of its modalities"),
+        ({"video+audio": {"slope": 1.0, "offset": 0.0, "lowest": 0.2}}, "alphabetical"),
+        ({"audio": {"slope": 1.0, "lowest": 0.2}}, "offset"),
+        ({"audio": {"slope": 1.0, "offset": 0.0}}, "lowest"),
     ):
         with pytest.raises(ManifestError, match=message):
             loaded(put(maps_))

@@ -62,7 +62,7 @@ def check_answer(body: dict, sent: set[str], manifest: Manifest) -> None:
     if cmap is None:
         assert body["confidence_map"] is None
     else:
-        assert body["confidence_map"] == {"slope": cmap.slope, "offset": cmap.offset}
+        assert body["confidence_map"] == {"slope": cmap.slope, "offset": cmap.offset, "lowest": cmap.lowest}
         expect = cmap.confidence_map()(expect)
     np.testing.assert_allclose([body["probabilities"][c] for c in labels], expect[0], atol=1e-9)
     for m in names:
