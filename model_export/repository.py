@@ -25,7 +25,6 @@ import numpy as np
 import onnx
 import torch
 
-from common.fusion import RULES
 from common.hashing import sha256_file
 from common.manifest import (
     MANIFEST_NAME,
@@ -44,7 +43,7 @@ from common.manifest import (
 from common.parity import ParityError, compare
 from common.validate import run_session
 from model_export.onnx_graph import DEFAULT_OPSET, OUTPUT_NAME, ExportError, ExportSpec, export_graph, spec_for
-from training.calibrate import TARGET_RISK, calibrate_run, fusion_section
+from training.calibrate import TARGET_RISK, calibrate_run, check_rule, fusion_section
 from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from training.config import ModelConfig
 from training.data.dataset import build_dataset, make_loader
@@ -276,8 +275,7 @@ def recalibrate(
         raise ExportError(f"{version_dir} does not match its manifest, so it is not calibrated: " + "; ".join(failures))
     data = data or manifest.training.data
     rule = rule or manifest.fusion.rule
-    if rule not in RULES:
-        raise ValueError(f"unknown fusion rule {rule!r}; choose from {', '.join(RULES)}")
+    check_rule(rule)
     preds = graph_predictions(version_dir, manifest, data, split)
     fitted_on = f"{split} split of {data}, n={len(preds.labels)}, through the exported graphs"
     fusion = Fusion.model_validate(fusion_section(preds, rule, fitted_on, target_risk))

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +290,7 @@ class ServedModel:
             "modalities": detail,
             "fusion": fusion.rule,
             "fused_temperature": float((params.fused_temperatures or {}).get(subset, 1.0)),
-            "confidence_map": None if cmap is None else {"slope": cmap.slope, "offset": cmap.offset, "lowest": cmap.lowest},
+            "confidence_map": None if cmap is None else asdict(cmap),
         }
 
     def check_modalities(self, wanted: set[str]) -> None:

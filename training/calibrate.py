@@ -11,10 +11,10 @@
 - A top-label confidence map per set of modalities (common.fusion.ConfidenceMap: Platt
   scaling of the top label's probability), kept only where it lowers the top label's
   log-loss out of sample (5-fold cross-validation on validation) by more than one standard
-  error; elsewhere none. A
-  temperature has one degree of freedom and spends it on the whole distribution's NLL; a
-  weak modality's confident answers can still be too sure while its unsure ones are right
-  more often than they say, which only a map of the confidence itself can straighten.
+  error; elsewhere none. A temperature has one degree of freedom and spends it on the whole
+  distribution's NLL; a weak modality's confident answers can still be too sure while its
+  unsure ones are right more often than they say, which only a map of the confidence
+  itself can straighten.
 - For `gated_loglinear`, each modality's typicality (common.fusion.Typicality): its class
   means and shared covariance of the logits on validation, and a threshold at GATE_MARGIN
   times the 99th percentile of the validation distances, so that validation-like inputs
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,12 @@ RULE_VARIANTS: dict[str, tuple[str, bool]] = {
 }
 
 
+def check_rule(rule: str) -> None:
+    """Refuse a fusion rule common.fusion does not have, before any work is done for it."""
+    if rule not in RULES:
+        raise ValueError(f"unknown fusion rule {rule!r}; choose from {', '.join(RULES)}")
+
+
 def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
     """argmin_T of the NLL of softmax(log_probs / T); 1.0 when there is nothing to fit on."""
     if len(labels) == 0:
@@ -120,9 +126,9 @@ def fit_fused_temperatures(val: Predictions, params: FusionParams) -> dict[str, 
 
 
 def _top_label(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The logit of each top label's probability, and whether that label is right."""
-    c = np.clip(np.asarray(probs, dtype=np.float64).max(axis=1), 1e-12, 1 - 1e-12)
-    return np.log(c / (1 - c)), (np.asarray(probs).argmax(axis=1) == labels).astype(int)
+    """Each top label's probability (kept off 0 and 1), and whether that label is right."""
+    p = np.asarray(probs, dtype=np.float64)
+    return np.clip(p.max(axis=1), 1e-12, 1 - 1e-12), (p.argmax(axis=1) == labels).astype(int)
 
 
 def _log_losses(scores: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -141,7 +147,8 @@ def fit_confidence_map(probs: np.ndarray, labels: np.ndarray, folds: int = MAP_F
     per fold, or fewer right or wrong ones than folds) or where the fit would reverse the
     order of confidences.
     """
-    x, right = _top_label(probs, labels)
+    c, right = _top_label(probs, labels)
+    x = np.log(c / (1 - c))
     if len(x) < 10 * folds or min(right.sum(), len(right) - right.sum()) < folds:
         return None
     gain = np.empty(len(x))  # per answer: its log-loss as it is minus under the map fitted without its fold
@@ -152,7 +159,7 @@ def fit_confidence_map(probs: np.ndarray, labels: np.ndarray, folds: int = MAP_F
     slope, offset = float(lr.coef_[0, 0]), float(lr.intercept_[0])
     if gain.mean() <= gain.std(ddof=1) / math.sqrt(len(gain)) or slope <= 0:
         return None
-    return ConfidenceMap(slope, offset, float(np.asarray(probs).max(axis=1).min()))
+    return ConfidenceMap(slope, offset, float(c.min()))
 
 
 def fit_confidence_maps(val: Predictions, params: FusionParams) -> dict[str, ConfidenceMap]:
@@ -346,8 +353,7 @@ def calibrate_run(
     model = model_from_checkpoint(ckpt)
     data = data or ckpt["data"]
     rule = rule or served_rule(ckpt["method"])
-    if rule not in RULES:
-        raise ValueError(f"unknown fusion rule {rule!r}; choose from {', '.join(RULES)}")
+    check_rule(rule)
     loader = make_loader(build_dataset(parse_spec(data), "val", model.cfg), 128, False, 0)
     val = predict(model, loader, torch.device("cpu"))
     return fusion_section(val, rule, f"val split of {data}, n={len(val.labels)}", target_risk)
@@ -357,8 +363,7 @@ def fusion_section(val: Predictions, rule: str, fitted_on: str, target_risk: flo
     """The manifest's fusion section fitted on `val` (a model's validation predictions, from torch or its graphs)."""
     from training.evaluate import score
 
-    if rule not in RULES:
-        raise ValueError(f"unknown fusion rule {rule!r}; choose from {', '.join(RULES)}")
+    check_rule(rule)
     params = fit_fusion(val, rule, calibrated=True)
     raw, fitted = score(val, FusionParams(rule, params.weights, None, None, params.typicality)), score(val, params)
     figures = {
@@ -385,9 +390,7 @@ def fusion_section(val: Predictions, rule: str, fitted_on: str, target_risk: flo
         "calibration": {
             "temperatures": dict(params.temperatures or {}),
             "fused_temperatures": dict(params.fused_temperatures or {}),
-            "confidence_maps": {
-                k: {"slope": c.slope, "offset": c.offset, "lowest": c.lowest} for k, c in (params.confidence_maps or {}).items()
-            },
+            "confidence_maps": {k: asdict(c) for k, c in (params.confidence_maps or {}).items()},
             "fitted_on": fitted_on,
             "val": figures,
         },

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -231,8 +231,5 @@ def _params_dict(params: FusionParams) -> dict[str, Any]:
         "weights": dict(params.weights) if params.weights else None,
         "temperatures": dict(params.temperatures) if params.temperatures else None,
         "fused_temperatures": dict(params.fused_temperatures) if params.fused_temperatures else None,
-        "confidence_maps": {
-            k: {"slope": c.slope, "offset": c.offset, "lowest": c.lowest} for k, c in (params.confidence_maps or {}).items()
-        }
-        or None,
+        "confidence_maps": {k: asdict(c) for k, c in (params.confidence_maps or {}).items()} or None,
     }

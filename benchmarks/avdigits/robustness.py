@@ -311,13 +311,14 @@ def paired_gaps(
     """
     out: dict[str, Any] = {c.name: [None] * len(c.severities) for c in CORRUPTIONS}
     for name, i, key in conditions():
+        preds = [_condition(held, split, key) for held in held_by_seed]
+        chosen_right = [_correct(p, rules[chosen]) for p, rules in zip(preds, rules_by_seed, strict=True)]
         per_rule = {}
         for ref in against:
             diffs = np.mean(
                 [
-                    _correct(_condition(held, split, key), rules[chosen]).astype(float)
-                    - _correct(_condition(held, split, key), rules[ref])
-                    for held, rules in zip(held_by_seed, rules_by_seed, strict=True)
+                    right.astype(float) - _correct(p, rules[ref])
+                    for right, p, rules in zip(chosen_right, preds, rules_by_seed, strict=True)
                 ],
                 axis=0,
             )
