@@ -181,7 +181,10 @@ def _print_calibration(manifest: Manifest) -> None:
     """What was fitted on validation: temperatures, confidence maps, ECE and NLL before and after, abstention."""
     cal, abstain = manifest.fusion.calibration, manifest.fusion.abstention
     temps = ", ".join(f"{k} {v:.3g}" for k, v in {**cal.temperatures, **cal.fused_temperatures}.items())
-    err.print(f"fusion {manifest.fusion.rule}; temperatures {temps} (fitted on the {cal.fitted_on})")
+    blend = (
+        f", blended with the equal-weight mixture at {manifest.fusion.mixture_share:g}" if manifest.fusion.mixture_share else ""
+    )
+    err.print(f"fusion {manifest.fusion.rule}{blend}; temperatures {temps} (fitted on the {cal.fitted_on})")
     for sub, cmap in cal.confidence_maps.items():
         err.print(
             f"  {sub}: confidence map sigmoid({cmap.slope:.3g} logit(c) + {cmap.offset:.3g}) on the top label "
@@ -357,6 +360,7 @@ def predict(
     title = (
         f"{body['label']} (calibrated confidence {body['confidence']:.3f}; {verdict}) "
         f"from {body['model']['name']} v{body['model']['version']}, {body['fusion']} fusion"
+        + (f" blended with the mixture at {body['mixture_share']:g}" if body.get("mixture_share") else "")
     )
     table = Table(title=title)
     gated = any(isinstance(d.get("typicality"), int | float) for d in body["modalities"].values())

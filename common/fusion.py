@@ -13,6 +13,7 @@ A prediction is made in four steps, each set by the model's manifest:
    - `gated_loglinear`: `loglinear` whose each exponent w_m is multiplied, per sample, by a
      typicality gate g_m in (0, 1]: 1 while the modality's logits lie as near the class
      means as validation's did, shrinking as they leave that region (see `Typicality`);
+     optionally blended geometrically with the equal-weight mixture (`mixture_share` below);
    - `batch_entropy`: the authors' code, entropy averaged over the batch (kept to compare);
    - `logit_sum`: joint training's own prediction, softmax(sum_m z_m).
    Every rule but `loglinear` and `logit_sum` mixes probabilities, sum_m w_m p_m: the
@@ -21,6 +22,13 @@ A prediction is made in four steps, each set by the model's manifest:
    log q = sum_m w_m log p_m (renormalised), which is sharper where modalities agree;
    `gated_loglinear` uses sum_m g_m w_m log p_m, so an atypical modality loses its say and
    the fused distribution flattens, instead of a confidently wrong expert vetoing the truth.
+   A product rule with a `mixture_share` s in [0, 1) takes
+   log q = (1 - s) log q_product + s log(mean_m p_m), a geometric blend of the product with
+   the equal-weight mixture of the modalities present: a product lets an expert that puts
+   almost no probability on a label veto it, so a modality that is wrong and sure without
+   looking atypical (mild noise) overrules a right one; the mixture term bounds that veto,
+   since a label either modality believes keeps at least half its probability there.
+   s = 0 is the plain product.
 3. Calibrate the fused distribution for the set of modalities present:
    q = softmax(log q / T_S), with T_S fitted on validation (a mixture of two calibrated
    distributions is under-confident when they disagree). A single modality needs no T_S,
@@ -226,6 +234,7 @@ def fuse(
     fused_temperatures: Mapping[str, float] | None = None,
     typicality: Mapping[str, Typicality] | None = None,
     confidence_maps: Mapping[str, ConfidenceMap] | None = None,
+    mixture_share: float = 0.0,
 ) -> Fused:
     """Fuse per-modality logits [n, classes] into one calibrated distribution per sample.
 
@@ -233,7 +242,8 @@ def fuse(
     `temperatures[m]` calibrates modality m (default 1); `fused_temperatures[S]`
     calibrates the fused distribution of samples whose present set is S ("audio+video");
     `typicality[m]` gates modality m under the gated rules; `confidence_maps[S]` maps the
-    top label's probability of the samples whose present set is S, singles included.
+    top label's probability of the samples whose present set is S, singles included;
+    `mixture_share` blends a product rule with the equal-weight mixture (0: the product alone).
     """
     if not logits:
         raise ValueError("nothing to fuse: no modality given")
@@ -241,6 +251,10 @@ def fuse(
     n = next(iter(logits.values())).shape[0]
     mask = _present_matrix(names, n, present)
     temps = temperatures or {}
+    if not 0.0 <= mixture_share < 1.0:
+        raise ValueError(f"mixture_share must be in [0, 1), got {mixture_share}")
+    if mixture_share and rule not in PRODUCT_RULES:
+        raise ValueError(f"mixture_share blends a product rule ({', '.join(PRODUCT_RULES)}) with the mixture, not {rule}")
     if any(float(temps.get(m, 1.0)) <= 0 for m in names):
         raise ValueError(f"temperatures must be positive: {dict(temps)}")
     scaled = {m: np.asarray(logits[m], dtype=np.float64) / float(temps.get(m, 1.0)) for m in names}
@@ -266,6 +280,11 @@ def fuse(
             # What each modality contributed, as shares that sum to 1 (the constant weights where every gate is ~0).
             total = exponents.sum(axis=0, keepdims=True)
             w = np.where(total > 1e-300, exponents / np.where(total > 1e-300, total, 1.0), w)
+        if mixture_share:
+            equal = _constant(mask, [1.0] * len(names))
+            mixture = sum(equal[i][:, None] * probs[m] for i, m in enumerate(names))
+            log_q = (1.0 - mixture_share) * log_q + mixture_share * np.log(np.clip(mixture, 1e-300, None))
+            w = (1.0 - mixture_share) * w + mixture_share * equal  # each part's shares, in the blend's proportions
     else:
         mixed = sum(w[i][:, None] * probs[m] for i, m in enumerate(names))
         log_q = np.log(np.clip(np.asarray(mixed), 1e-300, None))
@@ -295,6 +314,7 @@ class FusionParams:
     fused_temperatures: Mapping[str, float] | None = None
     typicality: Mapping[str, Typicality] | None = None
     confidence_maps: Mapping[str, ConfidenceMap] | None = None
+    mixture_share: float = 0.0
 
     def __call__(self, logits: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray] | None = None) -> Fused:
         return fuse(
@@ -306,4 +326,5 @@ class FusionParams:
             self.fused_temperatures,
             self.typicality,
             self.confidence_maps,
+            self.mixture_share,
         )

@@ -3,8 +3,9 @@
 Pure pydantic (no torch, no onnx), so the service reads it with the same model that wrote it.
 
 Schema history: v4 (current) added the calibration's `confidence_maps` (the top-label
-map per set of modalities); a v3 manifest has none and loads as v4 unchanged, serving what
-it served. v3 added the fusion section's `typicality` (the gate of the `gated_loglinear`
+map per set of modalities) and the fusion section's `mixture_share` (a product rule's blend
+with the equal-weight mixture, 0 when absent); a v3 manifest has neither and loads as v4
+unchanged, serving what it served. v3 added the fusion section's `typicality` (the gate of the `gated_loglinear`
 rule); a v2 manifest has none and loads unchanged too. v2 added the
 fusion section's calibration and abstention; a v1 manifest is migrated on load as an
 uncalibrated model (every temperature 1, never abstains) with a warning, so older exports
@@ -22,7 +23,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from common.fusion import GATED_RULES, RULES, WEIGHTED_RULES, ConfidenceMap, FusionParams, Typicality, subset_name
+from common.fusion import GATED_RULES, PRODUCT_RULES, RULES, WEIGHTED_RULES, ConfidenceMap, FusionParams, Typicality, subset_name
 from common.hashing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ class Fusion(_Strict):
     rule: Rule = "entropy"  # how the modalities present are weighted and combined (common/fusion.py)
     weights: dict[str, float] | None = None  # constant weights, for the rules that have them (fixed, the products)
     typicality: dict[str, TypicalityEntry] | None = None  # per modality, for the gated rules
+    # a product rule's geometric blend with the equal-weight mixture: log q = (1 - s) log product + s log mixture
+    mixture_share: float = Field(default=0.0, ge=0, lt=1)
     calibration: Calibration
     abstention: Abstention
 
@@ -148,13 +151,15 @@ class Fusion(_Strict):
             raise ValueError(f"the {self.rule} rule needs its weights")
         if self.rule in GATED_RULES and not self.typicality:
             raise ValueError(f"the {self.rule} rule needs a typicality per modality")
+        if self.mixture_share and self.rule not in PRODUCT_RULES:
+            raise ValueError(f"mixture_share blends a product rule with the mixture; the {self.rule} rule has none")
         return self
 
     def params(self) -> FusionParams:
         gates = {m: t.typicality() for m, t in self.typicality.items()} if self.typicality else None
         maps = {k: c.confidence_map() for k, c in self.calibration.confidence_maps.items()} or None
         cal = self.calibration
-        return FusionParams(self.rule, self.weights, cal.temperatures, cal.fused_temperatures, gates, maps)
+        return FusionParams(self.rule, self.weights, cal.temperatures, cal.fused_temperatures, gates, maps, self.mixture_share)
 
 
 class Parity(_Strict):

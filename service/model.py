@@ -289,6 +289,7 @@ class ServedModel:
             "probabilities": dict(zip(labels, map(float, fused.probs[0]), strict=True)),
             "modalities": detail,
             "fusion": fusion.rule,
+            "mixture_share": params.mixture_share,
             "fused_temperature": float((params.fused_temperatures or {}).get(subset, 1.0)),
             "confidence_map": None if cmap is None else asdict(cmap),
         }

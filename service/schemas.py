@@ -58,8 +58,14 @@ class PredictResponse(BaseModel):
     modalities: dict[str, ModalityResult] = Field(description="one entry per modality sent, and only those")
     fusion: str = Field(
         description="the fusion rule (gated_loglinear: a weighted product of experts whose weights shrink for atypical "
-        "modalities; loglinear: the same without the gate; entropy: per-sample weights softmax(-entropy); logit_sum: "
-        "joint training's own; see the model's manifest)"
+        "modalities, blended with the equal-weight mixture by `mixture_share`; loglinear: the product without the gate; "
+        "entropy: per-sample weights softmax(-entropy); logit_sum: joint training's own; see the model's manifest)"
+    )
+    mixture_share: float = Field(
+        default=0.0,
+        description="under a product rule, s in [0, 1): log q = (1 - s) log product + s log(mean of the sent modalities' "
+        "probabilities), so that a modality nearly sure a label is wrong cannot veto it alone (0: the product alone; "
+        "always 0 under the other rules)",
     )
     fused_temperature: float = Field(
         description="the temperature applied to the fused log-probabilities for this set of modalities (1: none)"

@@ -232,4 +232,5 @@ def _params_dict(params: FusionParams) -> dict[str, Any]:
         "temperatures": dict(params.temperatures) if params.temperatures else None,
         "fused_temperatures": dict(params.fused_temperatures) if params.fused_temperatures else None,
         "confidence_maps": {k: asdict(c) for k, c in (params.confidence_maps or {}).items()} or None,
+        "mixture_share": params.mixture_share,
     }

@@ -71,7 +71,13 @@ def _gated_accuracy(params: FusionParams, gates: dict[str, np.ndarray], logits: 
     assert weights is not None
     assert temps is not None
     # normalised as common.fusion.fuse does: where every gate is ~0 the classes tie there too, and the first wins
-    log_q = log_softmax(np.asarray(sum((weights[m] * gates[m])[:, None] * log_softmax(logits[m] / temps[m]) for m in MODALITIES)))
+    log_p = {m: log_softmax(logits[m] / temps[m]) for m in MODALITIES}
+    log_q = log_softmax(np.asarray(sum((weights[m] * gates[m])[:, None] * log_p[m] for m in MODALITIES)))
+    # then its blend with the equal-weight mixture, which no gate touches
+    share = params.mixture_share
+    if share:
+        mixture = sum(np.exp(log_p[m]) for m in MODALITIES) / len(MODALITIES)
+        log_q = (1 - share) * log_q + share * np.log(np.clip(mixture, 1e-300, None))
     return float((log_q.argmax(axis=1) == y).mean())
 
 

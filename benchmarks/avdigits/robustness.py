@@ -41,7 +41,7 @@ from benchmarks.report import RESULTS, markdown_table, write
 from common import calibration
 from common.fusion import FusionParams
 from common.hashing import sha256_file
-from training.calibrate import GATE_DECAY, GATE_MARGIN, fit_fusion
+from training.calibrate import GATE_DECAY, GATE_MARGIN, MIXTURE_SHARE, fit_fusion
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data.dataset import build_dataset, make_loader
 from training.data.specs import cache_root, parse_spec
@@ -57,6 +57,9 @@ REFERENCES = {"joint": "joint", "unimodal ensemble": "unimodal ensemble"}  # row
 SNRS = (20.0, 10.0, 5.0, 0.0, -5.0, -10.0)
 BABBLE_TALKERS = 4
 CI_LEVEL = 0.95  # of the paired intervals on the chosen rule's gains
+BAR = -0.5  # points: the chosen rule is to be within this of equal and of fixed weights in every condition
+# gated_loglinear's blends with the equal-weight mixture scored on validation (1 would be the mixture itself)
+SHARE_GRID = tuple(round(0.1 * i, 1) for i in range(10))
 BOOTSTRAP_RESAMPLES = 2000
 SPEECH_BAND_HZ = 4000.0  # FSDD is recorded at 8 kHz: nothing it holds lies above this
 
@@ -288,6 +291,49 @@ def gate_grid(val: Predictions, held: dict[str, np.ndarray]) -> dict[str, float]
     return out
 
 
+def gaps_to_baselines(
+    held_by_seed: list[dict[str, np.ndarray]],
+    baselines_by_seed: list[dict[str, FusionParams]],
+    candidate_by_seed: list[FusionParams],
+    split: str,
+) -> dict[str, float]:
+    """A candidate fusion's mean accuracy over every condition, and its worst gap, in points, to the better of
+    the baselines (equal and fixed weights) in any condition; accuracies are means over the seeds."""
+    accs, worst = [], np.inf
+    for _, _, key in conditions():
+        preds = [_condition(held, split, key) for held in held_by_seed]
+        acc = _mean([float(_correct(p, c).mean()) for p, c in zip(preds, candidate_by_seed, strict=True)])
+        base = max(
+            _mean([float(_correct(p, rules[r]).mean()) for p, rules in zip(preds, baselines_by_seed, strict=True)])
+            for r in ("equal", "fixed")
+        )
+        accs.append(acc)
+        worst = min(worst, 100 * (acc - base))
+    return {"mean": _mean(accs), "worst": float(worst)}
+
+
+def share_grid(
+    vals: list[Predictions], held_by_seed: list[dict[str, np.ndarray]], rules_by_seed: list[dict[str, FusionParams]]
+) -> dict[str, dict[str, float]]:
+    """gated_loglinear at each mixture share: mean accuracy and worst gap to equal/fixed weights, on validation
+    (what chooses) and on test (reported beside it, never used to choose)."""
+    out = {}
+    for share in SHARE_GRID:
+        fused = [fit_fusion(val, "gated_loglinear", mixture_share=share) for val in vals]
+        scores = {split: gaps_to_baselines(held_by_seed, rules_by_seed, fused, split) for split in ("val", "test")}
+        out[f"{share:g}"] = {f"{split}_{k}": v for split, figures in scores.items() for k, v in figures.items()}
+    return out
+
+
+def pick_share(grid: dict[str, dict[str, float]]) -> str:
+    """The most accurate share on validation among those within BAR of equal and fixed weights in every validation
+    condition; where none is, the one whose worst condition is the least bad."""
+    meets = [s for s, g in grid.items() if g["val_worst"] >= BAR - 1e-9]
+    if meets:
+        return max(meets, key=lambda s: grid[s]["val_mean"])
+    return max(grid, key=lambda s: grid[s]["val_worst"])
+
+
 def conditions() -> list[tuple[str, int | None, str]]:
     """(corruption name, severity index, cache key) of every scored condition, clean first (severity None)."""
     return [("clean", None, "clean")] + [(c.name, i, _key(c, i)) for c in CORRUPTIONS for i in range(len(c.severities))]
@@ -369,6 +415,10 @@ def severity_label(c: Corruption, i: int) -> str:
     return f"{c.severities[i]:g} {c.unit}"
 
 
+def _corruption(name: str) -> Corruption:
+    return next(c for c in CORRUPTIONS if c.name == name)
+
+
 def _gap_cells(results: dict[str, Any]) -> list[dict[str, dict[str, float]]]:
     """The paired gaps of every test row, in the table's order."""
     gaps = results["gaps"]["by_condition"]
@@ -378,24 +428,42 @@ def _gap_cells(results: dict[str, Any]) -> list[dict[str, dict[str, float]]]:
 def markdown(results: dict[str, Any]) -> str:
     chosen, test = results["chosen"], results["mla"]["test"]
     refs = results["references"]
-    gate = results["gate"]
+    gate, share = results["gate"], results["mixture_share"]
     grid = ", ".join(f"{g} {v:.4f}" for g, v in gate["grid"].items())
     gap_cells = _gap_cells(results)
     # the bar: within 0.5 point of, or above, the better of equal and fixed weights in that row
     binding = [min(cell.values(), key=lambda g: g["gain"]) for cell in gap_cells]
-    below = [g for g in binding if g["gain"] < -0.5]
-    shown = [g for g in below if g["high"] < -0.5]
+    below = [g for g in binding if g["gain"] < BAR]
+    shown = [g for g in below if g["high"] < BAR]
+    closest = min(range(len(binding)), key=lambda i: binding[i]["gain"])
+    closest_name, closest_i, _ = conditions()[closest]
+    closest_row = "clean" if closest_i is None else f"{closest_name}, {severity_label(_corruption(closest_name), closest_i)}"
     level = f"{results['gaps']['level']:.0%}"
     lines = [
         f"# Fusion rules under corruption (AV-digits test, MLA, seeds {results['seeds']})\n",
         f"Rule chosen on validation (best mean accuracy over every corruption and severity): **{chosen}** "
         f"(validation means: {', '.join(f'{r} {v:.3f}' for r, v in results['val_means'].items())}). "
         f"On test it is within 0.5 point of, or above, both equal and the best fixed weights in "
-        f"{len(binding) - len(below)} of the {len(binding)} rows below. Of the {len(below)} rows under that bar, "
-        f"{len(shown)} fall short by more than the test set's noise (the {level} interval of the gap lies wholly "
-        "below -0.5 point).\n",
+        f"{len(binding) - len(below)} of the {len(binding)} rows below (the closest: {closest_row}, "
+        f"{binding[closest]['gain']:+.2f} point)."
+        + (
+            f" Of the {len(below)} rows under that bar, {len(shown)} fall short by more than the test set's noise "
+            f"(the {level} interval of the gap lies wholly below {BAR:g} point)."
+            if below
+            else ""
+        )
+        + "\n",
         f"`gated_loglinear` used margin/decay {gate['used']} (training.calibrate's constants); the best on validation of "
         f"the grid was {gate['best']} (mean validation accuracy, margin/decay: {grid}).\n",
+        f"`gated_loglinear` blended its product with the equal-weight mixture at share {share['used']} "
+        "(training.calibrate.MIXTURE_SHARE); chosen on validation, as the most accurate share whose every condition is "
+        f"within {-share['bar']:g} point of equal and of fixed weights, it is {share['best']} (share: validation mean "
+        "accuracy / worst gap in points; test's, which chose nothing: "
+        + ", ".join(
+            f"{k} {g['val_mean']:.4f}/{g['val_worst']:+.2f}; {g['test_mean']:.4f}/{g['test_worst']:+.2f}"
+            for k, g in share["grid"].items()
+        )
+        + ").\n",
         "Audio+video test accuracy, mean over seeds; `gain` is the chosen rule minus equal weights and minus the best fixed "
         f"weights (tuned on clean validation), in points, with its {level} interval (paired: the same clips under both "
         "rules; BCa bootstrap over the clips, seeds fixed); references are joint (its own rule) and the unimodal "
@@ -423,8 +491,9 @@ def markdown(results: dict[str, Any]) -> str:
         if i is None:
             rows.append(row("none", "clean", test["clean"], gaps, [refs[k]["test"]["clean"] for k in refs]))
         else:
-            c = next(c for c in CORRUPTIONS if c.name == name)
-            rows.append(row(name, severity_label(c, i), test[name][i], gaps, [refs[k]["test"][name][i] for k in refs]))
+            rows.append(
+                row(name, severity_label(_corruption(name), i), test[name][i], gaps, [refs[k]["test"][name][i] for k in refs])
+            )
     lines.append(markdown_table(header, rows))
     lines.append("\nFused ECE (15 bins) on the same test sets:\n")
     ece_rows = [["none", "clean", *(test["clean"][r]["ece"] for r in MLA_RULES)]]
@@ -494,9 +563,10 @@ def setup(doc: str | None) -> tuple[argparse.Namespace, str, str, list[Path]]:
 def main() -> None:
     args, val_spec, clean_spec, mla_runs = setup(__doc__)
     per_seed, refs_per_seed, grids = [], {k: [] for k in REFERENCES}, []  # type: ignore[var-annotated]
-    held_by_seed, rules_by_seed = [], []
+    held_by_seed, rules_by_seed, vals = [], [], []
     for seed, run in zip(args.seeds, mla_runs, strict=True):
         val = _val_predictions(run, val_spec)
+        vals.append(val)
         rules = {r: fit_fusion(val, r.removesuffix("_raw"), not r.endswith("_raw")) for r in MLA_RULES}
         log.info("seed %d: MLA", seed)
         held = condition_logits(run, clean_spec)
@@ -511,6 +581,8 @@ def main() -> None:
     chosen, val_means = choose(mla["val"], list(MLA_RULES))
     gate_means = {g: _mean([grid[g] for grid in grids]) for g in grids[0]}
     best_gate = max(gate_means, key=lambda g: gate_means[g])
+    log.info("gated_loglinear's blend with the mixture, at %d shares", len(SHARE_GRID))
+    shares = share_grid(vals, held_by_seed, rules_by_seed)
     references = {}
     for row, runs in refs_per_seed.items():
         rule = next(iter(runs[0]["test"]["clean"]))
@@ -527,6 +599,13 @@ def main() -> None:
             "grid": gate_means,  # "margin/decay" -> mean validation accuracy over seeds, corruptions and severities
             "best": best_gate,
             "used": f"{GATE_MARGIN:g}/{GATE_DECAY:g}",  # training.calibrate's constants, which gated_loglinear above used
+        },
+        "mixture_share": {
+            # share -> {val_mean, val_worst, test_mean, test_worst}: accuracy, and the worst gap in points to equal/fixed
+            "grid": shares,
+            "best": pick_share(shares),
+            "used": f"{MIXTURE_SHARE:g}",  # training.calibrate.MIXTURE_SHARE, which gated_loglinear above used
+            "bar": BAR,
         },
         "mla": mla,
         # the chosen rule minus equal and minus fixed weights on test, in points, with paired bootstrap intervals

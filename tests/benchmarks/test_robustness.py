@@ -13,7 +13,7 @@ from benchmarks.avdigits import robustness
 from benchmarks.avdigits.build import build
 from common.fusion import FusionParams
 from tests.conftest import shared_data
-from training.calibrate import fit_fusion
+from training.calibrate import MIXTURE_SHARE, fit_fusion
 from training.config import TrainConfig
 from training.evaluate import Predictions
 from training.train import train
@@ -123,6 +123,41 @@ def test_paired_gaps_are_the_table_gains_with_an_interval_around_them(small: tup
         a, b = (gaps[name], twice[name]) if i is None else (gaps[name][i], twice[name][i])
         assert b["equal"]["gain"] == pytest.approx(a["equal"]["gain"])
         assert b["gated_loglinear"] == {"gain": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_share_grid_scores_each_blend_as_the_table_would_and_chooses_on_validation(small: tuple[Path, str]) -> None:
+    run, spec = small
+    held = robustness.condition_logits(run, spec)
+    fit = _clean_val(held)
+    rules = {
+        "gated_loglinear": fit_fusion(fit, "gated_loglinear"),
+        "equal": FusionParams("equal"),
+        "fixed": fit_fusion(fit, "fixed"),
+    }
+    grid = robustness.share_grid([fit], [held], [rules])
+    assert list(grid) == [f"{s:g}" for s in robustness.SHARE_GRID]
+    assert grid["0"] != grid["0.9"]  # the share changes what is fused
+    # the served share's worst test gap is the worst of the table's gains against equal and fixed weights
+    assert rules["gated_loglinear"].mixture_share == MIXTURE_SHARE
+    gaps = robustness.paired_gaps([held], [rules], "gated_loglinear")
+    cells = [gaps[name] if i is None else gaps[name][i] for name, i, _ in robustness.conditions()]
+    worst = min(min(cell["equal"]["gain"], cell["fixed"]["gain"]) for cell in cells)
+    assert grid[f"{MIXTURE_SHARE:g}"]["test_worst"] == pytest.approx(worst)
+    scores = robustness.score_rules(held, {"g": rules["gated_loglinear"]}, ("test",))["test"]
+    accs = [scores["clean"]["g"]["accuracy"]] + [lvl["g"]["accuracy"] for c in robustness.CORRUPTIONS for lvl in scores[c.name]]
+    assert grid[f"{MIXTURE_SHARE:g}"]["test_mean"] == pytest.approx(np.mean(accs))
+
+
+def test_pick_share_prefers_accuracy_among_the_shares_that_meet_the_bar_on_validation() -> None:
+    def g(val_mean: float, val_worst: float, test_worst: float = 0.0) -> dict[str, float]:
+        return {"val_mean": val_mean, "val_worst": val_worst, "test_mean": 0.5, "test_worst": test_worst}
+
+    # "0" is the most accurate but misses the bar somewhere; of those that meet it, "0.4" is the most accurate;
+    # the test figures choose nothing
+    grid = {"0": g(0.82, -1.7), "0.4": g(0.81, -0.5), "0.5": g(0.80, -0.1, test_worst=+3.0), "0.9": g(0.78, +0.1)}
+    assert robustness.pick_share(grid) == "0.4"
+    # none meets it: the least bad worst condition
+    assert robustness.pick_share({"0": g(0.82, -1.7), "0.3": g(0.80, -0.9), "0.6": g(0.79, -1.2)}) == "0.3"
 
 
 def test_paired_gap_interval_reflects_how_many_clips_disagree() -> None:

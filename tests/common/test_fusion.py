@@ -306,3 +306,54 @@ def test_an_atypical_single_modality_is_less_sure_but_keeps_its_answer() -> None
     np.testing.assert_allclose(out.probs[0], own[0])  # typical: its own calibrated prediction
     assert out.probs[1].argmax() == own[1].argmax() == 0
     assert out.probs[1].max() < own[1].max()  # atypical: less sure
+
+
+def test_mixture_share_blends_the_product_with_the_equal_weight_mixture() -> None:
+    a, v = _logits(20, n=50), _logits(21, n=50)
+    temps, weights = {"audio": 1.5, "video": 0.8}, {"audio": 0.4, "video": 0.6}
+    gates = dict.fromkeys(("audio", "video"), _everywhere_typical())
+    for rule, typicality in (("loglinear", None), ("gated_loglinear", gates)):
+        plain = fuse({"audio": a, "video": v}, rule, None, weights, temps, {"audio+video": 0.7}, typicality)
+        zero = fuse({"audio": a, "video": v}, rule, None, weights, temps, {"audio+video": 0.7}, typicality, mixture_share=0.0)
+        np.testing.assert_array_equal(zero.probs, plain.probs)  # share 0 is the product, unchanged
+        s = 0.3
+        blended = fuse({"audio": a, "video": v}, rule, None, weights, temps, {"audio+video": 0.7}, typicality, mixture_share=s)
+        pa, pv = softmax(a / 1.5), softmax(v / 0.8)
+        log_q = (1 - s) * log_softmax(0.4 * np.log(pa) + 0.6 * np.log(pv)) + s * np.log((pa + pv) / 2)
+        np.testing.assert_allclose(blended.probs, softmax(log_q / 0.7), rtol=1e-10)
+        np.testing.assert_allclose(blended.weights["audio"], (1 - s) * 0.4 + s * 0.5, rtol=1e-12)
+        np.testing.assert_allclose(blended.weights["audio"] + blended.weights["video"], 1.0)
+
+
+def test_mixture_share_bounds_the_veto_of_a_modality_sure_a_label_is_wrong() -> None:
+    # audio: leans to class 1 and deems class 0 unlikely (0.01); video: sure of class 0 (0.9), not of 1 (0.02)
+    audio = np.log(np.array([[0.01, 0.5, 0.25, 0.24]]))
+    video = np.log(np.array([[0.9, 0.02, 0.04, 0.04]]))
+    product = fuse({"audio": audio, "video": video}, "loglinear", weights={"audio": 0.5, "video": 0.5})
+    # the product follows the veto: 0.01 x 0.9 < 0.5 x 0.02
+    assert product.probs.argmax() == 1
+    blend = fuse({"audio": audio, "video": video}, "loglinear", weights={"audio": 0.5, "video": 0.5}, mixture_share=0.4)
+    # the mixture gives class 0 0.455 against 0.26: 0.6 x 0.5 log(0.009 / 0.01) + 0.4 log(0.455 / 0.26) > 0
+    assert blend.probs.argmax() == 0
+    # one modality sent: the mixture of one is itself, so the blend changes nothing there
+    alone = fuse({"audio": audio, "video": video}, "loglinear", {"video": np.array([False])}, {"audio": 0.5, "video": 0.5})
+    alone_blend = fuse(
+        {"audio": audio, "video": video},
+        "loglinear",
+        {"video": np.array([False])},
+        {"audio": 0.5, "video": 0.5},
+        mixture_share=0.4,
+    )
+    np.testing.assert_allclose(alone_blend.probs, alone.probs, rtol=1e-10)
+    np.testing.assert_allclose(alone.probs, softmax(audio), rtol=1e-10)
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0, 1.5, float("nan")])
+def test_mixture_share_out_of_range_is_refused(share: float) -> None:
+    with pytest.raises(ValueError, match="mixture_share"):
+        fuse({"audio": _logits(1)}, "loglinear", weights={"audio": 1.0}, mixture_share=share)
+
+
+def test_mixture_share_is_refused_on_a_rule_that_already_mixes() -> None:
+    with pytest.raises(ValueError, match="mixture_share"):
+        fuse({"audio": _logits(1), "video": _logits(2)}, "entropy", mixture_share=0.3)

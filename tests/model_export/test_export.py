@@ -20,7 +20,7 @@ from common.parity import FP32, compare
 from common.validate import InvalidRepositoryError, validate_repository
 from model_export.onnx_graph import CUDA_OPS, ExportError
 from model_export.repository import export_run, recalibrate
-from training.calibrate import GATE_MARGIN, calibrate_run
+from training.calibrate import GATE_MARGIN, MIXTURE_SHARE, calibrate_run
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.evaluate import SERVED_RULE
 
@@ -299,6 +299,9 @@ def test_a_gated_export_carries_its_typicality_and_bad_ones_are_refused(tiny_run
     params = fusion.params()
     assert params.typicality is not None
     np.testing.assert_array_equal(params.typicality["audio"].means, np.asarray(fusion.typicality["audio"].means))
+    # the blend with the mixture is written and served as fitted
+    assert fusion.mixture_share == MIXTURE_SHARE
+    assert params.mixture_share == MIXTURE_SHARE
     doc = json.loads((repo / "manifest.json").read_text())
 
     def refused(change: Callable[[dict[str, Any]], None], message: str) -> None:
@@ -312,11 +315,15 @@ def test_a_gated_export_carries_its_typicality_and_bad_ones_are_refused(tiny_run
     refused(lambda d: d["fusion"]["typicality"]["audio"]["means"][0].pop(), r"\[classes\]\[classes\]")
     refused(lambda d: d["fusion"]["typicality"]["audio"].update(threshold=0), "greater than 0")
     refused(lambda d: d["fusion"]["typicality"].update(smell=d["fusion"]["typicality"]["audio"]), "not one of its modalities")
+    refused(lambda d: d["fusion"].update(mixture_share=1.0), "less than 1")
+    refused(lambda d: d["fusion"].update(mixture_share=-0.1), "greater than or equal to 0")
+    refused(lambda d: d["fusion"].update(rule="entropy", weights=None), "has none")
     # a v2 manifest (no typicality section, no confidence maps) loads as the current schema, unchanged otherwise
     v2 = json.loads(json.dumps(doc))
     v2["schema_version"] = 2
     v2["fusion"]["rule"] = "loglinear"
     v2["fusion"].pop("typicality")
+    v2["fusion"].pop("mixture_share")
     v2["fusion"]["calibration"].pop("confidence_maps", None)
     (repo / "manifest.json").write_text(json.dumps(v2))
     older = load_manifest(repo)
@@ -325,3 +332,4 @@ def test_a_gated_export_carries_its_typicality_and_bad_ones_are_refused(tiny_run
     assert older.fusion.params().confidence_maps is None
     assert older.fusion.typicality is None
     assert older.fusion.params().weights == fusion.weights
+    assert older.fusion.params().mixture_share == 0.0  # the product alone, as it served

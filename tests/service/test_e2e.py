@@ -46,11 +46,15 @@ def check_answer(body: dict, sent: set[str], manifest: Manifest) -> None:
         w = {m: fusion.weights[m] / sum(fusion.weights[k] for k in names) for m in names}
         gates = {m: body["modalities"][m]["typicality"] for m in names}
         assert all(0.0 < g <= 1.0 for g in gates.values()), gates
+        # and blend it with the equal-weight mixture: (1 - s) log q + s log(mean_m p_m)
+        s = fusion.mixture_share
+        assert body["mixture_share"] == s
         log_q = log_softmax(sum(w[m] * gates[m] * np.log(probs[m]) for m in names))
+        log_q = (1 - s) * log_q + s * np.log(sum(probs[m] for m in names) / len(names))
         t_s = fusion.calibration.fused_temperatures.get(subset, 1.0) if len(names) > 1 else 1.0
         expect = softmax(log_q / t_s)
         total = sum(w[m] * gates[m] for m in names)
-        shares = {m: np.array([w[m] * gates[m] / total]) for m in names}
+        shares = {m: np.array([(1 - s) * w[m] * gates[m] / total + s / len(names)]) for m in names}
     else:
         for m in names:
             assert body["modalities"][m]["typicality"] is None

@@ -11,6 +11,7 @@ from common.fusion import ConfidenceMap, FusionParams, softmax
 from training.calibrate import (
     GATE_DECAY,
     GATE_MARGIN,
+    MIXTURE_SHARE,
     RULE_VARIANTS,
     fit_abstention,
     fit_confidence_map,
@@ -155,13 +156,16 @@ def test_fit_typicality_fits_features_wider_than_the_classes() -> None:
 def test_gated_rule_fitted_on_validation_ignores_a_modality_gone_wrong_where_loglinear_follows_it() -> None:
     val, test = _two_modalities(3000, 0), _two_modalities(3000, 10)
     gated, plain = fit_fusion(val, "gated_loglinear"), fit_fusion(val, "loglinear")
+    gate_alone = fit_fusion(val, "gated_loglinear", mixture_share=0.0)
     assert gated.typicality is not None
     assert set(gated.typicality) == {"audio", "video"}
-    # on held-out data like validation's the gate stays open: the rule is the product of experts
+    # on held-out data like validation's the gate stays open: the rule is the product of experts (with its
+    # blend with the mixture, which the gate does not touch)
+    assert gated.mixture_share == MIXTURE_SHARE
+    assert plain.mixture_share == 0.0
     _, rows = fused_for(test, test.modalities, gated)
-    same = fused_for(
-        test, test.modalities, FusionParams("loglinear", gated.weights, gated.temperatures, gated.fused_temperatures)
-    )[0]
+    ungated = FusionParams("loglinear", gated.weights, gated.temperatures, gated.fused_temperatures, mixture_share=MIXTURE_SHARE)
+    same = fused_for(test, test.modalities, ungated)[0]
     agree = fused_for(test, test.modalities, gated)[0].argmax(1) == same.argmax(1)
     assert agree.mean() > 0.98
     # now the audio is broken: whatever comes in, it is sure of class 0, far beyond any validation logit
@@ -170,11 +174,14 @@ def test_gated_rule_fitted_on_validation_ignores_a_modality_gone_wrong_where_log
     broken = Predictions({"audio": broken_audio, "video": test.logits["video"]}, test.present, test.labels)
     acc = {
         name: float((fused_for(broken, broken.modalities, p)[0].argmax(1) == broken.labels[rows]).mean())
-        for name, p in (("gated", gated), ("plain", plain))
+        for name, p in (("gated", gated), ("plain", plain), ("gate alone", gate_alone))
     }
     video_alone = float((test.logits["video"].argmax(1) == test.labels).mean())
     assert acc["plain"] < 0.2  # the product follows the broken audio to class 0
-    assert acc["gated"] == pytest.approx(video_alone, abs=0.01)  # the gate leaves the decision to the video
+    assert acc["gate alone"] == pytest.approx(video_alone, abs=0.01)  # the gate leaves the decision to the video
+    # blended with the mixture, the broken audio keeps half of the mixture term: it can tip only the
+    # samples whose video is nearly torn between its label and class 0, far from following it
+    assert video_alone - 0.05 < acc["gated"] <= video_alone + 0.01
 
 
 def _two_class(conf: list[float], right: list[bool]) -> tuple[np.ndarray, np.ndarray]:
