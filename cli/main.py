@@ -360,11 +360,14 @@ def predict(
     title = (
         f"{body['label']} (calibrated confidence {body['confidence']:.3f}; {verdict}) "
         f"from {body['model']['name']} v{body['model']['version']}, {body['fusion']} fusion"
-        + (f" blended with the mixture at {body['mixture_share']:g}" if body.get("mixture_share") else "")
     )
-    table = Table(title=title)
+    share = body.get("mixture_share")
+    blended = share and len(body["modalities"]) > 1  # one modality's mixture is itself: nothing blended
+    caption = f"the product blended with the equal-weight mixture at {share:g}" if blended else None
+    table = Table(title=title, caption=caption)
     gated = any(isinstance(d.get("typicality"), int | float) for d in body["modalities"].values())
-    columns = ("modality", "label", "confidence", "entropy (nats)", "weight", "temperature")
+    # each modality's own calibrated confidence; the answer's (after fusion and any map) is in the title
+    columns = ("modality", "label", "own confidence", "entropy (nats)", "weight", "temperature")
     for col in (*columns, "typicality") if gated else columns:
         table.add_column(col)
     for m, d in body["modalities"].items():

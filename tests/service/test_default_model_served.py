@@ -134,3 +134,7 @@ def test_mla_predict_shows_the_typicality(default_server: Server, media: dict[in
     shown = float(audio_row.split("│")[-2])  # the last column
     body = default_server.post({"audio": files["drowned"], "video": files["drawn"]}).json()
     assert shown == pytest.approx(body["modalities"]["audio"]["typicality"], abs=5e-4)
+    # each modality's own confidence is labelled as such, and the pair's blend with the mixture is said
+    assert "own confidence" in proc.stdout
+    assert body["mixture_share"] > 0
+    assert f"equal-weight mixture at {body['mixture_share']:g}" in proc.stdout
