@@ -39,6 +39,19 @@ def _clean_val(held: dict[str, np.ndarray]) -> Predictions:
     return Predictions({m: held[f"val/clean/{m}"] for m in ("audio", "video")}, {"audio": ones, "video": ones}, y)
 
 
+def _served_and_baselines(small: tuple[Path, str]) -> tuple[dict[str, np.ndarray], Predictions, dict[str, FusionParams]]:
+    """The cached logits, the clean validation predictions, and the served rule beside equal and fixed weights."""
+    run, spec = small
+    held = robustness.condition_logits(run, spec)
+    fit = _clean_val(held)
+    rules = {
+        "gated_loglinear": fit_fusion(fit, "gated_loglinear"),
+        "equal": FusionParams("equal"),
+        "fixed": fit_fusion(fit, "fixed"),
+    }
+    return held, fit, rules
+
+
 def _boom(*_: object) -> None:
     raise AssertionError("the model was loaded: the cached logits were not used")
 
@@ -98,14 +111,7 @@ def test_rules_are_scored_on_every_corruption_from_the_same_logits(small: tuple[
 
 
 def test_paired_gaps_are_the_table_gains_with_an_interval_around_them(small: tuple[Path, str]) -> None:
-    run, spec = small
-    held = robustness.condition_logits(run, spec)
-    fit = _clean_val(held)
-    rules = {
-        "gated_loglinear": fit_fusion(fit, "gated_loglinear"),
-        "equal": FusionParams("equal"),
-        "fixed": fit_fusion(fit, "fixed"),
-    }
+    held, _, rules = _served_and_baselines(small)
     scores = robustness.score_rules(held, rules, ("test",))["test"]
     gaps = robustness.paired_gaps([held], [rules], "gated_loglinear")
     assert set(gaps) == {"clean", *(c.name for c in robustness.CORRUPTIONS)}
@@ -126,14 +132,7 @@ def test_paired_gaps_are_the_table_gains_with_an_interval_around_them(small: tup
 
 
 def test_share_grid_scores_each_blend_as_the_table_would_and_chooses_on_validation(small: tuple[Path, str]) -> None:
-    run, spec = small
-    held = robustness.condition_logits(run, spec)
-    fit = _clean_val(held)
-    rules = {
-        "gated_loglinear": fit_fusion(fit, "gated_loglinear"),
-        "equal": FusionParams("equal"),
-        "fixed": fit_fusion(fit, "fixed"),
-    }
+    held, fit, rules = _served_and_baselines(small)
     grid = robustness.share_grid([fit], [held], [rules])
     assert list(grid) == [f"{s:g}" for s in robustness.SHARE_GRID]
     assert grid["0"] != grid["0.9"]  # the share changes what is fused
