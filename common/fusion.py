@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -86,6 +87,12 @@ def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
 def subset_name(modalities: Sequence[str]) -> str:
     """The key of a set of modalities, order-free: ("video", "audio") -> "audio+video"."""
     return "+".join(sorted(modalities))
+
+
+class Gate(Protocol):
+    """What the gated rules ask of a modality: its weight's factor in (0, 1] per row of its logits."""
+
+    def gate(self, logits: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -232,7 +239,7 @@ def fuse(
     weights: Mapping[str, float] | None = None,
     temperatures: Mapping[str, float] | None = None,
     fused_temperatures: Mapping[str, float] | None = None,
-    typicality: Mapping[str, Typicality] | None = None,
+    typicality: Mapping[str, Gate] | None = None,
     confidence_maps: Mapping[str, ConfidenceMap] | None = None,
     mixture_share: float = 0.0,
 ) -> Fused:
@@ -241,7 +248,7 @@ def fuse(
     `present[m]` ([n] bool) says which samples have modality m (default: all);
     `temperatures[m]` calibrates modality m (default 1); `fused_temperatures[S]`
     calibrates the fused distribution of samples whose present set is S ("audio+video");
-    `typicality[m]` gates modality m under the gated rules; `confidence_maps[S]` maps the
+    `typicality[m]` gates modality m under the gated rules (a `Typicality`, or any `Gate`); `confidence_maps[S]` maps the
     top label's probability of the samples whose present set is S, singles included;
     `mixture_share` blends a product rule with the equal-weight mixture (0: the product alone).
     """

@@ -42,7 +42,7 @@ from benchmarks.avdigits.robustness import (
     severity_label,
 )
 from benchmarks.report import markdown_table, write
-from common.fusion import FusionParams, Typicality, log_softmax
+from common.fusion import FusionParams, Typicality, fuse
 from training.calibrate import GATE_DECAY, GATE_MARGIN, GATE_QUANTILE, fit_fusion, fit_typicality
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data.dataset import build_dataset
@@ -65,20 +65,31 @@ def _split(model: MultimodalClassifier, inputs: Inputs) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class _GivenGate:
+    """A gate computed beforehand (from another space than the logits), as common.fusion.Gate."""
+
+    values: np.ndarray
+
+    def gate(self, logits: np.ndarray) -> np.ndarray:
+        return self.values
+
+
 def _gated_accuracy(params: FusionParams, gates: dict[str, np.ndarray], logits: dict[str, np.ndarray], y: np.ndarray) -> float:
-    """gated_loglinear's argmax with the given gates (the fused temperature does not move it)."""
-    weights, temps = params.weights, params.temperatures
-    assert weights is not None
-    assert temps is not None
-    # normalised as common.fusion.fuse does: where every gate is ~0 the classes tie there too, and the first wins
-    log_p = {m: log_softmax(logits[m] / temps[m]) for m in MODALITIES}
-    log_q = log_softmax(np.asarray(sum((weights[m] * gates[m])[:, None] * log_p[m] for m in MODALITIES)))
-    # then its blend with the equal-weight mixture, which no gate touches
-    share = params.mixture_share
-    if share:
-        mixture = sum(np.exp(log_p[m]) for m in MODALITIES) / len(MODALITIES)
-        log_q = (1 - share) * log_q + share * np.log(np.clip(mixture, 1e-300, None))
-    return float((log_q.argmax(axis=1) == y).mean())
+    """The served gated_loglinear (common.fusion.fuse, with its weights, temperatures and blend) with the given gates."""
+    given = {m: _GivenGate(gates[m]) for m in MODALITIES}
+    fused = fuse(
+        logits,
+        params.rule,
+        None,
+        params.weights,
+        params.temperatures,
+        params.fused_temperatures,
+        given,
+        params.confidence_maps,
+        params.mixture_share,
+    )
+    return float((fused.probs.argmax(axis=1) == y).mean())
 
 
 @dataclass(frozen=True)
