@@ -286,42 +286,36 @@ def gate_grid(val: Predictions, held: dict[str, np.ndarray]) -> dict[str, float]
     out = {}
     for margin, decay in GATE_GRID:
         scores = score_rules(held, {"g": fit_fusion(val, "gated_loglinear", gate=(margin, decay))}, ("val",))["val"]
-        accs = [scores["clean"]["g"]["accuracy"]] + [lvl["g"]["accuracy"] for c in CORRUPTIONS for lvl in scores[c.name]]
-        out[f"{margin:g}/{decay:g}"] = _mean(accs)
+        out[f"{margin:g}/{decay:g}"] = _mean(condition_accuracies(scores, "g"))
     return out
 
 
-def gaps_to_baselines(
-    held_by_seed: list[dict[str, np.ndarray]],
-    baselines_by_seed: list[dict[str, FusionParams]],
-    candidate_by_seed: list[FusionParams],
-    split: str,
-) -> dict[str, float]:
-    """A candidate fusion's mean accuracy over every condition, and its worst gap, in points, to the better of
-    the baselines (equal and fixed weights) in any condition; accuracies are means over the seeds."""
-    accs, worst = [], np.inf
-    for _, _, key in conditions():
-        preds = [_condition(held, split, key) for held in held_by_seed]
-        acc = _mean([float(_correct(p, c).mean()) for p, c in zip(preds, candidate_by_seed, strict=True)])
-        base = max(
-            _mean([float(_correct(p, rules[r]).mean()) for p, rules in zip(preds, baselines_by_seed, strict=True)])
-            for r in ("equal", "fixed")
-        )
-        accs.append(acc)
-        worst = min(worst, 100 * (acc - base))
-    return {"mean": _mean(accs), "worst": float(worst)}
+def condition_accuracies(scores: dict[str, Any], rule: str) -> list[float]:
+    """A rule's accuracy in every condition, in the order of conditions(), from score_rules' or summarise's split."""
+    return [(scores[name] if i is None else scores[name][i])[rule]["accuracy"] for name, i, _ in conditions()]
 
 
 def share_grid(
-    vals: list[Predictions], held_by_seed: list[dict[str, np.ndarray]], rules_by_seed: list[dict[str, FusionParams]]
+    vals: list[Predictions], held_by_seed: list[dict[str, np.ndarray]], summary: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, float]]:
-    """gated_loglinear at each mixture share: mean accuracy and worst gap to equal/fixed weights, on validation
-    (what chooses) and on test (reported beside it, never used to choose)."""
-    out = {}
+    """gated_loglinear at each mixture share: mean accuracy and worst gap, in points, to the better of equal and
+    fixed weights in any condition (accuracies are means over the seeds; the baselines' come from `summary`,
+    summarise's output per split), on validation (what chooses) and on test (reported beside it, never used to
+    choose)."""
+    baseline = {
+        split: np.maximum(condition_accuracies(summary[split], "equal"), condition_accuracies(summary[split], "fixed"))
+        for split in ("val", "test")
+    }
+    out: dict[str, dict[str, float]] = {}
     for share in SHARE_GRID:
         fused = [fit_fusion(val, "gated_loglinear", mixture_share=share) for val in vals]
-        scores = {split: gaps_to_baselines(held_by_seed, rules_by_seed, fused, split) for split in ("val", "test")}
-        out[f"{share:g}"] = {f"{split}_{k}": v for split, figures in scores.items() for k, v in figures.items()}
+        per_seed = [score_rules(held, {"g": f}) for held, f in zip(held_by_seed, fused, strict=True)]
+        row: dict[str, float] = {}
+        for split in ("val", "test"):
+            accs = np.array(condition_accuracies(summarise(per_seed, ["g"], split), "g"))
+            row[f"{split}_mean"] = _mean(accs.tolist())
+            row[f"{split}_worst"] = float((100 * (accs - baseline[split])).min())
+        out[f"{share:g}"] = row
     return out
 
 
@@ -403,9 +397,7 @@ def summarise(per_seed: list[dict[str, Any]], rules: list[str], split: str) -> d
 
 def choose(val: dict[str, Any], rules: list[str]) -> tuple[str, dict[str, float]]:
     """The rule with the best validation accuracy averaged over every corruption and severity (clean included)."""
-    means = {
-        r: _mean([val["clean"][r]["accuracy"]] + [lvl[r]["accuracy"] for c in CORRUPTIONS for lvl in val[c.name]]) for r in rules
-    }
+    means = {r: _mean(condition_accuracies(val, r)) for r in rules}
     return max(means, key=lambda r: means[r]), means
 
 
@@ -582,7 +574,7 @@ def main() -> None:
     gate_means = {g: _mean([grid[g] for grid in grids]) for g in grids[0]}
     best_gate = max(gate_means, key=lambda g: gate_means[g])
     log.info("gated_loglinear's blend with the mixture, at %d shares", len(SHARE_GRID))
-    shares = share_grid(vals, held_by_seed, rules_by_seed)
+    shares = share_grid(vals, held_by_seed, mla)
     references = {}
     for row, runs in refs_per_seed.items():
         rule = next(iter(runs[0]["test"]["clean"]))

@@ -133,7 +133,9 @@ def test_paired_gaps_are_the_table_gains_with_an_interval_around_them(small: tup
 
 def test_share_grid_scores_each_blend_as_the_table_would_and_chooses_on_validation(small: tuple[Path, str]) -> None:
     held, fit, rules = _served_and_baselines(small)
-    grid = robustness.share_grid([fit], [held], [rules])
+    scores = [robustness.score_rules(held, rules)]
+    summary = {split: robustness.summarise(scores, list(rules), split) for split in ("val", "test")}
+    grid = robustness.share_grid([fit], [held], summary)
     assert list(grid) == [f"{s:g}" for s in robustness.SHARE_GRID]
     assert grid["0"] != grid["0.9"]  # the share changes what is fused
     # the served share's worst test gap is the worst of the table's gains against equal and fixed weights
