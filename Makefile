@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the service's closure only (no torch): what `make serve` needs
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak fuzz soak clean
+.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak clean
 
 # Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -157,6 +157,10 @@ bench-calibration: venv $(DEFAULT_MODEL)
 # Real speech no one here recorded: digits spoken by espeak-ng, audio only, to the default model.
 bench-espeak: venv system-deps $(DEFAULT_MODEL)
 	$(BIN)/python -m benchmarks.espeak_digits
+
+# Does the audio branch learn a voice it never heard (synthetic voices, --audio-augment), and is it calibrated then?
+bench-audio-voices: venv system-deps
+	$(BIN)/python -m benchmarks.avdigits.audio_voices
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -65,6 +65,9 @@ def train(
         typer.Option(help="MLA projection alpha over unit-norm features, or 'auto': the best of 1, 10, 100, 1000 on validation"),
     ] = "auto",
     no_projection: Annotated[bool, typer.Option("--no-projection", help="MLA without the head projection (ablation)")] = False,
+    audio_augment: Annotated[
+        bool, typer.Option("--audio-augment", help="warp and mask the training audio's log-mel (VTLP + SpecAugment)")
+    ] = False,
     workers: Annotated[int, typer.Option(min=0, help="data-loading worker processes")] = 1,
     max_batches: Annotated[int | None, typer.Option(min=1, help="cap batches per epoch")] = None,
     clip_seconds: Annotated[float | None, typer.Option(help="audio clip length (default: per encoder)")] = None,
@@ -102,6 +105,7 @@ def train(
         lr=lr,
         owm_alpha=alpha,
         owm_project=not no_projection,
+        audio_augment=audio_augment,
         seed=seed,
         workers=workers,
         max_batches=max_batches,

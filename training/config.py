@@ -91,6 +91,7 @@ class TrainConfig:
     # None ("auto"): one run per value of OWM_ALPHA_GRID, the best by validation accuracy kept
     owm_alpha: float | None = None
     owm_project: bool = True  # MLA: project the shared head's gradient (off only for ablations)
+    audio_augment: bool = False  # warp and mask the training audio's log-mel (training.models.augment)
     seed: int = 0
     workers: int = 1  # DataLoader worker processes
     max_batches: int | None = None  # cap batches per epoch (tests, quick looks)

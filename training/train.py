@@ -33,6 +33,7 @@ from training.distributed import World, close_world, device_for, init_world
 from training.evaluate import predict, score, to_device
 from training.methods import TRAINERS
 from training.models import build_model
+from training.models.augment import SpecAugment
 from training.plots import plot_validation_curves
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,10 @@ def _train(
     # model and method
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     model = build_model(mcfg).to(device)
+    if cfg.audio_augment:
+        if "audio" not in model.encoders:
+            raise ValueError("audio_augment needs an audio encoder; this model has " + ", ".join(model.encoders))
+        model.encoders["audio"].augment = SpecAugment()
     steps_per_epoch = len(train_loader) if cfg.max_batches is None else min(cfg.max_batches, len(train_loader))
     trainer = trainer_cls(model, cfg, world, cfg.epochs * steps_per_epoch)
     rule = FusionParams(trainer_cls.fusion_rule)

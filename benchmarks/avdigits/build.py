@@ -13,6 +13,12 @@ Corruption recipe (seeded, the same for every split; the manifest records it per
   random 60% x 60% of the digit, half by a Gaussian blur (sigma 2.5 px);
 so that the easy modality (the image) is sometimes useless and the per-sample weights
 matter.
+
+`--synthetic-voices N` adds N clips per digit to the training split only, each spoken by
+espeak-ng in a voice drawn at random (an English accent, a voice variant, a pitch and a
+speed; never the variants `make bench-espeak` tests with), with the same noise recipe and a
+fresh clip of one of the training split's images: more voices than four speakers give, for
+`benchmarks.avdigits.audio_voices`. Validation and test are the same either way.
 """
 
 from __future__ import annotations
@@ -21,11 +27,16 @@ import argparse
 import gzip
 import logging
 import os
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.espeak_digits import VARIANTS as BENCH_VARIANTS
+from benchmarks.espeak_digits import WORDS
 from common.media import decode_audio
 from training.data.specs import cache_root, write_manifest
 from training.data.writers import write_audio, write_video
@@ -38,6 +49,8 @@ SAMPLE_RATE = 8000
 FPS, FRAMES, SIZE = 8, 8, 64
 VIDEO_CORRUPT_SHARE = 0.3
 SNR_RANGE = (-5.0, 20.0)
+SYNTH_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")
+SYNTH_PITCH, SYNTH_SPEED = (15, 85), (110, 200)  # espeak-ng -p (0-99) and -s (words per minute)
 
 
 class MissingSharedDataError(Exception):
@@ -100,12 +113,56 @@ def digit_clip(image: np.ndarray, rng: np.random.Generator, corrupt: str) -> np.
     return np.repeat(np.clip(frames, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def build(out: Path, seed: int = 0, root: Path = SHARED, limit_per_speaker_digit: int | None = None, clean: bool = False) -> Path:
+def _noisy(wave: np.ndarray, rng: np.random.Generator, clean: bool) -> tuple[np.ndarray, float]:
+    """White noise at an SNR drawn from SNR_RANGE (unless `clean`), peak-normalised to 0.9; and the SNR."""
+    snr = float(rng.uniform(*SNR_RANGE))
+    power = float(np.mean(wave**2)) or 1e-8
+    noise = rng.normal(0, np.sqrt(power / 10 ** (snr / 10)), wave.shape)  # drawn either way: the same seed stream
+    noisy = wave if clean else wave + noise
+    return 0.9 * noisy / max(1e-6, float(np.abs(noisy).max())), snr
+
+
+def _corruption(roll: float, clean: bool) -> str:
+    """The video damage for a uniform draw: none, occlusion or blur (VIDEO_CORRUPT_SHARE of clips, half each)."""
+    if roll >= VIDEO_CORRUPT_SHARE or clean:
+        return ""
+    return "occlusion" if roll < VIDEO_CORRUPT_SHARE / 2 else "blur"
+
+
+def synthetic_variants() -> list[str]:
+    """espeak-ng's voice variants on this machine, less those `make bench-espeak` tests with; sorted."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise FileNotFoundError("espeak-ng is not installed (Debian package espeak-ng); --synthetic-voices needs it")
+    listing = subprocess.run([exe, "--voices=variant"], check=True, capture_output=True, text=True, timeout=30).stdout
+    files = [line.split()[4] for line in listing.splitlines()[1:] if len(line.split()) >= 5]
+    return sorted({f.split("/", 1)[1] for f in files if f.startswith("!v/")} - set(BENCH_VARIANTS))
+
+
+def speak(word: str, voice: str, pitch: int, speed: int, folder: Path) -> np.ndarray:
+    """`word` spoken by espeak-ng, decoded (PyAV) at SAMPLE_RATE."""
+    path = folder / "word.wav"
+    cmd = ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(path), word]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+    return decode_audio(path, SAMPLE_RATE)
+
+
+def build(
+    out: Path,
+    seed: int = 0,
+    root: Path = SHARED,
+    limit_per_speaker_digit: int | None = None,
+    clean: bool = False,
+    synthetic_per_digit: int = 0,
+) -> Path:
     """Write media/ and manifest.csv into `out`; return the manifest's path.
 
     `clean`: no corruption at all (the recordings as they are, undamaged digits), for the
     robustness benchmark, which adds its own at controlled severities.
+    `synthetic_per_digit`: that many espeak-ng clips per digit added to the training split
+    (from a random stream of their own: the FSDD rows are the same with or without them).
     """
+    variants = synthetic_variants() if synthetic_per_digit else []  # fail before writing anything
     recs = recordings(root)
     images, labels = mnist(root)
     rng = np.random.default_rng(seed)
@@ -121,11 +178,13 @@ def build(out: Path, seed: int = 0, root: Path = SHARED, limit_per_speaker_digit
         recs = small
     # disjoint image pools per split and digit
     pools: dict[tuple[str, int], list[int]] = {}
+    train_images: dict[int, list[int]] = {}
     for digit in range(10):
         idx = rng.permutation(np.flatnonzero(labels == digit))
         need = {s: sum(1 for r in recs if r.digit == digit and split_of[r.speaker] == s) for s in ("train", "val", "test")}
         if sum(need.values()) > len(idx):
             raise ValueError(f"digit {digit}: {sum(need.values())} recordings but {len(idx)} images")
+        train_images[digit] = list(idx[: need["train"]])
         cut = np.cumsum([need["train"], need["val"]])
         for s, part in zip(("train", "val", "test"), np.split(idx, cut), strict=True):
             pools[(s, digit)] = list(part[: need[s]])
@@ -135,14 +194,8 @@ def build(out: Path, seed: int = 0, root: Path = SHARED, limit_per_speaker_digit
     for i, r in enumerate(recs):
         split = split_of[r.speaker]
         image_index = int(pools[(split, r.digit)].pop())
-        wave = decode_audio(r.path, SAMPLE_RATE)
-        snr = float(rng.uniform(*SNR_RANGE))
-        power = float(np.mean(wave**2)) or 1e-8
-        noise = rng.normal(0, np.sqrt(power / 10 ** (snr / 10)), wave.shape)  # drawn either way: the same seed stream
-        noisy = wave if clean else wave + noise
-        noisy = 0.9 * noisy / max(1e-6, float(np.abs(noisy).max()))
-        roll = rng.random()
-        corrupt = "" if roll >= VIDEO_CORRUPT_SHARE or clean else ("occlusion" if roll < VIDEO_CORRUPT_SHARE / 2 else "blur")
+        noisy, snr = _noisy(decode_audio(r.path, SAMPLE_RATE), rng, clean)
+        corrupt = _corruption(rng.random(), clean)
         name = f"{i:05d}_{r.path.stem}"
         write_audio(media / f"{name}.wav", noisy.astype(np.float32), SAMPLE_RATE)
         write_video(media / f"{name}.mp4", digit_clip(images[image_index], rng, corrupt), FPS, codec="mpeg4")
@@ -158,17 +211,42 @@ def build(out: Path, seed: int = 0, root: Path = SHARED, limit_per_speaker_digit
                 "video_corruption": corrupt,
             }
         )
+    synth = np.random.default_rng([seed, 1])
+    with tempfile.TemporaryDirectory() as tmp:
+        for digit, word in enumerate(WORDS if synthetic_per_digit else ()):
+            for j in range(synthetic_per_digit):
+                voice = f"{SYNTH_ACCENTS[synth.integers(len(SYNTH_ACCENTS))]}+{variants[synth.integers(len(variants))]}"
+                pitch, speed = int(synth.integers(*SYNTH_PITCH, endpoint=True)), int(synth.integers(*SYNTH_SPEED, endpoint=True))
+                noisy, snr = _noisy(speak(word, voice, pitch, speed, Path(tmp)), synth, clean)
+                image_index = int(synth.choice(train_images[digit]))
+                corrupt = _corruption(synth.random(), clean)
+                name = f"synth_{digit}_{j:04d}"
+                write_audio(media / f"{name}.wav", noisy.astype(np.float32), SAMPLE_RATE)
+                write_video(media / f"{name}.mp4", digit_clip(images[image_index], synth, corrupt), FPS, codec="mpeg4")
+                rows.append(
+                    {
+                        "audio": f"media/{name}.wav",
+                        "video": f"media/{name}.mp4",
+                        "label": str(digit),
+                        "split": "train",
+                        "speaker": f"espeak-ng {voice} p{pitch} s{speed}",
+                        "image": image_index,
+                        "snr_db": "" if clean else round(snr, 2),
+                        "video_corruption": corrupt,
+                    }
+                )
     return write_manifest(out / "manifest.csv", rows)
 
 
-def cached(seed: int = 0) -> Path:
+def cached(seed: int = 0, synthetic_per_digit: int = 0) -> Path:
     """The AV-digits manifest in the cache (`MLA_CACHE_DIR`), built on first use; what the benchmarks and
-    the default model train on. Raises MissingSharedDataError without ../shared/data."""
-    out = cache_root() / "datasets" / f"avdigits-v2-seed{seed}"
+    the default model train on (`synthetic_per_digit` 0). Raises MissingSharedDataError without ../shared/data."""
+    name = f"avdigits-v2-seed{seed}" + (f"-espeak{synthetic_per_digit}" if synthetic_per_digit else "")
+    out = cache_root() / "datasets" / name
     manifest = out / "manifest.csv"
     if not manifest.is_file():
         log.info("building AV-digits into %s", out)
-        build(out, seed)
+        build(out, seed, synthetic_per_digit=synthetic_per_digit)
     return manifest
 
 
@@ -176,12 +254,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, nargs="?", help="where to write it (default: the cache, built once)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--synthetic-voices", type=int, default=0, metavar="N", help="espeak-ng clips per digit, training only")
     args = parser.parse_args()
+    if args.synthetic_voices < 0:
+        parser.error("--synthetic-voices must not be negative")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    n = args.synthetic_voices
     try:
-        print(build(args.out, args.seed) if args.out else cached(args.seed))
+        print(build(args.out, args.seed, synthetic_per_digit=n) if args.out else cached(args.seed, n))
     except MissingSharedDataError as exc:
         raise SystemExit(f"cannot build AV-digits: {exc}; the shared data sets belong in {SHARED}") from exc
+    except FileNotFoundError as exc:
+        raise SystemExit(f"cannot build AV-digits: {exc}") from exc
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.avdigits.build import SPEAKER_TEST, build
@@ -71,3 +72,76 @@ def test_benchmark_skips_cleanly_without_shared_data(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "skipped" in proc.stdout
     assert "absent" in proc.stdout
+
+
+def test_synthetic_voices_join_training_only_and_leave_the_recordings_alone(tmp_path: Path) -> None:
+    import shutil
+
+    from benchmarks.avdigits.build import SNR_RANGE
+    from benchmarks.espeak_digits import VARIANTS
+    from common.media import decode_audio
+
+    shared_data("fsdd")
+    shared_data("mnist")
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is absent (Debian package espeak-ng; make test installs it)")
+    plain = build(tmp_path / "plain", seed=0, root=shared_data(), limit_per_speaker_digit=1)
+    more = build(tmp_path / "more", seed=0, root=shared_data(), limit_per_speaker_digit=1, synthetic_per_digit=2)
+    with plain.open() as f, more.open() as g:
+        a, b = list(csv.DictReader(f)), list(csv.DictReader(g))
+    assert b[: len(a)] == a  # the recordings' rows (and their noise, drawn from the seed's stream) unchanged
+    assert all((plain.parent / r["audio"]).read_bytes() == (more.parent / r["audio"]).read_bytes() for r in a)
+    synth = b[len(a) :]
+    assert sorted(r["label"] for r in synth) == sorted(str(d) for d in range(10) for _ in range(2))
+    assert {r["split"] for r in synth} == {"train"}
+    voices = [r["speaker"].split()[1] for r in synth]
+    assert all(r["speaker"].startswith("espeak-ng ") for r in synth)
+    assert not {v.split("+")[1] for v in voices} & set(VARIANTS)  # never a voice make bench-espeak tests with
+    train_images = {(r["label"], r["image"]) for r in a if r["split"] == "train"}
+    assert all((r["label"], r["image"]) in train_images for r in synth)  # a training image of the same digit
+    assert all(SNR_RANGE[0] <= float(r["snr_db"]) <= SNR_RANGE[1] for r in synth)
+    for r in synth[:3]:
+        wave = decode_audio(more.parent / r["audio"], 8000)
+        assert 0.5 < float(np.abs(wave).max()) <= 0.91  # spoken, noised and peak-normalised as the recordings are
+
+
+def test_audio_voices_study_scores_as_served() -> None:
+    from benchmarks.avdigits.audio_voices import score_run
+    from training.evaluate import Predictions
+
+    rng = np.random.default_rng(0)
+
+    def preds(n: int) -> Predictions:
+        labels = rng.integers(0, 10, n)
+        logits = {m: rng.normal(0, 1, (n, 10)) + s * np.eye(10)[labels] for m, s in (("audio", 1.5), ("video", 4.0))}
+        return Predictions(logits, {m: np.ones(n, bool) for m in logits}, labels)
+
+    val, test = preds(400), preds(300)
+    out = score_run(val, test)
+    for name, m in (("audio", "audio"), ("video", "video")):
+        # calibration and maps never change a label: accuracy is the logits' own
+        assert out[name]["accuracy"] == pytest.approx(float((test.logits[m].argmax(1) == test.labels).mean()))
+    assert 0 < out["audio"]["accuracy"] < out["video"]["accuracy"]
+    for sub in ("audio", "video", "audio+video"):
+        fig = out[sub]
+        assert fig["n"] == 300
+        assert 0 <= fig["answered"] <= 1
+        assert (fig["error_among_answered"] is None) == (fig["answered"] == 0)
+        assert fig["ece_floor"] > 0
+        assert fig["nll"] > 0
+        assert 0 <= fig["ece"] <= 1
+
+
+def test_audio_voices_study_skips_cleanly_without_shared_data(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "MLA_SHARED_DATA": str(tmp_path / "absent"), "MLA_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "benchmarks.avdigits.audio_voices", "--runs", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped" in proc.stdout
+    assert not (tmp_path / "runs").exists()

@@ -54,6 +54,9 @@ class AudioEncoder(nn.Module):
         self.frontend = LogMel(cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels)
         self.input_norm = nn.BatchNorm2d(1)  # log-mel has no fixed scale; let the data set it
         self.trunk, self.dim = _trunk(cfg, 1)
+        # training-time augmentation between preprocess and embed (training.models.augment.SpecAugment
+        # when `mla train --audio-augment`); no parameters, and export calls preprocess and embed alone
+        self.augment: nn.Module = nn.Identity()
 
     def preprocess(self, wave: torch.Tensor) -> torch.Tensor:
         """Waveform -> normalised log-mel [B, 1, frames, mels]; stays float32 in an fp16 export
@@ -64,7 +67,7 @@ class AudioEncoder(nn.Module):
         return self.trunk(logmel)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.preprocess(wave))
+        return self.embed(self.augment(self.preprocess(wave)))
 
 
 class VideoEncoder(nn.Module):

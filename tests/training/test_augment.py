@@ -1,0 +1,102 @@
+"""Training-time audio augmentation: what it changes in training, and that it changes nothing else."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.config import ModelConfig
+from training.models.augment import SpecAugment
+from training.models.encoders import AudioEncoder
+
+
+def _logmel(batch: int = 6, frames: int = 101, mels: int = 64) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(batch, 1, frames, mels) + 5.0  # no cell is 0 before masking
+
+
+def test_eval_mode_returns_the_input_itself() -> None:
+    x = _logmel()
+    assert SpecAugment().eval()(x) is x
+
+
+def test_masks_blank_whole_bands_no_wider_than_asked_and_leave_the_rest() -> None:
+    x = _logmel()
+    aug = SpecAugment(warp=0.0, freq_masks=2, freq_width=8, time_masks=2, time_width=12).train()
+    torch.manual_seed(1)
+    y = aug(x)
+    assert y.shape == x.shape
+    zero = (y == 0)[:, 0]  # [B, frames, mels]
+    cols, rows = zero.all(dim=1), zero.all(dim=2)  # blanked mel channels, blanked frames
+    assert torch.equal(zero, cols[:, None, :] | rows[:, :, None])  # every 0 lies in a blanked band
+    assert torch.equal(y[~(y == 0)], x[~(y == 0)])  # and everything else is untouched
+    assert int(cols.sum(dim=1).max()) <= 2 * 8
+    assert int(rows.sum(dim=1).max()) <= 2 * 12
+    assert cols.any()
+    assert rows.any()
+
+
+def test_each_clip_gets_its_own_draw() -> None:
+    x = _logmel(batch=1).repeat(4, 1, 1, 1)
+    torch.manual_seed(2)
+    y = SpecAugment().train()(x)
+    assert len({y[i].numpy().tobytes() for i in range(4)}) == 4
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.9, 1.1, 1.25])
+def test_warp_reads_channel_m_over_factor_by_linear_interpolation(factor: float) -> None:
+    x = _logmel(batch=2, frames=7, mels=16)
+    y = SpecAugment().warp_mels(x, torch.full((2,), factor))
+    src = np.arange(16) / factor
+    want = np.stack([[np.interp(src, np.arange(16), row) for row in clip[0]] for clip in x.numpy()])[:, None]
+    scale = float(x.abs().max())
+    np.testing.assert_allclose(y.numpy(), want, rtol=0, atol=1e-5 * scale)
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="warp"):
+        SpecAugment(warp=1.0)
+    with pytest.raises(ValueError, match="negative"):
+        SpecAugment(freq_width=-1)
+
+
+def test_the_encoder_applies_it_in_training_only_and_the_checkpoint_is_the_same() -> None:
+    cfg = ModelConfig(labels=[str(d) for d in range(10)])
+    plain = AudioEncoder(cfg)
+    augmented = AudioEncoder(cfg)
+    augmented.load_state_dict(plain.state_dict())
+    augmented.augment = SpecAugment()
+    assert plain.state_dict().keys() == augmented.state_dict().keys()  # no parameters, no buffers
+    wave = torch.randn(4, cfg.clip_samples)
+    plain.eval(), augmented.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(augmented(wave), plain(wave), rtol=0, atol=0)
+        # what export traces: preprocess then embed, never the augmentation
+        torch.testing.assert_close(augmented.embed(augmented.preprocess(wave)), plain(wave), rtol=0, atol=0)
+    plain.train(), augmented.train()
+    with torch.no_grad():
+        assert not torch.allclose(augmented(wave), plain(wave))
+
+
+def test_mla_train_audio_augment_is_recorded_and_changes_training(tiny_demo: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from training.config import TrainConfig
+    from training.train import train
+
+    cfg = TrainConfig(method="mla", epochs=1, batch_size=32, workers=0, max_batches=2, owm_alpha=10.0)
+    train(f"csv:{tiny_demo}", tmp_path / "plain", cfg)
+    args = ["train", "--data", f"csv:{tiny_demo}", "--out", str(tmp_path / "augmented"), "--epochs", "1", "--batch-size", "32"]
+    args += ["--workers", "0", "--max-batches", "2", "--owm-alpha", "10", "--audio-augment"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    runs = {a: torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for a, d in ((False, "plain"), (True, "augmented"))}
+    assert runs[True]["train_config"]["audio_augment"] is True
+    assert runs[False]["train_config"]["audio_augment"] is False
+    assert runs[True]["state_dict"].keys() == runs[False]["state_dict"].keys()
+    # same seed, same batches: only the augmentation differs, and it moved the audio encoder
+    audio = [k for k in runs[True]["state_dict"] if k.startswith("encoders.audio.trunk") and k.endswith("weight")]
+    assert audio
+    assert any(not torch.equal(runs[True]["state_dict"][k], runs[False]["state_dict"][k]) for k in audio)
