@@ -2,6 +2,7 @@
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,3 +146,27 @@ def test_audio_voices_study_skips_cleanly_without_shared_data(tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     assert "skipped" in proc.stdout
     assert not (tmp_path / "runs").exists()
+
+
+def test_audio_voices_table_gives_the_spread_only_where_there_are_seeds() -> None:
+    from benchmarks.avdigits.audio_voices import ROWS, markdown
+
+    def fig(acc: float, answered: float) -> dict[str, Any]:
+        return {"n": 500, "accuracy": acc, "ece": 0.05, "ece_floor": 0.04, "nll": 1.0, "answered": answered,
+                "error_among_answered": None if answered == 0 else 0.1}  # fmt: skip
+
+    rows = {}
+    for i, (name, (_, _, _, seeds)) in enumerate(ROWS.items()):
+        std = 0.02 if len(seeds) > 1 else None
+        mean = {"val_audio_accuracy": 0.6, "audio_accuracy_std": std, "audio": fig(0.5 + i / 10, i / 10)}
+        mean |= {"video": fig(0.9, 0.9), "audio+video": fig(0.96, 1.0)}
+        rows[name] = {"seeds": list(seeds), "mean": mean}
+    lines = [line for line in markdown({"synthetic_per_digit": 150, "rows": rows}).splitlines() if line.startswith("| ")]
+    body = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines[1:]}
+    assert list(body) == list(ROWS)
+    for i, (name, (_, _, _, seeds)) in enumerate(ROWS.items()):
+        cells = body[name]
+        assert cells[1] == str(len(seeds))
+        assert cells[3] == f"{0.5 + i / 10:.3f}" + (" ± 0.020" if len(seeds) > 1 else "")
+        assert cells[4] == f"{i / 10:+.3f}"  # against the default recipe's row, measured in the same run
+        assert cells[9] == ("none answered" if i == 0 else "0.100")
