@@ -32,6 +32,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,6 +130,33 @@ def _corruption(roll: float, clean: bool) -> str:
     return "occlusion" if roll < VIDEO_CORRUPT_SHARE / 2 else "blur"
 
 
+def _write_sample(
+    where: tuple[Path, str],
+    wave: np.ndarray,
+    frames: np.ndarray,
+    digit: int,
+    split: str,
+    speaker: str,
+    image: int,
+    snr: float | None,
+    corrupt: str,
+) -> dict[str, Any]:
+    """Write MEDIA/NAME.wav and MEDIA/NAME.mp4 (`where` = (MEDIA, NAME)); return the sample's manifest row."""
+    media, name = where
+    write_audio(media / f"{name}.wav", wave.astype(np.float32), SAMPLE_RATE)
+    write_video(media / f"{name}.mp4", frames, FPS, codec="mpeg4")
+    return {
+        "audio": f"media/{name}.wav",
+        "video": f"media/{name}.mp4",
+        "label": str(digit),
+        "split": split,
+        "speaker": speaker,
+        "image": image,
+        "snr_db": "" if snr is None else round(snr, 2),
+        "video_corruption": corrupt,
+    }
+
+
 def synthetic_variants() -> list[str]:
     """espeak-ng's voice variants on this machine, less those `make bench-espeak` tests with; sorted."""
     exe = shutil.which("espeak-ng")
@@ -196,21 +224,9 @@ def build(
         image_index = int(pools[(split, r.digit)].pop())
         noisy, snr = _noisy(decode_audio(r.path, SAMPLE_RATE), rng, clean)
         corrupt = _corruption(rng.random(), clean)
-        name = f"{i:05d}_{r.path.stem}"
-        write_audio(media / f"{name}.wav", noisy.astype(np.float32), SAMPLE_RATE)
-        write_video(media / f"{name}.mp4", digit_clip(images[image_index], rng, corrupt), FPS, codec="mpeg4")
-        rows.append(
-            {
-                "audio": f"media/{name}.wav",
-                "video": f"media/{name}.mp4",
-                "label": str(r.digit),
-                "split": split,
-                "speaker": r.speaker,
-                "image": image_index,
-                "snr_db": "" if clean else round(snr, 2),
-                "video_corruption": corrupt,
-            }
-        )
+        frames = digit_clip(images[image_index], rng, corrupt)
+        where = (media, f"{i:05d}_{r.path.stem}")
+        rows.append(_write_sample(where, noisy, frames, r.digit, split, r.speaker, image_index, None if clean else snr, corrupt))
     synth = np.random.default_rng([seed, 1])
     with tempfile.TemporaryDirectory() as tmp:
         for digit, word in enumerate(WORDS if synthetic_per_digit else ()):
@@ -220,21 +236,11 @@ def build(
                 noisy, snr = _noisy(speak(word, voice, pitch, speed, Path(tmp)), synth, clean)
                 image_index = int(synth.choice(train_images[digit]))
                 corrupt = _corruption(synth.random(), clean)
-                name = f"synth_{digit}_{j:04d}"
-                write_audio(media / f"{name}.wav", noisy.astype(np.float32), SAMPLE_RATE)
-                write_video(media / f"{name}.mp4", digit_clip(images[image_index], synth, corrupt), FPS, codec="mpeg4")
-                rows.append(
-                    {
-                        "audio": f"media/{name}.wav",
-                        "video": f"media/{name}.mp4",
-                        "label": str(digit),
-                        "split": "train",
-                        "speaker": f"espeak-ng {voice} p{pitch} s{speed}",
-                        "image": image_index,
-                        "snr_db": "" if clean else round(snr, 2),
-                        "video_corruption": corrupt,
-                    }
-                )
+                frames = digit_clip(images[image_index], synth, corrupt)
+                speaker = f"espeak-ng {voice} p{pitch} s{speed}"
+                where = (media, f"synth_{digit}_{j:04d}")
+                snr_kept = None if clean else snr
+                rows.append(_write_sample(where, noisy, frames, digit, "train", speaker, image_index, snr_kept, corrupt))
     return write_manifest(out / "manifest.csv", rows)
 
 
