@@ -91,16 +91,19 @@ compose-test: venv system-deps
 test: lint typecheck check-deploy pytest compose-test
 
 # The embedded default model (models/default/1, committed; see models/default/README.md): MLA on AV-digits,
-# real spoken (FSDD) and handwritten (MNIST) digits from ../shared/data. Rebuilt only when it is missing.
+# real spoken (FSDD) and handwritten (MNIST) digits from ../shared/data, its training split joined by digits
+# spoken by espeak-ng in random voices. Rebuilt only when it is missing.
 DEFAULT_MODEL := models/default/1/manifest.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
 $(DEFAULT_MODEL):
-	@echo "Building the default model from ../shared/data (AV-digits, MLA with alpha chosen on validation): ~10 min, once."
+	@echo "Building the default model from ../shared/data (AV-digits + espeak-ng voices, MLA, 30 epochs): ~10 min, once."
 	$(MAKE) venv
-	manifest=$$($(BIN)/python -m benchmarks.avdigits.build) && \
-	$(BIN)/mla train --data csv:$$manifest --method mla --seed 0 --epochs 10 --out runs/default && \
+	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends espeak-ng; }
+	manifest=$$($(BIN)/python -m benchmarks.avdigits.build --synthetic-voices 150) && \
+	$(BIN)/mla train --data csv:$$manifest --method mla --seed 0 --epochs 30 --owm-alpha 10 --audio-augment --out runs/default && \
 	$(BIN)/mla export runs/default --out models --name default --version 1
 
 default-model: $(DEFAULT_MODEL)
