@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.optimize import minimize_scalar
 from scipy.stats import beta
 from sklearn.linear_model import LogisticRegression
@@ -361,17 +360,15 @@ def calibrate_run(
     and abstention.
     """
     from training.checkpoint import load_checkpoint, model_from_checkpoint
-    from training.data.dataset import build_dataset, make_loader
     from training.data.specs import parse_spec
-    from training.evaluate import predict, served_rule
+    from training.evaluate import predict_split, served_rule
 
     ckpt = load_checkpoint(run_dir)
     model = model_from_checkpoint(ckpt)
     data = data or ckpt["data"]
     rule = rule or served_rule(ckpt["method"])
     check_rule(rule)
-    loader = make_loader(build_dataset(parse_spec(data), "val", model.cfg), 128, False, 0)
-    val = predict(model, loader, torch.device("cpu"))
+    val = predict_split(model, parse_spec(data), "val", 128, workers=1)
     return fusion_section(val, rule, f"val split of {data}, n={len(val.labels)}", target_risk)
 
 

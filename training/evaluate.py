@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,6 +16,10 @@ from common import calibration
 from common.fusion import FusionParams
 from training.data.dataset import Batch
 from training.models import MultimodalClassifier
+
+if TYPE_CHECKING:
+    from training.calibrate import Threshold
+    from training.data.specs import DatasetManifest
 
 
 @dataclass
@@ -76,6 +80,16 @@ def predict(model: MultimodalClassifier, loader: Any, device: torch.device) -> P
     )
 
 
+def predict_split(
+    model: MultimodalClassifier, manifest: DatasetManifest, split: str, batch_size: int = 128, workers: int = 1
+) -> Predictions:
+    """The model's predictions on one split of a data set, on the CPU, in the split's order."""
+    from training.data.dataset import build_dataset, make_loader
+
+    loader = make_loader(build_dataset(manifest, split, model.cfg, workers), batch_size, False, 0)
+    return predict(model, loader, torch.device("cpu"))
+
+
 def subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
     """Every non-empty subset, singles first: ("audio",), ("video",), ("audio", "video")."""
     return [c for r in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, r)]
@@ -107,6 +121,22 @@ def score(preds: Predictions, params: FusionParams | None = None) -> dict[str, d
         out["macro_f1"][key] = float(f1_score(y, yhat, average="macro", labels=list(range(preds.n_classes)), zero_division=0))
         for name, value in calibration.summary(probs, y).items():
             out[name][key] = value
+    return out
+
+
+def answered(preds: Predictions, params: FusionParams, thresholds: Mapping[str, Threshold]) -> dict[str, dict[str, Any]]:
+    """Per set of modalities with a threshold, on the samples that have all of that set: the share answered
+    (calibrated confidence at least the threshold) and the error rate among those answers (None: none answered)."""
+    out: dict[str, dict[str, Any]] = {}
+    for sub in subsets(preds.modalities):
+        key = subset_name(sub)
+        if key not in thresholds:
+            continue
+        have = np.all(np.stack([preds.present[m] for m in sub]), axis=0)
+        probs = params({m: preds.logits[m][have] for m in sub}, {m: preds.present[m][have] for m in sub}).probs
+        given = probs.max(axis=1) >= thresholds[key].min_confidence
+        correct = probs.argmax(axis=1) == preds.labels[have]
+        out[key] = {"coverage": float(given.mean()), "risk": float(1.0 - correct[given].mean()) if given.any() else None}
     return out
 
 
@@ -151,7 +181,6 @@ def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1
     """
     from training.calibrate import CONFIDENCE, RULE_VARIANTS, TARGET_RISK, fit_abstention, fit_fusion
     from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
-    from training.data.dataset import build_dataset, make_loader
     from training.data.specs import DataError, parse_spec
     from training.plots import plot_calibration
 
@@ -160,13 +189,9 @@ def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1
     manifest = parse_spec(data)
     if manifest.labels != model.cfg.labels:
         raise DataError(f"{data}: labels {manifest.labels} differ from the model's {model.cfg.labels}")
-    device = torch.device("cpu")
 
-    def predictions(name: str) -> Predictions:
-        return predict(model, make_loader(build_dataset(manifest, name, model.cfg, workers), batch_size, False, 0), device)
-
-    preds = predictions(split)
-    val = preds if split == "val" else predictions("val")
+    preds = predict_split(model, manifest, split, batch_size, workers)
+    val = preds if split == "val" else predict_split(model, manifest, "val", batch_size, workers)
     method = ckpt["method"]
     own = own_rule(method)
     rules: dict[str, dict[str, Any]] = {}
@@ -177,22 +202,16 @@ def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1
         rules[variant] = {**score(preds, params), "params": _params_dict(params)}
     headline = fitted[own]
     thresholds = fit_abstention(val, headline)
-    abstention: dict[str, dict[str, float]] = {}
-    for sub in subsets(preds.modalities):
-        key = subset_name(sub)
-        if key not in thresholds:
-            continue
-        have = np.all(np.stack([preds.present[m] for m in sub]), axis=0)
-        probs = headline({m: preds.logits[m][have] for m in sub}, {m: preds.present[m][have] for m in sub}).probs
-        answered = probs.max(axis=1) >= thresholds[key].min_confidence
-        correct = probs.argmax(axis=1) == preds.labels[have]
-        abstention[key] = {
+    abstention = {
+        key: {
             "min_confidence": thresholds[key].min_confidence,
             "val_coverage": thresholds[key].coverage,
             "val_risk": thresholds[key].risk,
-            "coverage": float(answered.mean()),
-            "risk": float(1.0 - correct[answered].mean()) if answered.any() else 0.0,
+            "coverage": fig["coverage"],
+            "risk": 0.0 if fig["risk"] is None else fig["risk"],
         }
+        for key, fig in answered(preds, headline, thresholds).items()
+    }
     out_dir = checkpoint_path(run_dir).parent
     plots = {
         "confusion": out_dir / f"confusion_{split}.png",

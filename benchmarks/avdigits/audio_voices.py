@@ -39,17 +39,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks.avdigits.build import SHARED, MissingSharedDataError, cached
 from benchmarks.report import markdown_table, write
-from common import calibration
 from training.calibrate import fit_abstention, fit_fusion
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import TrainConfig
-from training.data.dataset import build_dataset, make_loader
 from training.data.specs import parse_spec
-from training.evaluate import Predictions, fused_for, predict, subset_name, subsets
+from training.evaluate import Predictions, answered, predict_split, score, subset_name, subsets
 from training.train import train
 
 SYNTHETIC_PER_DIGIT = 150
@@ -70,34 +66,20 @@ log = logging.getLogger("audio_voices")
 
 def _predictions(run: Path, spec: str) -> dict[str, Predictions]:
     model = model_from_checkpoint(load_checkpoint(run))
-    manifest = parse_spec(spec)
-    return {
-        split: predict(model, make_loader(build_dataset(manifest, split, model.cfg), 256, False, 0), torch.device("cpu"))
-        for split in ("val", "test")
-    }
+    return {split: predict_split(model, parse_spec(spec), split, 256) for split in ("val", "test")}
 
 
 def score_run(val: Predictions, test: Predictions) -> dict[str, Any]:
     """The served rule fitted on `val` (as `mla export` fits it), scored on `test` per set of modalities sent."""
     params = fit_fusion(val, RULE)
-    thresholds = fit_abstention(val, params)
+    scores = score(test, params)
+    given = answered(test, params, fit_abstention(val, params))
     out: dict[str, Any] = {"val_audio_accuracy": float((val.logits["audio"].argmax(1) == val.labels).mean())}
     out["temperatures"] = dict(params.temperatures or {})
     for sub in subsets(test.modalities):
         name = subset_name(sub)
-        probs, rows = fused_for(test, sub, params)
-        labels = test.labels[rows]
-        right = probs.argmax(1) == labels
-        answered = probs.max(1) >= thresholds[name].min_confidence
-        out[name] = {
-            "n": len(labels),
-            "accuracy": float(right.mean()),
-            "ece": calibration.ece(probs, labels),
-            "ece_floor": calibration.ece_floor(probs),
-            "nll": calibration.nll(probs, labels),
-            "answered": float(answered.mean()),
-            "error_among_answered": float(1 - right[answered].mean()) if answered.any() else None,
-        }
+        out[name] = {k: scores[k][name] for k in ("n", "accuracy", "ece", "ece_floor", "nll")}
+        out[name] |= {"answered": given[name]["coverage"], "error_among_answered": given[name]["risk"]}
     return out
 
 

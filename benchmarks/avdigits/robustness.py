@@ -43,9 +43,9 @@ from common.fusion import FusionParams
 from common.hashing import sha256_file
 from training.calibrate import GATE_DECAY, GATE_MARGIN, MIXTURE_SHARE, fit_fusion
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.data.dataset import build_dataset, make_loader
+from training.data.dataset import build_dataset
 from training.data.specs import cache_root, parse_spec
-from training.evaluate import Predictions, fused_for, own_rule, predict
+from training.evaluate import Predictions, fused_for, own_rule, predict_split
 from training.models import MultimodalClassifier
 
 log = logging.getLogger("robustness")
@@ -272,7 +272,7 @@ def score_rules(
 def _val_predictions(run: Path, val_spec: str) -> Predictions:
     """The ordinary validation split's predictions: what every rule is fitted on, as `mla export` does."""
     model = model_from_checkpoint(load_checkpoint(run))
-    return predict(model, make_loader(build_dataset(parse_spec(val_spec), "val", model.cfg), 256, False, 0), torch.device("cpu"))
+    return predict_split(model, parse_spec(val_spec), "val", 256)
 
 
 def evaluate_reference(run: Path, clean_spec: str, val_spec: str) -> dict[str, Any]:
