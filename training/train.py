@@ -162,6 +162,8 @@ def _train(
     world.barrier()
     manifest = manifest or parse_spec(data)
     mcfg = ModelConfig.for_encoder(encoder, manifest.labels, shared_head=trainer_cls.shared_head, **overrides)
+    if cfg.audio_augment and "audio" not in mcfg.modalities:  # before minutes of decoding, not after
+        raise ValueError("audio_augment needs an audio encoder; this model has " + ", ".join(mcfg.modalities))
     decode_progress = (lambda d, t: notify("decode", d, t)) if notify else None
     if world.main:
         train_set = build_dataset(manifest, "train", mcfg, max(1, cfg.workers), decode_progress)
@@ -177,8 +179,6 @@ def _train(
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     model = build_model(mcfg).to(device)
     if cfg.audio_augment:
-        if "audio" not in model.encoders:
-            raise ValueError("audio_augment needs an audio encoder; this model has " + ", ".join(model.encoders))
         model.encoders["audio"].augment = SpecAugment()
     steps_per_epoch = len(train_loader) if cfg.max_batches is None else min(cfg.max_batches, len(train_loader))
     trainer = trainer_cls(model, cfg, world, cfg.epochs * steps_per_epoch)

@@ -100,3 +100,13 @@ def test_mla_train_audio_augment_is_recorded_and_changes_training(tiny_demo: Pat
     audio = [k for k in runs[True]["state_dict"] if k.startswith("encoders.audio.trunk") and k.endswith("weight")]
     assert audio
     assert any(not torch.equal(runs[True]["state_dict"][k], runs[False]["state_dict"][k]) for k in audio)
+
+
+def test_audio_augment_without_an_audio_encoder_is_refused_before_training(tiny_demo: Path, tmp_path: Path) -> None:
+    from training.config import TrainConfig
+    from training.train import train
+
+    cfg = TrainConfig(method="mla", epochs=1, batch_size=32, workers=0, max_batches=1, owm_alpha=10.0, audio_augment=True)
+    with pytest.raises(ValueError, match="audio_augment needs an audio encoder"):
+        train(f"csv:{tiny_demo}", tmp_path / "run", cfg, model_overrides={"modalities": ["video"]})
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
