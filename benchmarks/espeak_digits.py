@@ -81,9 +81,19 @@ def score(clips: list[tuple[Path, int, str]], answers: list[dict[str, Any]]) -> 
         "chance": 1 / len(WORDS),
         "p_value_vs_chance": binomial_tail(n, k, 1 / len(WORDS)),
         "coverage": sum(answered) / n,
-        "accuracy_among_answered": sum(kept) / len(kept) if kept else float("nan"),
+        "accuracy_among_answered": sum(kept) / len(kept) if kept else None,
         "by_voice": {v: sum(oks) / len(oks) for v, oks in voices.items()},
     }
+
+
+def _answered(result: dict[str, Any]) -> str:
+    """What the service did not abstain on, in words; none at all when the model's audio-alone threshold is 1."""
+    if not result["coverage"]:
+        return "the service abstained on every one of them (the model's audio-alone threshold; the label is still given)"
+    return (
+        f"the service answered (did not abstain on) {result['coverage']:.0%} of them, "
+        f"with accuracy {result['accuracy_among_answered']:.3f} among those"
+    )
 
 
 def main() -> None:
@@ -107,8 +117,7 @@ def main() -> None:
         f"# Digits spoken by espeak-ng, audio only, to the default model\n\n"
         f"{result['n']} clips ({len(ACCENTS)} accents x {len(VARIANTS)} voice variants x 10 words; {espeak}): accuracy "
         f"**{result['accuracy']:.3f}** against chance {result['chance']:.2f} (probability of doing as well by guessing: "
-        f"{result['p_value_vs_chance']:.1e}); the service answered (did not abstain on) {result['coverage']:.0%} of them, "
-        f"with accuracy {result['accuracy_among_answered']:.3f} among those.\n\n"
+        f"{result['p_value_vs_chance']:.1e}); {_answered(result)}.\n\n"
         + markdown_table(["voice", "accuracy"], rows)
         + "\n"
     )

@@ -203,8 +203,16 @@ def _print_calibration(manifest: Manifest) -> None:
         err.print(
             f"  {sub}: abstains below confidence {t:.3f}: validation coverage {fig.get('coverage', float('nan')):.3f}, "
             f"error rate among answers {fig.get('risk', float('nan')):.3f} (bound {fig.get('risk_bound', float('nan')):.3f}, "
-            f"target {abstain.target_risk:g})"
+            f"target {abstain.target_risk:g}{_tests_made(fig, abstain.confidence)})"
         )
+
+
+def _tests_made(fig: dict[str, float], confidence: float) -> str:
+    """', one of N tests at C%' for manifests that record SGR's tests (older ones tested one threshold at a time)."""
+    if "tests" not in fig:
+        return ""
+    tests = int(fig["tests"])
+    return f"; one of {tests} tests, each at {100 * (1 - (1 - confidence) / tests):.1f}%"
 
 
 @app.command("export")

@@ -105,8 +105,8 @@ class Abstention(_Strict):
 
     min_confidence: dict[str, Probability]  # per set of modalities sent ("audio", "audio+video"); absent: 0, never abstain
     target_risk: Probability  # the error rate allowed among answers
-    confidence: Probability = 0.9  # how sure: the validation rate's upper confidence bound at this level is within target
-    val: dict[str, dict[str, float]] = {}  # per set: n, coverage, risk and its bound on validation
+    confidence: Probability = 0.9  # how sure: every threshold tested (val[set]["tests"] of them) has its bound hold at once
+    val: dict[str, dict[str, float]] = {}  # per set: n, coverage, risk, its bound (one test's level) and tests made
 
     def threshold(self, subset: str) -> float:
         return float(self.min_confidence.get(subset, 0.0))

@@ -23,11 +23,17 @@
   validation sets (the best mean accuracy of a grid), MIXTURE_SHARE on the same sets as the
   share whose every validation condition is within 0.5 point of equal and fixed weights,
   the most accurate on average of those (the grids and the scores are in its results).
-- The abstention thresholds, one per set of modalities sent: the lowest calibrated
-  confidence at which the validation answers above it have an error rate whose
-  Clopper-Pearson upper bound (at CONFIDENCE) is at most TARGET_RISK. The bound, not the
-  bare rate, so that a threshold tuned on a few hundred clips still holds on new ones
-  (Geifman & El-Yaniv, "Selective classification for deep neural networks", 2017).
+- The abstention thresholds, one per set of modalities sent: selection with guaranteed risk
+  (SGR; Geifman & El-Yaniv, "Selective classification for deep neural networks", 2017). A
+  binary search over the validation confidences tests k = ceil(log2(candidates + 1))
+  thresholds, each by the Clopper-Pearson upper bound of its answers' error rate at
+  confidence 1 - (1 - CONFIDENCE) / k, and keeps the lowest threshold whose bound is at most
+  TARGET_RISK. The bound, not the bare rate, so that a threshold tuned on a few hundred clips
+  still holds on new ones; the division by k (a union bound over the tests made), so that
+  picking the best of many thresholds does not spend the confidence: with probability
+  CONFIDENCE every bound tested holds at once, the kept one included. Without it (each test
+  at CONFIDENCE, as before), the kept threshold's bound is the luckiest of hundreds and
+  holds far less often than it says (tests/training/test_calibrate.py measures both).
 
 Every figure here comes from validation predictions; the test split is never read.
 """
@@ -60,7 +66,7 @@ from common.fusion import (
 from training.evaluate import Predictions, fused_for, subsets
 
 TARGET_RISK = 0.05  # default: at most 5% errors among the answers given
-CONFIDENCE = 0.9  # the abstention threshold's risk bound holds with this probability
+CONFIDENCE = 0.9  # the abstention threshold's risk bound holds with this probability (all of SGR's tests at once)
 T_BOUNDS = (0.05, 20.0)
 GRID_STEPS = 20
 GATE_MARGIN = 2.0  # threshold = this x the 99th percentile of the validation distances
@@ -297,8 +303,9 @@ class Threshold:
     min_confidence: float  # answer when the calibrated confidence is at least this
     coverage: float  # share of the predictions answered
     risk: float  # error rate among those answered
-    risk_bound: float  # its upper confidence bound
+    risk_bound: float  # its upper confidence bound, at the level of one test (1 - (1 - confidence) / tests)
     n: int  # predictions it was fitted on
+    tests: int = 1  # thresholds the search tested (the union bound's count)
 
 
 def risk_upper_bound(errors: int, answered: int, confidence: float = CONFIDENCE) -> float:
@@ -313,26 +320,39 @@ def risk_upper_bound(errors: int, answered: int, confidence: float = CONFIDENCE)
 def selective_threshold(
     probs: np.ndarray, labels: np.ndarray, target_risk: float = TARGET_RISK, confidence: float = CONFIDENCE
 ) -> Threshold:
-    """The lowest confidence threshold whose answers' error rate is at most `target_risk` with `confidence`.
+    """The lowest confidence threshold SGR's binary search finds whose answers' error rate is at most
+    `target_risk`, with probability `confidence` over the validation draw (module docstring).
 
-    Ties in confidence are answered together, so the threshold is a confidence that occurs
-    and everything at or above it is answered. When no threshold qualifies, the threshold is
-    1.0: only certain answers are given.
+    Ties in confidence are answered together, so a threshold is a confidence that occurs and
+    everything at or above it is answered. The search halves the candidates k times and makes
+    k tests, each at confidence 1 - (1 - `confidence`) / k. When no test passes, the threshold
+    is 1.0: only certain answers are given.
     """
     if not 0 < target_risk < 1:
         raise ValueError(f"target risk must be in (0, 1), got {target_risk}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     coverage, risk, conf = calibration.risk_coverage(probs, labels)
     answered = np.arange(1, len(conf) + 1)
     errors = np.rint(risk * answered).astype(int)
-    last_of_tie = np.append(conf[1:] < conf[:-1], True)  # cut only between different confidences
+    cuts = np.flatnonzero(np.append(conf[1:] < conf[:-1], True))  # cut only between different confidences
+    tests = max(1, len(cuts).bit_length())  # the most a binary search over len(cuts) candidates can make
+    each = 1.0 - (1.0 - confidence) / tests
     best: Threshold | None = None
-    for i in np.flatnonzero(last_of_tie):
-        bound = risk_upper_bound(int(errors[i]), int(answered[i]), confidence)
+    lo, hi = 0, len(cuts) - 1  # candidates by answers given: a higher index answers more
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        i = int(cuts[mid])
+        bound = risk_upper_bound(int(errors[i]), int(answered[i]), each)
         if bound <= target_risk:
-            best = Threshold(float(conf[i]), float(coverage[i]), float(risk[i]), bound, len(conf))
+            best = Threshold(float(conf[i]), float(coverage[i]), float(risk[i]), bound, len(conf), tests)
+            lo = mid + 1
+        else:
+            hi = mid - 1
     if best is None:
         certain = conf >= 1.0
-        return Threshold(1.0, float(certain.mean()), float(risk[certain.sum() - 1]) if certain.any() else 0.0, 1.0, len(conf))
+        risk_certain = float(risk[certain.sum() - 1]) if certain.any() else 0.0
+        return Threshold(1.0, float(certain.mean()), risk_certain, 1.0, len(conf), tests)
     return best
 
 
@@ -414,7 +434,8 @@ def fusion_section(val: Predictions, rule: str, fitted_on: str, target_risk: flo
             "target_risk": target_risk,
             "confidence": CONFIDENCE,
             "val": {
-                k: {"n": t.n, "coverage": t.coverage, "risk": t.risk, "risk_bound": t.risk_bound} for k, t in thresholds.items()
+                k: {"n": t.n, "coverage": t.coverage, "risk": t.risk, "risk_bound": t.risk_bound, "tests": t.tests}
+                for k, t in thresholds.items()
             },
         },
     }

@@ -163,9 +163,10 @@ def main() -> None:
         f"Every {args.split} pair sent to `mla serve` three ways; the returned `confidence` scored against the truth (15 bins). "
         f"Fusion `{fusion.rule}`, temperatures {temps} (fitted on the {fusion.calibration.fitted_on}); abstention below "
         f"{', '.join(f'{k} {v:.3f}' for k, v in fusion.abstention.min_confidence.items())} (chosen on validation so that "
-        f"the error rate among answers is at most {fusion.abstention.target_risk:.0%} at {fusion.abstention.confidence:.0%} "
-        "confidence). `ECE floor` is the ECE a perfectly calibrated model with the same confidences would show on this many "
-        f"samples (the estimate's own noise).\n\n{table}\n"
+        f"the error rate among answers is at most {fusion.abstention.target_risk:.0%} with {fusion.abstention.confidence:.0%} "
+        "confidence, counting every threshold the search tested; 1.000: no threshold could show it, so only certain "
+        "answers are given). `ECE floor` is the ECE a perfectly calibrated model with the same confidences would show "
+        f"on this many samples (the estimate's own noise).\n\n{table}\n"
     )
     diagnosis = markdown_table(
         ["sent", "ECE as served", "ECE floor", "temperature refit here", "ECE, refit here", "its floor"],

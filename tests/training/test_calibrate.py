@@ -195,17 +195,49 @@ def test_selective_threshold_answers_the_most_its_risk_bound_allows() -> None:
     right = [True] * 200 + [True] * 95 + [False] * 5 + [True] * 50 + [False] * 50
     probs, labels = _two_class(conf, right)
     t = selective_threshold(probs, labels, 0.05, 0.9)
-    # answering the top 300 (5 errors) has a 90% Clopper-Pearson bound under 5%; the top 400 (55 errors) does not
-    assert risk_upper_bound(5, 300, 0.9) == pytest.approx(beta.ppf(0.9, 6, 295))
-    assert risk_upper_bound(5, 300, 0.9) <= 0.05 < risk_upper_bound(55, 400, 0.9)
+    # three candidates: a binary search makes at most 2 tests, each at 1 - 0.1 / 2 = 95%. Answering the top
+    # 300 (5 errors) has a 95% Clopper-Pearson bound under 5%; the top 400 (55 errors) does not
+    assert t.tests == 2
+    assert risk_upper_bound(5, 300, 0.95) == pytest.approx(beta.ppf(0.95, 6, 295))
+    assert risk_upper_bound(5, 300, 0.95) <= 0.05 < risk_upper_bound(55, 400, 0.95)
     assert t.min_confidence == pytest.approx(0.8)
     assert t.coverage == pytest.approx(0.75)
     assert t.risk == pytest.approx(5 / 300)
-    assert t.risk_bound <= 0.05
+    assert t.risk_bound == pytest.approx(risk_upper_bound(5, 300, 0.95))
     few = selective_threshold(*_two_class([0.9] * 20, [True] * 19 + [False]), 0.05, 0.9)
     assert few.min_confidence == 1.0  # 1 error in 20: the bound (19%) is far above 5%, so only certain answers
     with pytest.raises(ValueError, match="target risk"):
         selective_threshold(probs, labels, 1.5)
+    with pytest.raises(ValueError, match="confidence"):
+        selective_threshold(probs, labels, 0.05, 1.0)
+
+
+def test_selective_threshold_search_spends_its_confidence_on_every_test() -> None:
+    # 2,000 candidate thresholds: the search makes 11 tests and divides the 10% it may be wrong among them
+    rng = np.random.default_rng(0)
+    c = rng.uniform(0.5, 1.0, 2000)
+    t = selective_threshold(np.stack([c, 1 - c], 1), (rng.uniform(size=2000) > c).astype(int), 0.05, 0.9)
+    assert t.tests == 11
+    answered = np.sort(c)[::-1][: round(t.coverage * 2000)]
+    assert t.min_confidence == pytest.approx(answered[-1])
+    errors = round(t.risk * len(answered))
+    assert t.risk_bound == pytest.approx(risk_upper_bound(errors, len(answered), 1 - 0.1 / 11))
+
+
+def test_selective_threshold_keeps_its_promise_when_every_threshold_is_too_risky() -> None:
+    # Errors at 6% whatever the confidence: every threshold's true risk is above the 5% target, so any
+    # answer given breaks the promise, which may happen at most 10% of the time (confidence 0.9). Picking
+    # the lowest of ~500 thresholds each tested at 90% (what this search replaced) answers in about 16%
+    # of these draws; dividing the 10% among the search's tests keeps it far below. The bound allows 3
+    # binomial standard deviations of 400 draws above 10%.
+    rng = np.random.default_rng(1)
+    draws, answered = 400, 0
+    for _ in range(draws):
+        c = rng.uniform(0.5, 1.0, 500)
+        wrong = rng.uniform(size=500) < 0.06
+        t = selective_threshold(np.stack([c, 1 - c], 1), wrong.astype(int), 0.05, 0.9)
+        answered += t.min_confidence < 1.0
+    assert answered / draws <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / draws)
 
 
 def test_abstention_thresholds_per_set_of_modalities_hold_their_risk_on_validation() -> None:
