@@ -117,9 +117,7 @@ def main() -> None:
         f"# Digits spoken by espeak-ng, audio only, to the default model\n\n"
         f"{result['n']} clips ({len(ACCENTS)} accents x {len(VARIANTS)} voice variants x 10 words; {espeak}): accuracy "
         f"**{result['accuracy']:.3f}** against chance {result['chance']:.2f} (probability of doing as well by guessing: "
-        f"{result['p_value_vs_chance']:.1e}); {_answered(result)}.\n\n"
-        + markdown_table(["voice", "accuracy"], rows)
-        + "\n"
+        f"{result['p_value_vs_chance']:.1e}); {_answered(result)}.\n\n" + markdown_table(["voice", "accuracy"], rows) + "\n"
     )
     write("espeak_digits", {"espeak": espeak, "seconds": seconds, **result}, md)
     print(md)

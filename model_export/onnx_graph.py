@@ -23,12 +23,16 @@ DEFAULT_OPSET = 18
 
 # Op types the graphs may hold: each has a CUDA kernel in ONNX Runtime (shape arithmetic
 # such as Shape/Gather/Range runs on the host on purpose). Anything else, STFT and DFT
-# first, would bounce tensors between host and device; export refuses it.
+# first, would bounce tensors between host and device; export refuses it. Abs, Clip, Reciprocal and
+# ReduceMax (opset 18, float) are the audio level's (RaiseLevel); each is registered in ONNX Runtime's
+# onnxruntime/core/providers/cuda/cuda_execution_provider.cc.
 CUDA_OPS = frozenset(
     {
+        "Abs",
         "Add",
         "BatchNormalization",
         "Cast",
+        "Clip",
         "Concat",
         "Constant",
         "Conv",
@@ -46,6 +50,8 @@ CUDA_OPS = frozenset(
         "Pad",
         "Pow",
         "Range",
+        "Reciprocal",
+        "ReduceMax",
         "ReduceMean",
         "Relu",
         "Reshape",

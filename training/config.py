@@ -27,6 +27,9 @@ class ModelConfig:
     n_fft: int = 400  # window length (25 ms at 16 kHz)
     hop_length: int = 160  # 10 ms hop
     n_mels: int = 64  # mel bands
+    # a clip whose peak |sample| is under this is raised to it before the log-mel, louder ones pass unchanged
+    # (training.models.frontend.RaiseLevel); None: fed at its own level (checkpoints from before 2026-12-05)
+    audio_peak: float | None = 0.9
     # video: uint8 RGB frames, normalised inside the model
     video_frames: int = 4  # frames sampled uniformly per clip
     video_size: int = 32  # frames are resized to video_size x video_size
@@ -36,6 +39,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; choose from {', '.join(ENCODERS)}")
+        if self.audio_peak is not None and not 0 < self.audio_peak <= 1:
+            raise ValueError(f"audio_peak must be in (0, 1] or None, got {self.audio_peak}")
 
     @property
     def n_classes(self) -> int:
@@ -74,6 +79,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
+        d.setdefault("audio_peak", None)  # saved before the field existed: those models never normalised the level
         d["video_mean"] = tuple(d["video_mean"])
         d["video_std"] = tuple(d["video_std"])
         return cls(**d)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from common.fusion import ConfidenceMap
-from common.manifest import SCHEMA_VERSION, Manifest, ManifestError, load_manifest
+from common.manifest import SCHEMA_VERSION, AudioEntry, Manifest, ManifestError, load_manifest
 from common.parity import FP32, compare
 from common.validate import InvalidRepositoryError, validate_repository
 from model_export.onnx_graph import CUDA_OPS, ExportError
@@ -58,6 +58,23 @@ def test_fp32_export_matches_torch_and_validates(tiny_repo: Path, tiny_run: Path
         _, failures = compare(entry.file, {"logits": ref}, {"logits": got}, FP32)
         assert not failures
     assert validate_repository(tiny_repo)["parity"]["audio"]["max_rel_logit_diff"] <= 1e-4
+
+
+def test_the_audio_graph_gives_the_same_logits_at_any_input_level(tiny_repo: Path) -> None:
+    # The level step is inside the graph: a quiet clip (peak 0.25) made 64 times quieter or 2 times louder (powers
+    # of two, which scale float32 exactly; tests/training/test_level.py says why the result is then bit-identical)
+    # gives the same logits; at full scale it passes unchanged, so its logits differ.
+    audio = load_manifest(tiny_repo).modalities["audio"]
+    assert isinstance(audio, AudioEntry)
+    sess = ort.InferenceSession(str(tiny_repo / audio.file), providers=["CPUExecutionProvider"])
+    noise = np.random.default_rng(1).normal(size=(2, audio.clip_samples))
+    waves = (0.25 * noise / np.abs(noise).max(axis=1, keepdims=True)).astype(np.float32)
+    ref = sess.run(None, {audio.input.name: waves})[0]
+    for level in (2.0**-6, 2.0):
+        assert np.array_equal(sess.run(None, {audio.input.name: waves * np.float32(level)})[0], ref), level
+    assert not np.allclose(sess.run(None, {audio.input.name: waves * np.float32(4.0)})[0], ref)
+    graph = onnx.load(str(tiny_repo / audio.file))
+    assert "ReduceMax" in {n.op_type for n in graph.graph.node}  # the peak is taken in the graph, not by the service
 
 
 def test_fp16_export_parity(tiny_run: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from training.config import ModelConfig
-from training.models.frontend import FrameNormalize, LogMel
+from training.models.frontend import FrameNormalize, LogMel, RaiseLevel
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -51,6 +51,8 @@ class AudioEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        # quiet clips raised to the training clips' level (RaiseLevel); Identity for checkpoints from before it existed
+        self.level: nn.Module = nn.Identity() if cfg.audio_peak is None else RaiseLevel(cfg.audio_peak)
         self.frontend = LogMel(cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels)
         self.input_norm = nn.BatchNorm2d(1)  # log-mel has no fixed scale; let the data set it
         self.trunk, self.dim = _trunk(cfg, 1)
@@ -59,9 +61,10 @@ class AudioEncoder(nn.Module):
         self.augment: nn.Module = nn.Identity()
 
     def preprocess(self, wave: torch.Tensor) -> torch.Tensor:
-        """Waveform -> normalised log-mel [B, 1, frames, mels]; stays float32 in an fp16 export
-        (the power spectrum overflows fp16, and log-mel values near 10 keep only 3 decimals)."""
-        return self.input_norm(self.frontend(wave))
+        """Waveform (quiet ones raised to the model's level) -> normalised log-mel [B, 1, frames, mels]; stays
+        float32 in an fp16 export (the power spectrum overflows fp16, and log-mel values near 10 keep only 3
+        decimals)."""
+        return self.input_norm(self.frontend(self.level(wave)))
 
     def embed(self, logmel: torch.Tensor) -> torch.Tensor:
         return self.trunk(logmel)

@@ -65,6 +65,30 @@ class LogMel(nn.Module):
         return torch.log(mel + self.eps).unsqueeze(1)
 
 
+class RaiseLevel(nn.Module):
+    """Waveform [B, samples] -> the same, each row quieter than `peak` scaled up so that its largest |sample| is
+    `peak`; louder rows pass unchanged.
+
+    The audio branch learns from clips of one level (AV-digits writes every clip at a peak of 0.9 of full
+    scale, and resampling only adds to it), and a log-mel shifts with the input's level and sinks into its
+    floor when quiet, so a recording made quieter is out of what it learned. Raised to `peak`, every
+    recording reaches the model with a peak between `peak` and full scale, where its training clips lie;
+    on those clips the step does nothing. Rows whose peak is under `floor` (about three steps of a 16-bit
+    file: silence) are raised as if it were `floor`, so that silence is not amplified into full-scale
+    noise. Zero padding does not move a row's peak.
+    """
+
+    def __init__(self, peak: float, floor: float = 1e-4) -> None:
+        super().__init__()
+        if not 0 < peak <= 1:
+            raise ValueError(f"peak must be in (0, 1], got {peak}")
+        self.peak, self.floor = peak, floor
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        top = wave.abs().amax(dim=1, keepdim=True).clamp_min(self.floor)
+        return wave * (self.peak / top).clamp_min(1.0)
+
+
 class FrameNormalize(nn.Module):
     """uint8 frames [B, T, H, W, 3] -> float [B * T, 3, H, W], scaled to [0, 1] and standardised."""
 
