@@ -215,6 +215,16 @@ def _tests_made(fig: dict[str, float], confidence: float) -> str:
     return f"; one of {tests} tests, each at {100 * (1 - (1 - confidence) / tests):.1f}%"
 
 
+TargetRisk = Annotated[
+    float,
+    typer.Option(help="abstention: the error rate allowed among the answers given, between 0 and 1 (default 5%)"),
+]
+RiskConfidence = Annotated[
+    float,
+    typer.Option(help="abstention: how sure the threshold must be of that rate on validation, between 0 and 1 (SGR)"),
+]
+
+
 @app.command("export")
 def export_model(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (or its checkpoint.pt)")],
@@ -228,6 +238,8 @@ def export_model(
         str | None,
         typer.Option(help="fusion rule to serve (default: logit_sum for joint, else the robustness winner, gated_loglinear)"),
     ] = None,
+    target_risk: TargetRisk = 0.05,
+    risk_confidence: RiskConfidence = 0.9,
     verbose: bool = False,
 ) -> None:
     """Export a run as MODEL_DIR/<name>/<version>/: one ONNX graph per modality and manifest.json."""
@@ -241,7 +253,7 @@ def export_model(
 
     with err.status("exporting and checking parity"):
         try:
-            target = export_run(run_dir, out, name, version, fp16, opset, data, fusion)
+            target = export_run(run_dir, out, name, version, fp16, opset, data, fusion, target_risk, risk_confidence)
         except (CheckpointError, ExportError, ParityError, DataError, ValueError) as exc:
             _fail(str(exc))
     manifest = load_manifest(target)
@@ -262,6 +274,8 @@ def calibrate(
         bool, typer.Option("--in-place", help="rewrite this version's manifest instead of writing the next version")
     ] = False,
     version: Annotated[str | None, typer.Option(help="the version to write (default: the next integer)")] = None,
+    target_risk: TargetRisk = 0.05,
+    risk_confidence: RiskConfidence = 0.9,
     verbose: bool = False,
 ) -> None:
     """Fit an exported model's calibration, fusion weights and abstention again, from its own graphs (no checkpoint)."""
@@ -275,7 +289,7 @@ def calibrate(
         _fail("--in-place rewrites the version given; --version names a new one: pass one of them")
     with err.status("running the graphs on the data and fitting"):
         try:
-            target = recalibrate(model_dir, data, split, fusion, in_place, version)
+            target = recalibrate(model_dir, data, split, fusion, in_place, version, target_risk, risk_confidence)
         except (ManifestError, ExportError, DataError, ValueError) as exc:
             _fail(str(exc))
     manifest = load_manifest(target)

@@ -43,7 +43,7 @@ from common.manifest import (
 from common.parity import ParityError, compare
 from common.validate import run_session
 from model_export.onnx_graph import DEFAULT_OPSET, OUTPUT_NAME, ExportError, ExportSpec, export_graph, spec_for
-from training.calibrate import TARGET_RISK, calibrate_run, check_rule, fusion_section
+from training.calibrate import CONFIDENCE, TARGET_RISK, calibrate_run, check_abstention, check_rule, fusion_section
 from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from training.config import ModelConfig
 from training.data.dataset import build_dataset, make_loader
@@ -115,12 +115,16 @@ def export_run(
     opset: int = DEFAULT_OPSET,
     data: str | None = None,
     rule: str | None = None,
+    target_risk: float = TARGET_RISK,
+    confidence: float = CONFIDENCE,
 ) -> Path:
     """Export every modality of a run, prove parity, calibrate on validation, write the manifest; return the version folder.
 
     `rule` is the fusion rule to serve (default: logit_sum for joint, training.evaluate.SERVED_RULE
-    otherwise); its temperatures, weights and abstention thresholds are fitted here.
+    otherwise); its temperatures, weights and abstention thresholds (error rate at most `target_risk`
+    among the answers, with `confidence`) are fitted here.
     """
+    check_abstention(target_risk, confidence)
     ckpt = load_checkpoint(run_dir)
     model = model_from_checkpoint(ckpt)
     cfg = model.cfg
@@ -132,7 +136,7 @@ def export_run(
     version = target.name
     precision: Literal["fp32", "fp16"] = "fp16" if fp16 else "fp32"
     inputs = parity_inputs(cfg, data or ckpt["data"])
-    fusion = Fusion.model_validate(calibrate_run(run_dir, data, rule))
+    fusion = Fusion.model_validate(calibrate_run(run_dir, data, rule, target_risk, confidence))
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
@@ -261,6 +265,7 @@ def recalibrate(
     in_place: bool = False,
     version: str | None = None,
     target_risk: float = TARGET_RISK,
+    confidence: float = CONFIDENCE,
 ) -> Path:
     """Fit the fusion section of an exported version again from its graphs; return the version folder written.
 
@@ -269,6 +274,7 @@ def recalibrate(
     Without `in_place`, the graphs and parity samples are copied, unchanged, to `version`
     (default: the next one) with the new manifest; an existing version is never overwritten.
     """
+    check_abstention(target_risk, confidence)
     manifest = load_manifest(version_dir)
     failures = check_hashes(version_dir, manifest)
     if failures:
@@ -278,7 +284,7 @@ def recalibrate(
     check_rule(rule)
     preds = graph_predictions(version_dir, manifest, data, split)
     fitted_on = f"{split} split of {data}, n={len(preds.labels)}, through the exported graphs"
-    fusion = Fusion.model_validate(fusion_section(preds, rule, fitted_on, target_risk))
+    fusion = Fusion.model_validate(fusion_section(preds, rule, fitted_on, target_risk, confidence))
     if in_place:
         updated = manifest.model_copy(update={"schema_version": SCHEMA_VERSION, "fusion": fusion})
         tmp = version_dir / f".{MANIFEST_NAME}.tmp"

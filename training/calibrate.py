@@ -370,8 +370,20 @@ def fit_abstention(
     return out
 
 
+def check_abstention(target_risk: float, confidence: float) -> None:
+    """Refuse an abstention target that cannot be met or means nothing, before any data is read."""
+    if not 0 < target_risk < 1:
+        raise ValueError(f"target risk must be in (0, 1), got {target_risk}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
 def calibrate_run(
-    run_dir: Path, data: str | None = None, rule: str | None = None, target_risk: float = TARGET_RISK
+    run_dir: Path,
+    data: str | None = None,
+    rule: str | None = None,
+    target_risk: float = TARGET_RISK,
+    confidence: float = CONFIDENCE,
 ) -> dict[str, Any]:
     """The manifest's fusion section for a run: its rule (default: `served_rule`), fitted on validation.
 
@@ -383,16 +395,19 @@ def calibrate_run(
     from training.data.specs import parse_spec
     from training.evaluate import predict_split, served_rule
 
+    check_abstention(target_risk, confidence)
     ckpt = load_checkpoint(run_dir)
     model = model_from_checkpoint(ckpt)
     data = data or ckpt["data"]
     rule = rule or served_rule(ckpt["method"])
     check_rule(rule)
     val = predict_split(model, parse_spec(data), "val", 128, workers=1)
-    return fusion_section(val, rule, f"val split of {data}, n={len(val.labels)}", target_risk)
+    return fusion_section(val, rule, f"val split of {data}, n={len(val.labels)}", target_risk, confidence)
 
 
-def fusion_section(val: Predictions, rule: str, fitted_on: str, target_risk: float = TARGET_RISK) -> dict[str, Any]:
+def fusion_section(
+    val: Predictions, rule: str, fitted_on: str, target_risk: float = TARGET_RISK, confidence: float = CONFIDENCE
+) -> dict[str, Any]:
     """The manifest's fusion section fitted on `val` (a model's validation predictions, from torch or its graphs)."""
     from training.evaluate import score
 
@@ -404,7 +419,8 @@ def fusion_section(val: Predictions, rule: str, fitted_on: str, target_risk: flo
         sub: {"ece_raw": raw["ece"][sub], "ece": fitted["ece"][sub], "nll_raw": raw["nll"][sub], "nll": fitted["nll"][sub]}
         for sub in fitted["ece"]
     }
-    thresholds = fit_abstention(val, params, target_risk)
+    check_abstention(target_risk, confidence)
+    thresholds = fit_abstention(val, params, target_risk, confidence)
     typicality = None
     if params.typicality:
         typicality = {}
@@ -432,7 +448,7 @@ def fusion_section(val: Predictions, rule: str, fitted_on: str, target_risk: flo
         "abstention": {
             "min_confidence": {k: t.min_confidence for k, t in thresholds.items()},
             "target_risk": target_risk,
-            "confidence": CONFIDENCE,
+            "confidence": confidence,
             "val": {
                 k: {"n": t.n, "coverage": t.coverage, "risk": t.risk, "risk_bound": t.risk_bound, "tests": t.tests}
                 for k, t in thresholds.items()

@@ -20,7 +20,7 @@ from common.parity import FP32, compare
 from common.validate import InvalidRepositoryError, validate_repository
 from model_export.onnx_graph import CUDA_OPS, ExportError
 from model_export.repository import export_run, recalibrate
-from training.calibrate import GATE_MARGIN, MIXTURE_SHARE, calibrate_run
+from training.calibrate import GATE_MARGIN, MIXTURE_SHARE, calibrate_run, risk_upper_bound
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from training.evaluate import SERVED_RULE
 
@@ -282,10 +282,36 @@ def test_mla_calibrate_reports_what_it_fitted_and_refuses_plainly(tiny_repo: Pat
         ([str(tmp_path / "nothing")], "no manifest.json"),
         ([str(tmp_path / "tiny" / "1"), "--in-place", "--version", "3"], "pass one of them"),
         ([str(tmp_path / "tiny" / "1"), "--fusion", "median"], "unknown fusion rule"),
+        ([str(tmp_path / "tiny" / "1"), "--target-risk", "0"], "target risk must be in (0, 1)"),
+        ([str(tmp_path / "tiny" / "1"), "--risk-confidence", "1"], "confidence must be in (0, 1)"),
     ):
         result = runner.invoke(app, ["calibrate", *args])
         assert result.exit_code == 2, args
         assert message in result.stderr, (args, result.stderr)
+    assert not (tmp_path / "tiny" / "3").exists()  # a refused target writes nothing
+
+
+def test_the_abstention_target_is_the_operators_to_choose(tiny_repo: Path, tmp_path: Path) -> None:
+    from training.calibrate import CONFIDENCE, TARGET_RISK
+
+    shutil.copytree(tiny_repo, tmp_path / "tiny" / "1")
+    default = load_manifest(tiny_repo).fusion.abstention
+    assert default is not None
+    assert (default.target_risk, default.confidence) == (TARGET_RISK, CONFIDENCE)  # what the CLI's defaults say
+    args = ["calibrate", str(tmp_path / "tiny" / "1"), "--target-risk", "0.2", "--risk-confidence", "0.75"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    looser = load_manifest(tmp_path / "tiny" / "2").fusion.abstention
+    assert looser is not None
+    assert (looser.target_risk, looser.confidence) == (0.2, 0.75)
+    for sub, fig in looser.val.items():
+        tests = int(fig["tests"])
+        assert f"one of {tests} tests, each at {100 * (1 - 0.25 / tests):.1f}%" in result.stderr
+        assert fig["risk_bound"] <= 0.2 or looser.min_confidence[sub] == 1.0, sub
+        if looser.min_confidence[sub] < 1.0:  # the bound is the one test's, at 1 - (1 - 0.75) / tests
+            answered = round(fig["coverage"] * fig["n"])
+            bound = risk_upper_bound(round(fig["risk"] * answered), answered, 1 - 0.25 / tests)
+            assert fig["risk_bound"] == pytest.approx(bound), sub
 
 
 def test_export_serves_the_robustness_winner_by_default(tiny_run: Path, tmp_path: Path) -> None:
