@@ -208,7 +208,7 @@ def _print_calibration(manifest: Manifest) -> None:
 
 
 def _tests_made(fig: dict[str, float], confidence: float) -> str:
-    """', one of N tests at C%' for manifests that record SGR's tests (older ones tested one threshold at a time)."""
+    """'; one of N tests, each at C%' for manifests that record SGR's tests (older ones record none)."""
     if "tests" not in fig:
         return ""
     tests = int(fig["tests"])
