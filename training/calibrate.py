@@ -418,8 +418,7 @@ def fusion_section(
         sub: {"ece_raw": raw["ece"][sub], "ece": fitted["ece"][sub], "nll_raw": raw["nll"][sub], "nll": fitted["nll"][sub]}
         for sub in fitted["ece"]
     }
-    check_abstention(target_risk, confidence)
-    thresholds = fit_abstention(val, params, target_risk, confidence)
+    thresholds = fit_abstention(val, params, target_risk, confidence)  # selective_threshold checks the target
     typicality = None
     if params.typicality:
         typicality = {}

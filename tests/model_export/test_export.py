@@ -292,17 +292,22 @@ def test_mla_calibrate_reports_what_it_fitted_and_refuses_plainly(tiny_repo: Pat
 
 
 def test_the_abstention_target_is_the_operators_to_choose(tiny_repo: Path, tmp_path: Path) -> None:
+    import inspect
+
+    from cli.main import calibrate, export_model
     from training.calibrate import CONFIDENCE, TARGET_RISK
 
+    # the CLI spells its defaults out (it imports no torch to start); they are the library's
+    for command in (export_model, calibrate):
+        params = inspect.signature(command).parameters
+        assert (params["target_risk"].default, params["risk_confidence"].default) == (TARGET_RISK, CONFIDENCE)
     shutil.copytree(tiny_repo, tmp_path / "tiny" / "1")
     default = load_manifest(tiny_repo).fusion.abstention
-    assert default is not None
-    assert (default.target_risk, default.confidence) == (TARGET_RISK, CONFIDENCE)  # what the CLI's defaults say
+    assert (default.target_risk, default.confidence) == (TARGET_RISK, CONFIDENCE)
     args = ["calibrate", str(tmp_path / "tiny" / "1"), "--target-risk", "0.2", "--risk-confidence", "0.75"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stderr
     looser = load_manifest(tmp_path / "tiny" / "2").fusion.abstention
-    assert looser is not None
     assert (looser.target_risk, looser.confidence) == (0.2, 0.75)
     for sub, fig in looser.val.items():
         tests = int(fig["tests"])
