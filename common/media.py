@@ -18,10 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import av
 import av.error
 import numpy as np
+from av.audio.plane import AudioPlane
 from av.video.codeccontext import VideoCodecContext
 
 from common.frames import Converter, SampleStats, decoded_frames, index_packets, memory_error, scan, seek, uniform_indices
@@ -93,25 +95,43 @@ def _names(formats: frozenset[str]) -> list[str]:
     return sorted({n for f in formats for n in f.split(",")})
 
 
-def _open_with(path: Path, formats: frozenset[str] | None, max_streams: int) -> av.container.InputContainer:
+# A path, or a seekable binary file object (an upload kept in memory) whose `name` is the file's
+# name: FFmpeg takes the extension of that name as a hint when it probes, as it does a path's.
+Source = str | Path | IO[bytes]
+
+
+def source_name(source: Source) -> str:
+    """The file name that messages give for `source`."""
+    if isinstance(source, str | Path):
+        return Path(source).name
+    return Path(str(getattr(source, "name", "") or "upload")).name
+
+
+def _target(source: Source) -> str | IO[bytes]:
+    if isinstance(source, str | Path):
+        return str(source)
+    source.seek(0)  # opened again (the video scan, the still-image probe): from its first byte
+    return source
+
+
+def _open_with(source: Source, formats: frozenset[str] | None, max_streams: int) -> av.container.InputContainer:
     options = {"probesize": str(PROBE_BYTES), "analyzeduration": str(PROBE_MICROSECONDS), "max_streams": str(max_streams)}
     if formats is not None:
         # Checked by FFmpeg before the demuxer reads its header: a playlist or concat list is
         # refused before its demuxer could open the files it names.
         options["format_whitelist"] = ",".join(_names(formats))
-    return av.open(str(path), mode="r", container_options=options)
+    return av.open(_target(source), mode="r", container_options=options)
 
 
-def _open(path: str | Path, formats: frozenset[str] | None, limits: Limits) -> av.container.InputContainer:
+def _open(source: Source, formats: frozenset[str] | None, limits: Limits) -> av.container.InputContainer:
     """Open a container; with `formats`, refuse images and containers outside that set."""
-    path = Path(path)
-    name = path.name
+    name = source_name(source)
     try:
-        container = _open_with(path, formats, limits.max_streams)
+        container = _open_with(source, formats, limits.max_streams)
     except av.error.ArgumentError as exc:  # EINVAL: FFmpeg's "format not on whitelist"
         if formats is None:
             raise DecodeError(f"cannot open {name}: {exc.strerror or exc}") from exc
-        raise _not_accepted(path, formats) from exc
+        raise _not_accepted(source, formats) from exc
     except av.error.FFmpegError as exc:
         raise DecodeError(f"cannot open {name}: {exc.strerror or exc}") from exc
     except (UnicodeDecodeError, ValueError, OverflowError) as exc:
@@ -119,22 +139,24 @@ def _open(path: str | Path, formats: frozenset[str] | None, limits: Limits) -> a
     fmt = container.format.name
     if formats is not None and not set(fmt.split(",")) & set(_names(formats)):
         container.close()
-        raise _not_accepted(path, formats)
+        raise _not_accepted(source, formats)
     if len(container.streams) > limits.max_streams:
         container.close()
         raise MediaLimitError(f"{name} has {len(container.streams)} streams, more than {limits.max_streams}")
     return container
 
 
-def _not_accepted(path: Path, formats: frozenset[str]) -> MediaError:
+def _not_accepted(source: Source, formats: frozenset[str]) -> MediaError:
     """Say why a file outside the accepted formats was refused: a still image, or another container."""
+    name = source_name(source)
     images = [f for f in av.formats_available if f in IMAGE_FORMATS or f.endswith("_pipe")]
     try:  # image demuxers open nothing but the file itself, so this probe is safe
-        with av.open(str(path), container_options={"format_whitelist": ",".join(images), "probesize": str(PROBE_BYTES)}) as c:
-            return StillImageError(f"{path.name} is a still image ({c.format.name}), not audio or video")
+        options = {"format_whitelist": ",".join(images), "probesize": str(PROBE_BYTES)}
+        with av.open(_target(source), container_options=options) as c:
+            return StillImageError(f"{name} is a still image ({c.format.name}), not audio or video")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError, OverflowError):
         pass
-    return UnsupportedFormatError(f"{path.name} is not in an accepted container format ({', '.join(_names(formats))})")
+    return UnsupportedFormatError(f"{name} is not in an accepted container format ({', '.join(_names(formats))})")
 
 
 def _no_decoder(name: str, kind: str) -> DecodeError:
@@ -162,9 +184,50 @@ def _check_audio_format(name: str, rate: int, channels: int, limits: Limits) -> 
         raise DecodeError(f"{name}: {channels} audio channels; 1..{limits.max_channels} are accepted")
 
 
+# Sample format (packed name) -> numpy type and FFmpeg's scale of it to float: (x - offset) * scale.
+_SAMPLE_TYPES: dict[str, tuple[type[np.generic], int, float]] = {
+    "u8": (np.uint8, 128, 2.0**-7),
+    "s16": (np.int16, 0, 2.0**-15),
+    "s32": (np.int32, 0, 2.0**-31),
+    "s64": (np.int64, 0, 2.0**-63),
+    "flt": (np.float32, 0, 1.0),
+    "dbl": (np.float64, 0, 1.0),
+}
+
+
+def _unnamed(layout: av.AudioLayout) -> bool:
+    """Channels in no stated order (plain PCM WAV past stereo, WAVE_FORMAT_EXTENSIBLE with no mask):
+    FFmpeg would guess a layout, dropping the channels it takes for LFE or for ones past the guess,
+    and has no guess at all for 9, 11, 13, 15, 17-23 or 25+ channels."""
+    return layout.nb_channels > 2 and all(c.name == "NONE" for c in layout.channels)
+
+
+def _channel_mean(frame: av.AudioFrame) -> av.AudioFrame:
+    """The mean of all channels as one float32 channel. Each channel is read in place (a few
+    one-channel buffers on top of the frame, whatever the channel count), its planes by index:
+    PyAV's `frame.planes` looks for an end marker that FFmpeg's plane list past 8 channels lacks."""
+    dtype, offset, scale = _SAMPLE_TYPES[frame.format.packed.name]
+    n, channels = frame.samples, frame.layout.nb_channels
+    if frame.format.is_planar:
+        planes = [np.frombuffer(memoryview(AudioPlane(frame, c)), dtype, n) for c in range(channels)]
+    else:
+        packed = np.frombuffer(memoryview(AudioPlane(frame, 0)), dtype, n * channels).reshape(n, channels)
+        planes = [packed[:, c] for c in range(channels)]
+    total = np.zeros(n, np.float64)
+    for plane in planes:
+        total += plane
+    total /= channels
+    total -= offset
+    total *= scale
+    out = av.AudioFrame.from_ndarray(total.astype(np.float32)[None, :], format="flt", layout="mono")
+    out.sample_rate = frame.sample_rate  # no timestamps: samples are never moved by them here, and nothing reads them
+    return out
+
+
 def _resampled(name: str, frames: Iterator[av.AudioFrame], sample_rate: int, limits: Limits) -> Iterator[np.ndarray]:
     """Mono float32 chunks at `sample_rate`; a frame whose format, layout or rate differs from
-    the last one's (real mp3 and ADTS streams do this) gets a new resampler, after the old is flushed."""
+    the last one's (real mp3 and ADTS streams do this) gets a new resampler, after the old is flushed.
+    Unnamed channels are averaged here first (`_unnamed`); FFmpeg downmixes the rest."""
     resampler: av.AudioResampler | None = None
     setup: tuple[str, str, int] | None = None
     for frame in frames:
@@ -175,7 +238,7 @@ def _resampled(name: str, frames: Iterator[av.AudioFrame], sample_rate: int, lim
                 for out in resampler.resample(None):
                     yield out.to_ndarray().reshape(-1)
             resampler, setup = av.AudioResampler(format="flt", layout="mono", rate=sample_rate), key
-        for out in resampler.resample(frame):
+        for out in resampler.resample(_channel_mean(frame) if _unnamed(frame.layout) else frame):
             yield out.to_ndarray().reshape(-1)
     if resampler is not None:
         for out in resampler.resample(None):
@@ -183,7 +246,7 @@ def _resampled(name: str, frames: Iterator[av.AudioFrame], sample_rate: int, lim
 
 
 def decode_audio(
-    path: str | Path,
+    path: Source,
     sample_rate: int,
     limits: Limits = NO_LIMITS,
     formats: frozenset[str] | None = None,
@@ -195,7 +258,7 @@ def decode_audio(
     decoding the whole track and cropping (the resampler only emits a sample once it has
     all the input it depends on).
     """
-    name = Path(path).name
+    name = source_name(path)
     with _open(path, formats, limits) as container:
         if not container.streams.audio:
             raise MissingStreamError(f"{name} has no audio track")
@@ -242,15 +305,13 @@ def fit_length(wave: np.ndarray, samples: int) -> np.ndarray:
     return np.pad(wave, (0, samples - wave.shape[0]))
 
 
-def load_audio(
-    path: str | Path, spec: AudioSpec, limits: Limits = NO_LIMITS, formats: frozenset[str] | None = None
-) -> np.ndarray:
+def load_audio(path: Source, spec: AudioSpec, limits: Limits = NO_LIMITS, formats: frozenset[str] | None = None) -> np.ndarray:
     """Decode and fit to the model's clip length: float32 [spec.samples]."""
     return fit_length(decode_audio(path, spec.sample_rate, limits, formats, keep=spec.samples), spec.samples)
 
 
 def load_video(
-    path: str | Path,
+    path: Source,
     spec: VideoSpec,
     limits: Limits = NO_LIMITS,
     formats: frozenset[str] | None = None,
@@ -268,7 +329,7 @@ def load_video(
     """
     if method not in ("seek", "scan"):
         raise ValueError(f"method must be 'seek' or 'scan', not {method!r}")
-    name = Path(path).name
+    name = source_name(path)
     convert = Converter(spec)
     needed = max(1, limits.min_frames)
     with _open(path, formats, limits) as container:
