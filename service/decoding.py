@@ -1,37 +1,55 @@
 """What runs inside a decode worker process: its main loop, its memory ceiling, and the decode jobs.
 
-The jobs take paths and plain values and return numpy arrays; a MediaError travels back to
-the event loop as itself. service/workers.py starts and supervises these processes.
+A worker is its own program (`python -m service.decoding FD HEADROOM`), started by
+service/workers.py with an allow-listed environment: the process that runs FFmpeg on untrusted
+bytes holds none of the server's secrets. Jobs take a path or in-memory bytes and plain values and
+return a numpy array; replies travel in service/wire.py's fixed layout, never pickled.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import pickle
 import resource
 import signal
+import socket
+import sys
 import time
 import traceback
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from common.media import MEDIA_FORMATS, AudioSpec, Limits, MediaError, VideoSpec, load_audio, load_video
+from service import wire
 
 log = logging.getLogger(__name__)
 
 
-def decode_audio_file(path: Path, spec: AudioSpec, limits: Limits) -> tuple[np.ndarray, float]:
-    t0 = time.perf_counter()
-    return load_audio(path, spec, limits, MEDIA_FORMATS), time.perf_counter() - t0
+class NamedBytes(io.BytesIO):
+    """An upload kept in memory, with the client's file name: FFmpeg takes its extension as a hint."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
 
 
-def decode_video_file(path: Path, spec: VideoSpec, limits: Limits) -> tuple[np.ndarray, float]:
-    t0 = time.perf_counter()
+Source = Path | tuple[str, bytes]  # a file on disk, or (file name, its bytes)
+
+
+def _opened(source: Source) -> Path | NamedBytes:
+    return source if isinstance(source, Path) else NamedBytes(source[1], source[0])
+
+
+def decode_audio_file(source: Source, spec: AudioSpec, limits: Limits) -> np.ndarray:
+    return load_audio(_opened(source), spec, limits, MEDIA_FORMATS)
+
+
+def decode_video_file(source: Source, spec: VideoSpec, limits: Limits) -> np.ndarray:
     # One FFmpeg thread: the pool already runs one worker per core, so more would only contend.
-    return load_video(path, spec, limits, MEDIA_FORMATS, threads=1), time.perf_counter() - t0
+    return load_video(_opened(source), spec, limits, MEDIA_FORMATS, threads=1)
 
 
 def _address_space() -> int:
@@ -62,35 +80,48 @@ def limit_memory(headroom: int) -> int | None:
     return cap
 
 
-def worker_main(conn: Connection, memory_headroom: int) -> None:
-    """A decode worker: answer one job at a time on `conn` until it closes or sends None.
+def _reply(sock: socket.socket, header: dict[str, object], payload: bytes) -> None:
+    started = time.perf_counter()
+    try:
+        fn, args = pickle.loads(payload)  # from the server, which is trusted
+        array = np.asarray(fn(*args))
+        if array.dtype.kind not in wire.NUMERIC_KINDS:
+            raise TypeError(f"a decode job must return a numeric array, not {array.dtype}")
+    except MediaError as exc:
+        wire.send(sock, {"status": "media", "kind": type(exc).__name__, "message": str(exc)})
+        return
+    except MemoryError:
+        wire.send(sock, {"status": "memory", "message": "decoding needs more memory than the worker's ceiling"})
+        return
+    except Exception:  # a bug, not the input: reported as such, and the worker lives on
+        wire.send(sock, {"status": "bug", "message": traceback.format_exc()[-8000:]})
+        return
+    wire.send_array(sock, array, time.perf_counter() - started)
 
-    Replies are ("ready", pid) once, then per job ("ok", result), ("media", MediaError),
-    ("memory", message) or ("bug", traceback).
-    """
+
+def worker_main(fd: int, memory_headroom: int) -> None:
+    """A decode worker: answer one job at a time on socket `fd` until it closes or says stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the server stops us
+    sock = socket.socket(fileno=fd)
     limit_memory(memory_headroom)
-    conn.send(("ready", os.getpid()))
+    try:
+        wire.send(sock, {"status": "ready", "pid": os.getpid()})
+    except OSError:  # the server stopped while this worker started
+        return
     while True:
         try:
-            job = conn.recv()
-        except (EOFError, OSError):
+            header, payload = wire.receive_blocking(sock)
+        except (EOFError, OSError, wire.ProtocolError):
             return
-        if job is None:
+        if header.get("op") != "job":
             return
-        fn, args = job
-        reply: tuple[str, Any]
         try:
-            reply = ("ok", fn(*args))
-        except MediaError as exc:
-            reply = ("media", exc)
+            _reply(sock, header, payload)
         except MemoryError:
-            reply = ("memory", "decoding needs more memory than the worker's ceiling")
-        except Exception:  # a bug, not the input: reported as such, and the worker lives on
-            reply = ("bug", traceback.format_exc())
-        try:
-            conn.send(reply)
-        except MemoryError:
-            conn.send(("memory", "the decoded result does not fit under the worker's ceiling"))
+            wire.send(sock, {"status": "memory", "message": "the decoded result does not fit under the worker's ceiling"})
         except (BrokenPipeError, EOFError, OSError):
             return
+
+
+if __name__ == "__main__":
+    worker_main(int(sys.argv[1]), int(sys.argv[2]))

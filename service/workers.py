@@ -13,7 +13,13 @@ on the file) and to report readiness.
 Admission: a job runs only on an idle worker, one at a time per worker. Jobs wait in a
 bounded line (`max_waiting`), each for at most `wait_seconds`; past either bound the request
 gets a 503 with Retry-After: overload, not the client's fault. A job that runs past
-`job_seconds` has its worker killed and the request gets a 413 (its input is too costly).
+`job_seconds` has its worker killed and the request gets a 413 (its input is too costly); one
+that uses no CPU for `hang_seconds` (stopped, deadlocked) is hung: its worker is replaced and the
+request gets a 503, a fault of the server's, not of the file.
+
+Workers are programs of their own (service/decoding.py), started with an allow-listed
+environment (`WORKER_ENV`: no API or admin key reaches a process that parses hostile media), and
+their replies are parsed as data in a fixed layout (service/wire.py), never unpickled.
 """
 
 from __future__ import annotations
@@ -21,36 +27,78 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
+import pickle
 import signal
-import struct
+import socket
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
+import numpy as np
+
 from common.media import DecodeError, MediaLimitError
-from service.decoding import worker_main
+from service import wire
 from service.errors import NotReady, Overloaded
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 START_SECONDS = 60.0  # a worker that has not said "ready" by then is killed and started again
+# What a worker's environment may hold: where programs, libraries and locales are, and thread
+# counts. Everything else, MLA_API_KEY and MLA_ADMIN_KEY first, stays in the server.
+WORKER_ENV = (
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "LD_LIBRARY_PATH",
+    "VIRTUAL_ENV",
+    "PYTHONHASHSEED",
+    "PYTHONDONTWRITEBYTECODE",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "MKL_NUM_THREADS",
+)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class DecodeBugError(RuntimeError):
     """A decode job raised something that is not a MediaError: a bug here, logged with its traceback."""
 
 
+def worker_environment() -> dict[str, str]:
+    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+    # The worker imports what this process imports (the project, and the jobs' modules) from the same places.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    return env
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """CPU time (user + system, in clock ticks) that process `pid` has used; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()  # after "pid (comm) ": comm may hold spaces
+    try:
+        return int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of the whole line
+    except (IndexError, ValueError):
+        return None
+
+
 @dataclass(eq=False)
 class _Worker:
-    process: BaseProcess
-    conn: Connection
+    process: subprocess.Popen[bytes]
+    sock: socket.socket
     pid: int = 0
     busy: bool = False
     retired: bool = False
@@ -66,18 +114,16 @@ class DecodePool:
         job_seconds: float,
         memory_headroom: int,
         metrics: Metrics,
+        hang_seconds: float = 5.0,
     ) -> None:
         self.size, self.max_waiting, self.wait_seconds, self.job_seconds = size, max_waiting, wait_seconds, job_seconds
-        self.memory_headroom, self.metrics = memory_headroom, metrics
-        self.ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds ORT threads
+        self.memory_headroom, self.metrics, self.hang_seconds = memory_headroom, metrics, hang_seconds
         self.live: set[_Worker] = set()
         self.idle: deque[_Worker] = deque()
         self.waiters: deque[asyncio.Future[_Worker]] = deque()
         self.spawn_failing = False  # the last attempt to start a worker failed
         self.closing = False
         self.background: set[asyncio.Task[Any]] = set()
-        # recv() blocks until a reply (or EOF when the worker dies): one thread per busy worker, and spares
-        self.threads = ThreadPoolExecutor(max_workers=2 * size + 2, thread_name_prefix="decode-recv")
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -90,12 +136,13 @@ class DecodePool:
                 self._background(self._replace())
         if not self.live:
             raise RuntimeError(f"no decode worker could be started: {results[0]!r}")
+        self._background(self._watch_idle())
         self._gauges()
 
     @property
     def ready(self) -> bool:
-        """False only while no worker runs and the last attempt to start one failed."""
-        return not self.closing and (bool(self.live) or not self.spawn_failing)
+        """True while every configured worker runs: one lost, hung or being replaced makes it False."""
+        return not self.closing and len(self.live) >= self.size
 
     async def close(self) -> None:
         self.closing = True
@@ -108,29 +155,34 @@ class DecodePool:
         workers = list(self.live)
         self.live.clear()
         self.idle.clear()
-        loop = asyncio.get_running_loop()
         for w in workers:
-            with contextlib.suppress(OSError, ValueError):
-                loop.remove_reader(w.process.sentinel)
-            with contextlib.suppress(OSError, ValueError):
-                w.conn.send(None)
+            self._unwatch(w)
+            with contextlib.suppress(OSError):
+                w.sock.setblocking(True)
+                w.sock.sendall(wire.encode({"op": "stop"}))
         for w in workers:
-            await asyncio.to_thread(w.process.join, 5)
-            if w.process.is_alive():
+            await asyncio.to_thread(_wait, w.process, 5)
+            if w.process.poll() is None:
                 w.process.kill()
-                await asyncio.to_thread(w.process.join, 5)
-        self.threads.shutdown(wait=False, cancel_futures=True)
+                await asyncio.to_thread(_wait, w.process, 5)
+            w.sock.close()
         self._gauges()
 
     # --- running a job -----------------------------------------------------------------------------
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run fn(*args) in a worker and return its result.
+    async def run(self, fn: Callable[..., Any], *args: Any) -> np.ndarray:
+        """Run fn(*args) in a worker and return its result, a numeric array."""
+        array, _ = await self.run_timed(fn, *args)
+        return array
 
-        Raises Overloaded (503) when no worker is free in time or the line is full; the job's
-        own MediaError (4xx); MediaLimitError when it overran or ran out of memory (413);
-        DecodeError when the decoder crashed on the input (400); Overloaded when its worker was
-        killed from outside; DecodeBugError for anything else. If the caller is cancelled once the
-        job runs, the job still finishes (bounded by `job_seconds`) and frees its worker.
+    async def run_timed(self, fn: Callable[..., Any], *args: Any) -> tuple[np.ndarray, float]:
+        """Run fn(*args) in a worker: its result (a numeric array) and the seconds the worker spent on it.
+
+        Raises Overloaded (503) when no worker is free in time or the line is full, or when its
+        worker was killed from outside or hung; the job's own MediaError (4xx); MediaLimitError
+        when it overran or ran out of memory (413); DecodeError when the decoder crashed on the
+        input or its worker answered out of protocol (400); DecodeBugError for anything else. If
+        the caller is cancelled once the job runs, the job still finishes (bounded by
+        `job_seconds`) and frees its worker.
         """
         worker = await self._acquire()
         job = asyncio.create_task(self._execute(worker, fn, args))
@@ -143,6 +195,7 @@ class DecodePool:
         while self.idle:
             worker = self.idle.popleft()
             if not worker.retired:
+                self._gauges()
                 return worker
         if len(self.waiters) >= self.max_waiting:
             self.metrics.decode_refused.labels("line_full").inc()
@@ -154,85 +207,169 @@ class DecodePool:
             async with asyncio.timeout(self.wait_seconds):
                 return await fut
         except TimeoutError:
+            # A worker handed over in the very loop iteration in which the wait ran out: the
+            # timeout wins the race to wake this task, but the worker is this request's. Run on it;
+            # refusing here would leave it neither idle nor busy, lost for good.
+            if _handed(fut):
+                return fut.result()
             self.metrics.decode_refused.labels("wait_timeout").inc()
             raise Overloaded(f"no decode worker was free within {self.wait_seconds:g} s; retry shortly") from None
         except BaseException:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
+            if _handed(fut):
                 self._release(fut.result())  # handed over just as the caller gave up: pass it on
             raise
         finally:
             # Only when still in line: a miss in deque.remove formats repr(fut), the worker's
-            # repr with it, and that asks the OS for the process's status, on every request.
+            # repr with it, on every request.
             if fut in self.waiters:
                 self.waiters.remove(fut)
             self._gauges()
 
-    async def _execute(self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    async def _execute(self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[np.ndarray, float]:
         worker.busy, worker.jobs = True, worker.jobs + 1
+        self._unwatch(worker)
         self._gauges()
+        payload = pickle.dumps((fn, args), protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            worker.conn.send((fn, args))
+            # An idle worker reads at once: one that takes the hang window to take a job is stopped.
+            async with asyncio.timeout(self.hang_seconds):
+                await asyncio.get_running_loop().sock_sendall(worker.sock, wire.encode({"op": "job"}, len(payload)) + payload)
+        except TimeoutError:
+            worker.busy = False
+            self._retire(worker, "hung")
+            raise Overloaded(f"a decode worker hung (took no job for {self.hang_seconds:g} s); retry") from None
         except (OSError, ValueError):  # it died while idle, before its exit was noticed: the job never started
             worker.busy = False
             self._retire(worker, "died")
             raise Overloaded("a decode worker was lost; retry") from None
         try:
-            async with asyncio.timeout(self.job_seconds):
-                status, value = await _receive(worker.conn)
+            header, payload_view = await self._await_reply(worker)
+        except _HungError:
+            self._retire(worker, "hung")
+            raise Overloaded(f"a decode worker hung (no CPU used for {self.hang_seconds:g} s); retry") from None
         except TimeoutError:
             self._retire(worker, "timeout")
             raise MediaLimitError(f"decoding took longer than {self.job_seconds:g} s") from None
         except (EOFError, OSError):  # the worker died with the job
-            code = await asyncio.to_thread(_exit_code, worker.process)
+            code = await asyncio.to_thread(_wait, worker.process, 5)
             self._retire(worker, "died")
             if code == -signal.SIGKILL:
                 raise Overloaded("the decode worker was killed (out of memory, or by an operator); retry") from None
             raise DecodeError(f"the decoder crashed on this file ({_describe(code)})") from None
+        except wire.ProtocolError as exc:
+            self._retire(worker, "protocol")
+            log.warning("decode worker %d answered out of protocol: %s", worker.pid, exc)
+            raise DecodeError("the decoder failed on this file (its worker answered out of protocol)") from None
         finally:
             worker.busy = False
+        status = header.get("status")
         if status == "memory":
             self._retire(worker, "memory")  # its heap may stay large: start afresh
-            raise MediaLimitError(f"{value} ({self.memory_headroom // 2**20} MiB)")
-        self._release(worker)
-        if status == "ok":
-            return value
-        if status == "media":
-            raise value
-        raise DecodeBugError(f"decode job {getattr(fn, '__name__', fn)} failed:\n{value}")
+            raise MediaLimitError(f"{header.get('message', 'out of memory')} ({self.memory_headroom // 2**20} MiB)")
+        try:
+            if status == "ok":
+                assert payload_view is not None
+                try:
+                    seconds = float(header.get("seconds", 0.0))
+                except (TypeError, ValueError):
+                    raise wire.ProtocolError(f"seconds {header.get('seconds')!r}") from None
+                return payload_view, seconds
+            if status == "media":
+                raise wire.media_error(header)
+            if status == "bug":
+                raise DecodeBugError(f"decode job {getattr(fn, '__name__', fn)} failed:\n{str(header.get('message'))[-8000:]}")
+            raise wire.ProtocolError(f"unknown status {status!r}")
+        except wire.ProtocolError as exc:
+            self._retire(worker, "protocol")
+            log.warning("decode worker %d answered out of protocol: %s", worker.pid, exc)
+            raise DecodeError("the decoder failed on this file (its worker answered out of protocol)") from None
+        finally:
+            self._release(worker)
+
+    async def _await_reply(self, worker: _Worker) -> tuple[dict[str, Any], np.ndarray | None]:
+        """The worker's reply, within `job_seconds`; _HungError once it has used no CPU for `hang_seconds`."""
+        loop = asyncio.get_running_loop()
+        reply = asyncio.ensure_future(_receive(worker.sock, self.memory_headroom))
+        deadline = loop.time() + self.job_seconds
+        step = min(1.0, self.hang_seconds / 4)
+        last_cpu, progress_at = cpu_ticks(worker.pid), loop.time()
+        try:
+            while True:
+                now = loop.time()
+                if now >= deadline:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({reply}, timeout=min(step, deadline - now))
+                if done:
+                    return reply.result()
+                cpu = cpu_ticks(worker.pid)
+                if cpu is None or last_cpu is None or cpu != last_cpu:
+                    last_cpu, progress_at = cpu, loop.time()
+                elif loop.time() - progress_at >= self.hang_seconds:
+                    raise _HungError
+        finally:
+            if not reply.done():
+                reply.cancel()
+                with contextlib.suppress(BaseException):
+                    await reply
 
     # --- workers -------------------------------------------------------------------------------
     async def _spawn(self) -> _Worker:
-        parent, child = self.ctx.Pipe()
-        process = self.ctx.Process(target=worker_main, args=(child, self.memory_headroom), daemon=True, name="mla-decode")
-        await asyncio.to_thread(process.start)
-        child.close()
-        worker = _Worker(process, parent)
+        ours, theirs = socket.socketpair()
+        try:
+            # On the loop, not a thread: a vfork and an exec take milliseconds, and a start cancelled
+            # midway (the server stopping) can then never leave a process nobody holds.
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service.decoding", str(theirs.fileno()), str(self.memory_headroom)],
+                pass_fds=(theirs.fileno(),),
+                env=worker_environment(),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        worker = _Worker(process, ours, pid=process.pid)
         try:
             async with asyncio.timeout(START_SECONDS):
-                status, pid = await asyncio.get_running_loop().run_in_executor(self.threads, parent.recv)
-        except (TimeoutError, EOFError, OSError) as exc:
+                header, _ = await _receive(ours, 0)
+            if header.get("status") != "ready":
+                raise wire.ProtocolError(f"it said {header!r} instead of ready")
+        except BaseException as exc:  # cancelled (the server stopping) included: nothing is left behind
             process.kill()
-            await asyncio.to_thread(process.join, 5)
-            raise RuntimeError(f"a decode worker did not start: {exc!r}") from exc
-        if status != "ready":
-            process.kill()
-            raise RuntimeError(f"a decode worker said {status!r} instead of ready")
-        worker.pid = pid
+            ours.close()
+            await asyncio.shield(asyncio.to_thread(_wait, process, 5))
+            if isinstance(exc, TimeoutError | EOFError | OSError | wire.ProtocolError):
+                raise RuntimeError(f"a decode worker did not start: {exc!r}") from exc
+            raise
         return worker
 
     def _add(self, worker: _Worker) -> None:
-        # Replies are read on the event loop as they arrive (_receive); sends are a few hundred
-        # bytes, far below the socket's buffer, so they never wait either.
-        os.set_blocking(worker.conn.fileno(), False)
         self.live.add(worker)
-        # The process's sentinel becomes readable when it exits: an idle worker's death is seen at once.
-        asyncio.get_running_loop().add_reader(worker.process.sentinel, self._on_exit, worker)
         self._release(worker)
 
-    def _on_exit(self, worker: _Worker) -> None:
-        asyncio.get_running_loop().remove_reader(worker.process.sentinel)
+    def _watch(self, worker: _Worker) -> None:
+        """An idle worker's socket turns readable only when the worker dies (EOF) or breaks protocol."""
+        with contextlib.suppress(OSError, ValueError):
+            asyncio.get_running_loop().add_reader(worker.sock.fileno(), self._on_idle_readable, worker)
+
+    def _unwatch(self, worker: _Worker) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            asyncio.get_running_loop().remove_reader(worker.sock.fileno())
+
+    def _on_idle_readable(self, worker: _Worker) -> None:
+        self._unwatch(worker)
         if not worker.busy and not self.closing:  # a busy one is retired by its job, which also answers its request
             self._retire(worker, "died")
+
+    async def _watch_idle(self) -> None:
+        """Every few seconds: an idle worker that is stopped (SIGSTOP, a debugger left attached) is hung."""
+        while not self.closing:
+            await asyncio.sleep(max(0.5, min(5.0, self.hang_seconds / 2)))
+            for worker in list(self.idle):
+                if _stopped(worker.pid):
+                    self._retire(worker, "hung")
 
     def _release(self, worker: _Worker) -> None:
         if worker.retired or worker not in self.live:
@@ -241,8 +378,10 @@ class DecodePool:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_result(worker)
+                self._gauges()
                 return
         self.idle.append(worker)
+        self._watch(worker)
         self._gauges()
 
     def _retire(self, worker: _Worker, reason: str) -> None:
@@ -253,11 +392,11 @@ class DecodePool:
         self.live.discard(worker)
         with contextlib.suppress(ValueError):
             self.idle.remove(worker)
-        with contextlib.suppress(ValueError, OSError):
-            asyncio.get_running_loop().remove_reader(worker.process.sentinel)
-        if worker.process.is_alive():
+        self._unwatch(worker)
+        if worker.process.poll() is None:
             worker.process.kill()
-        self._background(asyncio.to_thread(worker.process.join, 10))  # reap it: no zombie left behind
+        worker.sock.close()
+        self._background(asyncio.to_thread(_wait, worker.process, 10))  # reap it: no zombie left behind
         log.warning("decode worker %d retired (%s) after %d jobs; starting another", worker.pid, reason, worker.jobs)
         self.metrics.worker_restarts.labels(reason).inc()
         self._gauges()
@@ -276,6 +415,11 @@ class DecodePool:
                 delay = min(delay * 2, 30.0)
                 continue
             self.spawn_failing = False
+            if self.closing:
+                worker.process.kill()
+                await asyncio.to_thread(_wait, worker.process, 5)
+                worker.sock.close()
+                return
             self._add(worker)
             return
 
@@ -286,61 +430,54 @@ class DecodePool:
 
     def _gauges(self) -> None:
         self.metrics.decode_workers.set(len(self.live))
+        self.metrics.decode_idle.set(len(self.idle))
         self.metrics.decode_waiting.set(len(self.waiters))
 
     def pids(self) -> list[int]:
         return sorted(w.pid for w in self.live)
 
 
-async def _receive(conn: Connection) -> Any:
-    """The next message on `conn`, read on the event loop as its bytes arrive: no thread per reply.
+class _HungError(Exception):
+    """A busy worker that used no CPU for `hang_seconds`."""
 
-    The framing is multiprocessing's own (Connection.send on the worker's side): a signed 32-bit
-    big-endian length (-1, then an unsigned 64-bit one, past 2 GiB), then the pickle. EOFError
-    when the worker's end closes (it died), as Connection.recv would raise.
+
+def _handed(fut: asyncio.Future[_Worker]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None
+
+
+async def _receive(sock: socket.socket, max_bytes: int) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The worker's next message, read on the event loop as its bytes arrive: no thread per reply.
+
+    The header is checked before the payload is read; an array's bytes land straight in the
+    array that is returned. EOFError when the worker's end closes (it died).
     """
     loop = asyncio.get_running_loop()
-    fd = conn.fileno()
-    done: asyncio.Future[bytes] = loop.create_future()
-    buf = bytearray()
-    need, header = 4, True  # bytes wanted in buf; still reading the length
+    prefix = await _read(loop, sock, memoryview(bytearray(wire.PREFIX.size)))
+    header_size, payload_size = wire.PREFIX.unpack(prefix)
+    if header_size > wire.MAX_HEADER:
+        raise wire.ProtocolError(f"a header of {header_size} bytes")
+    header = wire.parse_header(bytes(await _read(loop, sock, memoryview(bytearray(header_size)))))
+    if header.get("status") != "ok":
+        if payload_size:
+            raise wire.ProtocolError(f"{payload_size} bytes after a {header.get('status')!r} header")
+        return header, None
+    dtype, shape, size = wire.array_layout(header, max_bytes)
+    if size != payload_size:
+        raise wire.ProtocolError(f"{payload_size} bytes for an array of {size}")
+    array = np.empty(shape, dtype)
+    if size:
+        await _read(loop, sock, array.reshape(-1).view(np.uint8).data)
+    return header, array
 
-    def readable() -> None:
-        nonlocal need, header
-        try:
-            while True:
-                if len(buf) == need:
-                    if not header:
-                        break
-                    if need == 4 and struct.unpack("!i", buf)[0] == -1:
-                        need = 12  # a 64-bit length follows
-                        continue
-                    size = struct.unpack("!i", buf)[0] if need == 4 else struct.unpack("!Q", buf[4:])[0]
-                    buf.clear()
-                    need, header = size, False
-                    continue
-                chunk = os.read(fd, need - len(buf))  # never past this message
-                if not chunk:
-                    raise EOFError("the decode worker closed its end")
-                buf.extend(chunk)
-        except BlockingIOError:
-            return  # the rest has not arrived yet: called again when it has
-        except (EOFError, OSError) as exc:
-            loop.remove_reader(fd)
-            if not done.done():
-                done.set_exception(exc)
-            return
-        loop.remove_reader(fd)
-        if not done.done():
-            done.set_result(bytes(buf))
 
-    loop.add_reader(fd, readable)
-    try:
-        payload = await done
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            loop.remove_reader(fd)
-    return ForkingPickler.loads(payload)
+async def _read(loop: asyncio.AbstractEventLoop, sock: socket.socket, view: memoryview) -> memoryview:
+    got = 0
+    while got < len(view):
+        n = await loop.sock_recv_into(sock, view[got:])
+        if n == 0:
+            raise EOFError("the decode worker closed its end")
+        got += n
+    return view
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -348,9 +485,20 @@ def _consume(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
-def _exit_code(process: BaseProcess) -> int | None:
-    process.join(5)
-    return process.exitcode
+def _wait(process: subprocess.Popen[bytes], seconds: float) -> int | None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(seconds)
+    return process.returncode
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # "T": stopped by a signal (SIGSTOP); not "t", a tracer's brief stop (py-spy sampling)
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"T"
 
 
 def _describe(code: int | None) -> str:

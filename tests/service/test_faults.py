@@ -1,4 +1,4 @@
-"""Faults injected in-process (the app, its lifespan and dependency overrides): a broken decode pool,
+"""Faults injected in-process (the app, its lifespan and dependency overrides): a decode pool that lost its worker,
 a failing ONNX Runtime call, an unknown HTTP method, the operator routes."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.errors import Overloaded
 from service.log_config import RequestIdFilter
 from service.main import create_app
 from service.routes import get_decoder
@@ -43,22 +43,22 @@ def files(row: dict[str, str], *modalities: str) -> dict[str, tuple[str, bytes]]
     return {m: (Path(row[m]).name, Path(row[m]).read_bytes()) for m in modalities}
 
 
-class BrokenPool:
+class LostWorkerPool:
     ready = True
 
-    async def run(self, *_: Any) -> Any:
-        raise BrokenProcessPool("a child process terminated abruptly")
+    async def run_timed(self, *_: Any) -> Any:
+        raise Overloaded("the decode worker was killed (out of memory, or by an operator); retry")
 
 
-def test_a_pool_that_raises_broken_process_pool_answers_503(client: TestClient, clean_train_row: dict[str, str]) -> None:
+def test_a_pool_that_lost_its_worker_answers_503_with_the_request_id(client: TestClient, clean_train_row: dict[str, str]) -> None:
     app: Any = client.app
-    app.dependency_overrides[get_decoder] = BrokenPool
+    app.dependency_overrides[get_decoder] = LostWorkerPool
     try:
         r = client.post("/v1/predict", files=files(clean_train_row, "audio"), headers={"X-Request-ID": "broken-pool"})
     finally:
         app.dependency_overrides.clear()
     assert r.status_code == 503, r.text
-    assert r.json()["error"]["code"] == "not_ready"
+    assert r.json()["error"]["code"] == "overloaded"
     assert r.headers["retry-after"]
     assert r.headers["x-request-id"] == "broken-pool"
     assert client.post("/v1/predict", files=files(clean_train_row, "audio")).status_code == 200

@@ -192,7 +192,7 @@ def test_a_burst_is_answered_with_503_not_413(tiny_repo: Path, tmp_path: Path, c
 
 def decode_workers(srv: Server) -> list[psutil.Process]:
     children = psutil.Process(srv.proc.pid).children()
-    return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+    return [c for c in children if "service.decoding" in c.cmdline()]
 
 
 def test_a_worker_killed_under_load_is_replaced_and_requests_keep_succeeding(

@@ -1,10 +1,16 @@
-"""The supervised decode pool, on real worker processes: it heals, kills overruns, caps memory, refuses overload."""
+"""The supervised decode pool, on real worker processes: it heals, kills overruns, caps memory, refuses overload.
+
+Jobs return numeric arrays: a worker's reply is parsed as data, never unpickled (service/wire.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,27 +21,35 @@ import pytest
 from common.media import DecodeError, MediaLimitError
 from service.errors import Overloaded
 from service.metrics import Metrics
-from service.workers import DecodeBugError, DecodePool
+from service.workers import WORKER_ENV, DecodeBugError, DecodePool
 
 MiB = 2**20
 
 
-# Jobs: module-level, so that a spawned worker can import them by name.
-def square(x: int) -> int:
-    return x * x
+# Jobs: module-level, so that a worker can import them by name.
+def square(x: int) -> np.ndarray:
+    return np.asarray(x * x)
 
 
-def pid() -> int:
-    return os.getpid()
+def pid() -> np.ndarray:
+    return np.asarray(os.getpid())
 
 
-def sleep(seconds: float) -> float:
+def sleep(seconds: float) -> np.ndarray:
     time.sleep(seconds)
-    return seconds
+    return np.asarray(seconds)
 
 
-def allocate(n_bytes: int) -> int:
-    return int(np.ones(n_bytes, np.uint8).sum())
+def spin(seconds: float) -> np.ndarray:
+    """Busy for `seconds` of CPU: a costly input, as opposed to a hung worker."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return np.asarray(seconds)
+
+
+def allocate(n_bytes: int) -> np.ndarray:
+    return np.asarray(int(np.ones(n_bytes, np.uint8).sum()))
 
 
 def crash() -> None:
@@ -44,6 +58,19 @@ def crash() -> None:
 
 def buggy() -> None:
     raise KeyError("a bug")
+
+
+def environment() -> np.ndarray:
+    """The worker's environment as its kernel shows it, NUL-separated bytes."""
+    return np.frombuffer(open(f"/proc/{os.getpid()}/environ", "rb").read(), np.uint8)
+
+
+def forge(header: dict[str, Any], payload: bytes) -> np.ndarray:
+    """A subverted worker: writes its own reply on the pool's socket before the real one."""
+    from service import wire
+
+    os.write(int(sys.argv[1]), wire.encode(header, len(payload)) + payload)
+    return np.asarray(0)
 
 
 def restarts(metrics: Metrics, reason: str) -> float:
@@ -71,6 +98,10 @@ def with_pool(test: Callable[[DecodePool, Metrics], Awaitable[None]], **kw: Any)
     asyncio.run(main())
 
 
+def busy(pool: DecodePool) -> int:
+    return sum(w.busy for w in pool.live)
+
+
 async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -84,7 +115,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_its_request_gets_a_503() -> Non
         assert await pool.run(square, 7) == 49
         (first,) = pool.pids()
         job = asyncio.ensure_future(pool.run(sleep, 20.0))
-        await asyncio.sleep(0.3)  # the job is running in the worker
+        await until(lambda: busy(pool) == 1)  # the job is running in the worker
         os.kill(first, signal.SIGKILL)  # as the OOM killer would
         with pytest.raises(Overloaded, match="killed"):
             await job
@@ -110,7 +141,7 @@ def test_an_overrunning_job_has_its_worker_killed() -> None:
     async def test(pool: DecodePool, metrics: Metrics) -> None:
         (first,) = pool.pids()
         with pytest.raises(MediaLimitError, match="longer than 1 s"):
-            await pool.run(sleep, 30.0)
+            await pool.run(spin, 30.0)
         assert restarts(metrics, "timeout") == 1
         await until(lambda: bool(pool.pids()))
         await until(lambda: not os.path.exists(f"/proc/{first}"))  # the overrunning worker is gone, not left decoding
@@ -145,9 +176,9 @@ def test_memory_past_the_ceiling_is_a_limit_error_not_an_oom_kill() -> None:
 def test_admission_refuses_a_full_line_and_a_long_wait_with_503() -> None:
     async def test(pool: DecodePool, metrics: Metrics) -> None:
         running = asyncio.ensure_future(pool.run(sleep, 2.0))
-        await asyncio.sleep(0.2)
+        await until(lambda: busy(pool) == 1)
         waiting = asyncio.ensure_future(pool.run(square, 2))
-        await asyncio.sleep(0.05)
+        await until(lambda: len(pool.waiters) == 1)
         with pytest.raises(Overloaded, match="already waiting"):
             await pool.run(square, 3)
         with pytest.raises(Overloaded, match=r"no decode worker was free within 0\.5 s"):
@@ -165,9 +196,9 @@ def test_admission_refuses_a_full_line_and_a_long_wait_with_503() -> None:
 def test_a_caller_that_gives_up_frees_its_place_and_its_worker() -> None:
     async def test(pool: DecodePool, metrics: Metrics) -> None:
         running = asyncio.ensure_future(pool.run(sleep, 0.5))
-        await asyncio.sleep(0.1)
+        await until(lambda: busy(pool) == 1)
         queued = asyncio.ensure_future(pool.run(square, 2))
-        await asyncio.sleep(0.05)
+        await until(lambda: len(pool.waiters) == 1)
         queued.cancel()
         running.cancel()  # the job itself finishes within its deadline and frees the worker
         await asyncio.sleep(0)
@@ -178,7 +209,7 @@ def test_a_caller_that_gives_up_frees_its_place_and_its_worker() -> None:
     with_pool(test)
 
 
-def test_not_ready_only_while_no_worker_can_be_started(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_not_ready_while_fewer_workers_than_configured_run(monkeypatch: pytest.MonkeyPatch) -> None:
     async def test(pool: DecodePool, metrics: Metrics) -> None:
         spawn = pool._spawn
 
@@ -186,14 +217,149 @@ def test_not_ready_only_while_no_worker_can_be_started(monkeypatch: pytest.Monke
             raise OSError("cannot fork")
 
         monkeypatch.setattr(pool, "_spawn", failing)
-        (first,) = pool.pids()
+        first, _ = pool.pids()
         os.kill(first, signal.SIGKILL)
-        await until(lambda: not pool.ready)  # no worker, and starting one fails
+        await until(lambda: len(pool.live) == 1)
+        assert not pool.ready  # one of two runs, and starting the other fails
+        assert await pool.run(square, 8) == 64  # the one left still serves
+        assert metrics.registry.get_sample_value("mla_decode_workers_idle") == 1.0
         monkeypatch.setattr(pool, "_spawn", spawn)
         await until(lambda: pool.ready, 90)  # the retry loop starts one once it can
-        assert await pool.run(square, 8) == 64
+        assert metrics.registry.get_sample_value("mla_decode_workers_idle") == 2.0
+
+    with_pool(test, size=2)
+
+
+def test_a_worker_handed_over_in_the_iteration_its_wait_times_out_serves_that_request() -> None:
+    """The race that lost a worker for good: a worker is released to a waiting request in the same
+    event-loop iteration in which that request's wait runs out. Forced here: a callback blocks the
+    loop past both the release and the deadline, so both timers fire in one iteration, release first."""
+
+    async def test(pool: DecodePool, metrics: Metrics) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(50):
+            worker = await pool._acquire()  # the one worker, held as a running job would hold it
+            waiter = asyncio.ensure_future(pool.run(square, 3))
+            await until(lambda: len(pool.waiters) == 1)
+            now = loop.time()
+            loop.call_at(now + 0.005, time.sleep, pool.wait_seconds + 0.01)  # the loop stalls past the deadline
+            loop.call_at(now + 0.01, pool._release, worker)  # due before the deadline, run in the same iteration
+            assert await waiter == 9  # served on the worker handed over, not refused
+            assert len(pool.idle) == 1
+            assert not pool.waiters
+        assert metrics.registry.get_sample_value("mla_decode_refused_total", {"reason": "wait_timeout"}) is None
+
+    with_pool(test, wait_seconds=0.05)
+
+
+def test_overload_at_the_wait_deadline_never_loses_a_worker() -> None:
+    """Hundreds of jobs that end around the moment the next one's wait runs out, as under sustained
+    overload: whatever each request gets, every worker is idle and serving afterwards."""
+
+    async def test(pool: DecodePool, metrics: Metrics) -> None:
+        outcomes: dict[str, int] = {}
+        for i in range(300):
+            offset = (i % 30 - 15) * 0.0004  # the job's end swept across the deadline, +-6 ms
+            running = asyncio.ensure_future(pool.run(sleep, pool.wait_seconds + offset))
+            await until(lambda: busy(pool) == 1)
+            waiting = asyncio.ensure_future(pool.run(square, 2))
+            for job in (running, waiting):
+                try:
+                    await job
+                    outcomes["ok"] = outcomes.get("ok", 0) + 1
+                except Overloaded:
+                    outcomes["503"] = outcomes.get("503", 0) + 1
+            await until(lambda: len(pool.idle) == 2 and busy(pool) == 0)
+        assert pool.ready
+        assert len(pool.idle) == 2
+        assert await asyncio.gather(*(pool.run(square, k) for k in range(4))) == [0, 1, 4, 9]
+        assert outcomes["ok"] >= 300  # every running job, and the waiters that got a worker in time
+
+    with_pool(test, size=2, wait_seconds=0.03, max_waiting=8)
+
+
+def test_workers_hold_none_of_the_servers_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLA_API_KEY", "api-secret-4f1c")
+    monkeypatch.setenv("MLA_ADMIN_KEY", "admin-secret-9b2e")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "cloud-secret-77aa")
+
+    async def test(pool: DecodePool, metrics: Metrics) -> None:
+        seen_inside = bytes(await pool.run(environment))
+        (worker,) = pool.pids()
+        with open(f"/proc/{worker}/environ", "rb") as f:
+            seen_outside = f.read()  # what anyone who can read the process sees
+        for env in (seen_inside, seen_outside):
+            names = {entry.split(b"=", 1)[0].decode() for entry in env.split(b"\0") if entry}
+            assert names <= set(WORKER_ENV) | {"PYTHONPATH"}, names
+            assert b"secret" not in env
+        # The control: a process started the ordinary way (as multiprocessing did) inherits the key.
+        inherited = subprocess.run([sys.executable, "-c", "import os; print(os.environ['MLA_API_KEY'])"], capture_output=True)
+        assert inherited.stdout.strip() == b"api-secret-4f1c"
 
     with_pool(test)
+
+
+def test_a_forged_reply_retires_its_worker_and_is_never_unpickled(tmp_path: Any) -> None:
+    marker = tmp_path / "unpickled"
+    bomb = pickle.dumps(Bomb(str(marker)))
+    assert not marker.exists()
+
+    async def test(pool: DecodePool, metrics: Metrics) -> None:
+        forgeries = [
+            ({"status": "ok", "dtype": "|O", "shape": [1]}, b"\0" * 8),  # an object array: pickles inside
+            ({"status": "ok", "dtype": "<f4", "shape": [4]}, b"\0" * 3),  # fewer bytes than the shape says
+            ({"status": "media", "kind": "Bomb", "message": "x"}, b""),  # not one of the media errors
+            ({"status": "pickled"}, bomb),  # a pickle after a header: read as data, refused
+            ({"status": "ok", "dtype": "<f8", "shape": [2**40]}, b""),  # past what a worker may send
+        ]
+        for n, (header, payload) in enumerate(forgeries, 1):
+            with pytest.raises(DecodeError, match="out of protocol"):
+                await pool.run(forge, header, payload)
+            assert restarts(metrics, "protocol") == n
+            await until(lambda: pool.ready)
+        assert await pool.run(square, 6) == 36
+        assert not marker.exists()
+
+    with_pool(test)
+
+
+class Bomb:
+    """Unpickling this creates a file: it must never happen in the server."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def test_a_hung_worker_is_replaced_and_its_request_gets_a_503_not_a_413() -> None:
+    async def test(pool: DecodePool, metrics: Metrics) -> None:
+        assert await pool.run(spin, 2.5) == 2.5  # busy past the hang window, but working: not hung
+        (first,) = pool.pids()
+        job = asyncio.ensure_future(pool.run(spin, 60.0))
+        await until(lambda: busy(pool) == 1)
+        os.kill(first, signal.SIGSTOP)  # stopped mid-job: it will never answer nor use CPU
+        with pytest.raises(Overloaded, match="hung"):
+            await job
+        assert restarts(metrics, "hung") == 1
+        assert restarts(metrics, "timeout") == 0
+        await until(lambda: not os.path.exists(f"/proc/{first}"))  # killed and reaped, not left stopped
+        assert await pool.run(square, 5) == 25
+
+    with_pool(test, hang_seconds=1.0)
+
+
+def test_an_idle_worker_that_is_stopped_is_replaced() -> None:
+    async def test(pool: DecodePool, metrics: Metrics) -> None:
+        (first,) = pool.pids()
+        os.kill(first, signal.SIGSTOP)
+        await until(lambda: restarts(metrics, "hung") == 1)
+        await until(lambda: pool.ready)
+        assert pool.pids() != [first]
+        assert await pool.run(square, 4) == 16
+
+    with_pool(test, hang_seconds=1.0)
 
 
 def pattern(n_bytes: int, seed: int) -> np.ndarray:
