@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the service's closure only (no torch): what `make serve` needs
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak clean
+.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak bench-edge clean
 
 # Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -144,6 +144,11 @@ fuzz: venv $(DEFAULT_MODEL)
 soak: venv $(DEFAULT_MODEL)
 	$(BIN)/python -m benchmarks.soak
 	$(BIN)/python -m benchmarks.readme
+
+# The HTTP edge attacked: 300 MiB of headers on one connection (431 early, RSS flat, a /healthz
+# client's p99 beside it) and 4000 slowloris connections beside real /v1/predict traffic (~2.5 min).
+bench-edge: venv $(DEFAULT_MODEL)
+	$(BIN)/python -m benchmarks.edge
 
 # MLA vs joint vs the unimodal ensemble on real spoken + handwritten digits (about 45 minutes on 2 cores).
 bench-accuracy: venv
