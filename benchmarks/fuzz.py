@@ -4,7 +4,8 @@
 
 Fails (exit 1) on any answer >= 500 other than 503, any request that hangs past the
 server's request timeout, any file left in the upload folder, or a process-tree RSS above
-the stated bound. The bound follows from the settings: the server's own RSS once ready plus
+the stated bound, or an upload folder above its spool budget (MLA_MAX_SPOOL_BYTES; sampled every
+50 ms). The RSS bound follows from the settings: the server's own RSS once ready plus
 `--main-growth-mb`, plus per decode worker its RSS once ready plus the address space it may
 add (MLA_DECODE_MEMORY_MB, enforced with RLIMIT_AS). Answers >= 500 are saved under --out
 with the request that caused them, to become regression tests.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -44,7 +46,19 @@ SERVER_ENV = {
     "MLA_DECODE_MEMORY_MB": str(DECODE_MEMORY_MB),
     "MLA_REQUEST_TIMEOUT_SECONDS": str(REQUEST_TIMEOUT),
     "MLA_DECODE_TIMEOUT_SECONDS": "10",
+    # Files past 256 KiB go to disk, within a budget of 8 MiB: both paths, and the budget, under fire.
+    "MLA_MEMORY_UPLOAD_BYTES": str(256 * 2**10),
+    "MLA_MAX_SPOOL_BYTES": str(8 * 2**20),
 }
+
+
+def folder_bytes(root: Path) -> int:
+    """Bytes the files under `root` take on disk now."""
+    total = 0
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):
+            total += path.lstat().st_blocks * 512 if path.is_file() else 0
+    return total
 
 
 async def _send(client: httpx.AsyncClient, url: str, req: Request) -> int:
@@ -174,19 +188,23 @@ def run(
         seeds = build_seeds(work / "seeds")
         bad = hostile_seeds(work)
         srv = live.start(model, work / "server", **SERVER_ENV)
-        peak = 0
+        peak = peak_uploads = 0
         sampling = True
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, peak_uploads
+            ticks = 0
             while sampling:
-                peak = max(peak, srv.tree_rss())
-                time.sleep(0.25)
+                if ticks % 5 == 0:
+                    peak = max(peak, srv.tree_rss())
+                peak_uploads = max(peak_uploads, folder_bytes(srv.uploads))
+                ticks += 1
+                time.sleep(0.05)
 
         main_rss = live.psutil.Process(srv.proc.pid).memory_info().rss
         workers = srv.decode_workers()
         bound = main_rss + main_growth_mb * 2**20 + sum(w.memory_info().rss + DECODE_MEMORY_MB * 2**20 for w in workers)
-        bound += 64 * 2**20  # the resource tracker and a replacement worker starting while the old one exits
+        bound += 64 * 2**20  # a replacement worker starting while the old one exits
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
@@ -209,6 +227,8 @@ def run(
             "upload_leftovers": left,
             "peak_tree_rss_mb": round(peak / 2**20, 1),
             "rss_bound_mb": round(bound / 2**20, 1),
+            "peak_upload_folder_mb": round(peak_uploads / 2**20, 2),
+            "upload_bound_mb": round(int(SERVER_ENV["MLA_MAX_SPOOL_BYTES"]) / 2**20, 2),
         }
         problems = []
         if report["failures"]:
@@ -219,6 +239,8 @@ def run(
             problems.append(f"{len(left)} files left in the upload folder")
         if peak > bound:
             problems.append(f"process-tree RSS peaked at {peak / 2**20:.0f} MB, above the bound of {bound / 2**20:.0f} MB")
+        if peak_uploads > int(SERVER_ENV["MLA_MAX_SPOOL_BYTES"]):
+            problems.append(f"the upload folder peaked at {peak_uploads / 2**20:.1f} MB, above its budget")
         if not alive:
             problems.append("the server was not alive and ready afterwards")
         report["problems"] = problems
@@ -235,7 +257,17 @@ def markdown(r: dict[str, Any]) -> str:
             f"# Fuzz: {r['requests']} requests at concurrency {r['concurrency']}, seed {r['seed']} ({r['seconds']:.0f} s)",
             "",
             markdown_table(
-                ["answers", *r["statuses"], ">= 500 but 503", "hangs / dropped", "files left", "peak RSS MB", "RSS bound MB"],
+                [
+                    "answers",
+                    *r["statuses"],
+                    ">= 500 but 503",
+                    "hangs / dropped",
+                    "files left",
+                    "peak RSS MB",
+                    "RSS bound MB",
+                    "peak upload folder MB",
+                    "its bound MB",
+                ],
                 [
                     [
                         "count",
@@ -245,6 +277,8 @@ def markdown(r: dict[str, Any]) -> str:
                         len(r["upload_leftovers"]),
                         r["peak_tree_rss_mb"],
                         r["rss_bound_mb"],
+                        r["peak_upload_folder_mb"],
+                        r["upload_bound_mb"],
                     ]
                 ],
             ),

@@ -46,13 +46,14 @@ class Live:
 
     def decode_workers(self) -> list[psutil.Process]:
         children = psutil.Process(self.proc.pid).children()
-        return [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        return [c for c in children if "service.decoding" in c.cmdline()]
 
     def leftovers(self, settle: float = 5.0) -> list[str]:
-        """Files still in the upload folder after `settle` seconds: each one a leak."""
+        """What is still in the upload folder after `settle` seconds, beside the server's own folder
+        and its lock (service/uploads.py's Storage): each one a leak."""
         deadline = time.monotonic() + settle
         while True:
-            left = [str(p.relative_to(self.uploads)) for p in self.uploads.rglob("*")] if self.uploads.exists() else []
+            left = [str(p.relative_to(self.uploads)) for p in self.uploads.rglob("*") if not _own(p, self.uploads)]
             if not left or time.monotonic() > deadline:
                 return left
             time.sleep(0.1)
@@ -65,10 +66,16 @@ class Live:
         return 0.0
 
 
+def _own(path: Path, uploads: Path) -> bool:
+    """The server's folder (uploads/server-<pid>-<random>) and the lock inside it."""
+    rel = path.relative_to(uploads).parts
+    return rel[0].startswith("server-") and (len(rel) == 1 or rel[1:] == (".lock",))
+
+
 def start(model: Path, workdir: Path, **env: str) -> Live:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    uploads = workdir / "uploads"
+    uploads = Path(env.get("MLA_TMP_DIR", workdir / "uploads"))
     log = workdir / "server.log"
     environ = {**os.environ, "MLA_TMP_DIR": str(uploads), "MLA_PROVIDERS": "cpu", "MLA_LOG_LEVEL": "WARNING", **env}
     with log.open("wb") as out:

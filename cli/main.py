@@ -321,6 +321,7 @@ def serve(
     import uvicorn
 
     from common.manifest import ManifestError, load_manifest
+    from service import http_edge
     from service.main import create_app
     from service.model import ModelLoadError, resolve_version_dir
     from service.settings import Settings
@@ -330,9 +331,15 @@ def serve(
         load_manifest(resolve_version_dir(settings.model_dir, settings.model_version))  # a clear error now, not a traceback later
     except (ModelLoadError, ManifestError, OSError) as exc:
         _fail(f"cannot serve {settings.model_dir}: {exc}")
+    servers: list[uvicorn.Server] = []
+
+    def stop() -> None:  # the warm-up failed: stop serving, exit non-zero below
+        for server in servers:
+            server.should_exit = True
+
     try:
-        app_ = create_app(settings)
-        uvicorn.run(
+        app_ = create_app(settings, on_fatal=stop)
+        config = uvicorn.Config(
             app_,
             host=host,
             port=port,
@@ -340,9 +347,16 @@ def serve(
             timeout_graceful_shutdown=int(settings.request_timeout_seconds) + 5,
             server_header=False,
             access_log=False,
+            **http_edge.uvicorn_options(settings),  # header limits, a header deadline, a connection cap
         )
+        servers.append(uvicorn.Server(config))
+        servers[0].run()
     except ModelLoadError as exc:
         _fail(str(exc))
+    if app_.state.failed is not None:
+        _fail(f"start-up failed: {app_.state.failed}")
+    if not servers[0].started:
+        sys.exit(3)  # uvicorn's own exit code for a start-up that failed (the model did not load, say)
 
 
 @app.command()

@@ -53,6 +53,11 @@ class TooLarge(ServiceError):  # noqa: N818
     headers: ClassVar[dict[str, str] | None] = {"Connection": "close"}
 
 
+class RequestTimeout(ServiceError):  # noqa: N818
+    status, code = 408, "request_timeout"
+    headers: ClassVar[dict[str, str] | None] = {"Connection": "close"}
+
+
 class UnsupportedMedia(ServiceError):  # noqa: N818
     status, code = 415, "unsupported_media"
 
@@ -66,9 +71,22 @@ class NotReady(ServiceError):  # noqa: N818
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
 
 
+class Failed(ServiceError):  # noqa: N818
+    """Start-up failed for good (the model's warm-up, say): a liveness probe restarts the replica."""
+
+    status, code = 503, "failed"
+
+
 class Overloaded(ServiceError):  # noqa: N818
     status, code = 503, "overloaded"
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
+class StorageUnavailable(ServiceError):  # noqa: N818
+    """The upload folder cannot take a file (full, out of inodes, unwritable): the server's fault, not the client's."""
+
+    status, code = 503, "storage_unavailable"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}
 
 
 def from_media_error(exc: MediaError, field: str) -> ServiceError:

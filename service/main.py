@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
+from service.admission import Admission
 from service.errors import install_handlers
 from service.log_config import configure_logging
 from service.metrics import Metrics
@@ -19,33 +20,43 @@ from service.model import ServedModel
 from service.page import install_page
 from service.routes import router
 from service.settings import Settings, get_settings
+from service.uploads import Storage
 
 log = logging.getLogger(__name__)
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("warm-up failed; the service stays not ready", exc_info=task.exception())
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, on_fatal: Callable[[], None] | None = None) -> FastAPI:
+    """The app. A model that loads but fails its warm-up leaves the replica failed: /healthz answers
+    503 (a liveness probe restarts it) and `on_fatal` is called (`mla serve` stops, exit code 1)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
     metrics = Metrics()
+    storage = Storage(settings.tmp_dir, settings.max_spool_bytes, settings.min_free_disk_bytes)
+    metrics.spooled.set_function(lambda: float(storage.spooled))
+
+    def warmed(task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        app.state.failed = f"{type(task.exception()).__name__}: {task.exception()}"
+        log.error("warm-up failed; the service cannot serve this model", exc_info=task.exception())
+        if on_fatal is not None:
+            on_fatal()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        model = ServedModel(settings, metrics)
+        await asyncio.to_thread(storage.open)  # cleans what servers that died left in MLA_TMP_DIR
+        model = ServedModel(settings, metrics, storage)
         await asyncio.to_thread(model.load)  # fails fast on a bad repository
         app.state.model = model
         warm = asyncio.create_task(model.start())  # answers /healthz at once, /readyz once warm
-        warm.add_done_callback(_log_failure)
+        warm.add_done_callback(warmed)
         try:
             yield
         finally:
             if not warm.done():
                 warm.cancel()
             await model.close()
+            storage.close()
             log.info("stopped")
 
     # /docs and /redoc load Swagger UI and ReDoc from the app itself, not a CDN: they work offline.
@@ -57,6 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.storage = storage
+    app.state.admission = Admission(settings, metrics)
+    app.state.failed = None
     app.include_router(router)
     install_page(app)
     install_handlers(app)

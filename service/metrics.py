@@ -57,14 +57,26 @@ class Metrics:
         )
         self.worker_restarts = Counter(
             "mla_decode_worker_restarts_total",
-            "Decode workers replaced, by reason (died, timeout, memory)",
+            "Decode workers replaced, by reason (died, timeout, memory, hung, protocol)",
             ["reason"],
             registry=r,
         )
         self.decode_workers = Gauge("mla_decode_workers", "Decode workers running", registry=r)
+        self.decode_idle = Gauge("mla_decode_workers_idle", "Decode workers running and free for a job", registry=r)
         self.decode_waiting = Gauge("mla_decode_waiting", "Decodes waiting for a free worker", registry=r)
         self.decode_refused = Counter(
             "mla_decode_refused_total", "Decodes refused for overload (line_full, wait_timeout)", ["reason"], registry=r
+        )
+        self.predictions_in_flight = Gauge(
+            "mla_predictions_in_flight",
+            "Predictions admitted and not yet answered (MLA_MAX_REQUESTS_IN_FLIGHT bounds it)",
+            registry=r,
+        )
+        self.admission_refused = Counter(
+            "mla_admission_refused_total", "Predictions refused before their body was read: too many in flight", registry=r
+        )
+        self.spooled = Gauge(
+            "mla_upload_spool_bytes", "Bytes of uploads reserved on disk (MLA_MAX_SPOOL_BYTES bounds it)", registry=r
         )
         self.rejected = Counter("mla_rejected_total", "Requests refused, by error code", ["code"], registry=r)
         self.ready = Gauge("mla_ready", "1 when the model is loaded and warmed up", registry=r)

@@ -11,7 +11,6 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,11 @@ from common.fusion import FusionParams, entropy, subset_name
 from common.manifest import AudioEntry, Manifest, VideoEntry, check_hashes, load_manifest
 from common.media import AudioSpec, Limits, MediaError, VideoSpec
 from service.batching import MicroBatcher
-from service.decoding import decode_audio_file, decode_video_file
-from service.errors import InvalidMedia, InvalidRequest, NotReady, from_media_error
+from service.decoding import Source, decode_audio_file, decode_video_file
+from service.errors import InvalidMedia, InvalidRequest, from_media_error
 from service.metrics import Metrics
 from service.settings import Settings, usable_cpus
+from service.uploads import Storage
 from service.workers import DecodePool
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,8 @@ def _ms(seconds: dict[int, float]) -> dict[int, float]:
 
 
 class ServedModel:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings, self.metrics = settings, metrics
+    def __init__(self, settings: Settings, metrics: Metrics, storage: Storage | None = None) -> None:
+        self.settings, self.metrics, self.storage = settings, metrics, storage
         self.dir = resolve_version_dir(settings.model_dir, settings.model_version)
         self.manifest: Manifest | None = None
         self.fusion_params = FusionParams()  # the manifest's, once loaded
@@ -123,7 +123,20 @@ class ServedModel:
 
     @property
     def ready(self) -> bool:
-        return self.warm and not self.draining and self.decoder is not None and self.decoder.ready
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why this replica should get no traffic now; None when it should."""
+        if self.draining:
+            return "draining: taken out of rotation"
+        if not self.warm:
+            return "the model is still loading; retry shortly"
+        if self.decoder is None or not self.decoder.ready:
+            live = 0 if self.decoder is None else len(self.decoder.live)
+            return f"{live} of {self.settings.decode_workers} decode workers are running; retry shortly"
+        if self.storage is not None:
+            return self.storage.problem()
+        return None
 
     def set_draining(self, draining: bool) -> None:
         self.draining = draining
@@ -157,6 +170,7 @@ class ServedModel:
             s.decode_timeout_seconds,
             s.decode_memory_mb * 2**20,
             self.metrics,
+            hang_seconds=s.decode_hang_seconds,
         )
         log.info(
             "loaded %s v%s from %s: %s",
@@ -208,19 +222,21 @@ class ServedModel:
             max_seconds=s.max_video_seconds, max_pixels=s.max_video_pixels, max_frames=s.max_video_frames, min_frames=2, **sane
         )
 
-    async def preprocess(self, files: dict[str, Path], decoder: DecodePool) -> dict[str, np.ndarray]:
+    async def preprocess(self, files: dict[str, Source], decoder: DecodePool) -> dict[str, np.ndarray]:
         """Decode each (modality -> file) in the worker pool, all at once, each within the limits.
 
         The first failure answers the request; the other jobs are abandoned (one still waiting
         for a worker leaves the line, one running finishes within its deadline and frees its worker).
         """
         jobs: dict[str, asyncio.Task[tuple[np.ndarray, float]]] = {}
-        for m, path in files.items():
+        for m, source in files.items():
             entry = self.runtimes[m].entry
             if isinstance(entry, AudioEntry):
-                run = decoder.run(decode_audio_file, path, AudioSpec(entry.sample_rate, entry.clip_samples), self.limits(m))
+                spec: AudioSpec | VideoSpec = AudioSpec(entry.sample_rate, entry.clip_samples)
+                run = decoder.run_timed(decode_audio_file, source, spec, self.limits(m))
             else:
-                run = decoder.run(decode_video_file, path, VideoSpec(entry.frames, entry.height, entry.width), self.limits(m))
+                spec = VideoSpec(entry.frames, entry.height, entry.width)
+                run = decoder.run_timed(decode_video_file, source, spec, self.limits(m))
             jobs[m] = asyncio.ensure_future(run)
         out: dict[str, np.ndarray] = {}
         try:
@@ -229,8 +245,6 @@ class ServedModel:
                     array, seconds = await job
                 except MediaError as exc:
                     raise from_media_error(exc, m) from None
-                except BrokenProcessPool as exc:  # a pool that cannot run jobs now: the replica is not ready
-                    raise NotReady(f"{m}: the decode pool is restarting ({exc}); retry shortly") from None
                 self.metrics.decode.labels(m).observe(seconds)
                 out[m] = array
         finally:

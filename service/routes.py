@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -13,7 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import to_json
 
 from service import uploads
-from service.errors import Forbidden, InvalidMedia, InvalidRequest, NotFound, NotReady, Overloaded, Unauthorized
+from service.admission import Admission
+from service.errors import Failed, Forbidden, InvalidMedia, InvalidRequest, NotFound, NotReady, Overloaded, Unauthorized
 from service.model import ServedModel
 from service.schemas import ERROR_RESPONSES, METRICS_RESPONSE, PREDICT_BODY, PredictResponse
 from service.settings import Settings
@@ -47,7 +46,16 @@ DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
 
 
 async def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """With MLA_API_KEY set, every route that uses this needs the key, but those in MLA_PUBLIC_ROUTES.
+
+    Never behind the key: the probes (/healthz, /readyz, /v2/health/*: an orchestrator has no key,
+    and they say nothing about the model), the page and the API docs (static). /metrics is public
+    by default (a Prometheus scrape carries no credentials; it holds counts, no request content).
+    """
     if settings.api_key is None:
+        return
+    route = request.scope.get("route")
+    if getattr(route, "path", None) in settings.public_routes:
         return
     given = request.headers.get("x-api-key") or ""
     auth = request.headers.get("authorization", "")
@@ -75,11 +83,7 @@ async def warm_model(model: ModelDep) -> ServedModel:
 
 async def ready_model(model: ModelDep) -> ServedModel:
     if not model.ready:
-        if model.draining:
-            raise NotReady("draining: taken out of rotation")
-        if model.warm:
-            raise NotReady("no decode worker can be started")
-        raise NotReady("the model is still loading; retry shortly")
+        raise NotReady(model.not_ready_reason() or "not ready")
     return model
 
 
@@ -109,11 +113,13 @@ def _min_confidence(value: str | None) -> float | None:
     summary="Predict from an audio file, a video file, or both, fused per sample by uncertainty",
 )
 async def predict(request: Request, model: WarmModel, decoder: DecoderDep, settings: SettingsDep) -> Response:
-    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix="req-", dir=settings.tmp_dir))
+    admission: Admission = request.app.state.admission
+    storage: uploads.Storage = request.app.state.storage
+    admission.enter()  # before a byte of the body is read: 503 when too many are in flight
+    upload = uploads.Upload()
     try:
+        await uploads.receive(request, storage, admission.bounds, upload)
         async with asyncio.timeout(settings.request_timeout_seconds):
-            upload = await uploads.receive(request, folder, settings.max_upload_bytes)
             files = dict(upload.files)
             for field, size in upload.sizes.items():
                 if size == 0:
@@ -140,7 +146,8 @@ async def predict(request: Request, model: WarmModel, decoder: DecoderDep, setti
     except TimeoutError:
         raise Overloaded(f"the request took longer than {settings.request_timeout_seconds:g} s") from None
     finally:
-        uploads.remove(folder)
+        uploads.release(upload, storage)
+        admission.leave()
 
 
 @router.get("/v1/models", dependencies=[Depends(require_api_key)], summary="The served model: labels, inputs, limits, providers")
@@ -166,8 +173,11 @@ async def models(model: ModelDep, settings: SettingsDep) -> dict[str, Any]:
     }
 
 
-@router.get("/healthz", summary="Alive")
-async def healthz() -> dict[str, str]:
+@router.get("/healthz", summary="Alive: the event loop answers, start-up has not failed", responses={503: ERROR_RESPONSES[503]})
+async def healthz(request: Request) -> dict[str, str]:
+    failed: str | None = request.app.state.failed
+    if failed is not None:
+        raise Failed(f"start-up failed: {failed}")
     return {"status": "alive"}
 
 
@@ -176,8 +186,9 @@ async def readyz(model: ReadyModel) -> dict[str, str]:
     return {"status": "ready"}
 
 
-@router.get("/v2/health/live", summary="Open Inference Protocol: live")
-async def v2_live() -> dict[str, bool]:
+@router.get("/v2/health/live", summary="Open Inference Protocol: live", responses={503: ERROR_RESPONSES[503]})
+async def v2_live(request: Request) -> dict[str, bool]:
+    await healthz(request)
     return {"live": True}
 
 
@@ -186,7 +197,12 @@ async def v2_ready(model: ReadyModel) -> dict[str, bool]:
     return {"ready": True}
 
 
-@router.get("/v2/models/{name}", summary="Open Inference Protocol: model metadata", responses={404: ERROR_RESPONSES[404]})
+@router.get(
+    "/v2/models/{name}",
+    dependencies=[Depends(require_api_key)],
+    summary="Open Inference Protocol: model metadata",
+    responses={404: ERROR_RESPONSES[404]},
+)
 async def v2_model(name: str, model: ModelDep) -> dict[str, Any]:
     manifest = model.manifest
     if manifest is None or name != manifest.name:
@@ -227,6 +243,12 @@ async def resume(model: ModelDep) -> dict[str, bool]:
     return {"ready": model.ready}
 
 
-@router.get("/metrics", summary="Prometheus exposition", response_class=Response, responses=METRICS_RESPONSE)
+@router.get(
+    "/metrics",
+    dependencies=[Depends(require_api_key)],
+    summary="Prometheus exposition",
+    response_class=Response,
+    responses=METRICS_RESPONSE,
+)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

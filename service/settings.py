@@ -83,7 +83,36 @@ class Settings(BaseSettings):
         description="a batch between bucket sizes: pad (zero rows up to the next), split (the largest it fills), "
         "auto (pad on CUDA, split on CPU)",
     )
-    request_timeout_seconds: float = Field(30.0, gt=0)
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, description="decoding, inference and fusion of one request, once its body is in; longer: 503"
+    )
+    # admission: refused with 503 + Retry-After before the body is read
+    max_requests_in_flight: int = Field(64, ge=1, description="predictions being received or served at once; more: 503")
+    max_spool_bytes: int = Field(
+        512 * 1024 * 1024, ge=0, description="bytes of uploads on disk (MLA_TMP_DIR) at once, all requests together; more: 503"
+    )
+    memory_upload_bytes: int = Field(
+        1024 * 1024, ge=0, description="a file up to this size stays in memory and never touches MLA_TMP_DIR"
+    )
+    min_free_disk_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="free space MLA_TMP_DIR must keep for the replica to report ready"
+    )
+    # the HTTP edge (mla serve's uvicorn): each a bound a single client cannot pass
+    body_timeout_seconds: float = Field(30.0, gt=0, description="to receive a request's whole body; longer: 408")
+    body_idle_seconds: float = Field(10.0, gt=0, description="longest pause between two pieces of a body; longer: 408")
+    header_timeout_seconds: float = Field(10.0, gt=0, description="to receive a request's headers once it starts; longer: 408")
+    max_header_bytes: int = Field(64 * 1024, ge=1024, description="request line and headers together; more: 431")
+    max_headers: int = Field(100, ge=8, description="header fields in one request; more: 431")
+    max_connections: int = Field(
+        2048, ge=16, description="open connections; past it the one longest waiting for its headers is closed"
+    )
+    decode_hang_seconds: float = Field(
+        5.0, gt=0, description="a busy decode worker that uses no CPU for this long is hung: replaced, its request 503"
+    )
+    public_routes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["/metrics"],
+        description="routes answered without MLA_API_KEY when it is set, besides the probes (comma-separated)",
+    )
     # access and logging
     api_key: SecretStr | None = Field(None, description="when set, /v1 routes need X-API-Key or Authorization: Bearer")
     admin_key: SecretStr | None = Field(None, description="/admin routes need it (X-Admin-Key); unset: /admin is off")
@@ -94,7 +123,7 @@ class Settings(BaseSettings):
         default_factory=lambda: Path(tempfile.gettempdir()) / "mla-serve", description="uploads land here, briefly"
     )
 
-    @field_validator("providers", "cors_origins", mode="before")
+    @field_validator("providers", "cors_origins", "public_routes", mode="before")
     @classmethod
     def _split_commas(cls, v: object) -> object:
         if isinstance(v, str):

@@ -87,10 +87,12 @@ def tiny_repo(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`mla serve` on the tiny model, with a 4 MiB upload limit."""
+    """`mla serve` on the tiny model, with a 4 MiB upload limit; every file goes through the upload
+    folder (no upload kept in memory), so the tests that check it is left empty mean something."""
     from tests.servers import start_server, stop_server
 
-    srv = start_server(tiny_repo, tmp_path_factory.mktemp("server"), MLA_MAX_UPLOAD_BYTES=str(4 * 1024 * 1024))
+    env = {"MLA_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024), "MLA_MEMORY_UPLOAD_BYTES": "0"}
+    srv = start_server(tiny_repo, tmp_path_factory.mktemp("server"), **env)
     yield srv
     stop_server(srv)
 

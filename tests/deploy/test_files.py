@@ -108,7 +108,9 @@ def test_compose_gpu_reservation_and_pinned_images() -> None:
         svc = services[name]
         assert svc["volumes"] == ["./models:/models:ro"]
         assert svc["read_only"] is True
-        assert svc["tmpfs"] == ["/tmp"]  # the one writable place: uploads (MLA_TMP_DIR)
+        # the one writable place: uploads (MLA_TMP_DIR), memory, sized above the spool budget
+        assert svc["tmpfs"] == ["/tmp:size=1g"]
+        assert Settings().max_spool_bytes + 64 * 2**20 <= 2**30
         assert svc["cap_drop"] == ["ALL"]
         assert "no-new-privileges:true" in svc["security_opt"]
     assert services["api"]["build"]["args"]["VARIANT"] == "gpu"

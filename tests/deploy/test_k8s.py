@@ -95,10 +95,11 @@ def test_deployment_serves_safely(name: str) -> None:
     spec = pod["spec"]
     container = _container(spec)
     env = _env(container, configmap)
-    # probes: ready on /readyz (warm, not draining), alive on /healthz
+    # probes: started and ready on /readyz (warm, every decode worker, storage, not draining), alive on
+    # /healthz (the event loop answers, start-up has not failed)
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
     # resources: requests for everything; one GPU for the GPU variant, none for the CPU one
     resources = container["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"])
