@@ -315,6 +315,10 @@ async def receive(request: Request, storage: Storage, bounds: Bounds, upload: Up
                 raise TooLarge(f"the upload passed the limit of {bounds.max_bytes} bytes")
             parser.write(chunk)
         parser.finalize()
+        if part.is_file and part.sink is None and part.name not in upload.files:
+            # A body that ends inside a file part (no closing boundary): its bytes so far are the
+            # file, as they are for a part already spooled to disk, and as before uploads were kept in memory.
+            upload.files[part.name] = (part.filename, bytes(part.value))
     except (TooLarge, InvalidRequest, Overloaded, RequestTimeout):
         raise
     except OSError as exc:  # the disk: full, out of inodes, unwritable, gone

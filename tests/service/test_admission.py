@@ -226,18 +226,26 @@ def test_an_upload_kept_in_memory_gets_the_same_answer_as_one_spooled_to_disk(
     tiny_repo: Path, tmp_path: Path, clean_train_row: dict[str, str]
 ) -> None:
     files = {m: Path(clean_train_row[m]) for m in ("audio", "video")}
-    answers = []
+    audio = files["audio"].read_bytes()
+    head, _ = multipart("audio", "clip.wav", audio)
+    truncated = head + audio  # no closing boundary: the body ends inside the file part
+    answers, cut_off = [], []
     for memory in ("0", str(MiB)):  # every file on disk, then every file in memory
         srv = start_server(tiny_repo, tmp_path / memory, MLA_MEMORY_UPLOAD_BYTES=memory)
         try:
             r = srv.post(files)
             assert r.status_code == 200, r.text
             answers.append(r.json())
+            ctype = "multipart/form-data; boundary=mla-test-boundary"
+            r = httpx.post(f"{srv.url}/v1/predict", content=truncated, headers={"Content-Type": ctype}, timeout=60)
+            cut_off.append((r.status_code, r.json().get("probabilities")))
             assert srv.leftovers() == []
         finally:
             stop_server(srv)
     assert answers[0]["probabilities"] == answers[1]["probabilities"]
     assert answers[0]["modalities"] == answers[1]["modalities"]
+    assert cut_off[0] == cut_off[1]  # a body cut off inside a file part: the same answer either way
+    assert cut_off[0][0] == 200
 
 
 # --- the upload folder's disk -------------------------------------------------------------------------
