@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the service's closure only (no torch): what `make serve` needs
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak bench-edge clean
+.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak bench-edge bench-ood clean
 
 # Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -172,3 +172,9 @@ bench-audio-voices: venv system-deps
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Out-of-distribution inputs (issue 27): how the default model answers speech that is not digits, faces, letters,
+# noise, tones, photographs...: AUROC and FPR@95TPR per detector (OpenOOD v1.5), and the share the service answers.
+# Its photographs and faces come from scikit-image's bundled data (the dev pins carry it).
+bench-ood: venv system-deps $(DEFAULT_MODEL)
+	$(BIN)/python -m benchmarks.ood.run
