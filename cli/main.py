@@ -270,26 +270,22 @@ def calibrate(
     data: Annotated[str | None, typer.Option(help="labelled data to fit on (default: the data it was trained on)")] = None,
     split: Annotated[str, typer.Option(help="the split of --data to fit on (never the one you test on)")] = "val",
     fusion: Annotated[str | None, typer.Option(help="fusion rule to serve (default: the one it serves now)")] = None,
-    in_place: Annotated[
-        bool, typer.Option("--in-place", help="rewrite this version's manifest instead of writing the next version")
-    ] = False,
     version: Annotated[str | None, typer.Option(help="the version to write (default: the next integer)")] = None,
     target_risk: TargetRisk = 0.05,
     risk_confidence: RiskConfidence = 0.9,
     verbose: bool = False,
 ) -> None:
-    """Fit an exported model's calibration, fusion weights and abstention again, from its own graphs (no checkpoint)."""
+    """Fit an exported model's calibration, fusion weights and abstention again, from its own graphs (no checkpoint),
+    into a new version: a published version is never rewritten."""
     _setup_logging(verbose)
     from common.manifest import ManifestError, load_manifest
     from model_export.onnx_graph import ExportError
     from model_export.repository import recalibrate
     from training.data.specs import DataError
 
-    if in_place and version is not None:
-        _fail("--in-place rewrites the version given; --version names a new one: pass one of them")
     with err.status("running the graphs on the data and fitting"):
         try:
-            target = recalibrate(model_dir, data, split, fusion, in_place, version, target_risk, risk_confidence)
+            target = recalibrate(model_dir, data, split, fusion, version, target_risk, risk_confidence)
         except (ManifestError, ExportError, DataError, ValueError) as exc:
             _fail(str(exc))
     manifest = load_manifest(target)
@@ -399,7 +395,9 @@ def predict(
     verdict = f"[bold yellow]abstained[/]: confidence below {body['min_confidence']:.3f}" if body.get("abstained") else "answered"
     title = (
         f"{body['label']} (calibrated confidence {body['confidence']:.3f}; {verdict}) "
-        f"from {body['model']['name']} v{body['model']['version']}, {body['fusion']} fusion"
+        f"from {body['model']['name']} v{body['model']['version']}"
+        f"{' (manifest ' + body['model']['manifest_sha256'][:12] + ')' if body['model'].get('manifest_sha256') else ''}"
+        f", {body['fusion']} fusion"
     )
     share = body.get("mixture_share")
     blended = share and len(body["modalities"]) > 1  # one modality's mixture is itself: nothing blended

@@ -267,3 +267,62 @@ def check_hashes(model_dir: Path, manifest: Manifest) -> list[str]:
                     f"{rel} ({modality}) does not match its sha256 in the manifest: the file was changed or corrupted"
                 )
     return failures
+
+
+# --- publication: a version never changes under the same number -----------------------------------
+PUBLISHED_NAME = "published.json"  # MODEL_DIR/<name>/published.json: version -> sha256 of its manifest.json
+
+
+class PublishedError(Exception):
+    """A version that changed after it was published, or one published twice with different files."""
+
+
+def manifest_sha256(version_dir: Path) -> str:
+    """The sha256 of a version's manifest.json. The manifest holds every other file's sha256, so this one
+    hash names the whole version: the graphs, the parity samples and the fusion section."""
+    return sha256_file(version_dir / MANIFEST_NAME)
+
+
+def published(model_root: Path) -> dict[str, str]:
+    """version -> manifest sha256, as each was published under `model_root` (MODEL_DIR/<name>); {} if none."""
+    path = model_root / PUBLISHED_NAME
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+        return {str(v): str(h) for v, h in record["versions"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PublishedError(f"{path} is not a publication record: {exc}") from exc
+
+
+def publish(version_dir: Path) -> str:
+    """Record `version_dir`'s manifest hash in its model's publication record; return the hash.
+
+    Refuses a version already published with other files: a changed model is a new version."""
+    root, version, digest = version_dir.parent, version_dir.name, manifest_sha256(version_dir)
+    record = published(root)
+    if record.get(version, digest) != digest:
+        raise PublishedError(f"version {version} of {root.name} was published with other files; write a new version")
+    record[version] = digest
+    ordered = dict(sorted(record.items(), key=lambda kv: (not kv[0].isdigit(), int(kv[0]) if kv[0].isdigit() else 0, kv[0])))
+    tmp = root / f".{PUBLISHED_NAME}.tmp"
+    tmp.write_text(json.dumps({"versions": ordered}, indent=2) + "\n")
+    tmp.replace(root / PUBLISHED_NAME)  # atomic: a reader never sees half a record
+    return digest
+
+
+def check_published(version_dir: Path) -> list[str]:
+    """Where `version_dir` differs from what its model's publication record says (empty: as published, or never
+    published, as a version built elsewhere and served from its own folder)."""
+    try:
+        expected = published(version_dir.parent).get(version_dir.name)
+    except PublishedError as exc:
+        return [str(exc)]
+    if expected is None or not (version_dir / MANIFEST_NAME).is_file():
+        return []
+    if manifest_sha256(version_dir) != expected:
+        return [
+            f"{MANIFEST_NAME} changed after version {version_dir.name} was published "
+            f"(sha256 {expected[:12]}... then): a changed model is a new version"
+        ]
+    return []

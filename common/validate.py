@@ -1,4 +1,4 @@
-"""`mla validate`: re-check a model repository without torch: schema, hashes, parity on the stored sample."""
+"""`mla validate`: re-check a model repository without torch: schema, publication record, hashes, parity on the stored sample."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from common.manifest import ManifestError, check_hashes, load_manifest
+from common.manifest import ManifestError, check_hashes, check_published, load_manifest
 from common.parity import Tolerance, compare
 
 
@@ -31,7 +31,7 @@ def validate_repository(model_dir: Path) -> dict[str, Any]:
         manifest = load_manifest(model_dir)
     except ManifestError as exc:
         raise InvalidRepositoryError(model_dir, [str(exc)]) from exc
-    failures = check_hashes(model_dir, manifest)
+    failures = check_published(model_dir) + check_hashes(model_dir, manifest)
     figures: dict[str, Any] = {}
     for modality, entry in manifest.modalities.items():
         if any(entry.file in f or entry.parity_sample in f for f in failures):

@@ -7,8 +7,9 @@ version is never overwritten.
 `mla calibrate`: an exported version's fusion section (temperatures, weights, typicality,
 confidence maps, abstention) fitted again on a labelled split, from its own graphs: no
 checkpoint needed, so an older export gains what the current schema fits, and a deployment
-can calibrate on its own held-out data. The result is the next version (the same graphs
-under a new manifest), or, with `in_place`, this version's manifest rewritten.
+can calibrate on its own held-out data. The result is always a new version (the same graphs
+under a new manifest): a published version is never rewritten, and each one's manifest hash is
+recorded in MODEL_DIR/<name>/published.json when it is written (common.manifest.publish).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from common.manifest import (
     VideoEntry,
     check_hashes,
     load_manifest,
+    publish,
+    published,
 )
 from common.parity import ParityError, compare
 from common.validate import run_session
@@ -75,18 +78,21 @@ def parity_inputs(cfg: ModelConfig, data: str, rows: int = PARITY_ROWS) -> dict[
 
 
 def next_version(root: Path) -> str:
-    numbers = [int(p.name) for p in root.glob("*") if p.is_dir() and p.name.isdigit()]
-    return str(max(numbers, default=0) + 1)
+    """The integer after every version there is or ever was published under `root`."""
+    names = [p.name for p in root.glob("*") if p.is_dir()] + list(published(root))
+    return str(max((int(n) for n in names if n.isdigit()), default=0) + 1)
 
 
 def new_version_dir(root: Path, version: str | None) -> Path:
-    """Where a new version goes: `version` (default: the next integer) under `root`, which must not exist yet."""
+    """Where a new version goes: `version` (default: the next integer) under `root`, never used before."""
     version = version or next_version(root)
     if not SAFE.match(version):
         raise ExportError(f"version {version!r} must be letters, digits, '.', '_' or '-'")
     target = root / version
     if target.exists():
         raise ExportError(f"{target} already exists: versions are never overwritten; pass another --version")
+    if version in published(root):
+        raise ExportError(f"version {version} of {root.name} was published before (its folder is gone); pass another --version")
     return target
 
 
@@ -204,6 +210,7 @@ def export_run(
         tmp.replace(target)  # atomic: a half-written version is never visible
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    publish(target)
     return target
 
 
@@ -262,7 +269,6 @@ def recalibrate(
     data: str | None = None,
     split: str = "val",
     rule: str | None = None,
-    in_place: bool = False,
     version: str | None = None,
     target_risk: float = TARGET_RISK,
     confidence: float = CONFIDENCE,
@@ -271,8 +277,8 @@ def recalibrate(
 
     `data` defaults to the data the model was trained on (its validation split); `rule` to the
     one it serves. The graphs' hashes are checked first: a changed graph is not calibrated.
-    Without `in_place`, the graphs and parity samples are copied, unchanged, to `version`
-    (default: the next one) with the new manifest; an existing version is never overwritten.
+    The graphs and parity samples are copied, unchanged, to `version` (default: the next one)
+    with the new manifest, which is published; an existing version is never overwritten.
     """
     check_abstention(target_risk, confidence)
     manifest = load_manifest(version_dir)
@@ -285,12 +291,6 @@ def recalibrate(
     preds = graph_predictions(version_dir, manifest, data, split)
     fitted_on = f"{split} split of {data}, n={len(preds.labels)}, through the exported graphs"
     fusion = Fusion.model_validate(fusion_section(preds, rule, fitted_on, target_risk, confidence))
-    if in_place:
-        updated = manifest.model_copy(update={"schema_version": SCHEMA_VERSION, "fusion": fusion})
-        tmp = version_dir / f".{MANIFEST_NAME}.tmp"
-        tmp.write_text(updated.model_dump_json(indent=2) + "\n")
-        tmp.replace(version_dir / MANIFEST_NAME)  # atomic: the service never reads half a manifest
-        return version_dir
     root = version_dir.parent
     target = new_version_dir(root, version)
     version = target.name
@@ -307,4 +307,5 @@ def recalibrate(
         tmp_dir.replace(target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    publish(target)
     return target

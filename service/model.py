@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.fusion import FusionParams, entropy, subset_name
-from common.manifest import AudioEntry, Manifest, VideoEntry, check_hashes, load_manifest
+from common.manifest import AudioEntry, Manifest, VideoEntry, check_hashes, check_published, load_manifest, manifest_sha256
 from common.media import AudioSpec, Limits, MediaError, VideoSpec
 from service.batching import MicroBatcher
 from service.decoding import Source, decode_audio_file, decode_video_file
@@ -113,6 +113,7 @@ class ServedModel:
         self.settings, self.metrics, self.storage = settings, metrics, storage
         self.dir = resolve_version_dir(settings.model_dir, settings.model_version)
         self.manifest: Manifest | None = None
+        self.manifest_sha256 = ""  # the manifest's, once loaded: every answer names it
         self.fusion_params = FusionParams()  # the manifest's, once loaded
         self.runtimes: dict[str, Runtime] = {}
         self.decoder: DecodePool | None = None
@@ -147,7 +148,7 @@ class ServedModel:
             manifest = load_manifest(self.dir)
         except Exception as exc:
             raise ModelLoadError(str(exc)) from exc
-        bad = check_hashes(self.dir, manifest)
+        bad = check_published(self.dir) + check_hashes(self.dir, manifest)
         if bad:
             raise ModelLoadError(f"{self.dir}: " + "; ".join(bad))
         for m, entry in manifest.modalities.items():
@@ -161,6 +162,7 @@ class ServedModel:
                 self.metrics.subsets.labels(subset_name(sub))
                 self.metrics.abstained.labels(subset_name(sub))
         self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256(self.dir)
         self.fusion_params = manifest.fusion.params()
         s = self.settings
         self.decoder = DecodePool(
@@ -295,7 +297,7 @@ class ServedModel:
         if abstained:
             self.metrics.abstained.labels(subset).inc()
         return {
-            "model": {"name": self.manifest.name, "version": self.manifest.version},
+            "model": {"name": self.manifest.name, "version": self.manifest.version, "manifest_sha256": self.manifest_sha256},
             "label": labels[best],
             "confidence": confidence,
             "abstained": abstained,

@@ -155,6 +155,7 @@ async def models(model: ModelDep, settings: SettingsDep) -> dict[str, Any]:
     assert model.manifest is not None
     return {
         **model.manifest.public(),
+        "manifest_sha256": model.manifest_sha256,
         "providers": {m: rt.provider for m, rt in model.runtimes.items()},
         # Session calls only ever have these batch sizes, each run once before ready.
         "batching": {

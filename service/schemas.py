@@ -10,6 +10,10 @@ from pydantic import BaseModel, Field
 class ModelRef(BaseModel):
     name: str
     version: str
+    manifest_sha256: str = Field(
+        description="sha256 of the version's manifest.json, which holds every other file's hash: it names exactly "
+        "the files that produced this answer (a version is never rewritten; a changed model is a new version)"
+    )
 
 
 class ModalityResult(BaseModel):

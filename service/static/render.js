@@ -208,7 +208,11 @@ export function renderResult(body, { labels, ms, requestId }) {
   definitions(dl, extra);
   dl.hidden = extra.length === 0;
   const meta = [];
-  if (body.model) meta.push(`model ${body.model.name} v${body.model.version}`);
+  if (body.model) {
+    // the manifest's hash names exactly the files that answered (a version is never rewritten)
+    const sha = body.model.manifest_sha256 ? ` (${String(body.model.manifest_sha256).slice(0, 12)})` : "";
+    meta.push(`model ${body.model.name} v${body.model.version}${sha}`);
+  }
   if (body.fusion) meta.push(`fusion: ${body.fusion}`);
   meta.push(`${Math.round(ms)} ms`);
   if (requestId) meta.push(`request id ${requestId}`);

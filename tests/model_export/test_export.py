@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from common.fusion import ConfidenceMap
-from common.manifest import SCHEMA_VERSION, AudioEntry, Manifest, ManifestError, load_manifest
+from common.manifest import SCHEMA_VERSION, AudioEntry, Manifest, ManifestError, load_manifest, manifest_sha256, published
 from common.parity import FP32, compare
 from common.validate import InvalidRepositoryError, validate_repository
 from model_export.onnx_graph import CUDA_OPS, ExportError
@@ -258,14 +258,18 @@ def test_calibrate_refits_an_export_from_its_graphs_into_the_next_version(tiny_r
         assert after.fusion.calibration.temperatures[m] == pytest.approx(t, rel=1e-3), m
     assert after.fusion.abstention.min_confidence.keys() == before.fusion.abstention.min_confidence.keys()
     assert load_manifest(root / "1") == before  # the version it came from is untouched
-    # in place, under another rule: the same version, its manifest rewritten
-    assert recalibrate(root / "1", rule="gated_loglinear", in_place=True) == root / "1"
-    rewritten = load_manifest(root / "1")
-    assert (rewritten.version, rewritten.fusion.rule) == ("1", "gated_loglinear")
-    assert rewritten.fusion.typicality is not None
-    assert not list((root / "1").glob(".*"))  # no temporary file left beside it
+    assert published(root)["2"] == manifest_sha256(target)  # published as it was written
+    # under another rule: again a new version, never a rewrite
+    assert recalibrate(root / "1", rule="gated_loglinear") == root / "3"
+    assert (load_manifest(root / "3").version, load_manifest(root / "3").fusion.rule) == ("3", "gated_loglinear")
+    assert load_manifest(root / "1") == before
+    assert not list(root.glob(".*"))  # no temporary file or folder left beside them
     with pytest.raises(ExportError, match="already exists"):
         recalibrate(root / "1", version="2")
+    shutil.rmtree(root / "3")  # a published version deleted: its number is never given again
+    with pytest.raises(ExportError, match="published before"):
+        recalibrate(root / "1", version="3")
+    assert recalibrate(root / "1") == root / "4"
     (root / "2" / "audio.onnx").write_bytes(b"not the graph the manifest names")
     with pytest.raises(ExportError, match="does not match its manifest"):
         recalibrate(root / "2")
@@ -280,7 +284,7 @@ def test_mla_calibrate_reports_what_it_fitted_and_refuses_plainly(tiny_repo: Pat
     assert (tmp_path / "tiny" / "2" / "manifest.json").is_file()
     for args, message in (
         ([str(tmp_path / "nothing")], "no manifest.json"),
-        ([str(tmp_path / "tiny" / "1"), "--in-place", "--version", "3"], "pass one of them"),
+        ([str(tmp_path / "tiny" / "1"), "--in-place"], "No such option"),
         ([str(tmp_path / "tiny" / "1"), "--fusion", "median"], "unknown fusion rule"),
         ([str(tmp_path / "tiny" / "1"), "--target-risk", "0"], "target risk must be in (0, 1)"),
         ([str(tmp_path / "tiny" / "1"), "--risk-confidence", "1"], "confidence must be in (0, 1)"),

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from common.fusion import GATED_RULES, FusionParams, log_softmax, softmax
+from common.hashing import sha256_file
 from common.manifest import Manifest, load_manifest
 from common.media import AudioSpec, VideoSpec, load_audio, load_video
 from common.parity import FP32
@@ -89,7 +90,8 @@ def test_every_subset_of_demo_media(
     assert r.status_code == 200, r.text
     body = r.json()
     check_answer(body, set(subset), load_manifest(tiny_repo))
-    assert body["model"] == {"name": "tiny", "version": "1"}
+    # the manifest's hash, which names every file of the version that answered
+    assert body["model"] == {"name": "tiny", "version": "1", "manifest_sha256": sha256_file(tiny_repo / "manifest.json")}
     assert r.headers["x-request-id"]
     assert server.tmp_is_empty()
 
