@@ -4,10 +4,11 @@ A detector is a name, a line saying what it is, and a function of a `Batch` (n r
 the same modalities: their logits and the manifest's fusion of them, computed per request as the
 service does). Adding one is adding an entry to DETECTORS.
 
-Feature detectors (Mahalanobis on penultimate features, Lee et al. 2018; kNN, Sun et al. 2022)
-come later: they need the exported graphs to return the penultimate features beside the logits,
-and a fit on the training split's features. They will read `Batch.features` and be built by a fit
-step (a function of the training split's Batch that returns a Detector), then join DETECTORS.
+Feature detectors (Mahalanobis on penultimate features, Lee et al. 2018; kNN, Sun et al. 2022) are
+compared in benchmarks/ood/features.py, with torch, on a retrain of the default recipe (the committed
+graphs return logits only). Serving one needs the exported graphs to return the penultimate features
+beside the logits, and a fit on the training split's features: it will read `Batch.features` and be
+built by a fit step (a function of the training split's Batch that returns a Detector), then join DETECTORS.
 """
 
 from __future__ import annotations

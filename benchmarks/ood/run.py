@@ -242,6 +242,16 @@ def _pct(x: float | None) -> str:
     return "none answered" if x is None else f"{100 * x:.1f}%"
 
 
+def _group_rows(conditions: dict[str, Any], group: str, cells: Callable[[dict[str, Any]], list[Any]]) -> list[list[Any]]:
+    """One row per request and near/far OOD of `group` ("tune" or "report"): its name, near or far, then `cells`."""
+    return [
+        [name, key.split("/")[1], *cells(c["groups"][key])]
+        for name, c in conditions.items()
+        for key in (f"{group}/near", f"{group}/far")
+        if key in c["groups"]
+    ]
+
+
 def markdown(data: dict[str, Any]) -> str:
     conditions: dict[str, Any] = data["conditions"]
     detectors = [d["name"] for d in data["detectors"]]
@@ -300,19 +310,11 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     for metric, title in (("auroc", "AUROC (higher is better)"), ("fpr95", "FPR at 95% TPR (lower is better)")):
         lines += [f"## {title}, report sets", ""]
-        rows = []
-        for name, c in conditions.items():
-            for key in ("report/near", "report/far"):
-                if key in c["groups"]:
-                    b = c["groups"][key]
-                    rows.append(
-                        [
-                            name,
-                            key.split("/")[1],
-                            b["n"],
-                            *(_ci(b["detectors"][d][metric]) for d in detectors if d in b["detectors"]),
-                        ]
-                    )
+
+        def cells(b: dict[str, Any], metric: str = metric) -> list[Any]:
+            return [b["n"], *(_ci(b["detectors"][d][metric]) for d in detectors if d in b["detectors"])]
+
+        rows = _group_rows(conditions, "report", cells)
         lines += [markdown_table(["request", "OOD", "n", *detectors], rows), ""]
     lines += ["## Per kind, report sets: AUROC and share answered", ""]
     kinds = {s["kind"]: s for s in data["sets"]}
@@ -332,20 +334,9 @@ def markdown(data: dict[str, Any]) -> str:
                 )
     lines += [markdown_table(["request", "kind", "OOD", "n", "answered", *detectors], rows), ""]
     lines += ["## Tune sets (for later choices; not a result): AUROC", ""]
-    rows = []
-    for name, c in conditions.items():
-        for key in ("tune/near", "tune/far"):
-            if key in c["groups"]:
-                b = c["groups"][key]
-                rows.append(
-                    [
-                        name,
-                        key.split("/")[1],
-                        b["n"],
-                        _pct(b["answered"]),
-                        *(f"{b['detectors'][d]['auroc'][0]:.3f}" for d in detectors),
-                    ]
-                )
+    rows = _group_rows(
+        conditions, "tune", lambda b: [b["n"], _pct(b["answered"]), *(f"{b['detectors'][d]['auroc'][0]:.3f}" for d in detectors)]
+    )
     lines += [markdown_table(["request", "OOD", "n", "answered", *detectors], rows), ""]
     lines += ["## The sets", ""]
     rows = [[s["kind"], s["modality"], s["group"], s["distance"], s["n"], s["about"]] for s in data["sets"]]

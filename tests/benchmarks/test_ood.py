@@ -174,3 +174,102 @@ def test_the_benchmark_runs_end_to_end(small_sets: tuple[Path, Path], tmp_path: 
     report = (tmp_path / "results" / "ood.md").read_text()
     assert "Nothing was chosen on the report sets" in report
     assert "grid_faces" in report
+
+
+# --- feature detectors (benchmarks/ood/features.py): the math on constructed data -----------------
+def test_mahalanobis_equals_a_hand_computation_in_two_dimensions() -> None:
+    from benchmarks.ood.features import Mahalanobis
+
+    # Class 0 about (0, 0), class 1 about (4, 0); about its mean each point is (+-1, 0) or (0, +-2), so the
+    # shared (maximum-likelihood) covariance is diag(4/8, 16/8) = diag(0.5, 2) and its inverse diag(2, 0.5).
+    x = np.array([[-1, 0], [1, 0], [0, -2], [0, 2], [3, 0], [5, 0], [4, -2], [4, 2]], float)
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    maha = Mahalanobis.fit(x, labels, shrink=False)
+    np.testing.assert_allclose(maha.means, [[0, 0], [4, 0]])
+    np.testing.assert_allclose(maha.precision, np.diag([2.0, 0.5]))
+    query = np.array([[1.0, 1.0], [4.0, 2.0]])
+    # (1, 1): to class 0, 2*1 + 0.5*1 = 2.5; to class 1, (-3, 1): 2*9 + 0.5*1 = 18.5. (4, 2): 16*2 + 0.5*4 = 34; 0 + 2 = 2.
+    np.testing.assert_allclose(maha.distances(query), np.sqrt([[2.5, 18.5], [34.0, 2.0]]))
+    np.testing.assert_allclose(maha.score(query), -np.sqrt([2.5, 2.0]))
+
+
+def test_mahalanobis_shrinks_the_covariance_as_ledoit_wolf_does() -> None:
+    from sklearn.covariance import LedoitWolf
+
+    from benchmarks.ood.features import Mahalanobis
+
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(3), 20)
+    x = rng.normal(size=(60, 8)) + 5 * np.eye(8)[labels]  # more dimensions than a class has points to spare
+    maha = Mahalanobis.fit(x, labels)
+    centred = x - maha.means[labels]
+    np.testing.assert_allclose(np.linalg.inv(maha.precision), LedoitWolf(assume_centered=True).fit(centred).covariance_)
+    near, far = maha.means[:1] + 0.1, maha.means[:1] + 50
+    assert maha.score(near)[0] > maha.score(far)[0]
+
+
+def test_knn_distances_are_the_sorted_distances_of_normalised_features() -> None:
+    from benchmarks.ood.features import NearestNeighbours
+
+    angles = np.array([0.0, 0.1, 0.2, 1.0, 2.0])
+    bank = np.c_[np.cos(angles), np.sin(angles)] * np.array([[1], [3], [0.5], [2], [7]])  # lengths must not matter
+    knn = NearestNeighbours.fit(bank)
+    queries = np.array([[np.cos(0.05), np.sin(0.05)], [np.cos(1.5), np.sin(1.5)], [-1.0, 0.0]]) * np.array([[10], [1], [0.2]])
+    got = knn.kth_distances(queries, [1, 2, 5])
+    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    chord = np.sort(np.linalg.norm(unit[:, None] - knn.bank[None], axis=2), axis=1)  # brute force
+    for k in (1, 2, 5):
+        np.testing.assert_allclose(got[k], chord[:, k - 1], atol=1e-7)
+    np.testing.assert_allclose(got[1][0], 2 * np.sin(0.05 / 2), atol=1e-7)  # the chord to the nearest, 0.05 rad away
+    score = knn.score(queries, 2)
+    assert score[0] > score[1] > score[2]  # inside the bank's arc, beside it, opposite it
+    np.testing.assert_allclose(knn.score(5 * queries, 2), score)
+
+
+def test_the_pair_rule_standardises_on_validation_then_takes_the_least_typical() -> None:
+    from benchmarks.ood.features import Standardiser, combine
+
+    standard = {"audio": Standardiser.fit(np.array([-12.0, -10.0, -8.0])), "video": Standardiser.fit(np.array([-1.0, 1.0]))}
+    assert (standard["audio"].mean, standard["video"].mean) == (-10.0, 0.0)
+    sd_audio = np.sqrt(8 / 3)
+    got = combine({"audio": np.array([-10.0, -20.0, -10.0]), "video": np.array([0.0, 0.0, -3.0])}, standard)
+    # an ID pair; audio far below its validation scores beside an ID video; video 3 sd below beside an ID audio
+    np.testing.assert_allclose(got, [0.0, -10 / sd_audio, -3.0])
+    alone = combine({"audio": np.array([-20.0])}, standard)  # one modality sent: its standardised score
+    np.testing.assert_allclose(alone, [-10 / sd_audio])
+
+
+def test_the_validation_threshold_keeps_95_percent_as_fpr95_counts() -> None:
+    from benchmarks.ood.features import choose_k, threshold_at_tpr
+
+    rng = np.random.default_rng(5)
+    val, ood = rng.normal(1, 1, 500), rng.normal(0, 1, 300)
+    threshold = threshold_at_tpr(val)
+    assert (val >= threshold).mean() >= 0.95
+    assert (val > threshold).mean() < 0.95
+    assert float((ood >= threshold).mean()) == pytest.approx(metrics.fpr_at_tpr(val, ood))
+    assert choose_k({1: {"near": 0.7, "far": 0.9}, 5: {"near": 0.9, "far": 0.8}, 10: {"near": 0.8, "far": 0.9}}) == 5
+    assert choose_k({20: {"near": 0.8, "far": 0.8}, 5: {"near": 0.9, "far": 0.7}}) == 5  # a tie: the smaller k
+
+
+def test_feature_conditions_pair_as_the_logit_run_does() -> None:
+    from benchmarks.ood import run
+    from benchmarks.ood.features import conditions
+
+    items = [sets.Item(Path(f"{k.name}/{i}"), k.modality, k.name, k.group, k.distance) for k in sets.KINDS for i in range(3)]
+    accepted = {m: np.ones(sum(it.modality == m for it in items), bool) for m in ("audio", "video")}
+    accepted["video"][1] = False  # a refused item leaves the indices of those accepted
+    rng = np.random.default_rng(6)
+    ood = {m: rng.normal(size=(int(a.sum()), 10)) for m, a in accepted.items()}
+    id_logits = {m: rng.normal(size=(7, 10)) for m in ("audio", "video")}
+    decoded = {m: run.Decoded(ood[m], accepted[m], {}) for m in ood}
+    expected = run.ood_requests(items, decoded, id_logits, seed=3)
+    got = conditions(items, {f"ood_{m}_accepted": a for m, a in accepted.items()}, 7, seed=3)
+    assert set(got) == set(expected)
+    for name, cond in got.items():
+        assert set(cond.modalities) == set(expected[name].logits)
+        for m, z in expected[name].logits.items():
+            np.testing.assert_array_equal(ood[m][cond.ood[m]] if m in cond.ood else id_logits[m][cond.partner[m]], z)
+        assert list(cond.kind) == list(expected[name].kind)
+    assert set(got["audio OOD, video ID"].ood) == {"audio"}
+    assert set(got["both OOD"].ood) == {"audio", "video"}
