@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import re
 import shutil
@@ -53,11 +54,12 @@ SERVER_ENV = {
 
 
 def folder_bytes(root: Path) -> int:
-    """Bytes the files under `root` take on disk now."""
+    """Bytes the files under `root` take on disk now (os.walk skips what is removed while it walks)."""
     total = 0
-    for path in root.rglob("*"):
-        with contextlib.suppress(OSError):
-            total += path.lstat().st_blocks * 512 if path.is_file() else 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
     return total
 
 

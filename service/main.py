@@ -55,6 +55,8 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[], None] | 
         finally:
             if not warm.done():
                 warm.cancel()
+                with contextlib.suppress(BaseException):  # its workers, half started, are cleaned up before the pool closes
+                    await warm
             await model.close()
             storage.close()
             log.info("stopped")

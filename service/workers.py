@@ -124,6 +124,7 @@ class DecodePool:
         self.spawn_failing = False  # the last attempt to start a worker failed
         self.closing = False
         self.background: set[asyncio.Task[Any]] = set()
+        self.reapers: set[asyncio.Task[Any]] = set()  # waits on killed workers: awaited by close, never cancelled
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -166,6 +167,7 @@ class DecodePool:
                 w.process.kill()
                 await asyncio.to_thread(_wait, w.process, 5)
             w.sock.close()
+        await asyncio.gather(*list(self.reapers), return_exceptions=True)
         self._gauges()
 
     # --- running a job -----------------------------------------------------------------------------
@@ -339,7 +341,9 @@ class DecodePool:
         except BaseException as exc:  # cancelled (the server stopping) included: nothing is left behind
             process.kill()
             ours.close()
-            await asyncio.shield(asyncio.to_thread(_wait, process, 5))
+            # Reaped here, not in a thread: a cancelled start may be the loop's last act, and a thread
+            # job queued then never runs (a zombie, and the Popen's ResourceWarning). SIGKILL takes milliseconds.
+            _wait(process, 5)
             if isinstance(exc, TimeoutError | EOFError | OSError | wire.ProtocolError):
                 raise RuntimeError(f"a decode worker did not start: {exc!r}") from exc
             raise
@@ -396,7 +400,9 @@ class DecodePool:
         if worker.process.poll() is None:
             worker.process.kill()
         worker.sock.close()
-        self._background(asyncio.to_thread(_wait, worker.process, 10))  # reap it: no zombie left behind
+        reaper = asyncio.create_task(asyncio.to_thread(_wait, worker.process, 10))  # reap it: no zombie left behind
+        self.reapers.add(reaper)
+        reaper.add_done_callback(self.reapers.discard)
         log.warning("decode worker %d retired (%s) after %d jobs; starting another", worker.pid, reason, worker.jobs)
         self.metrics.worker_restarts.labels(reason).inc()
         self._gauges()
@@ -417,8 +423,8 @@ class DecodePool:
             self.spawn_failing = False
             if self.closing:
                 worker.process.kill()
-                await asyncio.to_thread(_wait, worker.process, 5)
                 worker.sock.close()
+                _wait(worker.process, 5)
                 return
             self._add(worker)
             return
