@@ -13,7 +13,8 @@ connect). `EdgeProtocol` is uvicorn's httptools protocol with the four bounds of
   closed (503) to make room; when none waits, the new one is.
 
 Each answer is the service's JSON error with `Connection: close`, and the connection closes.
-`run` starts uvicorn with it, after raising the process's file limit to fit the cap.
+`uvicorn_options` gives uvicorn.Config it, after raising the process's file limit to fit the cap
+(`mla serve` builds its server with them).
 
 It depends on uvicorn internals: see `CHECKED_UVICORN`.
 """
@@ -25,8 +26,6 @@ import json
 import logging
 import resource
 from typing import Any, ClassVar
-
-import uvicorn
 
 from service.errors import error_body
 from service.settings import Settings
@@ -295,8 +294,3 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         return {"http": "h11", "h11_max_incomplete_event_size": settings.max_header_bytes, "backlog": BACKLOG}
     edge = Edge(settings.header_timeout_seconds, settings.max_header_bytes, settings.max_headers, cap)
     return {"http": protocol_class(edge), "backlog": BACKLOG}
-
-
-def run(app: Any, settings: Settings, host: str, port: int, **uvicorn_kwargs: Any) -> None:
-    """uvicorn.run with the edge's bounds; `uvicorn_kwargs` are the rest of uvicorn's arguments."""
-    uvicorn.run(app, host=host, port=port, **uvicorn_options(settings), **uvicorn_kwargs)
