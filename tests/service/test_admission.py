@@ -22,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.fuzz import folder_bytes
 from tests.servers import Server, start_server, stop_server
 
 MiB = 2**20
@@ -94,15 +95,6 @@ def upload(port: int, body_head: bytes, data: bytes, body_tail: bytes) -> tuple[
         else:
             sock.sendall(body_tail)
         return read_response(sock)
-
-
-def folder_bytes(root: Path) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.stat(os.path.join(dirpath, f)).st_blocks * 512
-    return total
 
 
 def test_a_hundred_parallel_maximum_size_uploads_stay_within_the_spool_budget(tiny_repo: Path, tmp_path: Path) -> None:
