@@ -55,7 +55,6 @@ class Storage:
     def __init__(self, root: Path, spool_bytes: int, min_free_bytes: int) -> None:
         self.root, self.spool_bytes, self.min_free_bytes = root, spool_bytes, min_free_bytes
         self.spooled = 0  # bytes reserved on disk now, all requests together
-        self.peak = 0
         self.folder: Path | None = None
         self._lock: int | None = None  # the descriptor holding this server's lock
         self._problem: tuple[float, str | None] = (-PROBLEM_TTL, None)
@@ -142,7 +141,6 @@ class Storage:
         if self.spooled + n > self.spool_bytes:
             return False
         self.spooled += n
-        self.peak = max(self.peak, self.spooled)
         return True
 
     def give(self, n: int) -> None:
