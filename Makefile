@@ -90,10 +90,10 @@ compose-test: venv system-deps
 # Everything CI runs: lint, types, deployment checks, the whole test suite, the compose stack.
 test: lint typecheck check-deploy pytest compose-test
 
-# The embedded default model (models/default/1, committed; see models/default/README.md): MLA on AV-digits,
+# The embedded default model (models/default/2, committed; see models/default/README.md): MLA on AV-digits,
 # real spoken (FSDD) and handwritten (MNIST) digits from ../shared/data, its training split joined by digits
 # spoken by espeak-ng in random voices. Rebuilt only when it is missing.
-DEFAULT_MODEL := models/default/1/manifest.json
+DEFAULT_MODEL := models/default/2/manifest.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -104,7 +104,7 @@ $(DEFAULT_MODEL):
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends espeak-ng; }
 	manifest=$$($(BIN)/python -m benchmarks.avdigits.build --synthetic-voices 150) && \
 	$(BIN)/mla train --data csv:$$manifest --method mla --seed 0 --epochs 30 --owm-alpha 10 --audio-augment --out runs/default && \
-	$(BIN)/mla export runs/default --out models --name default --version 1
+	$(BIN)/mla export runs/default --out models --name default --version 2
 
 default-model: $(DEFAULT_MODEL)
 

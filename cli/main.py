@@ -392,7 +392,12 @@ def predict(
         return
     from rich.table import Table
 
-    verdict = f"[bold yellow]abstained[/]: confidence below {body['min_confidence']:.3f}" if body.get("abstained") else "answered"
+    reason = body.get("abstain_reason") or ("low_confidence" if body.get("abstained") else None)
+    verdict = {
+        None: "answered",
+        "low_confidence": f"[bold yellow]abstained[/]: confidence below {body['min_confidence']:.3f}",
+        "out_of_distribution": "[bold yellow]abstained[/]: no input sent is like the data the model was trained on",
+    }.get(reason, f"[bold yellow]abstained[/]: {reason}")
     title = (
         f"{body['label']} (calibrated confidence {body['confidence']:.3f}; {verdict}) "
         f"from {body['model']['name']} v{body['model']['version']}"
@@ -401,17 +406,27 @@ def predict(
     )
     share = body.get("mixture_share")
     blended = share and len(body["modalities"]) > 1  # one modality's mixture is itself: nothing blended
-    caption = f"the product blended with the equal-weight mixture at {share:g}" if blended else None
-    table = Table(title=title, caption=caption)
+    notes = [f"the product blended with the equal-weight mixture at {share:g}"] if blended else []
+    left_out = [m for m, d in body["modalities"].items() if d.get("fused") is False]
+    if left_out:
+        notes.append(f"{', '.join(left_out)} left out of the fusion: unlike the data the model was trained on")
+    table = Table(title=title, caption="; ".join(notes) or None)
     gated = any(isinstance(d.get("typicality"), int | float) for d in body["modalities"].values())
+    checked = any(d.get("in_distribution") is not None for d in body["modalities"].values())
     # each modality's own calibrated confidence; the answer's (after fusion and any map) is in the title
-    columns = ("modality", "label", "own confidence", "entropy (nats)", "weight", "temperature")
-    for col in (*columns, "typicality") if gated else columns:
+    columns = ["modality", "label", "own confidence", "entropy (nats)", "weight", "temperature"]
+    columns += ["typicality"] if gated else []
+    columns += ["in distribution (score / threshold)"] if checked else []
+    for col in columns:
         table.add_column(col)
     for m, d in body["modalities"].items():
         conf, temp = max(d["probabilities"].values()), d.get("temperature", 1.0)
         row = [m, d["label"], f"{conf:.3f}", f"{d['entropy']:.3f}", f"{d['weight']:.3f}", f"{temp:.3g}"]
-        table.add_row(*row, *([f"{d['typicality']:.3f}"] if gated else []))
+        row += [f"{d['typicality']:.3f}"] if gated else []
+        if checked:
+            ok = d.get("in_distribution")
+            row += ["-" if ok is None else f"{'yes' if ok else 'no'} ({d['ood_score']:.3f} / {d['ood_threshold']:.3f})"]
+        table.add_row(*row)
     Console().print(table)
 
 

@@ -23,12 +23,13 @@ A prediction is made in four steps, each set by the model's manifest:
    `gated_loglinear` uses sum_m g_m w_m log p_m, so an atypical modality loses its say and
    the fused distribution flattens, instead of a confidently wrong expert vetoing the truth.
    A product rule with a `mixture_share` s in [0, 1) takes
-   log q = (1 - s) log q_product + s log(mean_m p_m), a geometric blend of the product with
-   the equal-weight mixture of the modalities present: a product lets an expert that puts
-   almost no probability on a label veto it, so a modality that is wrong and sure without
-   looking atypical (mild noise) overrules a right one; the mixture term bounds that veto,
-   since a label either modality believes keeps at least half its probability there.
-   s = 0 is the plain product.
+   log q = (1 - s) log q_product + s log(sum_m u_m p_m), a geometric blend of the product with
+   the mixture of the modalities present, each with the share u_m of its gate (equal shares
+   without a gate; a modality the gate shuts out has no say in either term): a product lets
+   an expert that puts almost no probability on a label veto it. The blend softens that veto
+   but does not bound it: a label the product gives 1e-30 keeps (1 - s) x log 1e-30 nats
+   (-41 at s = 0.4) before renormalising, against at most s x log 2 from the mixture, so a
+   veto that strong still wins. s = 0 is the plain product.
 3. Calibrate the fused distribution for the set of modalities present:
    q = softmax(log q / T_S), with T_S fitted on validation (a mixture of two calibrated
    distributions is under-confident when they disagree). A single modality needs no T_S,
@@ -60,6 +61,10 @@ RULES = (*MIXTURE_RULES, *PRODUCT_RULES, "logit_sum")
 WEIGHTED_RULES = ("fixed", *PRODUCT_RULES)  # rules that need fitted constant weights
 GATED_RULES = ("gated_loglinear",)  # rules that need a Typicality per modality
 TIE_MARGIN = 1e-9  # how far above its runner-up a confidence map keeps the top label
+# Temperatures are fitted within these bounds and refused outside them (training.calibrate.fit_temperature warns when a
+# fit stops at one): below 0.05 any logit gap of 0.5 becomes a certainty (e^10 to 1), above 20 any gap under 20 nats
+# becomes nearly a guess; a temperature there says the logits are broken, not that they need calibrating.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -82,6 +87,15 @@ def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
     """Shannon entropy in nats along `axis`."""
     p = np.clip(probs, 1e-12, 1.0)
     return -np.sum(p * np.log(p), axis=axis)
+
+
+def answers(confidence: np.ndarray | float, min_confidence: float) -> np.ndarray:
+    """Whether an answer of this confidence is given (not abstained) under threshold `min_confidence`.
+
+    A threshold of 1.0 or more means "never answer": calibration sets it where no threshold met its target risk,
+    and a confidence that rounds to 1.0 in float64 must not slip through it."""
+    c = np.asarray(confidence, dtype=np.float64)
+    return np.logical_and(c >= min_confidence, min_confidence < 1.0)
 
 
 def subset_name(modalities: Sequence[str]) -> str:
@@ -171,9 +185,14 @@ class ConfidenceMap:
         # the two would tie and argmax could pick the other, so the floor sits a relative 1e-9 above it
         floor = np.minimum(second / np.maximum(1.0 - c + second, 1e-300) * (1.0 + TIE_MARGIN), c)  # a tie given stays
         mapped = np.maximum(mapped, floor)
-        out = others * ((1.0 - mapped) / np.maximum(others.sum(axis=1), 1e-300))[:, None]
+        rest = others.sum(axis=1)
+        # where the others held nothing (c was 1) they share 1 - c' evenly, so c' stays at least 1/K to keep the label
+        mapped = np.where(rest > 0, mapped, np.maximum(mapped, min(uniform * (1.0 + TIE_MARGIN), 1.0)))
+        # the other classes share 1 - c' in their proportions; where they held nothing, evenly
+        spread = np.where(rest[:, None] > 0, others / np.where(rest > 0, rest, 1.0)[:, None], 1.0 / max(p.shape[1] - 1, 1))
+        out = spread * (1.0 - mapped)[:, None]
         out[rows, top] = mapped
-        return out
+        return out / out.sum(axis=1, keepdims=True)  # exactly a distribution, whatever the rounding
 
 
 @dataclass
@@ -262,8 +281,9 @@ def fuse(
         raise ValueError(f"mixture_share must be in [0, 1), got {mixture_share}")
     if mixture_share and rule not in PRODUCT_RULES:
         raise ValueError(f"mixture_share blends a product rule ({', '.join(PRODUCT_RULES)}) with the mixture, not {rule}")
-    if any(float(temps.get(m, 1.0)) <= 0 for m in names):
-        raise ValueError(f"temperatures must be positive: {dict(temps)}")
+    lo, hi = TEMPERATURE_BOUNDS
+    if any(not lo <= float(temps.get(m, 1.0)) <= hi for m in names):
+        raise ValueError(f"temperatures must lie in [{lo}, {hi}]: {dict(temps)}")
     scaled = {m: np.asarray(logits[m], dtype=np.float64) / float(temps.get(m, 1.0)) for m in names}
     probs = {m: softmax(scaled[m]) for m in names}
     w = _weights(rule, names, probs, scaled, mask, weights)
@@ -288,10 +308,15 @@ def fuse(
             total = exponents.sum(axis=0, keepdims=True)
             w = np.where(total > 1e-300, exponents / np.where(total > 1e-300, total, 1.0), w)
         if mixture_share:
-            equal = _constant(mask, [1.0] * len(names))
-            mixture = sum(equal[i][:, None] * probs[m] for i, m in enumerate(names))
+            # the mixture's shares: equal over the modalities present, times each one's gate (renormalised), so a
+            # modality the gate shuts out has no say here either; where every gate is ~0 the mixture is uniform
+            shares = mask.astype(np.float64) if gates is None else np.stack([mask[i] * gates[m] for i, m in enumerate(names)])
+            total = shares.sum(axis=0, keepdims=True)
+            shares = np.divide(shares, total, out=np.zeros_like(shares), where=total > 1e-300)
+            k = next(iter(probs.values())).shape[1]
+            mixture = sum(shares[i][:, None] * probs[m] for i, m in enumerate(names)) + (total.T <= 1e-300) / k
             log_q = (1.0 - mixture_share) * log_q + mixture_share * np.log(np.clip(mixture, 1e-300, None))
-            w = (1.0 - mixture_share) * w + mixture_share * equal  # each part's shares, in the blend's proportions
+            w = (1.0 - mixture_share) * w + mixture_share * shares  # each part's shares, in the blend's proportions
     else:
         mixed = sum(w[i][:, None] * probs[m] for i, m in enumerate(names))
         log_q = np.log(np.clip(np.asarray(mixed), 1e-300, None))
@@ -300,8 +325,8 @@ def fuse(
     t_fused = np.ones(n)
     keys = np.array([subset_name([m for i, m in enumerate(names) if mask[i, j]]) for j in range(n)])
     for key, t in (fused_temperatures or {}).items():
-        if t <= 0:
-            raise ValueError(f"fused temperature for {key} must be positive, got {t}")
+        if not lo <= t <= hi:
+            raise ValueError(f"fused temperature for {key} must lie in [{lo}, {hi}], got {t}")
         t_fused[keys == key] = t
     fused = softmax(log_q / t_fused[:, None])
     for key, cmap in (confidence_maps or {}).items():

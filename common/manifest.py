@@ -2,7 +2,10 @@
 
 Pure pydantic (no torch, no onnx), so the service reads it with the same model that wrote it.
 
-Schema history: v4 (current) added the calibration's `confidence_maps` (the top-label
+Schema history: v5 (current) added each modality's `features` output (the encoder's penultimate
+features, a second output of its graph) and the `ood` section (per modality, the out-of-distribution
+detector on those features: common.ood); a v2, v3 or v4 manifest has neither and loads as v5 with every
+modality's `in_distribution` unknown (null), serving what it served. v4 added the calibration's `confidence_maps` (the top-label
 map per set of modalities) and the fusion section's `mixture_share` (a product rule's blend
 with the equal-weight mixture, 0 when absent); a v3 manifest has neither and loads as v4
 unchanged, serving what it served. v3 added the fusion section's `typicality` (the gate of the `gated_loglinear`
@@ -23,11 +26,22 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from common.fusion import GATED_RULES, PRODUCT_RULES, RULES, WEIGHTED_RULES, ConfidenceMap, FusionParams, Typicality, subset_name
+from common.fusion import (
+    GATED_RULES,
+    PRODUCT_RULES,
+    RULES,
+    TEMPERATURE_BOUNDS,
+    WEIGHTED_RULES,
+    ConfidenceMap,
+    FusionParams,
+    Typicality,
+    subset_name,
+)
 from common.hashing import sha256_file
+from common.ood import Detector, NearestNeighbours
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MANIFEST_NAME = "manifest.json"
 
 
@@ -49,7 +63,8 @@ class _ModalityBase(_Strict):
     file: str  # ONNX graph, relative to the manifest
     sha256: str
     input: TensorSpec
-    output: TensorSpec
+    output: TensorSpec  # the logits
+    features: TensorSpec | None = None  # the encoder's penultimate features, the graph's second output (v5 on)
     parity_sample: str  # .npz with inputs and the torch model's logits on them
     parity_sample_sha256: str
 
@@ -76,6 +91,8 @@ ModalityEntry = Annotated[AudioEntry | VideoEntry, Field(discriminator="kind")]
 
 Rule = Literal["entropy", "energy", "equal", "fixed", "batch_entropy", "loglinear", "gated_loglinear", "logit_sum"]
 Positive = Annotated[float, Field(gt=0)]
+# Temperatures are fitted within common.fusion.TEMPERATURE_BOUNDS and a manifest outside them is refused.
+Temperature = Annotated[float, Field(ge=TEMPERATURE_BOUNDS[0], le=TEMPERATURE_BOUNDS[1])]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -93,8 +110,8 @@ class ConfidenceMapEntry(_Strict):
 class Calibration(_Strict):
     """Temperatures and confidence maps fitted on the validation split (common/fusion.py says where each one acts)."""
 
-    temperatures: dict[str, Positive]  # per modality: p_m = softmax(logits_m / T_m)
-    fused_temperatures: dict[str, Positive] = {}  # per set of present modalities ("audio+video"): q = softmax(log q / T_S)
+    temperatures: dict[str, Temperature]  # per modality: p_m = softmax(logits_m / T_m)
+    fused_temperatures: dict[str, Temperature] = {}  # per set of present modalities ("audio+video"): q = softmax(log q / T_S)
     confidence_maps: dict[str, ConfidenceMapEntry] = {}  # per set of modalities sent ("audio"), where validation kept one
     fitted_on: str  # which data: "val split of csv:..., n=500"
     val: dict[str, dict[str, float]] = {}  # figures on validation per subset, e.g. {"audio+video": {"ece": .., "ece_raw": ..}}
@@ -162,10 +179,24 @@ class Fusion(_Strict):
         return FusionParams(self.rule, self.weights, cal.temperatures, cal.fused_temperatures, gates, maps, self.mixture_share)
 
 
+class OODEntry(_Strict):
+    """One modality's out-of-distribution detector (common.ood): kNN on its graph's normalised features."""
+
+    detector: Literal["knn"] = "knn"
+    bank: str  # .npy [n, feature dims] float32: the training split's L2-normalised features, relative to the manifest
+    bank_sha256: str
+    k: int = Field(ge=1)  # the score is minus the distance to the k-th nearest bank row
+    threshold: float = Field(ge=-2.0, le=0.0)  # in distribution: score >= this (distances of unit vectors lie in [0, 2])
+    tpr: Probability  # the share of the validation split's inputs the threshold keeps
+    fitted_on: str  # which data: the bank's split and the threshold's
+    val: dict[str, float] = {}  # the validation scores: n, mean, std, quantiles
+
+
 class Parity(_Strict):
     n: int
     max_abs_logit_diff: float
     max_rel_logit_diff: float | None = None  # relative to max(1, max |logit|); absent in exports before it
+    max_rel_feature_diff: float | None = None  # the features output's, relative to max(1, max |feature|) (v5 on)
     max_prob_diff: float
     top1_agreement: float
     tolerance: dict[str, float]
@@ -190,19 +221,47 @@ class TrainingInfo(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[4] = 4  # SCHEMA_VERSION
+    schema_version: Literal[5] = 5  # SCHEMA_VERSION
     name: str
     version: str
     created: datetime
     labels: list[str]
     modalities: dict[str, ModalityEntry]
     fusion: Fusion
+    ood: dict[str, OODEntry] | None = None  # per modality; absent: no detector, `in_distribution` unknown (v4 and before)
     training: TrainingInfo
     export: ExportInfo
 
+    @model_validator(mode="after")
+    def _keys_are_modalities(self) -> Manifest:
+        """Every per-modality key names one of the modalities, and a rule with weights has one for each of them: a
+        manifest that would load and then fail every request is refused here, with the key that is wrong."""
+        names = set(self.modalities)
+        fusion = self.fusion
+        if fusion.rule in WEIGHTED_RULES and not names <= set(fusion.weights or {}):
+            missing = sorted(names - set(fusion.weights or {}))
+            raise ValueError(
+                f"fusion.weights has no weight for {', '.join(missing)}: the {fusion.rule} rule needs one per modality"
+            )
+        for section, keys in (
+            ("fusion.weights", fusion.weights or {}),
+            ("fusion.calibration.temperatures", fusion.calibration.temperatures),
+            ("ood", self.ood or {}),
+        ):
+            unknown = sorted(set(keys) - names)
+            if unknown:
+                raise ValueError(
+                    f"{section} names {', '.join(unknown)}, not a modality of this model ({', '.join(sorted(names))})"
+                )
+        if self.ood is not None:
+            missing = sorted(m for m in names if m not in self.ood or self.modalities[m].features is None)
+            if missing:
+                raise ValueError(f"ood needs a detector and a features output for every modality; {', '.join(missing)} lacks one")
+        return self
+
     def public(self) -> dict[str, object]:
         """What a client may see: no hashes of source checkpoints or file paths on disk."""
-        return self.model_dump(mode="json", include={"name", "version", "created", "labels", "modalities", "fusion"})
+        return self.model_dump(mode="json", include={"name", "version", "created", "labels", "modalities", "fusion", "ood"})
 
 
 def load_manifest(model_dir: Path) -> Manifest:
@@ -216,8 +275,8 @@ def load_manifest(model_dir: Path) -> Manifest:
     if isinstance(raw, dict) and raw.get("schema_version") == 1:
         raw = migrate_v1(raw)
         log.warning("%s: a schema v1 manifest, served uncalibrated (every temperature 1, never abstains)", path)
-    if isinstance(raw, dict) and raw.get("schema_version") in (2, 3):
-        raw = {**raw, "schema_version": SCHEMA_VERSION}  # v3 and v4 each only added an optional section
+    if isinstance(raw, dict) and raw.get("schema_version") in (2, 3, 4):
+        raw = {**raw, "schema_version": SCHEMA_VERSION}  # v3, v4 and v5 each only added optional sections
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
@@ -258,7 +317,10 @@ def check_hashes(model_dir: Path, manifest: Manifest) -> list[str]:
     """Every file the manifest names that is missing or differs from its sha256 (empty: all intact)."""
     failures = []
     for modality, entry in manifest.modalities.items():
-        for rel, expected in ((entry.file, entry.sha256), (entry.parity_sample, entry.parity_sample_sha256)):
+        files = [(entry.file, entry.sha256), (entry.parity_sample, entry.parity_sample_sha256)]
+        if manifest.ood and modality in manifest.ood:
+            files.append((manifest.ood[modality].bank, manifest.ood[modality].bank_sha256))
+        for rel, expected in files:
             path = model_dir / rel
             if not path.is_file():
                 failures.append(f"{rel} ({modality}) is missing")
@@ -267,6 +329,29 @@ def check_hashes(model_dir: Path, manifest: Manifest) -> list[str]:
                     f"{rel} ({modality}) does not match its sha256 in the manifest: the file was changed or corrupted"
                 )
     return failures
+
+
+def load_detectors(model_dir: Path, manifest: Manifest) -> dict[str, Detector]:
+    """Each modality's out-of-distribution detector with its bank read from disk ({} where the manifest has none).
+
+    The bank must be a float32 [n, dims] array (no pickle) whose dims are the graph's features' and whose rows
+    number at least k; anything else raises ManifestError naming the file."""
+    out: dict[str, Detector] = {}
+    for m, entry in (manifest.ood or {}).items():
+        path = model_dir / entry.bank
+        try:
+            bank = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ManifestError(f"{path}: not a readable .npy array: {exc}") from exc
+        features = manifest.modalities[m].features
+        dims = features.shape[-1] if features is not None else None
+        if bank.dtype != np.float32 or bank.ndim != 2 or bank.shape[1] != dims:
+            raise ManifestError(f"{path}: a {m} bank must be float32 [n, {dims}], got {bank.dtype} {list(bank.shape)}")
+        try:
+            out[m] = Detector(NearestNeighbours(bank, entry.k), entry.threshold)
+        except ValueError as exc:
+            raise ManifestError(f"{path}: {exc}") from exc
+    return out
 
 
 # --- publication: a version never changes under the same number -----------------------------------

@@ -88,3 +88,29 @@ def compare(
         if tol.min_top1_agreement is not None and top1 < tol.min_top1_agreement:
             failures.append(f"{label}: top-1 agreement {top1:.4f} < {tol.min_top1_agreement}")
     return figures, failures
+
+
+FEATURES = "features"  # a graph's second output (the encoder's penultimate features), where it has one
+
+
+def parity_check(
+    label: str, expected: dict[str, np.ndarray], got: dict[str, np.ndarray], tol: Tolerance
+) -> tuple[dict[str, float], list[str]]:
+    """`compare` for a graph's outputs: the logits against every bound of `tol`, the features (where expected)
+    against its relative bound alone (the same round-off argument; probabilities and argmax mean nothing there).
+    Returns the logits' figures, with the features' relative difference beside them, and every failure."""
+    logits = {k: v for k, v in expected.items() if k != FEATURES}
+    figures, failures = compare(label, logits, {k: v for k, v in got.items() if k != FEATURES}, tol)
+    if FEATURES in expected:
+        if FEATURES not in got:
+            return figures, [*failures, f"{label}: the graph has no {FEATURES!r} output"]
+        feats, errs = compare(
+            f"{label} features",
+            {FEATURES: expected[FEATURES]},
+            {FEATURES: got[FEATURES]},
+            Tolerance(max_rel_logit_diff=tol.max_rel_logit_diff),
+        )
+        failures += errs
+        if feats:
+            figures = {**figures, "max_rel_feature_diff": feats["max_rel_logit_diff"]}
+    return figures, failures

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from common.manifest import ManifestError, check_hashes, check_published, load_manifest
-from common.parity import Tolerance, compare
+from common.parity import FEATURES, Tolerance, parity_check
 
 
 class InvalidRepositoryError(Exception):
@@ -37,14 +37,21 @@ def validate_repository(model_dir: Path) -> dict[str, Any]:
         if any(entry.file in f or entry.parity_sample in f for f in failures):
             continue  # a changed file is not worth running
         with np.load(model_dir / entry.parity_sample) as sample:
-            inputs, expected = sample["inputs"], sample["logits"]
+            inputs, expected = sample["inputs"], {entry.output.name: sample["logits"]}
+            if entry.features is not None:
+                if FEATURES not in sample:
+                    failures.append(f"{entry.parity_sample} ({modality}) holds no features to check the graph's against")
+                    continue
+                expected[FEATURES] = sample[FEATURES]
         try:
             got = run_session(model_dir / entry.file, {entry.input.name: inputs})
         except Exception as exc:  # onnxruntime raises its own exception types for a bad graph
             failures.append(f"{entry.file} ({modality}) does not run in ONNX Runtime: {exc}")
             continue
         tol = Tolerance(**manifest.export.parity[modality].tolerance)
-        figures[modality], errs = compare(entry.file, {entry.output.name: expected}, got, tol)
+        if entry.features is None:
+            got = {k: v for k, v in got.items() if k == entry.output.name}  # a v4 graph's outputs are its logits alone
+        figures[modality], errs = parity_check(entry.file, expected, got, tol)
         failures += errs
     if failures:
         raise InvalidRepositoryError(model_dir, failures)

@@ -1,4 +1,4 @@
-"""One modality's path (raw input -> encoder -> shared head -> logits) as an ONNX graph."""
+"""One modality's path (raw input -> encoder -> shared head -> logits, and the encoder's features) as an ONNX graph."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from training.models.classifier import SingleModality
 log = logging.getLogger(__name__)
 
 OUTPUT_NAME = "logits"
+FEATURES_NAME = "features"  # the second output: the encoder's penultimate features (common.ood reads them)
 DEFAULT_OPSET = 18
 
 # Op types the graphs may hold: each has a CUDA kernel in ONNX Runtime (shape arithmetic
@@ -109,7 +110,7 @@ def export_graph(model: MultimodalClassifier, spec: ExportSpec, path: Path) -> o
     """Export (fp16 trunk and head if asked), check, refuse host-only ops; write `path`."""
     if spec.precision == "fp16":
         model = copy.deepcopy(model)  # converted in place below; the caller's stays fp32
-    module = SingleModality(model, spec.modality, half=spec.precision == "fp16").eval()
+    module = SingleModality(model, spec.modality, half=spec.precision == "fp16", features=True).eval()
     batch = torch.export.Dim("batch", min=1, max=65_536)
     try:
         torch.onnx.export(
@@ -118,7 +119,7 @@ def export_graph(model: MultimodalClassifier, spec: ExportSpec, path: Path) -> o
             str(path),
             dynamo=True,
             input_names=[spec.input_name],
-            output_names=[OUTPUT_NAME],
+            output_names=[OUTPUT_NAME, FEATURES_NAME],
             dynamic_shapes=({0: batch},),
             opset_version=spec.opset,
             optimize=True,
@@ -130,7 +131,9 @@ def export_graph(model: MultimodalClassifier, spec: ExportSpec, path: Path) -> o
     graph = onnx.load(str(path), load_external_data=True)
     for extra in path.parent.glob(f"{path.name}.data"):
         extra.unlink()
-    graph.doc_string = f"mla-serve {spec.modality} graph: raw {spec.dtype} input {list(spec.shape)} -> logits ({spec.precision})"
+    graph.doc_string = (
+        f"mla-serve {spec.modality} graph: raw {spec.dtype} input {list(spec.shape)} -> logits, features ({spec.precision})"
+    )
     onnx.save(graph, str(path), save_as_external_data=False)
     onnx.checker.check_model(str(path), full_check=True)
     host_only = sorted({n.op_type for n in graph.graph.node} - CUDA_OPS)

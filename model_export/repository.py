@@ -34,6 +34,7 @@ from common.manifest import (
     ExportInfo,
     Fusion,
     Manifest,
+    OODEntry,
     Parity,
     TensorSpec,
     TrainingInfo,
@@ -43,9 +44,9 @@ from common.manifest import (
     publish,
     published,
 )
-from common.parity import ParityError, compare
+from common.parity import ParityError, parity_check
 from common.validate import run_session
-from model_export.onnx_graph import DEFAULT_OPSET, OUTPUT_NAME, ExportError, ExportSpec, export_graph, spec_for
+from model_export.onnx_graph import DEFAULT_OPSET, FEATURES_NAME, OUTPUT_NAME, ExportError, ExportSpec, export_graph, spec_for
 from training.calibrate import CONFIDENCE, TARGET_RISK, calibrate_run, check_abstention, check_rule, fusion_section
 from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from training.config import ModelConfig
@@ -53,6 +54,7 @@ from training.data.dataset import build_dataset, make_loader
 from training.data.specs import parse_spec
 from training.evaluate import Predictions
 from training.models.classifier import SingleModality
+from training.ood import fit_ood
 
 log = logging.getLogger(__name__)
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -96,12 +98,15 @@ def new_version_dir(root: Path, version: str | None) -> Path:
     return target
 
 
-def _entry(spec: ExportSpec, cfg: ModelConfig, file: str, sample: str, out_dir: Path) -> AudioEntry | VideoEntry:
+def _entry(
+    spec: ExportSpec, cfg: ModelConfig, file: str, sample: str, out_dir: Path, feature_dim: int
+) -> AudioEntry | VideoEntry:
     common: dict[str, Any] = {
         "file": file,
         "sha256": sha256_file(out_dir / file),
         "input": TensorSpec(name=spec.input_name, dtype=spec.dtype, shape=list(spec.shape)),
         "output": TensorSpec(name=OUTPUT_NAME, dtype="float32", shape=["batch", cfg.n_classes]),
+        "features": TensorSpec(name=FEATURES_NAME, dtype="float32", shape=["batch", feature_dim]),
         "parity_sample": sample,
         "parity_sample_sha256": sha256_file(out_dir / sample),
     }
@@ -143,6 +148,8 @@ def export_run(
     precision: Literal["fp32", "fp16"] = "fp16" if fp16 else "fp32"
     inputs = parity_inputs(cfg, data or ckpt["data"])
     fusion = Fusion.model_validate(calibrate_run(run_dir, data, rule, target_risk, confidence))
+    data = data or str(ckpt["data"])
+    ood, banks = fit_ood(model, parse_spec(data), data)
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
@@ -157,24 +164,28 @@ def export_run(
             file = f"{m}.onnx"
             export_graph(model, spec, tmp / file)
             with torch.no_grad():
-                expected = SingleModality(model, m)(torch.from_numpy(inputs[m])).numpy()
+                logits, feats = SingleModality(model, m, features=True)(torch.from_numpy(inputs[m]))
+            expected = {OUTPUT_NAME: logits.numpy(), FEATURES_NAME: feats.numpy()}
             try:
                 got = run_session(tmp / file, {spec.input_name: inputs[m]})
+                one = run_session(tmp / file, {spec.input_name: inputs[m][:1]})  # the batch axis really is dynamic
             except Exception as exc:  # onnxruntime's own exception types
                 raise ExportError(f"{m}: ONNX Runtime cannot run the exported graph: {exc}") from exc
-            figures, errs = compare(f"{m} ({precision}, batch {len(expected)})", {OUTPUT_NAME: expected}, got, spec.tolerance)
-            one = run_session(tmp / file, {spec.input_name: inputs[m][:1]})  # the batch axis really is dynamic
-            _, errs_one = compare(f"{m} ({precision}, batch 1)", {OUTPUT_NAME: expected[:1]}, one, spec.tolerance)
+            figures, errs = parity_check(f"{m} ({precision}, batch {len(inputs[m])})", expected, got, spec.tolerance)
+            _, errs_one = parity_check(
+                f"{m} ({precision}, batch 1)", {k: v[:1] for k, v in expected.items()}, one, spec.tolerance
+            )
             failures += errs + errs_one
             if errs or errs_one:
                 continue
             sample = f"parity/{m}.npz"
-            np.savez_compressed(tmp / sample, inputs=inputs[m][:SAMPLE_ROWS], logits=expected[:SAMPLE_ROWS])
-            entries[m] = _entry(spec, cfg, file, sample, tmp)
+            np.savez_compressed(tmp / sample, inputs=inputs[m][:SAMPLE_ROWS], **{k: v[:SAMPLE_ROWS] for k, v in expected.items()})
+            entries[m] = _entry(spec, cfg, file, sample, tmp, model.feature_dim)
             parity[m] = Parity(
                 n=int(figures["n"]),
                 max_abs_logit_diff=figures["max_abs_logit_diff"],
                 max_rel_logit_diff=figures["max_rel_logit_diff"],
+                max_rel_feature_diff=figures.get("max_rel_feature_diff"),
                 max_prob_diff=figures["max_prob_diff"],
                 top1_agreement=figures["top1_agreement"],
                 tolerance=spec.tolerance.as_dict(),
@@ -182,6 +193,11 @@ def export_run(
             log.info("%s: parity %s", m, figures)
         if failures:
             raise ParityError(failures)
+        (tmp / "ood").mkdir()
+        for m, bank in banks.items():
+            rel = f"ood/{m}.npy"
+            np.save(tmp / rel, bank.astype(np.float32), allow_pickle=False)
+            ood[m].update(bank=rel, bank_sha256=sha256_file(tmp / rel))
         src = checkpoint_path(run_dir)
         manifest = Manifest(
             name=name,
@@ -190,6 +206,7 @@ def export_run(
             labels=cfg.labels,
             modalities=entries,
             fusion=fusion,
+            ood={m: OODEntry.model_validate(e) for m, e in ood.items()},
             training=TrainingInfo(
                 method=ckpt["method"],
                 encoder=cfg.encoder,
@@ -296,8 +313,9 @@ def recalibrate(
     version = target.name
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
     try:
+        banks = [e.bank for e in (manifest.ood or {}).values()]
         for entry in manifest.modalities.values():
-            for rel in (entry.file, entry.parity_sample):
+            for rel in (entry.file, entry.parity_sample, *banks):
                 (tmp_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(version_dir / rel, tmp_dir / rel)
         updated = manifest.model_copy(

@@ -55,6 +55,12 @@ class Metrics:
             buckets=UNIT_BUCKETS,
             registry=r,
         )
+        self.ood_checks = Counter(
+            "mla_ood_checks_total",
+            "Inputs checked by their modality's out-of-distribution detector, by verdict (in_distribution: true/false)",
+            ["modality", "in_distribution"],
+            registry=r,
+        )
         self.worker_restarts = Counter(
             "mla_decode_worker_restarts_total",
             "Decode workers replaced, by reason (died, timeout, memory, hung, protocol)",

@@ -17,9 +17,21 @@ from typing import Any
 
 import numpy as np
 
+from common.answer import decide
 from common.fusion import FusionParams, entropy, subset_name
-from common.manifest import AudioEntry, Manifest, VideoEntry, check_hashes, check_published, load_manifest, manifest_sha256
+from common.manifest import (
+    AudioEntry,
+    Manifest,
+    ManifestError,
+    VideoEntry,
+    check_hashes,
+    check_published,
+    load_detectors,
+    load_manifest,
+    manifest_sha256,
+)
 from common.media import AudioSpec, Limits, MediaError, VideoSpec
+from common.ood import Detector
 from service.batching import MicroBatcher
 from service.decoding import Source, decode_audio_file, decode_video_file
 from service.errors import InvalidMedia, InvalidRequest, from_media_error
@@ -58,8 +70,13 @@ class Runtime:
     batcher: MicroBatcher | None = None
 
 
-def make_session(path: Path, settings: Settings) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """An ONNX Runtime session for `path`: the provider it got, and a call that runs a batch on it."""
+def make_session(
+    path: Path, settings: Settings, outputs: list[str] | None = None
+) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+    """An ONNX Runtime session for `path`: the provider it got, and a call that runs a batch on it.
+
+    The call returns the named `outputs` (default: the graph's first) side by side along axis 1, as float32
+    [batch, sum of their widths]: one array per row is what the micro-batcher splits and hands back."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -86,20 +103,25 @@ def make_session(path: Path, settings: Settings) -> tuple[str, Callable[[np.ndar
     provider = session.get_providers()[0]
     if wanted[0] != provider:
         log.warning("%s: %s is not usable here; running on %s", path.name, wanted[0], provider)
-    input_name, output_name = session.get_inputs()[0].name, session.get_outputs()[0].name
+    input_name = session.get_inputs()[0].name
+    names = outputs or [session.get_outputs()[0].name]
+
+    def joined(arrays: list[Any]) -> np.ndarray:
+        return np.asarray(arrays[0]) if len(arrays) == 1 else np.concatenate([np.asarray(a) for a in arrays], axis=1)
 
     if provider == "CUDAExecutionProvider":
         # IO binding: one host-to-device copy of the (uint8 or float) batch, outputs copied back once.
         def run(batch: np.ndarray) -> np.ndarray:
             binding = session.io_binding()
             binding.bind_cpu_input(input_name, np.ascontiguousarray(batch))
-            binding.bind_output(output_name, "cpu")
+            for name in names:
+                binding.bind_output(name, "cpu")
             session.run_with_iobinding(binding)
-            return np.asarray(binding.copy_outputs_to_cpu()[0])
+            return joined(binding.copy_outputs_to_cpu())
     else:
 
         def run(batch: np.ndarray) -> np.ndarray:
-            return np.asarray(session.run([output_name], {input_name: batch})[0])
+            return joined(session.run(names, {input_name: batch}))
 
     return provider, run
 
@@ -116,6 +138,7 @@ class ServedModel:
         self.manifest_sha256 = ""  # the manifest's, once loaded: every answer names it
         self.fusion_params = FusionParams()  # the manifest's, once loaded
         self.runtimes: dict[str, Runtime] = {}
+        self.detectors: dict[str, Detector] = {}  # per modality, where the manifest has an out-of-distribution detector
         self.decoder: DecodePool | None = None
         self.warm = False  # sessions loaded and warmed up
         self.draining = False  # taken out of rotation by an operator (POST /admin/drain)
@@ -151,11 +174,19 @@ class ServedModel:
         bad = check_published(self.dir) + check_hashes(self.dir, manifest)
         if bad:
             raise ModelLoadError(f"{self.dir}: " + "; ".join(bad))
+        try:
+            self.detectors = load_detectors(self.dir, manifest)
+        except ManifestError as exc:
+            raise ModelLoadError(str(exc)) from exc
         for m, entry in manifest.modalities.items():
-            provider, run = make_session(self.dir / entry.file, self.settings)
+            outputs = [entry.output.name] + ([entry.features.name] if m in self.detectors and entry.features else [])
+            provider, run = make_session(self.dir / entry.file, self.settings, outputs)
             self.runtimes[m] = Runtime(entry, provider, run)
             self.metrics.model_info.labels(manifest.name, manifest.version, m, provider).set(1)
             self.metrics.typicality.labels(m)  # the series exists from the start, for the dashboard and the alert
+            if m in self.detectors:
+                for verdict in ("true", "false"):
+                    self.metrics.ood_checks.labels(m, verdict)
         names = sorted(manifest.modalities)
         for k in range(1, len(names) + 1):  # every subset's series exists from the start, at 0, for rate() and alerts
             for sub in itertools.combinations(names, k):
@@ -255,31 +286,54 @@ class ServedModel:
         return out
 
     # --- predict and postprocess -----------------------------------------------------------
-    async def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def predict(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Each modality's logits [classes] and, where it has a detector, its features [dims], for one request."""
+        assert self.manifest is not None
+        k = len(self.manifest.labels)
         rows = await asyncio.gather(*(self.runtimes[m].batcher.submit(x) for m, x in inputs.items()))  # type: ignore[union-attr]
+        logits, features = {}, {}
         for m, row in zip(inputs, rows, strict=True):
             # Finite input can still overflow (float samples far outside [-1, 1]): never let a NaN
             # reach the answer or the entropy histogram, whose running sum it would spoil for good.
             if not np.isfinite(row).all():
                 raise InvalidMedia(f"{m}: the model's output is not finite for this input (sample values out of range?)")
-        return dict(zip(inputs, rows, strict=True))
+            logits[m] = row[:k]
+            if m in self.detectors:
+                features[m] = row[k:]
+        return logits, features
 
-    def postprocess(self, logits: dict[str, np.ndarray], min_confidence: float | None = None) -> dict[str, Any]:
-        """The manifest's calibrated fusion of one request's logits; abstain below `min_confidence` (default: the manifest's)."""
+    def postprocess(
+        self, logits: dict[str, np.ndarray], features: dict[str, np.ndarray] | None = None, min_confidence: float | None = None
+    ) -> dict[str, Any]:
+        """One request's answer (common.answer.decide): modalities out of distribution left out of the fusion, the
+        manifest's calibrated rule over the rest, abstained below `min_confidence` (default: the manifest's threshold
+        for the set fused) or when no modality sent is in distribution."""
         assert self.manifest is not None
         labels, fusion = self.manifest.labels, self.manifest.fusion
         params = self.fusion_params
-        fused = params({m: z.astype(np.float64)[None] for m, z in logits.items()})
-        subset = subset_name(list(logits))
+        a = decide(
+            params,
+            fusion.abstention.min_confidence,
+            self.detectors,
+            {m: z.astype(np.float64)[None] for m, z in logits.items()},
+            {m: f.astype(np.float64)[None] for m, f in (features or {}).items()},
+            min_confidence=min_confidence,
+        )
+        subset, sent = str(a.subsets[0]), subset_name(list(logits))
         detail = {}
-        for m, p in fused.modality_probs.items():
+        for m in logits:
+            p = a.fused.modality_probs[m]
             h = float(entropy(p)[0])
-            w = float(fused.weights[m][0])
+            w = float(a.fused.weights[m][0])
+            used = bool(a.used[m][0])
             self.metrics.entropy.labels(m).observe(h)
             self.metrics.weight.labels(m).observe(w)
-            typicality = None if fused.gates is None else float(fused.gates[m][0])
+            typicality = None if a.fused.gates is None or not used else float(a.fused.gates[m][0])
             if typicality is not None:
                 self.metrics.typicality.labels(m).observe(typicality)
+            checked = m in self.detectors and features is not None and m in features
+            if checked:
+                self.metrics.ood_checks.labels(m, "true" if a.in_distribution[m][0] else "false").inc()
             detail[m] = {
                 "label": labels[int(p[0].argmax())],
                 "probabilities": dict(zip(labels, map(float, p[0]), strict=True)),
@@ -287,22 +341,26 @@ class ServedModel:
                 "weight": w,
                 "temperature": float((params.temperatures or {}).get(m, 1.0)),
                 "typicality": typicality,
+                "ood_score": float(a.scores[m][0]) if checked else None,
+                "ood_threshold": self.detectors[m].threshold if checked else None,
+                "in_distribution": bool(a.in_distribution[m][0]) if checked else None,
+                "fused": used,
             }
-        self.metrics.subsets.labels(subset).inc()
-        best = int(fused.probs[0].argmax())
-        confidence = float(fused.probs[0, best])
-        threshold = fusion.abstention.threshold(subset) if min_confidence is None else min_confidence
-        abstained = confidence < threshold
+        self.metrics.subsets.labels(sent).inc()
+        best = int(a.fused.probs[0].argmax())
+        reason = a.reasons[0]
+        if reason is not None:
+            self.metrics.abstained.labels(sent).inc()
         cmap = (params.confidence_maps or {}).get(subset)
-        if abstained:
-            self.metrics.abstained.labels(subset).inc()
         return {
             "model": {"name": self.manifest.name, "version": self.manifest.version, "manifest_sha256": self.manifest_sha256},
             "label": labels[best],
-            "confidence": confidence,
-            "abstained": abstained,
-            "min_confidence": threshold,
-            "probabilities": dict(zip(labels, map(float, fused.probs[0]), strict=True)),
+            "confidence": float(a.fused.probs[0, best]),
+            "abstained": reason is not None,
+            "abstain_reason": reason,
+            "min_confidence": float(a.thresholds[0]),
+            "fused_modalities": sorted(m for m in logits if a.used[m][0]),
+            "probabilities": dict(zip(labels, map(float, a.fused.probs[0]), strict=True)),
             "modalities": detail,
             "fusion": fusion.rule,
             "mixture_share": params.mixture_share,

@@ -138,11 +138,11 @@ async def predict(request: Request, model: WarmModel, decoder: DecoderDep, setti
             min_confidence = _min_confidence(upload.form.get("min_confidence"))
             model.check_modalities(set(files))
             inputs = await model.preprocess(files, decoder)
-            logits = await model.predict(inputs)
+            logits, features = await model.predict(inputs)
             # Serialised here, by pydantic-core: the answer is built by postprocess in the shape of
             # PredictResponse (the OpenAPI schema; the end-to-end tests and schemathesis check answers against it), so
             # validating it again on every request would only cost time.
-            return Response(to_json(model.postprocess(logits, min_confidence)), media_type="application/json")
+            return Response(to_json(model.postprocess(logits, features, min_confidence)), media_type="application/json")
     except TimeoutError:
         raise Overloaded(f"the request took longer than {settings.request_timeout_seconds:g} s") from None
     finally:

@@ -32,6 +32,26 @@ class ModalityResult(BaseModel):
         "lie as near the class means as validation's did, smaller the farther out they are (an input unlike the model's "
         "data, such as speech drowned in noise); null under rules without a gate",
     )
+    ood_score: float | None = Field(
+        default=None,
+        description="the out-of-distribution score of this input, in [-2, 0]: minus the distance of its normalised "
+        "features to the k-th nearest of the training inputs' (higher: more like the training data); null where the "
+        "model has no detector",
+    )
+    ood_threshold: float | None = Field(
+        default=None,
+        description="the score at or above which an input is in distribution: the one that keeps 95% of the validation "
+        "split's inputs (the manifest's `ood` section); null where the model has no detector",
+    )
+    in_distribution: bool | None = Field(
+        default=None,
+        description="false when this input is unlike anything the model was trained on (ood_score below ood_threshold): "
+        "it is then left out of the fusion; null where the model has no detector",
+    )
+    fused: bool = Field(
+        default=True,
+        description="whether the fused answer used this modality (false: judged out of distribution beside one that was not)",
+    )
 
 
 class ConfidenceMapUsed(BaseModel):
@@ -51,8 +71,19 @@ class PredictResponse(BaseModel):
         "are right about a fraction c of the time"
     )
     abstained: bool = Field(
-        description="true when `confidence` is below `min_confidence`: the label is still given, but the model "
-        "recommends not acting on it"
+        description="true when `confidence` is below `min_confidence` or no modality sent was in distribution "
+        "(`abstain_reason` says which): the label is still given, but the model recommends not acting on it; a "
+        "min_confidence of 1 never answers"
+    )
+    abstain_reason: str | None = Field(
+        default=None,
+        description="why the answer is abstained: `out_of_distribution` (no modality sent was in distribution) or "
+        "`low_confidence` (the confidence is below min_confidence); null when it is not",
+    )
+    fused_modalities: list[str] = Field(
+        default_factory=list,
+        description="the modalities the fused answer was computed from: those sent that were in distribution, or all "
+        "of them when none was (the answer is then abstained)",
     )
     min_confidence: float = Field(
         description="the threshold used: the request's `min_confidence`, or the model's own, chosen on validation so that "

@@ -43,6 +43,7 @@ Every figure here comes from validation predictions; the test split is never rea
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -51,7 +52,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.stats import beta
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 
 from common import calibration
@@ -59,6 +60,7 @@ from common.fusion import (
     GATED_RULES,
     PRODUCT_RULES,
     RULES,
+    TEMPERATURE_BOUNDS,
     ConfidenceMap,
     FusionParams,
     Typicality,
@@ -67,9 +69,10 @@ from common.fusion import (
 )
 from training.evaluate import Predictions, fused_for, subsets
 
+log = logging.getLogger(__name__)
 TARGET_RISK = 0.05  # default: at most 5% errors among the answers given
 CONFIDENCE = 0.9  # the abstention threshold's risk bound holds with this probability (all of SGR's tests at once)
-T_BOUNDS = (0.05, 20.0)
+T_BOUNDS = TEMPERATURE_BOUNDS  # common.fusion says why; a fit that stops at a bound is logged
 GRID_STEPS = 20
 GATE_MARGIN = 2.0  # threshold = this x the 99th percentile of the validation distances
 GATE_DECAY = 4.0  # beyond it, the weight falls by e every GATE_DECAY x threshold
@@ -110,7 +113,10 @@ def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
         return float(-np.mean(log_softmax(x / math.exp(log_t))[rows, labels]))
 
     res = minimize_scalar(loss, bounds=(math.log(T_BOUNDS[0]), math.log(T_BOUNDS[1])), method="bounded", options={"xatol": 1e-4})
-    return float(math.exp(res.x))
+    t = float(min(max(math.exp(res.x), T_BOUNDS[0]), T_BOUNDS[1]))
+    if not T_BOUNDS[0] * 1.01 < t < T_BOUNDS[1] / 1.01:
+        log.warning("the temperature fit stopped at %.3g, at its bound %s: the logits may be broken", t, T_BOUNDS)
+    return t
 
 
 def _fused_log_probs(val: Predictions, subset: tuple[str, ...], params: FusionParams) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +151,19 @@ def _log_losses(scores: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, -scores) * right + np.logaddexp(0.0, scores) * (1 - right)
 
 
+PLATT_CS = np.logspace(-3, 3, 13)  # the L2 strengths the map's inner cross-validation chooses among (C: inverse strength)
+
+
+def _platt(x: np.ndarray, right: np.ndarray, folds: int) -> LogisticRegressionCV:
+    """A logistic regression of "right" on the top label's logit, L2-regularised with the C among PLATT_CS whose
+    `folds`-fold cross-validated log-loss on these answers (the validation split's, or a fold of them) is lowest: an
+    unregularised fit runs its slope off to infinity where the answers separate."""
+    inner = max(2, min(folds, int(min(right.sum(), len(right) - right.sum()))))
+    cv = StratifiedKFold(inner, shuffle=True, random_state=1)
+    lr = LogisticRegressionCV(Cs=PLATT_CS, cv=cv, scoring="neg_log_loss", l1_ratios=(0.0,), use_legacy_attributes=False)
+    return lr.fit(x[:, None], right)
+
+
 def fit_confidence_map(probs: np.ndarray, labels: np.ndarray, folds: int = MAP_FOLDS) -> ConfidenceMap | None:
     """Platt scaling of the top label's probability (a logistic regression of "right" on its logit), or None.
 
@@ -162,9 +181,9 @@ def fit_confidence_map(probs: np.ndarray, labels: np.ndarray, folds: int = MAP_F
         return None
     gain = np.empty(len(x))  # per answer: its log-loss as it is minus under the map fitted without its fold
     for fit, held in StratifiedKFold(folds, shuffle=True, random_state=0).split(x, right):
-        lr = LogisticRegression(C=np.inf).fit(x[fit, None], right[fit])
+        lr = _platt(x[fit], right[fit], folds)
         gain[held] = _log_losses(x[held], right[held]) - _log_losses(lr.coef_[0, 0] * x[held] + lr.intercept_[0], right[held])
-    lr = LogisticRegression(C=np.inf).fit(x[:, None], right)
+    lr = _platt(x, right, folds)
     slope, offset = float(lr.coef_[0, 0]), float(lr.intercept_[0])
     if gain.mean() <= gain.std(ddof=1) / math.sqrt(len(gain)) or slope <= 0:
         return None
@@ -336,7 +355,7 @@ def selective_threshold(
     Ties in confidence are answered together, so a threshold is a confidence that occurs and
     everything at or above it is answered. The search halves the candidates k times and makes
     k tests, each at confidence 1 - (1 - `confidence`) / k. When no test passes, the threshold
-    is 1.0: only certain answers are given.
+    is 1.0: no answer is given (common.fusion.answers).
     """
     check_abstention(target_risk, confidence)
     coverage, risk, conf = calibration.risk_coverage(probs, labels)
@@ -356,10 +375,8 @@ def selective_threshold(
             lo = mid + 1
         else:
             hi = mid - 1
-    if best is None:
-        certain = conf >= 1.0
-        risk_certain = float(risk[certain.sum() - 1]) if certain.any() else 0.0
-        return Threshold(1.0, float(certain.mean()), risk_certain, 1.0, len(conf), tests)
+    if best is None:  # 1.0: never answer (common.fusion.answers)
+        return Threshold(1.0, 0.0, 0.0, 1.0, len(conf), tests)
     return best
 
 

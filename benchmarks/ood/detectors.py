@@ -18,7 +18,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from common.answer import Answers, decide
 from common.fusion import GATED_RULES, Fused, FusionParams, logsumexp
+from common.ood import Detector as OODDetector
 
 
 @dataclass(frozen=True)
@@ -26,23 +28,57 @@ class Batch:
     """n requests that sent the same modalities."""
 
     logits: Mapping[str, np.ndarray]  # modality -> [n, classes], the graphs' raw output
-    fused: Fused  # the manifest's fusion, request by request, as served
+    fused: Fused  # the fusion, request by request, as served (over the modalities in distribution)
     params: FusionParams  # the manifest's fusion parameters
-    features: Mapping[str, np.ndarray] | None = None  # modality -> [n, dims] penultimate features (feature detectors, later)
+    features: Mapping[str, np.ndarray] | None = None  # modality -> [n, dims] penultimate features (where the graph has them)
+    answers: Answers | None = None  # the served decision: OOD verdicts, fused sets, abstentions (common.answer)
+    standardise: Mapping[str, tuple[float, float]] | None = None  # modality -> its validation OOD scores' mean and sd
 
 
-def serve(params: FusionParams, logits: Mapping[str, np.ndarray]) -> Batch:
-    """The manifest's fusion of each request on its own, as service/model.py's postprocess runs it (float64, one row)."""
+def serve(
+    params: FusionParams,
+    logits: Mapping[str, np.ndarray],
+    features: Mapping[str, np.ndarray] | None = None,
+    detectors: Mapping[str, OODDetector] | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    standardise: Mapping[str, tuple[float, float]] | None = None,
+) -> Batch:
+    """The served answer of each request on its own (common.answer.decide, as service/model.py's postprocess runs it:
+    float64, one row at a time), with the manifest's detectors and abstention thresholds."""
     n = len(next(iter(logits.values())))
-    rows = [params({m: np.asarray(z[i : i + 1], np.float64) for m, z in logits.items()}) for i in range(n)]
-    gates = None if rows[0].gates is None else {m: np.concatenate([r.gates[m] for r in rows]) for m in logits}  # type: ignore[index]
+    rows = [
+        decide(
+            params,
+            thresholds or {},
+            detectors or {},
+            {m: np.asarray(z[i : i + 1], np.float64) for m, z in logits.items()},
+            None if features is None else {m: np.asarray(f[i : i + 1], np.float64) for m, f in features.items()},
+        )
+        for i in range(n)
+    ]
+    fs = [r.fused for r in rows]
+    gates = None if fs[0].gates is None else {m: np.concatenate([r.gates[m] for r in fs]) for m in logits}  # type: ignore[index]
     fused = Fused(
-        np.concatenate([r.probs for r in rows]),
-        {m: np.concatenate([r.weights[m] for r in rows]) for m in logits},
-        {m: np.concatenate([r.modality_probs[m] for r in rows]) for m in logits},
+        np.concatenate([r.probs for r in fs]),
+        {m: np.concatenate([r.weights[m] for r in fs]) for m in logits},
+        {m: np.concatenate([r.modality_probs[m] for r in fs]) for m in logits},
         gates,
     )
-    return Batch(logits, fused, params)
+
+    def cat(field: str) -> dict[str, np.ndarray]:
+        return {m: np.concatenate([getattr(r, field)[m] for r in rows]) for m in logits}
+
+    answers = Answers(
+        fused,
+        cat("sent"),
+        cat("used"),
+        cat("scores"),
+        cat("in_distribution"),
+        np.concatenate([r.subsets for r in rows]),
+        np.concatenate([r.thresholds for r in rows]),
+        np.concatenate([r.reasons for r in rows]),
+    )
+    return Batch(logits, fused, params, features, answers, standardise)
 
 
 @dataclass(frozen=True)
@@ -85,10 +121,21 @@ def typicality_distance(batch: Batch) -> np.ndarray | None:
     return -np.max(np.stack(ratios), axis=0)
 
 
+def knn(batch: Batch) -> np.ndarray | None:
+    """The served detector's score (common.ood: minus the k-th nearest training feature's distance); a pair's is the
+    lower of its modalities' scores, each standardised by its validation mean and sd (the least typical decides)."""
+    a = batch.answers
+    if a is None or batch.standardise is None or any(np.isnan(a.scores[m]).all() for m in batch.logits):
+        return None
+    parts = [(a.scores[m] - batch.standardise[m][0]) / batch.standardise[m][1] for m in batch.logits]
+    return np.min(np.stack(parts), axis=0)
+
+
 DETECTORS: tuple[Detector, ...] = (
     Detector("confidence", "the served confidence: the fused top probability the abstention threshold is applied to", confidence),
     Detector("msp", "maximum softmax probability of the calibrated fusion without the typicality gate", msp),
     Detector("energy", "logsumexp of the temperature-scaled logits, summed over the modalities sent", energy),
     Detector("typicality", "today's logit typicality gate, the least typical modality's (1 = fully typical)", typicality_gate),
     Detector("typicality_distance", "minus the logit distance behind the gate, over its threshold", typicality_distance),
+    Detector("knn", "the served detector: minus the k-th nearest training feature's distance, the least typical modality's", knn),
 )  # fmt: skip

@@ -3,8 +3,12 @@
 
 const $ = (id) => document.getElementById(id);
 
-const KNOWN = new Set(["model", "label", "confidence", "probabilities", "modalities", "fusion", "abstained"]);
-const KNOWN_MODALITY = new Set(["label", "probabilities", "entropy", "weight", "typicality"]);
+const KNOWN = new Set([
+  "model", "label", "confidence", "probabilities", "modalities", "fusion", "abstained", "abstain_reason", "fused_modalities",
+]);
+const KNOWN_MODALITY = new Set([
+  "label", "probabilities", "entropy", "weight", "typicality", "ood_score", "ood_threshold", "in_distribution", "fused",
+]);
 const STATUS_TEXT = {
   400: "Bad Request",
   401: "Unauthorized",
@@ -164,6 +168,14 @@ function modalityCard(name, m, order) {
     const note = m.typicality < 1 ? " (unlike the model's data: its weight was cut)" : " (like the model's data)";
     fact("typicality", `${percent(m.typicality)}${note}`, "modality-typicality");
   }
+  // Where the model has a detector: is this input like the data the model was trained on?
+  if (typeof m.in_distribution === "boolean") {
+    const score = typeof m.ood_score === "number" ? ` (score ${m.ood_score.toFixed(3)}, threshold ${m.ood_threshold.toFixed(3)})` : "";
+    const verdict = m.in_distribution
+      ? "yes"
+      : `no: unlike the model's data${m.fused === false ? ", left out of the answer" : ""}`;
+    fact("in distribution", `${verdict}${score}`, m.in_distribution ? "modality-ood" : "modality-ood is-ood");
+  }
   card.append(facts);
   const weight = el("span", "bar-track weight");
   weight.setAttribute("aria-hidden", "true");
@@ -192,9 +204,11 @@ export function renderResult(body, { labels, ms, requestId }) {
   if (typeof body.abstained === "boolean") {
     badge.hidden = false;
     badge.className = body.abstained ? "badge abstained" : "badge answered";
-    badge.textContent = body.abstained
-      ? "Abstained: not confident enough to answer; the label is its best guess"
-      : "Answered: confident enough not to abstain";
+    badge.textContent = !body.abstained
+      ? "Answered: confident enough not to abstain"
+      : body.abstain_reason === "out_of_distribution"
+        ? "Abstained: nothing sent is like the data the model knows; the label is its best guess"
+        : "Abstained: not confident enough to answer; the label is its best guess";
   } else {
     badge.hidden = true;
   }

@@ -139,6 +139,9 @@ def test_detectors_score_the_served_fusion() -> None:
     scores = {}
     for detector in DETECTORS:
         score = detector.score(batch)
+        if detector.name == "knn":  # version 1 has no features output nor detector: the served kNN is not scored
+            assert score is None
+            continue
         assert score is not None
         assert score.shape == (6,)
         scores[detector.name] = score

@@ -137,7 +137,6 @@ def test_share_grid_scores_each_blend_as_the_table_would_and_chooses_on_validati
     summary = {split: robustness.summarise(scores, list(rules), split) for split in ("val", "test")}
     grid = robustness.share_grid([fit], [held], summary)
     assert list(grid) == [f"{s:g}" for s in robustness.SHARE_GRID]
-    assert grid["0"] != grid["0.9"]  # the share changes what is fused
     # the served share's worst test gap is the worst of the table's gains against equal and fixed weights
     assert rules["gated_loglinear"].mixture_share == MIXTURE_SHARE
     gaps = robustness.paired_gaps([held], [rules], "gated_loglinear")

@@ -2,14 +2,19 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from common.fusion import (
     GATED_RULES,
     RULES,
+    TEMPERATURE_BOUNDS,
     WEIGHTED_RULES,
     ConfidenceMap,
     FusionParams,
     Typicality,
+    answers,
     entropy,
     fuse,
     log_softmax,
@@ -156,8 +161,14 @@ def test_temperatures_one_reproduce_the_raw_rule_and_others_act_where_stated() -
     np.testing.assert_allclose(sharp.probs[~both], base.probs[~both])
     assert np.all(sharp.probs[both].max(1) >= base.probs[both].max(1))  # T < 1 sharpens, never changes the argmax
     np.testing.assert_array_equal(sharp.probs.argmax(1), base.probs.argmax(1))
-    with pytest.raises(ValueError, match="positive"):
-        fuse({"audio": a}, temperatures={"audio": 0.0})
+    lo, hi = TEMPERATURE_BOUNDS
+    for t in (0.0, lo * 0.99, hi * 1.01, np.inf):  # outside the stated bounds: refused, not clipped
+        with pytest.raises(ValueError, match="must lie in"):
+            fuse({"audio": a}, temperatures={"audio": t})
+        with pytest.raises(ValueError, match="must lie in"):
+            fuse({"audio": a, "video": v}, fused_temperatures={"audio+video": t})
+    for t in (lo, hi):  # the bounds themselves are temperatures a fit may return
+        fuse({"audio": a}, temperatures={"audio": t})
 
 
 def test_fusion_params_apply_exactly_what_they_hold() -> None:
@@ -325,7 +336,7 @@ def test_mixture_share_blends_the_product_with_the_equal_weight_mixture() -> Non
         np.testing.assert_allclose(blended.weights["audio"] + blended.weights["video"], 1.0)
 
 
-def test_mixture_share_bounds_the_veto_of_a_modality_sure_a_label_is_wrong() -> None:
+def test_mixture_share_softens_the_veto_of_a_modality_sure_a_label_is_wrong() -> None:
     # audio: leans to class 1 and deems class 0 unlikely (0.01); video: sure of class 0 (0.9), not of 1 (0.02)
     audio = np.log(np.array([[0.01, 0.5, 0.25, 0.24]]))
     video = np.log(np.array([[0.9, 0.02, 0.04, 0.04]]))
@@ -357,3 +368,71 @@ def test_mixture_share_out_of_range_is_refused(share: float) -> None:
 def test_mixture_share_is_refused_on_a_rule_that_already_mixes() -> None:
     with pytest.raises(ValueError, match="mixture_share"):
         fuse({"audio": _logits(1), "video": _logits(2)}, "entropy", mixture_share=0.3)
+
+
+def test_mixture_share_softens_a_veto_but_does_not_bound_it() -> None:
+    """The docs' claim, checked: a label the product gives 1e-30 keeps (1 - s) x log 1e-30 nats in the blend, and the
+    mixture's term cannot make up for it, so an overwhelming veto still wins."""
+    audio = np.log(np.array([[1e-30, 1.0 - 2e-30, 1e-30, 0.0 + 1e-300]]))  # sure class 0 is wrong
+    video = np.log(np.array([[0.97, 0.01, 0.01, 0.01]]))  # sure class 0 is right
+    blend = fuse({"audio": audio, "video": video}, "loglinear", weights={"audio": 0.5, "video": 0.5}, mixture_share=0.4)
+    assert blend.probs.argmax() != 0
+
+
+class _FixedGate:
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def gate(self, logits: np.ndarray) -> np.ndarray:
+        return np.full(len(logits), self.value)
+
+
+def test_a_modality_the_gate_shuts_out_has_no_say_in_the_mixture_either() -> None:
+    """The review's case: with the audio's gate at exactly 0, the blend must answer as the video alone does."""
+    rng = np.random.default_rng(5)
+    audio, video = rng.normal(size=(200, 4)) * 4, rng.normal(size=(200, 4)) * 4
+    weights = {"audio": 0.5, "video": 0.5}
+    gates = {"audio": _FixedGate(0.0), "video": _FixedGate(1.0)}
+    shut = fuse({"audio": audio, "video": video}, "gated_loglinear", None, weights, None, None, gates, mixture_share=0.4)
+    alone = fuse({"video": video}, "loglinear", None, {"video": 1.0})
+    np.testing.assert_array_equal(shut.probs.argmax(1), alone.probs.argmax(1))
+    np.testing.assert_allclose(shut.weights["audio"], 0.0, atol=1e-12)  # no share in the product nor in the mixture
+    # every gate at 0: nothing is trusted, the answer is uniform
+    none = {"audio": _FixedGate(0.0), "video": _FixedGate(0.0)}
+    flat = fuse({"audio": audio, "video": video}, "gated_loglinear", None, weights, None, None, none, mixture_share=0.4)
+    np.testing.assert_allclose(flat.probs, 0.25, rtol=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    probs=hnp.arrays(np.float64, (3, 5), elements=st.floats(0.0, 1.0)),
+    slope=st.floats(0.05, 20.0),
+    offset=st.floats(-10.0, 10.0),
+    lowest=st.floats(0.0, 0.99),
+)
+def test_every_confidence_map_row_is_a_distribution_with_the_same_label(
+    probs: np.ndarray, slope: float, offset: float, lowest: float
+) -> None:
+    """Property: whatever the map and the rows (one-hot rows, ties and zeros included), each output row is
+    non-negative, sums to 1 and keeps its top label."""
+    p = probs + 1e-300
+    p[0] = np.eye(5)[2]  # a row certain of one class: the rest had nothing to share
+    p = p / p.sum(axis=1, keepdims=True)
+    out = ConfidenceMap(slope, offset, lowest)(p)
+    assert np.all(out >= 0)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    top = p.argmax(axis=1)
+    # the label stays on top: strictly where it was ahead, and at least level where it was tied (then argmax may pick
+    # either, as it could before the map)
+    assert np.all(out[np.arange(3), top] >= out.max(axis=1) * (1 - 1e-12))
+    ahead = np.sort(p, axis=1)[:, -2] < p.max(axis=1)
+    np.testing.assert_array_equal(out.argmax(axis=1)[ahead], top[ahead])
+
+
+def test_a_threshold_of_one_never_answers() -> None:
+    """1.0 means "never answer": a confidence that rounds to 1.0 in float64 does not slip through."""
+    certain = softmax(np.array([[800.0, 0.0, 0.0, 0.0]]))
+    assert certain.max() == 1.0
+    assert not answers(certain.max(axis=1), 1.0).any()
+    assert answers(np.array([0.5, 0.97]), 0.9).tolist() == [False, True]
+    assert answers(np.array([0.0]), 0.0).all()  # a threshold of 0 answers everything

@@ -186,7 +186,7 @@ def test_a_schema_v1_manifest_is_served_uncalibrated(tiny_repo: Path, tmp_path: 
     doc["fusion"] = {"rule": "entropy", "combine": "probabilities"}  # what v1 wrote
     (repo / "manifest.json").write_text(json.dumps(doc))
     migrated = load_manifest(repo)
-    assert migrated.schema_version == SCHEMA_VERSION == 4
+    assert migrated.schema_version == SCHEMA_VERSION == 5
     assert migrated.fusion.calibration.temperatures == {"audio": 1.0, "video": 1.0}
     assert migrated.fusion.calibration.fused_temperatures == {}
     assert migrated.fusion.abstention.min_confidence == {}
@@ -323,10 +323,17 @@ def test_the_abstention_target_is_the_operators_to_choose(tiny_repo: Path, tmp_p
             assert fig["risk_bound"] == pytest.approx(bound), sub
 
 
-def test_export_serves_the_robustness_winner_by_default(tiny_run: Path, tmp_path: Path) -> None:
+def test_export_serves_the_product_and_a_detector_per_modality_by_default(tiny_run: Path, tmp_path: Path) -> None:
     repo = export_run(tiny_run, tmp_path, name="tiny")
-    fusion = load_manifest(repo).fusion
-    assert fusion.rule == SERVED_RULE == "gated_loglinear"
+    manifest = load_manifest(repo)
+    fusion = manifest.fusion
+    assert fusion.rule == SERVED_RULE == "loglinear"  # the feature detector replaces the logit gate (issue 27)
+    assert manifest.ood is not None
+    assert set(manifest.ood) == set(manifest.modalities)
+    for m, entry in manifest.modalities.items():
+        assert entry.features is not None
+        assert manifest.export.parity[m].max_rel_feature_diff is not None  # the features were checked against torch
+        assert manifest.ood[m].val["in_distribution"] >= manifest.ood[m].tpr  # the threshold keeps its share of val
     assert fusion.weights is not None
     assert sum(fusion.weights.values()) == pytest.approx(1.0)
     result = runner.invoke(app, ["export", str(tiny_run), "--out", str(tmp_path), "--fusion", "median"])

@@ -33,9 +33,24 @@ def check_answer(body: dict, sent: set[str], manifest: Manifest) -> None:
     assert set(body["modalities"]) == sent
     assert body["label"] in labels
     assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
-    names = sorted(sent)
+    # the fused set: the modalities sent that are in distribution, or all of them when none is (then abstained)
+    flags = {m: body["modalities"][m]["in_distribution"] for m in sent}
+    if manifest.ood is None:
+        assert all(f is None for f in flags.values())
+    else:
+        for m in sent:
+            part = body["modalities"][m]
+            assert part["ood_threshold"] == manifest.ood[m].threshold
+            assert part["in_distribution"] == (part["ood_score"] >= part["ood_threshold"])
+    kept = sorted(m for m in sent if flags[m] is not False)
+    names = kept or sorted(sent)
+    assert body["fused_modalities"] == names
+    for m in sent:
+        assert body["modalities"][m]["fused"] == (m in names)
+        if m not in names:
+            assert body["modalities"][m]["weight"] == 0.0
     probs = {m: np.array([[body["modalities"][m]["probabilities"][c] for c in labels]]) for m in names}
-    for m in names:  # each modality's probabilities come calibrated with the manifest's temperature
+    for m in sent:  # each modality's probabilities come calibrated with the manifest's temperature
         assert body["modalities"][m]["temperature"] == fusion.calibration.temperatures[m]
     subset = "+".join(names)
     assert body["fused_temperature"] == fusion.calibration.fused_temperatures.get(subset, 1.0)
@@ -47,15 +62,16 @@ def check_answer(body: dict, sent: set[str], manifest: Manifest) -> None:
         w = {m: fusion.weights[m] / sum(fusion.weights[k] for k in names) for m in names}
         gates = {m: body["modalities"][m]["typicality"] for m in names}
         assert all(0.0 < g <= 1.0 for g in gates.values()), gates
-        # and blend it with the equal-weight mixture: (1 - s) log q + s log(mean_m p_m)
+        # and blend it with the mixture, each modality's share its gate's: (1 - s) log q + s log(sum_m g_m p_m / sum g)
         s = fusion.mixture_share
         assert body["mixture_share"] == s
         log_q = log_softmax(sum(w[m] * gates[m] * np.log(probs[m]) for m in names))
-        log_q = (1 - s) * log_q + s * np.log(sum(probs[m] for m in names) / len(names))
+        g_total = sum(gates[m] for m in names)
+        log_q = (1 - s) * log_q + s * np.log(sum(gates[m] * probs[m] for m in names) / g_total)
         t_s = fusion.calibration.fused_temperatures.get(subset, 1.0) if len(names) > 1 else 1.0
         expect = softmax(log_q / t_s)
         total = sum(w[m] * gates[m] for m in names)
-        shares = {m: np.array([(1 - s) * w[m] * gates[m] / total + s / len(names)]) for m in names}
+        shares = {m: np.array([(1 - s) * w[m] * gates[m] / total + s * gates[m] / g_total]) for m in names}
     else:
         for m in names:
             assert body["modalities"][m]["typicality"] is None
@@ -78,7 +94,13 @@ def check_answer(body: dict, sent: set[str], manifest: Manifest) -> None:
     assert body["label"] == labels[int(expect[0].argmax())]
     assert body["confidence"] == pytest.approx(float(expect[0].max()))
     assert body["min_confidence"] == fusion.abstention.threshold(subset)
-    assert body["abstained"] == (body["confidence"] < body["min_confidence"])
+    if not kept:
+        assert body["abstained"]
+        assert body["abstain_reason"] == "out_of_distribution"
+    else:
+        low = body["confidence"] < body["min_confidence"] or body["min_confidence"] >= 1.0
+        assert body["abstained"] == low
+        assert body["abstain_reason"] == ("low_confidence" if low else None)
 
 
 @pytest.mark.parametrize("subset", SUBSETS, ids="+".join)

@@ -255,7 +255,7 @@ def test_new_fields_render_and_abstention_shows(
     assert shown["abstained"].startswith("Abstained")
     assert ["calibration", '{"temperature":1.25}'] in shown["extra"]
     assert "(abstained)" in shown["status"]
-    assert page.locator("#modalities .extra-facts dd").text_content() == "1.5"
+    assert page.locator("#modalities .extra-facts dd").first.text_content() == "1.5"
     assert page.locator(".modality-typicality").count() == 0  # null under this model's rule: not shown
     body["abstained"] = False
     body["modalities"]["audio"]["typicality"] = 0.25  # what a gated rule answers for an atypical input

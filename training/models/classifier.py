@@ -43,13 +43,17 @@ class MultimodalClassifier(nn.Module):
 class SingleModality(nn.Module):
     """One modality's path, raw input to float32 logits: what gets exported as one ONNX graph.
 
+    With `features=True` it also returns the encoder's penultimate features (what the shared head scores),
+    the graph's second output, which the out-of-distribution detector reads (common.ood).
+
     With `half=True` the trunk runs in fp16; the stem before it (log-mel and its
     normalisation, or frame normalisation) and the linear head stay float32, where fp16
     would overflow or round the logits. Give it a copy of the model: it converts it.
     """
 
-    def __init__(self, model: MultimodalClassifier, modality: str, half: bool = False) -> None:
+    def __init__(self, model: MultimodalClassifier, modality: str, half: bool = False, features: bool = False) -> None:
         super().__init__()
+        self.with_features = features  # forward returns (logits, the encoder's features) instead of logits
         encoder = model.encoders[modality]
         if not isinstance(encoder, AudioEncoder | VideoEncoder):
             raise TypeError(f"{modality}: {type(encoder).__name__} has no preprocess/embed split")
@@ -59,11 +63,11 @@ class SingleModality(nn.Module):
         if half:
             self.encoder.trunk.half()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         z = self.encoder.preprocess(x)
-        if self.half_precision:
-            return self.head(self.encoder.embed(z.half()).float())
-        return self.head(self.encoder.embed(z))
+        feats = self.encoder.embed(z.half()).float() if self.half_precision else self.encoder.embed(z)
+        logits = self.head(feats)
+        return (logits, feats) if self.with_features else logits
 
 
 def build_model(cfg: ModelConfig) -> MultimodalClassifier:

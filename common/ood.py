@@ -1,0 +1,94 @@
+"""Out-of-distribution detection on each encoder's penultimate features, in numpy: one code path for export,
+evaluation, the benchmarks and the service.
+
+A modality's input is judged in distribution when its features lie near those the model was trained on:
+k-nearest-neighbour distance on L2-normalised features (Sun et al., "Out-of-distribution detection with deep
+nearest neighbors", ICML 2022). The score is minus the Euclidean distance from the input's normalised feature
+vector to the k-th nearest normalised training feature (the bank), so higher means more typical; the input is in
+distribution when its score is at least the threshold, the score that keeps `tpr` (95%) of the validation split's
+inputs (never the training split's, whose rows are in the bank).
+
+Why features and not logits: a network trained on one narrow domain maps inputs far from it (a blank frame, pink
+noise) onto its class means in logit space, where the logit typicality gate (common.fusion.Typicality) saw them as
+typical; the features keep the difference (benchmarks/results/ood_features.md: far-OOD AUROC 0.996/0.997 for
+audio/video against the gate's 0.80/0.83 on the same model). kNN was chosen over Mahalanobis and the logit
+detectors on the tune sets and validation only, by the rule written in benchmarks/ood/features.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+TPR = 0.95  # the share of validation inputs a threshold keeps in distribution
+CHUNK = 256  # queries scored at once (a CHUNK x bank distance matrix)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit Euclidean length (a zero row stays zero)."""
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def threshold_at_tpr(id_scores: np.ndarray, tpr: float = TPR) -> float:
+    """The highest threshold that keeps at least `tpr` of `id_scores` (kept: score >= threshold)."""
+    scores = np.sort(np.asarray(id_scores, np.float64))
+    if not len(scores):
+        raise ValueError("a threshold needs in-distribution scores")
+    if not 0 < tpr <= 1:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    return float(scores[math.floor(len(scores) * (1 - tpr) + 1e-9)])
+
+
+@dataclass(frozen=True)
+class NearestNeighbours:
+    """kNN distance to a bank of L2-normalised training features; score = minus the distance to the k-th nearest."""
+
+    bank: np.ndarray  # [n, dims], rows of unit length (float32 is enough: distances of unit vectors)
+    k: int
+
+    def __post_init__(self) -> None:
+        if self.bank.ndim != 2 or len(self.bank) == 0:
+            raise ValueError(f"the bank must be [n, dims] with n >= 1, got shape {self.bank.shape}")
+        if not 1 <= self.k <= len(self.bank):
+            raise ValueError(f"k must lie in 1..{len(self.bank)} (the bank's rows), got {self.k}")
+        if not np.isfinite(self.bank).all():
+            raise ValueError("the bank holds a value that is not finite")
+
+    @classmethod
+    def fit(cls, features: np.ndarray, k: int) -> NearestNeighbours:
+        return cls(l2_normalise(features).astype(np.float32), k)
+
+    def kth_distances(self, features: np.ndarray, ks: tuple[int, ...] | None = None) -> dict[int, np.ndarray]:
+        """{k: [n] distance of each row's normalised features to its k-th nearest bank row}, for each k in `ks`."""
+        ks = ks or (self.k,)
+        top = max(ks)
+        if not 1 <= min(ks) <= top <= len(self.bank):
+            raise ValueError(f"k must lie in 1..{len(self.bank)}, got {ks}")
+        z = l2_normalise(features)
+        bank = self.bank.astype(np.float64)
+        out: list[np.ndarray] = []
+        for i in range(0, len(z), CHUNK):
+            d2 = np.maximum(2.0 - 2.0 * z[i : i + CHUNK] @ bank.T, 0.0)  # |a - b|^2 of unit vectors
+            out.append(np.sort(np.partition(d2, top - 1, axis=1)[:, :top], axis=1))
+        nearest = np.sqrt(np.concatenate(out)) if out else np.zeros((0, top))
+        return {k: nearest[:, k - 1] for k in ks}
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """[n] minus the distance to the k-th nearest bank row: in [-2, 0], higher is more typical."""
+        return -self.kth_distances(features)[self.k]
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One modality's served detector: its kNN and the threshold at which an input stops being in distribution."""
+
+    knn: NearestNeighbours
+    threshold: float  # in distribution: score >= threshold (chosen on validation at TPR)
+
+    def __call__(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """([n] scores, [n] in distribution) for rows of features [n, dims]."""
+        s = self.knn.score(features)
+        return s, s >= self.threshold

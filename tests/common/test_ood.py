@@ -1,0 +1,169 @@
+"""The out-of-distribution detector (common.ood), the served decision (common.answer) and their manifest contract."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.answer import LOW_CONFIDENCE, OUT_OF_DISTRIBUTION, decide
+from common.fusion import FusionParams, softmax
+from common.manifest import ManifestError, check_hashes, load_detectors, load_manifest
+from common.ood import Detector, NearestNeighbours, l2_normalise, threshold_at_tpr
+from tests.conftest import ROOT
+
+DEFAULT = ROOT / "models" / "default" / "2"
+
+
+def test_knn_score_is_minus_the_distance_to_the_kth_nearest_normalised_bank_row() -> None:
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(50, 6))
+    queries = rng.normal(size=(7, 6)) * rng.uniform(0.1, 10, size=(7, 1))  # scale must not matter: rows are normalised
+    knn = NearestNeighbours.fit(bank, k=3)
+    unit_bank, unit_q = l2_normalise(bank), l2_normalise(queries)
+    brute = np.sort(np.linalg.norm(unit_q[:, None] - unit_bank[None], axis=2), axis=1)
+    np.testing.assert_allclose(knn.score(queries), -brute[:, 2], atol=1e-6)  # the bank is stored as float32
+    np.testing.assert_allclose(knn.score(queries * 7.0), knn.score(queries), atol=1e-12)
+    np.testing.assert_allclose(knn.kth_distances(queries, (1, 3))[1], brute[:, 0], atol=1e-6)
+    # a bank row itself is at distance 0 from its own nearest neighbour
+    assert knn.kth_distances(bank[:5], (1,))[1].max() < 1e-3
+    assert np.all((knn.score(queries) <= 0) & (knn.score(queries) >= -2))
+
+
+def test_a_query_far_from_the_bank_scores_lower_than_one_inside_it() -> None:
+    rng = np.random.default_rng(1)
+    bank = np.abs(rng.normal(size=(200, 8))) + np.eye(8)[0] * 5  # a cluster around the first axis
+    knn = NearestNeighbours.fit(bank, k=10)
+    inside, outside = bank[:20] + 0.01 * rng.normal(size=(20, 8)), -bank[:20]
+    assert knn.score(inside).min() > knn.score(outside).max()
+
+
+@pytest.mark.parametrize("n", [1, 19, 20, 21, 500])
+def test_the_threshold_keeps_at_least_the_tpr_and_is_the_highest_that_does(n: int) -> None:
+    scores = np.random.default_rng(n).normal(size=n)
+    t = threshold_at_tpr(scores, 0.95)
+    assert (scores >= t).mean() >= 0.95
+    higher = np.sort(scores)[np.sort(scores) > t]
+    if len(higher):
+        assert (scores >= higher[0]).mean() < 0.95  # the next score up would keep less
+
+
+def test_a_bank_or_k_that_cannot_work_is_refused() -> None:
+    with pytest.raises(ValueError, match="k must lie"):
+        NearestNeighbours(np.ones((3, 2), np.float32), 4)
+    with pytest.raises(ValueError, match="bank"):
+        NearestNeighbours(np.ones((0, 2), np.float32), 1)
+    with pytest.raises(ValueError, match="finite"):
+        NearestNeighbours(np.full((3, 2), np.nan, np.float32), 1)
+    with pytest.raises(ValueError, match="threshold needs"):
+        threshold_at_tpr(np.array([]))
+
+
+def _detector(centre: np.ndarray, threshold: float = -0.2) -> Detector:
+    bank = centre + 0.01 * np.random.default_rng(2).normal(size=(30, len(centre)))
+    return Detector(NearestNeighbours.fit(bank, 5), threshold)
+
+
+def test_a_modality_judged_out_of_distribution_is_left_out_and_none_left_abstains() -> None:
+    rng = np.random.default_rng(3)
+    k = 4
+    logits = {"audio": rng.normal(size=(4, k)) * 3, "video": rng.normal(size=(4, k)) * 3}
+    e = np.eye(3)
+    detectors = {"audio": _detector(e[0]), "video": _detector(e[1])}
+    # rows: both in; audio out; video out; both out
+    features = {"audio": np.stack([e[0], e[2], e[0], e[2]]), "video": np.stack([e[1], e[1], e[2], e[2]])}
+    params = FusionParams("loglinear", {"audio": 0.5, "video": 0.5})
+    a = decide(params, {"audio": 0.0, "video": 0.0, "audio+video": 0.0}, detectors, logits, features)
+    assert a.in_distribution["audio"].tolist() == [True, False, True, False]
+    assert a.in_distribution["video"].tolist() == [True, True, False, False]
+    assert a.subsets.tolist() == ["audio+video", "video", "audio", "audio+video"]
+    assert a.reasons.tolist() == [None, None, None, OUT_OF_DISTRIBUTION]
+    # a row fused without a modality is the fusion of the other alone, its weight 0 on the one left out
+    np.testing.assert_allclose(a.fused.probs[1], softmax(logits["video"][1]), atol=1e-12)
+    np.testing.assert_allclose(a.fused.probs[2], softmax(logits["audio"][2]), atol=1e-12)
+    assert a.fused.weights["audio"][1] == 0.0
+    assert a.fused.weights["video"][2] == 0.0
+    # a threshold of 1 never answers: the in-distribution rows abstain for low confidence, the last stays OOD
+    strict = decide(params, {}, detectors, logits, features, min_confidence=1.0)
+    assert strict.reasons.tolist() == [LOW_CONFIDENCE] * 3 + [OUT_OF_DISTRIBUTION]
+    # without detectors, nothing is flagged and every modality is fused
+    plain = decide(params, {}, {}, logits)
+    assert plain.reasons.tolist() == [None] * 4
+    assert np.isnan(plain.scores["audio"]).all()
+
+
+def _copy_default(tmp_path: Path) -> Path:
+    target = tmp_path / "2"
+    shutil.copytree(DEFAULT, target)
+    return target
+
+
+def test_the_default_model_carries_a_detector_per_modality_with_its_features_output() -> None:
+    manifest = load_manifest(DEFAULT)
+    assert manifest.schema_version == 5
+    assert manifest.ood is not None
+    detectors = load_detectors(DEFAULT, manifest)
+    for m, entry in manifest.modalities.items():
+        assert entry.features is not None
+        assert detectors[m].knn.bank.shape[1] == entry.features.shape[-1]
+        assert detectors[m].threshold == manifest.ood[m].threshold
+        assert "val split" in manifest.ood[m].fitted_on  # the threshold's split is named
+
+
+def test_a_changed_bank_fails_the_hash_check_and_a_bad_one_is_refused_at_load(tmp_path: Path) -> None:
+    version = _copy_default(tmp_path)
+    manifest = load_manifest(version)
+    bank = version / manifest.ood["audio"].bank  # type: ignore[index]
+    np.save(bank, np.load(bank)[:-1])
+    assert any("ood/audio.npy" in f for f in check_hashes(version, manifest))
+    np.save(bank, np.load(bank).astype(np.float64))
+    with pytest.raises(ManifestError, match="float32"):
+        load_detectors(version, manifest)
+    bank.write_bytes(b"\x80\x04not an array")  # a pickle header: never unpickled
+    with pytest.raises(ManifestError, match="not a readable"):
+        load_detectors(version, manifest)
+
+
+def _rewrite(version: Path, change: dict) -> None:
+    path = version / "manifest.json"
+    raw = json.loads(path.read_text())
+    for dotted, value in change.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        if value is None:
+            node.pop(leaf)
+        else:
+            node[leaf] = value
+    path.write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"fusion.weights": {"audio": 1.0}}, "no weight for video"),
+        ({"fusion.weights.audio": None}, "no weight for audio"),
+        ({"fusion.calibration.temperatures.audio": 25.0}, "less than or equal to 20"),
+        ({"fusion.calibration.temperatures.audio": 0.01}, "greater than or equal to 0.05"),
+        ({"ood.audio.threshold": 0.5}, "less than or equal to 0"),
+        ({"ood.video": None}, "video lacks one"),
+        ({"modalities.audio.features": None}, "audio lacks one"),
+        ({"ood.speech": {"bank": "x", "bank_sha256": "y", "k": 1, "threshold": -1, "tpr": 0.95, "fitted_on": "z"}}, "speech"),
+    ],
+)
+def test_a_manifest_that_would_fail_requests_is_refused_at_load(tmp_path: Path, change: dict, message: str) -> None:
+    version = _copy_default(tmp_path)
+    _rewrite(version, change)
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(version)
+
+
+def test_a_v4_manifest_loads_with_no_detector() -> None:
+    manifest = load_manifest(ROOT / "models" / "default" / "1")
+    assert manifest.schema_version == 5  # migrated on load
+    assert manifest.ood is None
+    assert all(e.features is None for e in manifest.modalities.values())
