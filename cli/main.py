@@ -189,19 +189,24 @@ def _print_calibration(manifest: Manifest) -> None:
         f", blended with the equal-weight mixture at {manifest.fusion.mixture_share:g}" if manifest.fusion.mixture_share else ""
     )
     err.print(f"fusion {manifest.fusion.rule}{blend}; temperatures {temps} (fitted on the {cal.fitted_on})")
+    if manifest.fusion.conformal is not None:
+        sets = manifest.fusion.conformal
+        sizes = ", ".join(f"{k} {v.get('mean_set_size', float('nan')):.2f}" for k, v in sets.val.items())
+        err.print(f"  prediction sets at {1 - sets.alpha:.0%}: mean size {sizes}")
+    for m, d in (manifest.ood or {}).items():
+        err.print(f"  {m}: out of distribution below {d.threshold:.3f} (kNN, k={d.k}; {d.fitted_on})")
     for sub, cmap in cal.confidence_maps.items():
         err.print(
             f"  {sub}: confidence map sigmoid({cmap.slope:.3g} logit(c) + {cmap.offset:.3g}) on the top label "
             f"from {cmap.lowest:.3g} up, a straight line to the uniform answer below"
         )
     for sub, fig in cal.val.items():
-        err.print(
-            f"  {sub}: validation ECE {fig['ece_raw']:.3f} -> {fig['ece']:.3f}, NLL {fig['nll_raw']:.3f} -> {fig['nll']:.3f}"
-        )
+        err.print(f"  {sub}: ECE {fig['ece_raw']:.3f} -> {fig['ece']:.3f}, NLL {fig['nll_raw']:.3f} -> {fig['nll']:.3f}")
     for sub, t in abstain.min_confidence.items():
         fig = abstain.val.get(sub, {})
         err.print(
-            f"  {sub}: abstains below confidence {t:.3f}: validation coverage {fig.get('coverage', float('nan')):.3f}, "
+            f"  {sub}: abstains below confidence {t:.3f}: on {fig.get('n', float('nan')):.0f} clips, "
+            f"coverage {fig.get('coverage', float('nan')):.3f}, "
             f"error rate among answers {fig.get('risk', float('nan')):.3f} (bound {fig.get('risk_bound', float('nan')):.3f}, "
             f"target {abstain.target_risk:g}{_tests_made(fig, abstain.confidence)})"
         )
@@ -236,10 +241,17 @@ def export_model(
     data: Annotated[str | None, typer.Option(help="dataset for parity and calibration (default: the one trained on)")] = None,
     fusion: Annotated[
         str | None,
-        typer.Option(help="fusion rule to serve (default: logit_sum for joint, else the robustness winner, gated_loglinear)"),
+        typer.Option(help="fusion rule to serve (default: logit_sum for joint, else loglinear)"),
     ] = None,
     target_risk: TargetRisk = 0.05,
     risk_confidence: RiskConfidence = 0.9,
+    crossfit: Annotated[
+        Path | None,
+        typer.Option(
+            help="a `python -m training.crossfit` folder: fit the calibration and abstention on its out-of-fold "
+            "predictions (other speakers) pooled with validation's"
+        ),
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Export a run as MODEL_DIR/<name>/<version>/: one ONNX graph per modality and manifest.json."""
@@ -253,7 +265,7 @@ def export_model(
 
     with err.status("exporting and checking parity"):
         try:
-            target = export_run(run_dir, out, name, version, fp16, opset, data, fusion, target_risk, risk_confidence)
+            target = export_run(run_dir, out, name, version, fp16, opset, data, fusion, target_risk, risk_confidence, crossfit)
         except (CheckpointError, ExportError, ParityError, DataError, ValueError) as exc:
             _fail(str(exc))
     manifest = load_manifest(target)

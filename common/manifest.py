@@ -129,6 +129,23 @@ class Abstention(_Strict):
         return float(self.min_confidence.get(subset, 0.0))
 
 
+class Conformal(_Strict):
+    """Split conformal prediction sets per set of modalities (training.calibrate.conformal_quantile): an answer's set is
+    the labels whose calibrated probability is at least 1 - qhat of the set it was fused from (its top label at least)."""
+
+    alpha: Probability  # the set misses the true label at most this often, on inputs like those it was fitted on
+    qhat: dict[str, Probability]  # per set of modalities fused ("audio", "audio+video")
+    val: dict[str, dict[str, float]] = {}  # per set: n (answers fitted on), mean_set_size
+
+    def prediction_set(self, subset: str, probs: np.ndarray) -> np.ndarray | None:
+        """[classes] bool: the labels in the set for one answer's probabilities; None where the set has no quantile."""
+        if subset not in self.qhat:
+            return None
+        inside = np.asarray(probs) >= 1.0 - self.qhat[subset]
+        inside[int(np.argmax(probs))] = True  # never empty: the top label is the answer
+        return inside
+
+
 class TypicalityEntry(_Strict):
     """One modality's logit statistics on validation and its gate (common.fusion.Typicality says how they act)."""
 
@@ -159,6 +176,7 @@ class Fusion(_Strict):
     mixture_share: float = Field(default=0.0, ge=0, lt=1)
     calibration: Calibration
     abstention: Abstention
+    conformal: Conformal | None = None  # prediction sets (v5 on, where the export fitted them)
 
     @model_validator(mode="after")
     def _weights_where_needed(self) -> Fusion:

@@ -128,8 +128,12 @@ def export_run(
     rule: str | None = None,
     target_risk: float = TARGET_RISK,
     confidence: float = CONFIDENCE,
+    crossfit: Path | None = None,
 ) -> Path:
     """Export every modality of a run, prove parity, calibrate on validation, write the manifest; return the version folder.
+
+    `crossfit`: a training.crossfit folder whose out-of-fold predictions are pooled with validation's for the
+    calibration and abstention (training.calibrate.calibrate_run).
 
     `rule` is the fusion rule to serve (default: logit_sum for joint, training.evaluate.SERVED_RULE
     otherwise); its temperatures, weights and abstention thresholds (error rate at most `target_risk`
@@ -147,7 +151,7 @@ def export_run(
     version = target.name
     precision: Literal["fp32", "fp16"] = "fp16" if fp16 else "fp32"
     inputs = parity_inputs(cfg, data or ckpt["data"])
-    fusion = Fusion.model_validate(calibrate_run(run_dir, data, rule, target_risk, confidence))
+    fusion = Fusion.model_validate(calibrate_run(run_dir, data, rule, target_risk, confidence, crossfit))
     data = data or str(ckpt["data"])
     ood, banks = fit_ood(model, parse_spec(data), data)
 

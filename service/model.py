@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from common.answer import decide
+from common.answer import OUT_OF_DISTRIBUTION, decide
 from common.fusion import FusionParams, entropy, subset_name
 from common.manifest import (
     AudioEntry,
@@ -352,6 +352,11 @@ class ServedModel:
         if reason is not None:
             self.metrics.abstained.labels(sent).inc()
         cmap = (params.confidence_maps or {}).get(subset)
+        inside = (
+            None
+            if fusion.conformal is None or reason == OUT_OF_DISTRIBUTION
+            else fusion.conformal.prediction_set(subset, a.fused.probs[0])
+        )
         return {
             "model": {"name": self.manifest.name, "version": self.manifest.version, "manifest_sha256": self.manifest_sha256},
             "label": labels[best],
@@ -361,6 +366,7 @@ class ServedModel:
             "min_confidence": float(a.thresholds[0]),
             "fused_modalities": sorted(m for m in logits if a.used[m][0]),
             "probabilities": dict(zip(labels, map(float, a.fused.probs[0]), strict=True)),
+            "prediction_set": None if inside is None else [lab for lab, keep in zip(labels, inside, strict=True) if keep],
             "modalities": detail,
             "fusion": fusion.rule,
             "mixture_share": params.mixture_share,

@@ -90,6 +90,12 @@ class PredictResponse(BaseModel):
         "at most 5% of the answers above it were wrong"
     )
     probabilities: dict[str, float] = Field(description="the calibrated fused distribution over the labels")
+    prediction_set: list[str] | None = Field(
+        default=None,
+        description="the labels that hold the true one at least 95% of the time on inputs like those the model was "
+        "calibrated on (split conformal, per set of modalities fused): one label when the answer is sure, several when "
+        "it is torn; null where the model has no conformal quantile or no input sent was in distribution",
+    )
     modalities: dict[str, ModalityResult] = Field(description="one entry per modality sent, and only those")
     fusion: str = Field(
         description="the fusion rule (gated_loglinear: a weighted product of experts whose weights shrink for atypical "

@@ -394,14 +394,47 @@ def fit_abstention(
     return out
 
 
+CONFORMAL_ALPHA = 0.05  # prediction sets hold the true label at least 95% of the time (split conformal)
+
+
+def conformal_quantile(probs: np.ndarray, labels: np.ndarray, alpha: float = CONFORMAL_ALPHA) -> float:
+    """Split conformal prediction (Vovk et al.; the LAC score of Sadinle et al. 2019): with score 1 - p(true label) on
+    the calibration answers, the ceil((n + 1)(1 - alpha))-th smallest. A new answer's set {labels with p >= 1 - q}
+    then holds its true label with probability at least 1 - alpha, for inputs exchangeable with the calibration ones.
+    1.0 (every label) where there are too few answers to promise it."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    scores = np.sort(1.0 - np.asarray(probs, np.float64)[np.arange(len(labels)), labels])
+    rank = math.ceil((len(scores) + 1) * (1 - alpha))
+    return 1.0 if rank > len(scores) else float(scores[rank - 1])
+
+
+def fit_conformal(val: Predictions, params: FusionParams, alpha: float = CONFORMAL_ALPHA) -> dict[str, dict[str, float]]:
+    """Per set of modalities sent: the conformal quantile of its fused answers on `val`, the answers' count, and the
+    mean size of the sets it gives them (a size near 1 says the set adds little to the label)."""
+    out = {}
+    for sub in subsets(val.modalities):
+        have = np.all(np.stack([val.present[m] for m in sub]), axis=0)
+        if not have.any():
+            continue
+        part = Predictions({m: val.logits[m][have] for m in sub}, {m: val.present[m][have] for m in sub}, val.labels[have])
+        probs, rows = fused_for(part, sub, params)
+        q = conformal_quantile(probs, part.labels[rows], alpha)
+        size = float(np.maximum((probs >= 1.0 - q).sum(axis=1), 1).mean())
+        out[subset_name(sub)] = {"qhat": q, "n": float(len(probs)), "mean_set_size": size}
+    return out
+
+
 def calibrate_run(
     run_dir: Path,
     data: str | None = None,
     rule: str | None = None,
     target_risk: float = TARGET_RISK,
     confidence: float = CONFIDENCE,
+    crossfit: Path | None = None,
 ) -> dict[str, Any]:
-    """The manifest's fusion section for a run: its rule (default: `served_rule`), fitted on validation.
+    """The manifest's fusion section for a run: its rule (default: `served_rule`), fitted on validation, pooled with
+    the out-of-fold predictions in `crossfit` (training.crossfit) where given.
 
     Returns plain data (the schema lives in common.manifest): rule, weights, calibration
     (temperatures, fused temperatures, confidence maps, validation figures before and after)
@@ -418,7 +451,39 @@ def calibrate_run(
     rule = rule or served_rule(ckpt["method"])
     check_rule(rule)
     val = predict_split(model, parse_spec(data), "val", 128, workers=1)
-    return fusion_section(val, rule, f"val split of {data}, n={len(val.labels)}", target_risk, confidence)
+    fitted_on = f"val split of {data}, n={len(val.labels)}"
+    if crossfit is not None:
+        oof, about = load_out_of_fold(crossfit, val.modalities)
+        val = pool(val, oof)
+        fitted_on += f", pooled with {about}"
+    return fusion_section(val, rule, fitted_on, target_risk, confidence)
+
+
+def load_out_of_fold(folder: Path, modalities: list[str]) -> tuple[Predictions, str]:
+    """A training.crossfit folder's out-of-fold predictions, and a line saying what they are."""
+    path = folder / "oof.npz"
+    if not path.is_file():
+        raise ValueError(f"{folder} has no oof.npz: run python -m training.crossfit first")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [m for m in modalities if f"logits_{m}" not in z]
+        if missing:
+            raise ValueError(f"{path} has no predictions for {', '.join(missing)}")
+        preds = Predictions(
+            {m: z[f"logits_{m}"].astype(np.float64) for m in modalities}, {m: z[f"present_{m}"] for m in modalities}, z["labels"]
+        )
+        folds = sorted(set(z["speaker"].tolist()))
+    return preds, f"out-of-fold predictions of {len(folds)} training speakers ({', '.join(folds)}), n={len(preds.labels)}"
+
+
+def pool(a: Predictions, b: Predictions) -> Predictions:
+    """Two sets of predictions as one (the same modalities and classes)."""
+    if a.modalities != b.modalities or a.n_classes != b.n_classes:
+        raise ValueError(f"cannot pool predictions of {a.modalities} and {b.modalities}")
+    return Predictions(
+        {m: np.concatenate([a.logits[m], b.logits[m]]) for m in a.modalities},
+        {m: np.concatenate([a.present[m], b.present[m]]) for m in a.modalities},
+        np.concatenate([a.labels, b.labels]),
+    )
 
 
 def fusion_section(
@@ -436,6 +501,7 @@ def fusion_section(
         for sub in fitted["ece"]
     }
     thresholds = fit_abstention(val, params, target_risk, confidence)  # selective_threshold checks the target
+    conformal = fit_conformal(val, params)
     typicality = None
     if params.typicality:
         typicality = {}
@@ -459,6 +525,11 @@ def fusion_section(
             "confidence_maps": {k: asdict(c) for k, c in (params.confidence_maps or {}).items()},
             "fitted_on": fitted_on,
             "val": figures,
+        },
+        "conformal": {
+            "alpha": CONFORMAL_ALPHA,
+            "qhat": {k: c["qhat"] for k, c in conformal.items()},
+            "val": {k: {"n": c["n"], "mean_set_size": c["mean_set_size"]} for k, c in conformal.items()},
         },
         "abstention": {
             "min_confidence": {k: t.min_confidence for k, t in thresholds.items()},

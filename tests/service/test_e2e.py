@@ -94,6 +94,12 @@ def check_answer(body: dict, sent: set[str], manifest: Manifest) -> None:
     assert body["label"] == labels[int(expect[0].argmax())]
     assert body["confidence"] == pytest.approx(float(expect[0].max()))
     assert body["min_confidence"] == fusion.abstention.threshold(subset)
+    if fusion.conformal is None or not kept or subset not in fusion.conformal.qhat:
+        assert body["prediction_set"] is None
+    else:
+        q = fusion.conformal.qhat[subset]
+        inside = [c for c in labels if body["probabilities"][c] >= 1.0 - q or c == body["label"]]
+        assert body["prediction_set"] == inside
     if not kept:
         assert body["abstained"]
         assert body["abstain_reason"] == "out_of_distribution"

@@ -265,3 +265,15 @@ def test_new_fields_render_and_abstention_shows(
     assert typicality is not None
     assert typicality.startswith("25")
     assert "weight was cut" in typicality
+    # a detector's verdict (version 2 on): the input unlike the training data, left out, the answer abstained for it
+    body["modalities"]["audio"].update(ood_score=-0.5, ood_threshold=-0.3, in_distribution=False, fused=False)
+    body.update(abstained=True, abstain_reason="out_of_distribution")
+    send_and_wait(page)
+    shown = check_rendered(page, body, labels)
+    assert shown["abstained"].startswith("Abstained: nothing sent is like the data the model knows")
+    verdict = page.locator(".modality-ood").text_content()
+    assert verdict == "no: unlike the model's data, left out of the answer (score -0.500, threshold -0.300)"
+    body["modalities"]["audio"].update(ood_score=-0.2, in_distribution=True, fused=True)
+    body.update(abstained=False, abstain_reason=None)
+    send_and_wait(page)
+    assert page.locator(".modality-ood").text_content() == "yes (score -0.200, threshold -0.300)"

@@ -1,0 +1,233 @@
+"""Which fitted layers of the served fusion earn their place, on held-out speakers (issue 28, deliverable 2).
+
+    python -m benchmarks.avdigits.ablation [--crossfit runs/crossfit] [--model models/default/3] [--resamples 1000]
+
+The evidence: the default model's validation predictions (speaker `jackson`) and the out-of-fold predictions of
+`python -m training.crossfit` (each training speaker predicted by a model that never heard them nor saw their
+drawings): five speakers, none of them the test speaker. Leave one speaker out: every layer is fitted on the other four
+exactly as `mla export --crossfit` fits it (training.calibrate), then scored on the fifth; the five held-out speakers'
+clips are pooled. Each variant removes one layer of the served rule (and refits the layers after it, which were fitted
+on its output), or adds one of version 1's (the logit typicality gate with its mixture blend; the blend alone).
+
+Scored per clip, for audio alone, video alone and the pair: negative log-likelihood of the true label, and, at the
+abstention threshold fitted with the layers (SGR at 5% risk), whether it was answered and right. The figure per layer
+is the change in mean NLL when it is removed (removed minus served: above 0, removing it loses), with a 95% paired
+bootstrap interval over clips (1000 draws, seed 0). The rule the issue sets: a layer stays only where removing it loses
+with the whole interval on the losing side. The test split is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.report import markdown_table, write
+from common.answer import decide
+from common.fusion import FusionParams
+from training.calibrate import (
+    MIXTURE_SHARE,
+    fit_abstention,
+    fit_confidence_maps,
+    fit_fused_temperatures,
+    fit_fusion,
+    load_out_of_fold,
+    pool,
+)
+from training.evaluate import Predictions, subset_name, subsets
+
+log = logging.getLogger("ablation")
+ROOT = Path(__file__).resolve().parents[2]
+SERVED = "loglinear"
+
+
+def _downstream(train: Predictions, params: FusionParams) -> FusionParams:
+    """The layers fitted on a fusion's output, refitted: the per-subset temperatures, then the confidence maps."""
+    params = replace(params, fused_temperatures=None, confidence_maps=None)
+    params = replace(params, fused_temperatures=fit_fused_temperatures(train, params))
+    return replace(params, confidence_maps=fit_confidence_maps(train, params) or None)
+
+
+def _served(train: Predictions) -> FusionParams:
+    return fit_fusion(train, SERVED)
+
+
+def _no_fused_temperature(train: Predictions) -> FusionParams:
+    p = replace(_served(train), fused_temperatures=None, confidence_maps=None)
+    return replace(p, confidence_maps=fit_confidence_maps(train, p) or None)
+
+
+def _no_maps(train: Predictions) -> FusionParams:
+    return replace(_served(train), confidence_maps=None)
+
+
+def _no_temperatures(train: Predictions) -> FusionParams:
+    served = _served(train)
+    return _downstream(train, replace(served, temperatures=None))
+
+
+def _equal_weights(train: Predictions) -> FusionParams:
+    served = _served(train)
+    return _downstream(train, replace(served, weights=dict.fromkeys(train.modalities, 1.0 / len(train.modalities))))
+
+
+def _with_gate(train: Predictions) -> FusionParams:
+    return fit_fusion(train, "gated_loglinear")
+
+
+def _with_mixture(train: Predictions) -> FusionParams:
+    return fit_fusion(train, SERVED, mixture_share=MIXTURE_SHARE)
+
+
+VARIANTS: dict[str, tuple[str, Callable[[Predictions], FusionParams]]] = {
+    "served": ("loglinear: per-modality temperatures, fitted weights, per-subset temperatures, maps where kept", _served),
+    "- per-subset temperatures": ("remove: T_S = 1 (maps refitted)", _no_fused_temperature),
+    "- confidence maps": ("remove: no top-label map", _no_maps),
+    "- per-modality temperatures": ("remove: T_m = 1 (weights kept; T_S and maps refitted)", _no_temperatures),
+    "- fitted weights": ("remove: equal weights (T_S and maps refitted)", _equal_weights),
+    "+ typicality gate and blend": ("add version 1's gated_loglinear (gate margin 2, decay 4, blend 0.4)", _with_gate),
+    "+ mixture blend": ("add version 1's blend with the equal-weight mixture (0.4), no gate", _with_mixture),
+}
+
+
+def take(preds: Predictions, rows: np.ndarray) -> Predictions:
+    return Predictions(
+        {m: z[rows] for m, z in preds.logits.items()}, {m: p[rows] for m, p in preds.present.items()}, preds.labels[rows]
+    )
+
+
+def held_out_scores(
+    preds: Predictions, groups: np.ndarray, fit: Callable[[Predictions], FusionParams]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per subset sent: per clip (pooled over held-out speakers, in group order) NLL, answered, right."""
+    out: dict[str, dict[str, list[np.ndarray]]] = {}
+    for g in dict.fromkeys(groups.tolist()):
+        train, test = take(preds, groups != g), take(preds, groups == g)
+        params = fit(train)
+        thresholds = {k: t.min_confidence for k, t in fit_abstention(train, params).items()}
+        for sub in subsets(preds.modalities):
+            have = np.all(np.stack([test.present[m] for m in sub]), axis=0)
+            if not have.any():
+                continue
+            a = decide(params, thresholds, {}, {m: test.logits[m][have] for m in sub})
+            y = test.labels[have]
+            p = np.clip(a.fused.probs[np.arange(len(y)), y], 1e-300, None)
+            cell = out.setdefault(subset_name(sub), {"nll": [], "answered": [], "right": []})
+            cell["nll"].append(-np.log(p))
+            cell["answered"].append(~a.abstained)
+            cell["right"].append(a.fused.probs.argmax(axis=1) == y)
+    return {k: {f: np.concatenate(v) for f, v in cell.items()} for k, cell in out.items()}
+
+
+def paired_interval(diff: np.ndarray, seed: int, resamples: int) -> list[float]:
+    """[mean, low, high] of the mean of per-clip differences, 95% percentile bootstrap over clips."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), (resamples, len(diff)))
+    means = diff[idx].mean(axis=1)
+    return [float(diff.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+
+
+def run(preds: Predictions, groups: np.ndarray, seed: int, resamples: int) -> dict[str, Any]:
+    scored = {name: held_out_scores(preds, groups, fit) for name, (_, fit) in VARIANTS.items()}
+    base = scored["served"]
+    out: dict[str, Any] = {"variants": {}, "groups": {str(g): int((groups == g).sum()) for g in dict.fromkeys(groups.tolist())}}
+    for name, cells in scored.items():
+        row: dict[str, Any] = {"about": VARIANTS[name][0], "subsets": {}}
+        for sub, c in cells.items():
+            given = c["answered"]
+            row["subsets"][sub] = {
+                "n": len(c["nll"]),
+                "nll": float(c["nll"].mean()),
+                "accuracy": float(c["right"].mean()),
+                "coverage": float(given.mean()),
+                "error_among_answered": float(1 - c["right"][given].mean()) if given.any() else None,
+                "nll_change": None if name == "served" else paired_interval(c["nll"] - base[sub]["nll"], seed, resamples),
+            }
+        out["variants"][name] = row
+    return out
+
+
+def verdict(change: list[float], adding: bool) -> str:
+    """Removing: the layer stays only where removal loses for sure (interval above 0). Adding: it would pay only where
+    adding wins for sure (interval below 0)."""
+    _, low, high = change
+    if adding:
+        return "would pay" if high < 0 else "does not pay"
+    return "stays" if low > 0 else "goes"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    variants = data["variants"]
+    subs = list(variants["served"]["subsets"])
+    lines = [
+        "# Which fitted layers earn their place: held-out speakers (issue 28)",
+        "",
+        f"Leave one speaker out over five ({', '.join(f'{g} {n}' for g, n in data['groups'].items())} clips): every "
+        "layer fitted on four speakers' predictions as `mla export --crossfit` fits it, scored on the fifth, pooled. "
+        "`jackson` is the default model's validation split; the others are out-of-fold predictions of models that never "
+        "heard that speaker nor saw their drawings (`python -m training.crossfit`). The test split is never read.",
+        "",
+        "Change in mean NLL per clip when the layer is removed (or added), removed minus served: above 0 the served rule "
+        f"is better. 95% paired bootstrap over clips ({data['resamples']} draws). A layer stays only where its whole "
+        "interval is above 0.",
+        "",
+    ]
+    rows = []
+    for name, v in variants.items():
+        if name == "served":
+            continue
+        adding = name.startswith("+")
+        cells = []
+        for sub in subs:
+            c = v["subsets"][sub]["nll_change"]
+            cells.append(f"{c[0]:+.4f} ({c[1]:+.4f} to {c[2]:+.4f}): {verdict(c, adding)}")
+        rows.append([name, *cells])
+    lines += [markdown_table(["layer", *subs], rows), ""]
+    lines += ["## Each variant on the held-out speakers", ""]
+    rows = []
+    for name, v in variants.items():
+        for sub in subs:
+            c = v["subsets"][sub]
+            err = "-" if c["error_among_answered"] is None else f"{100 * c['error_among_answered']:.1f}%"
+            rows.append([name, sub, c["n"], f"{c['nll']:.4f}", f"{100 * c['accuracy']:.1f}%", f"{100 * c['coverage']:.1f}%", err])
+    lines += [markdown_table(["variant", "sent", "n", "NLL", "accuracy", "answered", "error among answered"], rows), ""]
+    lines += ["## The variants", "", markdown_table(["variant", "what"], [[k, v["about"]] for k, v in variants.items()]), ""]
+    lines += [f"Ran in {data['seconds']:.0f} s on {data['machine']['cpus']} CPUs.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from benchmarks.report import machine
+    from common.manifest import load_manifest
+    from model_export.repository import graph_predictions
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--crossfit", type=Path, default=ROOT / "runs" / "crossfit")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default" / "3")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resamples", type=int, default=1000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    started = time.perf_counter()
+    manifest = load_manifest(args.model)
+    val = graph_predictions(args.model, manifest, manifest.training.data, "val")
+    oof, _ = load_out_of_fold(args.crossfit, val.modalities)
+    with np.load(args.crossfit / "oof.npz", allow_pickle=False) as z:
+        speakers = z["speaker"]
+    preds = pool(val, oof)
+    groups = np.concatenate([np.array(["jackson (val)"] * len(val.labels)), speakers])
+    data = run(preds, groups, args.seed, args.resamples)
+    data.update(model=str(args.model), crossfit=str(args.crossfit), seed=args.seed, resamples=args.resamples)
+    data.update(machine=machine(), seconds=time.perf_counter() - started)
+    write("ablation", data, markdown(data))
+    return data
+
+
+if __name__ == "__main__":
+    main()

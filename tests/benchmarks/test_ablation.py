@@ -1,0 +1,45 @@
+"""The ablation's machinery on constructed predictions: leave-one-group-out scoring, paired intervals, the verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.avdigits import ablation
+from training.evaluate import Predictions
+
+
+def _predictions(n: int, seed: int) -> Predictions:
+    """Two modalities whose logits point at the label with noise; the audio's logits are far too sharp (T_m pays)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    onehot = np.eye(4)[labels]
+    audio = 6.0 * (onehot + rng.normal(0, 0.8, (n, 4)))
+    video = 1.5 * onehot + rng.normal(0, 0.8, (n, 4))
+    present = {"audio": np.ones(n, bool), "video": np.ones(n, bool)}
+    return Predictions({"audio": audio, "video": video}, present, labels)
+
+
+def test_paired_interval_brackets_the_mean_and_the_verdicts_follow_the_rule() -> None:
+    diff = np.random.default_rng(0).normal(0.1, 0.05, 400)
+    mean, low, high = ablation.paired_interval(diff, seed=0, resamples=300)
+    assert low < mean < high
+    assert low > 0  # a clear loss when removed
+    assert ablation.verdict([mean, low, high], adding=False) == "stays"
+    assert ablation.verdict([0.0, -0.1, 0.1], adding=False) == "goes"  # cannot tell: the simpler rule
+    assert ablation.verdict([-0.2, -0.3, -0.1], adding=True) == "would pay"
+    assert ablation.verdict([0.0, -0.1, 0.1], adding=True) == "does not pay"
+
+
+def test_every_group_is_scored_by_layers_fitted_without_it() -> None:
+    preds = _predictions(180, 1)
+    groups = np.repeat(np.array(["a", "b", "c"]), 60)
+    data = ablation.run(preds, groups, seed=0, resamples=200)
+    served = data["variants"]["served"]["subsets"]
+    assert set(served) == {"audio", "video", "audio+video"}
+    assert all(c["n"] == 180 for c in served.values())  # every clip scored once, by a fit that never saw its group
+    assert data["groups"] == {"a": 60, "b": 60, "c": 60}
+    # the audio is far too sharp: its temperature must pay on held-out groups
+    change = data["variants"]["- per-modality temperatures"]["subsets"]["audio"]["nll_change"]
+    assert change[1] > 0
+    text = ablation.markdown({**data, "resamples": 200, "seconds": 1.0, "machine": {"cpus": 2}})
+    assert "- per-modality temperatures" in text
