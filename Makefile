@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the service's closure only (no torch): what `make serve` needs
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak bench-edge bench-ood clean
+.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak bench-edge bench-ood bench-ablation clean
 
 # Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -90,21 +90,24 @@ compose-test: venv system-deps
 # Everything CI runs: lint, types, deployment checks, the whole test suite, the compose stack.
 test: lint typecheck check-deploy pytest compose-test
 
-# The embedded default model (models/default/2, committed; see models/default/README.md): MLA on AV-digits,
+# The embedded default model (models/default/3, committed; see models/default/README.md): MLA on AV-digits,
 # real spoken (FSDD) and handwritten (MNIST) digits from ../shared/data, its training split joined by digits
-# spoken by espeak-ng in random voices. Rebuilt only when it is missing.
-DEFAULT_MODEL := models/default/2/manifest.json
+# spoken by espeak-ng in random voices; calibrated on validation and on out-of-fold predictions of its four
+# training speakers (four more trainings, one per speaker held out). Rebuilt only when it is missing.
+DEFAULT_MODEL := models/default/3/manifest.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
+RECIPE := --method mla --seed 0 --epochs 30 --owm-alpha 10 --audio-augment
 
 $(DEFAULT_MODEL):
-	@echo "Building the default model from ../shared/data (AV-digits + espeak-ng voices, MLA, 30 epochs): ~10 min, once."
+	@echo "Building the default model from ../shared/data (AV-digits + espeak-ng voices, MLA, 30 epochs, 5 trainings): ~40 min, once."
 	$(MAKE) venv
 	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends espeak-ng; }
 	manifest=$$($(BIN)/python -m benchmarks.avdigits.build --synthetic-voices 150) && \
-	$(BIN)/mla train --data csv:$$manifest --method mla --seed 0 --epochs 30 --owm-alpha 10 --audio-augment --out runs/default && \
-	$(BIN)/mla export runs/default --out models --name default --version 2
+	$(BIN)/mla train --data csv:$$manifest $(RECIPE) --out runs/default && \
+	$(BIN)/python -m training.crossfit --data csv:$$manifest --out runs/crossfit -- $(RECIPE) && \
+	$(BIN)/mla export runs/default --out models --name default --version 3 --crossfit runs/crossfit
 
 default-model: $(DEFAULT_MODEL)
 
@@ -159,6 +162,15 @@ bench-robustness: venv
 	$(BIN)/python -m benchmarks.avdigits.robustness
 
 # The default model's calibration as a client sees it: AV-digits test pairs through a running mla serve.
+# The out-of-fold predictions the default model's calibration rests on (4 trainings of the recipe, ~25 min here).
+runs/crossfit/oof.npz: | venv
+	manifest=$$($(BIN)/python -m benchmarks.avdigits.build --synthetic-voices 150) && \
+	$(BIN)/python -m training.crossfit --data csv:$$manifest --out runs/crossfit -- $(RECIPE)
+
+bench-ablation: venv $(DEFAULT_MODEL) runs/crossfit/oof.npz
+	$(BIN)/python -m benchmarks.avdigits.ablation
+	$(BIN)/python -m benchmarks.readme
+
 bench-calibration: venv $(DEFAULT_MODEL)
 	$(BIN)/python -m benchmarks.avdigits.service_calibration
 

@@ -153,7 +153,7 @@ def export_run(
     inputs = parity_inputs(cfg, data or ckpt["data"])
     fusion = Fusion.model_validate(calibrate_run(run_dir, data, rule, target_risk, confidence, crossfit))
     data = data or str(ckpt["data"])
-    ood, banks = fit_ood(model, parse_spec(data), data)
+    ood, banks = fit_ood(model, parse_spec(data), data, crossfit=crossfit)
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))

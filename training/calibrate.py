@@ -61,6 +61,7 @@ from common.fusion import (
     PRODUCT_RULES,
     RULES,
     TEMPERATURE_BOUNDS,
+    WEIGHTED_RULES,
     ConfidenceMap,
     FusionParams,
     Typicality,
@@ -289,17 +290,36 @@ def _tune_loglinear(
     return best
 
 
+@dataclass(frozen=True)
+class Layers:
+    """Which of a rule's fitted layers a fusion fits (the per-modality temperatures always, when calibrated)."""
+
+    weights: bool = True  # constant weights fitted for the rules that have them (else equal ones)
+    fused_temperatures: bool = True  # a temperature per set of modalities present
+    confidence_maps: bool = True  # a top-label map per set, where cross-validation keeps one
+
+
+ALL_LAYERS = Layers()
+# What `mla export` fits for the product rule: the per-modality temperatures and the per-subset ones; equal weights
+# and no top-label map. Chosen by `python -m benchmarks.avdigits.ablation` on held-out speakers (validation's and the
+# out-of-fold ones, leave one out; never the test split): the maps lost out of sample, the fitted weights came out
+# equal, and each layer kept loses when removed (docs/decisions/2026-12-06-fusion-layers-ablation.md).
+SERVED_LAYERS = Layers(weights=False, fused_temperatures=True, confidence_maps=False)
+
+
 def fit_fusion(
     val: Predictions,
     rule: str,
     calibrated: bool = True,
     gate: tuple[float, float] = (GATE_MARGIN, GATE_DECAY),
     mixture_share: float | None = None,
+    layers: Layers = ALL_LAYERS,
 ) -> FusionParams:
     """The fusion of `rule` with everything it needs fitted on validation predictions.
 
     `gate`: the typicality's margin and decay; `mixture_share`: a product rule's blend with
-    the mixture (default: MIXTURE_SHARE for gated_loglinear, 0 for the plain product).
+    the mixture (default: MIXTURE_SHARE for gated_loglinear, 0 for the plain product);
+    `layers`: which fitted layers to fit (the rest stay at their identity: equal weights, T_S = 1, no map).
     """
     temperatures = None
     if calibrated:
@@ -308,15 +328,20 @@ def fit_fusion(
         mixture_share = MIXTURE_SHARE if rule in GATED_RULES else 0.0
     weights = None
     typicality = _typicality(val, *gate) if rule in GATED_RULES else None
-    if rule == "fixed":
+    if rule in WEIGHTED_RULES and not layers.weights:
+        weights = dict.fromkeys(val.modalities, 1.0 / len(val.modalities))
+    elif rule == "fixed":
         weights = _tune_fixed(val, temperatures)
     elif rule in PRODUCT_RULES:
         weights = _tune_loglinear(val, temperatures or {}, rule, typicality, mixture_share)
     params = FusionParams(rule, weights, temperatures, None, typicality, mixture_share=mixture_share)
     if not calibrated:
         return params
-    params = replace(params, fused_temperatures=fit_fused_temperatures(val, params))
-    return replace(params, confidence_maps=fit_confidence_maps(val, params) or None)
+    if layers.fused_temperatures or rule == "logit_sum":  # logit_sum is calibrated by T_S alone
+        params = replace(params, fused_temperatures=fit_fused_temperatures(val, params))
+    if layers.confidence_maps:
+        params = replace(params, confidence_maps=fit_confidence_maps(val, params) or None)
+    return params
 
 
 @dataclass(frozen=True)
@@ -493,7 +518,7 @@ def fusion_section(
     from training.evaluate import score
 
     check_rule(rule)
-    params = fit_fusion(val, rule, calibrated=True)
+    params = fit_fusion(val, rule, calibrated=True, layers=SERVED_LAYERS if rule == "loglinear" else ALL_LAYERS)
     uncalibrated = replace(params, temperatures=None, fused_temperatures=None, confidence_maps=None)
     raw, fitted = score(val, uncalibrated), score(val, params)
     figures = {

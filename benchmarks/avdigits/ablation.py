@@ -6,8 +6,8 @@ The evidence: the default model's validation predictions (speaker `jackson`) and
 `python -m training.crossfit` (each training speaker predicted by a model that never heard them nor saw their
 drawings): five speakers, none of them the test speaker. Leave one speaker out: every layer is fitted on the other four
 exactly as `mla export --crossfit` fits it (training.calibrate), then scored on the fifth; the five held-out speakers'
-clips are pooled. Each variant removes one layer of the served rule (and refits the layers after it, which were fitted
-on its output), or adds one of version 1's (the logit typicality gate with its mixture blend; the blend alone).
+clips are pooled. Each variant removes one of the served rule's layers, or adds one it does not fit (version 2's maps
+and fitted weights; version 1's typicality gate with its mixture blend; the blend alone).
 
 Scored per clip, for audio alone, video alone and the pair: negative log-likelihood of the true label, and, at the
 abstention threshold fitted with the layers (SGR at 5% risk), whether it was answered and right. The figure per layer
@@ -33,8 +33,8 @@ from common.answer import decide
 from common.fusion import FusionParams
 from training.calibrate import (
     MIXTURE_SHARE,
+    SERVED_LAYERS,
     fit_abstention,
-    fit_confidence_maps,
     fit_fused_temperatures,
     fit_fusion,
     load_out_of_fold,
@@ -47,51 +47,42 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVED = "loglinear"
 
 
-def _downstream(train: Predictions, params: FusionParams) -> FusionParams:
-    """The layers fitted on a fusion's output, refitted: the per-subset temperatures, then the confidence maps."""
-    params = replace(params, fused_temperatures=None, confidence_maps=None)
-    params = replace(params, fused_temperatures=fit_fused_temperatures(train, params))
-    return replace(params, confidence_maps=fit_confidence_maps(train, params) or None)
-
-
 def _served(train: Predictions) -> FusionParams:
-    return fit_fusion(train, SERVED)
-
-
-def _no_fused_temperature(train: Predictions) -> FusionParams:
-    p = replace(_served(train), fused_temperatures=None, confidence_maps=None)
-    return replace(p, confidence_maps=fit_confidence_maps(train, p) or None)
-
-
-def _no_maps(train: Predictions) -> FusionParams:
-    return replace(_served(train), confidence_maps=None)
+    """The rule `mla export` serves: the product with the layers SERVED_LAYERS keeps."""
+    return fit_fusion(train, SERVED, layers=SERVED_LAYERS)
 
 
 def _no_temperatures(train: Predictions) -> FusionParams:
-    served = _served(train)
-    return _downstream(train, replace(served, temperatures=None))
+    params = replace(_served(train), temperatures=None, fused_temperatures=None)
+    return replace(params, fused_temperatures=fit_fused_temperatures(train, params))
 
 
-def _equal_weights(train: Predictions) -> FusionParams:
-    served = _served(train)
-    return _downstream(train, replace(served, weights=dict.fromkeys(train.modalities, 1.0 / len(train.modalities))))
+def _no_fused_temperatures(train: Predictions) -> FusionParams:
+    return replace(_served(train), fused_temperatures=None)
+
+
+def _adding(**layer: bool) -> Callable[[Predictions], FusionParams]:
+    def fit(train: Predictions) -> FusionParams:
+        return fit_fusion(train, SERVED, layers=replace(SERVED_LAYERS, **layer))
+
+    return fit
 
 
 def _with_gate(train: Predictions) -> FusionParams:
-    return fit_fusion(train, "gated_loglinear")
+    return fit_fusion(train, "gated_loglinear", layers=SERVED_LAYERS)
 
 
 def _with_mixture(train: Predictions) -> FusionParams:
-    return fit_fusion(train, SERVED, mixture_share=MIXTURE_SHARE)
+    return fit_fusion(train, SERVED, mixture_share=MIXTURE_SHARE, layers=SERVED_LAYERS)
 
 
 VARIANTS: dict[str, tuple[str, Callable[[Predictions], FusionParams]]] = {
-    "served": ("loglinear: per-modality temperatures, fitted weights, per-subset temperatures, maps where kept", _served),
-    "- per-subset temperatures": ("remove: T_S = 1 (maps refitted)", _no_fused_temperature),
-    "- confidence maps": ("remove: no top-label map", _no_maps),
-    "- per-modality temperatures": ("remove: T_m = 1 (weights kept; T_S and maps refitted)", _no_temperatures),
-    "- fitted weights": ("remove: equal weights (T_S and maps refitted)", _equal_weights),
-    "+ typicality gate and blend": ("add version 1's gated_loglinear (gate margin 2, decay 4, blend 0.4)", _with_gate),
+    "served": ("product of the calibrated modalities, equal weights, T_S per set (training.calibrate.SERVED_LAYERS)", _served),
+    "- per-modality temperatures": ("remove: T_m = 1 (T_S refitted)", _no_temperatures),
+    "- per-subset temperatures": ("remove: T_S = 1", _no_fused_temperatures),
+    "+ fitted weights": ("add: weights fitted by NLL on a 0.05 grid", _adding(weights=True)),
+    "+ confidence maps": ("add: top-label Platt maps where cross-validation keeps one", _adding(confidence_maps=True)),
+    "+ typicality gate and blend": ("add version 1's gate (margin 2, decay 4) and blend (0.4)", _with_gate),
     "+ mixture blend": ("add version 1's blend with the equal-weight mixture (0.4), no gate", _with_mixture),
 }
 
@@ -157,6 +148,8 @@ def verdict(change: list[float], adding: bool) -> str:
     """Removing: the layer stays only where removal loses for sure (interval above 0). Adding: it would pay only where
     adding wins for sure (interval below 0)."""
     _, low, high = change
+    if low == high == 0.0:
+        return "no effect here"  # the layer does not act on this set (a per-set temperature on one modality)
     if adding:
         return "would pay" if high < 0 else "does not pay"
     return "stays" if low > 0 else "goes"
@@ -198,7 +191,7 @@ def markdown(data: dict[str, Any]) -> str:
             rows.append([name, sub, c["n"], f"{c['nll']:.4f}", f"{100 * c['accuracy']:.1f}%", f"{100 * c['coverage']:.1f}%", err])
     lines += [markdown_table(["variant", "sent", "n", "NLL", "accuracy", "answered", "error among answered"], rows), ""]
     lines += ["## The variants", "", markdown_table(["variant", "what"], [[k, v["about"]] for k, v in variants.items()]), ""]
-    lines += [f"Ran in {data['seconds']:.0f} s on {data['machine']['cpus']} CPUs.", ""]
+    lines += [f"Ran in {data['seconds']:.0f} s on {data['machine']['cpu_count']} CPUs.", ""]
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Out-of-distribution benchmark of the served model (issue 27): how it answers inputs nothing like its training data.
 
-    python -m benchmarks.ood.run [--model models/default/2] [--seed 0] [--resamples 1000]
+    python -m benchmarks.ood.run [--model models/default/3] [--seed 0] [--resamples 1000]
 
 OpenOOD v1.5's protocol on the AV-digits model: in-distribution is the AV-digits test split (the
 held-out speaker's digits paired with unseen handwritten ones); the OOD sets are
@@ -41,7 +41,7 @@ from common.media import AudioSpec, MediaError, VideoSpec
 
 log = logging.getLogger("ood")
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "default" / "2"
+MODEL = ROOT / "models" / "default" / "3"
 BATCH = 64
 GROUPS = (("report", "near"), ("report", "far"), ("tune", "near"), ("tune", "far"))
 CONDITIONS = {
@@ -449,7 +449,7 @@ def main(
     argv: Sequence[str] | None = None, results: Path | None = None, write_results: Callable[..., Any] = write
 ) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=MODEL, help="a model version folder (default: models/default/2)")
+    parser.add_argument("--model", type=Path, default=MODEL, help="a model version folder (default: models/default/3)")
     parser.add_argument("--seed", type=int, default=0, help="of the sets, the pairing and the bootstrap")
     parser.add_argument("--resamples", type=int, default=metrics.RESAMPLES, help="bootstrap draws per interval")
     args = parser.parse_args(argv)

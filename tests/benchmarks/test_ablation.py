@@ -28,6 +28,7 @@ def test_paired_interval_brackets_the_mean_and_the_verdicts_follow_the_rule() ->
     assert ablation.verdict([0.0, -0.1, 0.1], adding=False) == "goes"  # cannot tell: the simpler rule
     assert ablation.verdict([-0.2, -0.3, -0.1], adding=True) == "would pay"
     assert ablation.verdict([0.0, -0.1, 0.1], adding=True) == "does not pay"
+    assert ablation.verdict([0.0, 0.0, 0.0], adding=False) == "no effect here"
 
 
 def test_every_group_is_scored_by_layers_fitted_without_it() -> None:
@@ -41,5 +42,5 @@ def test_every_group_is_scored_by_layers_fitted_without_it() -> None:
     # the audio is far too sharp: its temperature must pay on held-out groups
     change = data["variants"]["- per-modality temperatures"]["subsets"]["audio"]["nll_change"]
     assert change[1] > 0
-    text = ablation.markdown({**data, "resamples": 200, "seconds": 1.0, "machine": {"cpus": 2}})
+    text = ablation.markdown({**data, "resamples": 200, "seconds": 1.0, "machine": {"cpu_count": 2}})
     assert "- per-modality temperatures" in text

@@ -16,7 +16,7 @@ from cli.main import app
 from common.manifest import load_manifest
 from tests.conftest import ROOT, shared_data
 
-DEFAULT = ROOT / "models" / "default" / "1"
+DEFAULT = ROOT / "models" / "default" / "3"
 runner = CliRunner()
 
 
@@ -31,6 +31,13 @@ def test_the_committed_default_model_validates() -> None:
     assert manifest.fusion.calibration.temperatures.keys() == {"audio", "video"}
     a = manifest.fusion.abstention
     assert all(fig["risk_bound"] <= a.target_risk or a.min_confidence[sub] == 1.0 for sub, fig in a.val.items())
+    # calibrated on more than one voice: validation's speaker and the four training speakers' out-of-fold predictions
+    assert "out-of-fold predictions of 4 training speakers" in manifest.fusion.calibration.fitted_on
+    assert all(fig["n"] == 2500 for fig in a.val.values())
+    assert a.min_confidence["audio"] < 1.0  # a voice alone can be answered
+    assert manifest.ood is not None
+    assert set(manifest.ood) == set(manifest.modalities)
+    assert manifest.fusion.calibration.confidence_maps == {}  # the ablation removed them
     assert (DEFAULT.parent / "README.md").is_file()
 
 

@@ -1,7 +1,8 @@
-"""The committed default model behind a real server: real speech and handwriting, speech drowned in noise, and a sound
-that is not speech.
+"""Version 1 of the default model behind a real server: real speech and handwriting, speech drowned in noise, and a
+sound that is not speech. Version 1 stays published and servable; it is the one that fuses by `gated_loglinear`, the
+rule these tests exercise (the current version's answers: tests/service/test_ood_served.py).
 
-The default model fuses by `gated_loglinear`. For each digit, the held-out speaker's first
+Version 1 fuses by `gated_loglinear`. For each digit, the held-out speaker's first
 recording of it and the first MNIST drawing of it are sent, then the same drawing with the
 recording drowned in white noise: one second recorded at 16 kHz with noise 10 dB louder than
 the speech, before, under and after it, across the whole band, and again with the noise
