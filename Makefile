@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the service's closure only (no torch): what `make serve` needs
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: venv system-deps check-deploy compose-test test lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak bench-edge bench-ood bench-ablation clean
+.PHONY: venv system-deps check-deploy compose-test test check lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak bench-edge bench-ood bench-ablation clean
 
 # Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -89,6 +89,14 @@ compose-test: venv system-deps
 
 # Everything CI runs: lint, types, deployment checks, the whole test suite, the compose stack.
 test: lint typecheck check-deploy pytest compose-test
+
+# The fast loop before a commit: lint, types and the tests that need no root, no Docker engine, no browser, no server
+# and no training (numpy, the manifest contract, fusion, calibration, OOD, the import graph, the docs' tables).
+CHECK_TESTS := tests/common tests/training/test_layering.py tests/training/test_crossfit.py \
+	tests/benchmarks/test_readme.py tests/benchmarks/test_ablation.py tests/deploy/test_metric_names.py \
+	tests/service/test_settings.py tests/service/test_batching.py
+check: lint typecheck
+	$(BIN)/pytest -q -m "not slow" $(CHECK_TESTS)
 
 # The embedded default model (models/default/3, committed; see models/default/README.md): MLA on AV-digits,
 # real spoken (FSDD) and handwritten (MNIST) digits from ../shared/data, its training split joined by digits

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 import torch
 
+from common.evaluation import Predictions
 from common.hashing import sha256_file
 from common.manifest import (
     MANIFEST_NAME,
@@ -47,12 +48,20 @@ from common.manifest import (
 from common.parity import ParityError, parity_check
 from common.validate import run_session
 from model_export.onnx_graph import DEFAULT_OPSET, FEATURES_NAME, OUTPUT_NAME, ExportError, ExportSpec, export_graph, spec_for
-from training.calibrate import CONFIDENCE, TARGET_RISK, calibrate_run, check_abstention, check_rule, fusion_section
+from training.calibrate import (
+    CONFIDENCE,
+    TARGET_RISK,
+    check_abstention,
+    check_rule,
+    fusion_section,
+    load_out_of_fold,
+    pool,
+    served_rule,
+)
 from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from training.config import ModelConfig
 from training.data.dataset import build_dataset, make_loader
 from training.data.specs import parse_spec
-from training.evaluate import Predictions
 from training.models.classifier import SingleModality
 from training.ood import fit_ood
 
@@ -60,6 +69,39 @@ log = logging.getLogger(__name__)
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PARITY_ROWS = 64  # real inputs compared at export time
 SAMPLE_ROWS = 8  # of which this many are stored for `mla validate`
+
+
+def calibrate_run(
+    run_dir: Path,
+    data: str | None = None,
+    rule: str | None = None,
+    target_risk: float = TARGET_RISK,
+    confidence: float = CONFIDENCE,
+    crossfit: Path | None = None,
+) -> dict[str, Any]:
+    """The manifest's fusion section for a run: its rule (default: training.calibrate.served_rule), fitted on
+    validation by training.calibrate.fusion_section, pooled with the out-of-fold predictions in `crossfit`
+    (training.crossfit) where given.
+
+    Returns plain data (the schema lives in common.manifest): rule, weights, calibration
+    (temperatures, fused temperatures, confidence maps, validation figures before and after)
+    and abstention.
+    """
+    from training.evaluate import predict_split
+
+    check_abstention(target_risk, confidence)
+    ckpt = load_checkpoint(run_dir)
+    model = model_from_checkpoint(ckpt)
+    data = data or ckpt["data"]
+    rule = rule or served_rule(ckpt["method"])
+    check_rule(rule)
+    val = predict_split(model, parse_spec(data), "val", 128, workers=1)
+    fitted_on = f"val split of {data}, n={len(val.labels)}"
+    if crossfit is not None:
+        oof, about = load_out_of_fold(crossfit, val.modalities)
+        val = pool(val, oof)
+        fitted_on += f", pooled with {about}"
+    return fusion_section(val, rule, fitted_on, target_risk, confidence)
 
 
 def parity_inputs(cfg: ModelConfig, data: str, rows: int = PARITY_ROWS) -> dict[str, np.ndarray]:
@@ -133,9 +175,9 @@ def export_run(
     """Export every modality of a run, prove parity, calibrate on validation, write the manifest; return the version folder.
 
     `crossfit`: a training.crossfit folder whose out-of-fold predictions are pooled with validation's for the
-    calibration and abstention (training.calibrate.calibrate_run).
+    calibration and abstention (calibrate_run).
 
-    `rule` is the fusion rule to serve (default: logit_sum for joint, training.evaluate.SERVED_RULE
+    `rule` is the fusion rule to serve (default: logit_sum for joint, training.calibrate.SERVED_RULE
     otherwise); its temperatures, weights and abstention thresholds (error rate at most `target_risk`
     among the answers, with `confidence`) are fitted here.
     """

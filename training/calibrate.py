@@ -56,6 +56,7 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 
 from common import calibration
+from common.evaluation import Predictions, fused_for, score, subsets
 from common.fusion import (
     GATED_RULES,
     PRODUCT_RULES,
@@ -68,7 +69,6 @@ from common.fusion import (
     log_softmax,
     subset_name,
 )
-from training.evaluate import Predictions, fused_for, subsets
 
 log = logging.getLogger(__name__)
 TARGET_RISK = 0.05  # default: at most 5% errors among the answers given
@@ -450,40 +450,6 @@ def fit_conformal(val: Predictions, params: FusionParams, alpha: float = CONFORM
     return out
 
 
-def calibrate_run(
-    run_dir: Path,
-    data: str | None = None,
-    rule: str | None = None,
-    target_risk: float = TARGET_RISK,
-    confidence: float = CONFIDENCE,
-    crossfit: Path | None = None,
-) -> dict[str, Any]:
-    """The manifest's fusion section for a run: its rule (default: `served_rule`), fitted on validation, pooled with
-    the out-of-fold predictions in `crossfit` (training.crossfit) where given.
-
-    Returns plain data (the schema lives in common.manifest): rule, weights, calibration
-    (temperatures, fused temperatures, confidence maps, validation figures before and after)
-    and abstention.
-    """
-    from training.checkpoint import load_checkpoint, model_from_checkpoint
-    from training.data.specs import parse_spec
-    from training.evaluate import predict_split, served_rule
-
-    check_abstention(target_risk, confidence)
-    ckpt = load_checkpoint(run_dir)
-    model = model_from_checkpoint(ckpt)
-    data = data or ckpt["data"]
-    rule = rule or served_rule(ckpt["method"])
-    check_rule(rule)
-    val = predict_split(model, parse_spec(data), "val", 128, workers=1)
-    fitted_on = f"val split of {data}, n={len(val.labels)}"
-    if crossfit is not None:
-        oof, about = load_out_of_fold(crossfit, val.modalities)
-        val = pool(val, oof)
-        fitted_on += f", pooled with {about}"
-    return fusion_section(val, rule, fitted_on, target_risk, confidence)
-
-
 def load_out_of_fold(folder: Path, modalities: list[str]) -> tuple[Predictions, str]:
     """A training.crossfit folder's out-of-fold predictions, and a line saying what they are."""
     path = folder / "oof.npz"
@@ -515,8 +481,6 @@ def fusion_section(
     val: Predictions, rule: str, fitted_on: str, target_risk: float = TARGET_RISK, confidence: float = CONFIDENCE
 ) -> dict[str, Any]:
     """The manifest's fusion section fitted on `val` (a model's validation predictions, from torch or its graphs)."""
-    from training.evaluate import score
-
     check_rule(rule)
     params = fit_fusion(val, rule, calibrated=True, layers=SERVED_LAYERS if rule == "loglinear" else ALL_LAYERS)
     uncalibrated = replace(params, temperatures=None, fused_temperatures=None, confidence_maps=None)
@@ -566,3 +530,21 @@ def fusion_section(
             },
         },
     }
+
+
+# The rule `mla export` serves for MLA and the unimodal ensemble unless told otherwise: a product of experts with
+# weights fitted on validation. `make bench-robustness` had chosen its gated form (weights shrinking for atypical
+# logits; the paper's entropy mixture lost), but the export now writes a detector per modality on the encoder's
+# features (common.ood), which leaves an atypical modality out of the fusion altogether: the gate and the mixture
+# blend that patched it are not stacked on top of it (issue 27). gated_loglinear stays selectable with --fusion.
+SERVED_RULE = "loglinear"
+
+
+def own_rule(method: str) -> str:
+    """The rule each method is selected and reported by: joint predicts with its summed logits, MLA by the paper's rule."""
+    return "logit_sum" if method == "joint" else "entropy"
+
+
+def served_rule(method: str) -> str:
+    """The rule a method's export serves by default: joint's own; for the others, the robustness benchmark's choice."""
+    return "logit_sum" if method == "joint" else SERVED_RULE

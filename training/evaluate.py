@@ -2,50 +2,21 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import confusion_matrix
 
-from common import calibration
-from common.fusion import FusionParams, answers
+from common.evaluation import Predictions, answered, fused_for, score, subsets
+from common.fusion import FusionParams, subset_name
 from training.data.dataset import Batch
 from training.models import MultimodalClassifier
 
 if TYPE_CHECKING:
-    from training.calibrate import Threshold
     from training.data.specs import DatasetManifest
-
-
-@dataclass
-class Predictions:
-    logits: dict[str, np.ndarray]  # modality -> [n, classes]; rows of absent samples are zeros (a uniform softmax)
-    present: dict[str, np.ndarray]  # modality -> [n] bool
-    labels: np.ndarray  # [n] int
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.logits)
-
-    @property
-    def n_classes(self) -> int:
-        return next(iter(self.logits.values())).shape[1]
-
-    def rows(self, subset: Sequence[str]) -> np.ndarray:
-        """[n] bool: the samples that have at least one modality of `subset`."""
-        return np.any(np.stack([self.present[m] for m in subset]), axis=0)
-
-    def take(self, subset: Sequence[str]) -> Predictions:
-        """Only the modalities of `subset`, only the samples that have one of them."""
-        rows = self.rows(subset)
-        return Predictions(
-            {m: self.logits[m][rows] for m in subset}, {m: self.present[m][rows] for m in subset}, self.labels[rows]
-        )
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> Batch:
@@ -90,74 +61,6 @@ def predict_split(
     return predict(model, loader, torch.device("cpu"))
 
 
-def subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset, singles first: ("audio",), ("video",), ("audio", "video")."""
-    return [c for r in range(1, len(modalities) + 1) for c in itertools.combinations(modalities, r)]
-
-
-def subset_name(subset: Sequence[str]) -> str:
-    return "+".join(subset)
-
-
-def fused_for(preds: Predictions, subset: Sequence[str], params: FusionParams) -> tuple[np.ndarray, np.ndarray]:
-    """Fused probabilities for the samples that have at least one modality of `subset`, and which rows those are."""
-    part = preds.take(subset)
-    return params(part.logits, part.present).probs, preds.rows(subset)
-
-
-def score(preds: Predictions, params: FusionParams | None = None) -> dict[str, dict[str, Any]]:
-    """Per modality subset: sample count, accuracy, macro-F1 and the calibration figures, under one fusion."""
-    params = params or FusionParams()
-    keys = ("n", "accuracy", "macro_f1", "nll", "brier", "ece", "ece_floor", "adaptive_ece")
-    out: dict[str, dict[str, Any]] = {k: {} for k in keys}
-    for sub in subsets(preds.modalities):
-        probs, rows = fused_for(preds, sub, params)
-        key = subset_name(sub)
-        out["n"][key] = int(rows.sum())
-        if out["n"][key] == 0:
-            continue
-        y, yhat = preds.labels[rows], probs.argmax(axis=1)
-        out["accuracy"][key] = float(accuracy_score(y, yhat))
-        out["macro_f1"][key] = float(f1_score(y, yhat, average="macro", labels=list(range(preds.n_classes)), zero_division=0))
-        for name, value in calibration.summary(probs, y).items():
-            out[name][key] = value
-    return out
-
-
-def answered(preds: Predictions, params: FusionParams, thresholds: Mapping[str, Threshold]) -> dict[str, dict[str, Any]]:
-    """Per set of modalities with a threshold, on the samples that have all of that set: the share answered
-    (calibrated confidence at least the threshold) and the error rate among those answers (None: none answered)."""
-    out: dict[str, dict[str, Any]] = {}
-    for sub in subsets(preds.modalities):
-        key = subset_name(sub)
-        if key not in thresholds:
-            continue
-        have = np.all(np.stack([preds.present[m] for m in sub]), axis=0)
-        probs = params({m: preds.logits[m][have] for m in sub}, {m: preds.present[m][have] for m in sub}).probs
-        given = answers(probs.max(axis=1), thresholds[key].min_confidence)
-        correct = probs.argmax(axis=1) == preds.labels[have]
-        out[key] = {"coverage": float(given.mean()), "risk": float(1.0 - correct[given].mean()) if given.any() else None}
-    return out
-
-
-# The rule `mla export` serves for MLA and the unimodal ensemble unless told otherwise: a product of experts with
-# weights fitted on validation. `make bench-robustness` had chosen its gated form (weights shrinking for atypical
-# logits; the paper's entropy mixture lost), but the export now writes a detector per modality on the encoder's
-# features (common.ood), which leaves an atypical modality out of the fusion altogether: the gate and the mixture
-# blend that patched it are not stacked on top of it (issue 27). gated_loglinear stays selectable with --fusion.
-SERVED_RULE = "loglinear"
-
-
-def own_rule(method: str) -> str:
-    """The rule each method is selected and reported by: joint predicts with its summed logits, MLA by the paper's rule."""
-    return "logit_sum" if method == "joint" else "entropy"
-
-
-def served_rule(method: str) -> str:
-    """The rule a method's export serves by default: joint's own; for the others, the robustness benchmark's choice."""
-    return "logit_sum" if method == "joint" else SERVED_RULE
-
-
 def confusion_plot(preds: Predictions, params: FusionParams, class_names: list[str], path: Path, title: str) -> None:
     import matplotlib
 
@@ -181,7 +84,7 @@ def evaluate_run(run_dir: Path, data: str, split: str = "test", workers: int = 1
     Calibration (temperatures, fused temperatures, fitted weights, the abstention threshold)
     is fitted on the validation split, never on the split being scored.
     """
-    from training.calibrate import CONFIDENCE, RULE_VARIANTS, TARGET_RISK, fit_abstention, fit_fusion
+    from training.calibrate import CONFIDENCE, RULE_VARIANTS, TARGET_RISK, fit_abstention, fit_fusion, own_rule
     from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
     from training.data.specs import DataError, parse_spec
     from training.plots import plot_calibration
@@ -255,3 +158,6 @@ def _params_dict(params: FusionParams) -> dict[str, Any]:
         "confidence_maps": {k: asdict(c) for k, c in (params.confidence_maps or {}).items()} or None,
         "mixture_share": params.mixture_share,
     }
+
+
+__all__ = ["Predictions", "answered", "fused_for", "predict", "predict_split", "score", "subset_name", "subsets", "to_device"]

@@ -39,7 +39,7 @@ import numpy as np
 from benchmarks.espeak_digits import VARIANTS as BENCH_VARIANTS
 from benchmarks.espeak_digits import WORDS
 from common.media import decode_audio
-from training.data.specs import cache_root, write_manifest
+from training.data.files import cache_root, write_manifest
 from training.data.writers import write_audio, write_video
 
 log = logging.getLogger(__name__)

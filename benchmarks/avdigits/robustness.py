@@ -41,11 +41,12 @@ from benchmarks.report import RESULTS, markdown_table, write
 from common import calibration
 from common.fusion import FusionParams
 from common.hashing import sha256_file
-from training.calibrate import GATE_DECAY, GATE_MARGIN, MIXTURE_SHARE, fit_fusion
+from training.calibrate import GATE_DECAY, GATE_MARGIN, MIXTURE_SHARE, fit_fusion, own_rule
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data.dataset import build_dataset
-from training.data.specs import cache_root, parse_spec
-from training.evaluate import Predictions, fused_for, own_rule, predict_split
+from training.data.files import cache_root
+from training.data.specs import parse_spec
+from training.evaluate import Predictions, fused_for, predict_split
 from training.models import MultimodalClassifier
 
 log = logging.getLogger("robustness")

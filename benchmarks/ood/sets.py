@@ -45,7 +45,7 @@ from scipy import ndimage
 
 from benchmarks.avdigits.build import FPS, SHARED, SIZE, SYNTH_ACCENTS, SYNTH_PITCH, SYNTH_SPEED, digit_clip, synthetic_variants
 from common.media import decode_audio
-from training.data.specs import cache_root
+from training.data.files import cache_root
 from training.data.writers import write_audio, write_video
 
 log = logging.getLogger(__name__)

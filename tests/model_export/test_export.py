@@ -19,10 +19,9 @@ from common.manifest import SCHEMA_VERSION, AudioEntry, Manifest, ManifestError,
 from common.parity import FP32, compare
 from common.validate import InvalidRepositoryError, validate_repository
 from model_export.onnx_graph import CUDA_OPS, ExportError
-from model_export.repository import export_run, recalibrate
-from training.calibrate import GATE_MARGIN, MIXTURE_SHARE, calibrate_run, risk_upper_bound
+from model_export.repository import calibrate_run, export_run, recalibrate
+from training.calibrate import GATE_MARGIN, MIXTURE_SHARE, SERVED_RULE, risk_upper_bound
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from training.evaluate import SERVED_RULE
 
 runner = CliRunner()
 

@@ -17,6 +17,7 @@ import pytest
 
 from benchmarks import hostile
 from tests.servers import Server, start_server, stop_server
+from tests.waiting import wait_for
 
 
 def post(server: Server, field: str, name: str, data: bytes, form: dict[str, str] | None = None) -> httpx.Response:
@@ -216,10 +217,17 @@ def test_a_worker_killed_under_load_is_replaced_and_requests_keep_succeeding(
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(1.5)
+        wait_for("requests flowing through both workers", lambda: len(results) >= 8, timeout=60, every=0.05)
         killed_at = time.monotonic()
         victim.kill()  # SIGKILL, as the OOM killer or a crash would
-        time.sleep(3.0)
+
+        def recovered() -> bool:
+            after = [s for t, s in results if t > killed_at]
+            text = httpx.get(f"{srv.url}/metrics").text
+            replaced = 'mla_decode_worker_restarts_total{reason="died"} 1.0' in text and "mla_decode_workers 2.0" in text
+            return replaced and len(after) >= 4 and after[-4:] == [200] * 4
+
+        wait_for("the worker replaced, running, and four answers after its death", recovered, timeout=60, every=0.1)
         stop.set()
         for t in threads:
             t.join(60)

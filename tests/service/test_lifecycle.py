@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.servers import Server, start_server, stop_server
+from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +52,11 @@ def test_cors_and_request_ids(guarded: Server) -> None:
     assert "access-control-allow-origin" not in other.headers
     r = httpx.get(f"{guarded.url}/healthz", headers={"X-Request-ID": "trace-123"})
     assert r.headers["x-request-id"] == "trace-123"
-    time.sleep(0.2)
-    lines = [line for line in guarded.log.read_text().splitlines() if "trace-123" in line]
-    assert lines, "the request id is not in the log"
+
+    def logged() -> list[str]:
+        return [line for line in guarded.log.read_text().splitlines() if "trace-123" in line]
+
+    lines = wait_for("the request id in the log", logged, timeout=30, every=0.05)
     assert lines[0].startswith("{")  # JSON log lines
     assert '"request_id": "trace-123"' in lines[0]
 
@@ -85,7 +88,7 @@ def test_sigterm_finishes_the_request_in_flight(tiny_repo: Path, tmp_path: Path,
     thread = threading.Thread(target=client)
     thread.start()
     assert started.wait(10)
-    time.sleep(0.3)
+    wait_for("the request in flight", lambda: srv.metric("mla_requests_in_flight") >= 1, timeout=30, every=0.02)
     srv.proc.send_signal(signal.SIGTERM)
     thread.join(60)
     assert result["r"].status_code == 200, result["r"].text

@@ -240,20 +240,26 @@ def test_selective_threshold_keeps_its_promise_when_every_threshold_is_too_risky
     assert answered / draws <= 0.1 + 3 * np.sqrt(0.1 * 0.9 / draws)
 
 
-def test_abstention_thresholds_per_set_of_modalities_hold_their_risk_on_validation() -> None:
+def test_abstention_thresholds_per_set_of_modalities_hold_their_risk_on_held_out_draws() -> None:
+    """Fitted on one draw, checked on another from the same distribution: the error rate among the answers stays
+    within the target. The bound: SGR keeps the true rate at most 5% with 90% confidence, and an observed rate among
+    k fresh answers has a standard deviation of at most sqrt(0.05 x 0.95 / k), so the held-out rate lies under 0.05
+    plus three of those but for a chance well under 1%."""
     val = _two_modalities(2000, 3, scale=4.0)  # labels that are often near-certain, so a 5% risk is reachable
+    held = _two_modalities(2000, 4, scale=4.0)
     params = fit_fusion(val, "entropy")
     thresholds = fit_abstention(val, params, 0.05)
     assert set(thresholds) == {"audio", "video", "audio+video"}
     for sub, t in thresholds.items():
         names = sub.split("+")
-        probs, rows = fused_for(val, names, params)
+        probs, _ = fused_for(val, names, params)
         answered = probs.max(1) >= t.min_confidence
-        assert answered.mean() == pytest.approx(t.coverage), sub
-        if not answered.any():  # no threshold meets the bound: only certain answers, and there are none
-            assert t.min_confidence == 1.0, sub
-            continue
-        assert 1 - (probs.argmax(1) == val.labels[rows])[answered].mean() <= t.risk_bound <= 0.05, sub
+        assert answered.mean() == pytest.approx(t.coverage), sub  # the coverage it reports is the one it has
+        fresh, fresh_rows = fused_for(held, names, params)
+        given = fresh.max(1) >= t.min_confidence
+        k = int(given.sum())
+        assert k >= 100, sub
+        assert 1 - (fresh.argmax(1) == held.labels[fresh_rows])[given].mean() <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / k), sub
     # the noisier audio alone needs a higher threshold than both together, and answers less
     assert thresholds["audio"].min_confidence > thresholds["audio+video"].min_confidence
     assert thresholds["audio"].coverage < thresholds["audio+video"].coverage > 0.2

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from training.calibrate import RULE_VARIANTS
 from training.config import OWM_ALPHA_GRID
-from training.data.specs import write_manifest
+from training.data.files import write_manifest
 
 runner = CliRunner()
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from common.hashing import sha256_file
 from common.media import AudioSpec, MediaError, VideoSpec, load_audio, load_video
-from training.data.specs import DataError, Sample, cache_root
+from training.data.files import cache_root
+from training.data.specs import DataError, Sample
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1

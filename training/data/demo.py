@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.specs import cache_root, write_manifest
+from training.data.files import cache_root, write_manifest
 from training.data.writers import write_audio, write_video
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import random
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,20 +47,6 @@ class DatasetManifest:
         if not rows:
             raise DataError(f"{self.spec}: the {name!r} split is empty")
         return rows
-
-
-def write_manifest(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
-    """Write a `csv:` manifest; the columns are those of the first row (extra ones are kept, ignored on reading)."""
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def cache_root() -> Path:
-    """Where generated datasets and decoded arrays live (MLA_CACHE_DIR overrides)."""
-    return Path(os.environ.get("MLA_CACHE_DIR") or Path.home() / ".cache" / "mla-serve")
 
 
 def parse_spec(spec: str) -> DatasetManifest:

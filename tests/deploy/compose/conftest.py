@@ -23,9 +23,9 @@ from tests.deploy.compose.stack import (
     get,
     health,
     name,
-    wait_for,
 )
 from tests.servers import Server, free_port, start_server, stop_server
+from tests.waiting import wait_for
 
 T = TypeVar("T")
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -103,16 +101,6 @@ def ip(container: str) -> str:
 
 def health(container: str) -> str:
     return str(inspect(container)["State"].get("Health", {}).get("Status", "none"))
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = 120, every: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def get(url: str, **kw: Any) -> httpx.Response | None:

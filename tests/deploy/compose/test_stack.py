@@ -30,9 +30,9 @@ from tests.deploy.compose.stack import (
     ip,
     name,
     predictions_served,
-    wait_for,
 )
 from tests.servers import Server
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,23 @@
+"""Where data sets live and how a `csv:` manifest is written: shared by the specs that read them and the builders
+that make them (training.data.demo, benchmarks.avdigits.build), so neither imports the other."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def write_manifest(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
+    """Write a `csv:` manifest; the columns are those of the first row (extra ones are kept, ignored on reading)."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def cache_root() -> Path:
+    """Where generated datasets and decoded arrays live (MLA_CACHE_DIR overrides)."""
+    return Path(os.environ.get("MLA_CACHE_DIR") or Path.home() / ".cache" / "mla-serve")
