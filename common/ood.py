@@ -18,7 +18,7 @@ detectors on the tune sets and validation only, by the rule written in benchmark
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,6 +48,7 @@ class NearestNeighbours:
 
     bank: np.ndarray  # [n, dims], rows of unit length (float32 is enough: distances of unit vectors)
     k: int
+    _wide: np.ndarray = field(init=False, repr=False, compare=False)  # the bank in float64, widened once
 
     def __post_init__(self) -> None:
         if self.bank.ndim != 2 or len(self.bank) == 0:
@@ -56,6 +57,8 @@ class NearestNeighbours:
             raise ValueError(f"k must lie in 1..{len(self.bank)} (the bank's rows), got {self.k}")
         if not np.isfinite(self.bank).all():
             raise ValueError("the bank holds a value that is not finite")
+        # the distances are computed in float64: the bank is widened once here, not on every request
+        object.__setattr__(self, "_wide", self.bank.astype(np.float64))
 
     @classmethod
     def fit(cls, features: np.ndarray, k: int) -> NearestNeighbours:
@@ -68,7 +71,7 @@ class NearestNeighbours:
         if not 1 <= min(ks) <= top <= len(self.bank):
             raise ValueError(f"k must lie in 1..{len(self.bank)}, got {ks}")
         z = l2_normalise(features)
-        bank = self.bank.astype(np.float64)
+        bank = self._wide
         out: list[np.ndarray] = []
         for i in range(0, len(z), CHUNK):
             d2 = np.maximum(2.0 - 2.0 * z[i : i + CHUNK] @ bank.T, 0.0)  # |a - b|^2 of unit vectors

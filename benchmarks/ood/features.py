@@ -36,7 +36,6 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from benchmarks.ood.run import GROUPS, MODEL, ROOT, Decoded, Model, Requests, id
 from benchmarks.report import markdown_table, write
 from common.hashing import sha256_file
 from common.media import MediaError
+from common.ood import l2_normalise, threshold_at_tpr
 
 log = logging.getLogger("ood.features")
 RUN = ROOT / "runs" / "default-features"
@@ -105,11 +105,6 @@ class Mahalanobis:
         return -self.distances(features).min(axis=1)
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 @dataclass(frozen=True)
 class NearestNeighbours:
     """kNN on L2-normalised features (Sun et al. 2022); score = minus the distance to the k-th nearest training feature."""
@@ -155,12 +150,6 @@ def combine(per_modality: Mapping[str, np.ndarray], standardisers: Mapping[str, 
     minimum over the modalities sent, so the least typical modality decides and one OOD input beside an ID one is not
     averaged away."""
     return np.min(np.stack([standardisers[m](s) for m, s in per_modality.items()]), axis=0)
-
-
-def threshold_at_tpr(id_scores: np.ndarray, tpr: float = TPR) -> float:
-    """The highest threshold that keeps at least `tpr` of `id_scores` (kept: score >= threshold), as metrics.fpr95 sets it."""
-    k = math.floor(len(id_scores) * (1 - tpr) + 1e-9)
-    return float(np.sort(id_scores)[k])
 
 
 def choose_k(tune_auroc: Mapping[int, Mapping[str, float]]) -> int:
