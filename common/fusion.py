@@ -151,7 +151,8 @@ class ConfidenceMap:
     classes keep their proportions and share 1 - c'. With slope > 0 the map is increasing in
     c, and c' is never let below the runner-up after rescaling, p2 (1 - c') / (1 - c), so
     the label never changes (that floor is at most c, and acts only where the map would pull
-    a top label under its runner-up). slope 1, offset 0, lowest 0 is the identity.
+    a top label under its runner-up). Where it would lower a lead narrower than TIE_MARGIN,
+    ties included, the row is returned as given. slope 1, offset 0, lowest 0 is the identity.
     """
 
     slope: float
@@ -181,18 +182,25 @@ class ConfidenceMap:
         others = p.copy()
         others[rows, top] = 0.0
         second = others.max(axis=1)
-        # c' above the largest other class after rescaling, p2 (1 - c') / (1 - c), keeps the argmax; at equality
-        # the two would tie and argmax could pick the other, so the floor sits a relative 1e-9 above it
-        floor = np.minimum(second / np.maximum(1.0 - c + second, 1e-300) * (1.0 + TIE_MARGIN), c)  # a tie given stays
-        mapped = np.maximum(mapped, floor)
         rest = others.sum(axis=1)
+        # c' above the largest other class after rescaling, p2 (1 - c') / rest, keeps the argmax, so c' must exceed
+        # p2 / (rest + p2). rest, not 1 - c: c is clipped away from 1, and where the others hold 1e-300 between them
+        # 1 - c would say 1e-12 and let the map pull the label under them. At equality the two would tie and argmax
+        # could pick the other, so the floor sits a relative 1e-9 above it.
+        needed = second / np.maximum(rest + second, 1e-300) * (1.0 + TIE_MARGIN)
+        # where the map would lower a lead narrower than the margin (down to one ulp, or a tie), the rescaling's
+        # rounding could undo the lead: such a row is returned as given
+        kept = (needed >= c) & (mapped <= c)
+        mapped = np.maximum(mapped, np.minimum(needed, c))
         # where the others held nothing (c was 1) they share 1 - c' evenly, so c' stays at least 1/K to keep the label
         mapped = np.where(rest > 0, mapped, np.maximum(mapped, min(uniform * (1.0 + TIE_MARGIN), 1.0)))
         # the other classes share 1 - c' in their proportions; where they held nothing, evenly
         spread = np.where(rest[:, None] > 0, others / np.where(rest > 0, rest, 1.0)[:, None], 1.0 / max(p.shape[1] - 1, 1))
         out = spread * (1.0 - mapped)[:, None]
         out[rows, top] = mapped
-        return out / out.sum(axis=1, keepdims=True)  # exactly a distribution, whatever the rounding
+        out = out / out.sum(axis=1, keepdims=True)  # exactly a distribution, whatever the rounding
+        out[kept] = p[kept]
+        return out
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -404,6 +404,15 @@ def test_a_modality_the_gate_shuts_out_has_no_say_in_the_mixture_either() -> Non
 
 
 @settings(max_examples=300, deadline=None)
+@example(  # CI's find: the others held 1e-300 between them, and the clipped top said they held 1e-12
+    probs=np.array([[0.0] * 5, [1.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 5]), slope=0.125, offset=-5.0, lowest=0.0
+)
+@example(  # a lead of one ulp, which rescaling the others by (1 - c') / rest would round into a tie
+    probs=np.array([[0.0] * 5, [0.0, 0.0, 0.9999999999999999, 1.0, 0.0], [1e-300, 0.0, 0.0, 0.6670123663605604, 0.0]]),
+    slope=0.05,
+    offset=0.0,
+    lowest=0.0,
+)
 @given(
     probs=hnp.arrays(np.float64, (3, 5), elements=st.floats(0.0, 1.0)),
     slope=st.floats(0.05, 20.0),
