@@ -107,21 +107,29 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
+def error_body_for(request: Request, code: str, message: str) -> dict[str, Any]:
+    """The house shape, or on the Open Inference Protocol's routes (/v2) its own: {"error": message}, code beside."""
+    if request.url.path == "/v2" or request.url.path.startswith("/v2/"):
+        return {"error": message, "code": code}
+    return error_body(code, message)
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
         request.app.state.metrics.rejected.labels(exc.code).inc()
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+        return JSONResponse(error_body_for(request, exc.code, exc.message), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
-        return JSONResponse(error_body("invalid_request", problems), status_code=422)
+        return JSONResponse(error_body_for(request, "invalid_request", problems), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        body = error_body_for(request, code, str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     # Anything else is answered by RequestContext (service/middleware.py): it runs outside this
     # app's own exception handling, so the 500 still carries X-Request-ID and its log line the id.

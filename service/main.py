@@ -16,9 +16,10 @@ from service.errors import install_handlers
 from service.log_config import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContext
-from service.model import ServedModel
 from service.page import install_page
+from service.repository import Repository
 from service.routes import router
+from service.routes_v2 import router as router_v2
 from service.settings import Settings, get_settings
 from service.uploads import Storage
 
@@ -45,10 +46,10 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[], None] | 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(storage.open)  # cleans what servers that died left in MLA_TMP_DIR
-        model = ServedModel(settings, metrics, storage)
-        await asyncio.to_thread(model.load)  # fails fast on a bad repository
-        app.state.model = model
-        warm = asyncio.create_task(model.start())  # answers /healthz at once, /readyz once warm
+        repository = Repository(settings, metrics, storage)
+        await asyncio.to_thread(repository.load_first)  # fails fast on a bad repository
+        app.state.repository = repository
+        warm = asyncio.create_task(repository.start())  # answers /healthz at once, /readyz once warm
         warm.add_done_callback(warmed)
         try:
             yield
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[], None] | 
                 warm.cancel()
                 with contextlib.suppress(BaseException):  # its workers, half started, are cleaned up before the pool closes
                     await warm
-            await model.close()
+            await repository.close()
             storage.close()
             log.info("stopped")
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[], None] | 
     app.state.admission = Admission(settings, metrics)
     app.state.failed = None
     app.include_router(router)
+    app.include_router(router_v2)
     install_page(app)
     install_handlers(app)
     if settings.cors_origins:

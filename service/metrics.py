@@ -86,6 +86,24 @@ class Metrics:
         )
         self.rejected = Counter("mla_rejected_total", "Requests refused, by error code", ["code"], registry=r)
         self.ready = Gauge("mla_ready", "1 when the model is loaded and warmed up", registry=r)
+        self.version_loaded = Gauge(
+            "mla_model_version_loaded",
+            "1 while a model version is loaded and answering, 0 once unloaded",
+            ["version"],
+            registry=r,
+        )
+        self.version_predictions = Counter(
+            "mla_model_version_predictions_total",
+            "Predictions answered, by the model version that answered",
+            ["version"],
+            registry=r,
+        )
+        self.model_loads = Counter(
+            "mla_model_loads_total",
+            "Model version loads (repository API or poll), by outcome (loaded, failed)",
+            ["outcome"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "mla_model_info", "The model being served (value 1)", ["name", "version", "modality", "provider"], registry=r
         )

@@ -68,12 +68,13 @@ class Runtime:
     provider: str
     run: Callable[[np.ndarray], np.ndarray]
     batcher: MicroBatcher | None = None
+    session: Any = None  # the ONNX Runtime session: dropped, with the batcher, when the version is unloaded
 
 
 def make_session(
     path: Path, settings: Settings, outputs: list[str] | None = None
-) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """An ONNX Runtime session for `path`: the provider it got, and a call that runs a batch on it.
+) -> tuple[str, Callable[[np.ndarray], np.ndarray], Any]:
+    """An ONNX Runtime session for `path`: the provider it got, a call that runs a batch on it, and the session.
 
     The call returns the named `outputs` (default: the graph's first) side by side along axis 1, as float32
     [batch, sum of their widths]: one array per row is what the micro-batcher splits and hands back."""
@@ -123,7 +124,20 @@ def make_session(
         def run(batch: np.ndarray) -> np.ndarray:
             return joined(session.run(names, {input_name: batch}))
 
-    return provider, run
+    return provider, run, session
+
+
+def make_decode_pool(settings: Settings, metrics: Metrics) -> DecodePool:
+    s = settings
+    return DecodePool(
+        s.decode_workers,
+        s.decode_workers * s.decode_queue_per_worker,
+        s.decode_wait_seconds,
+        s.decode_timeout_seconds,
+        s.decode_memory_mb * 2**20,
+        metrics,
+        hang_seconds=s.decode_hang_seconds,
+    )
 
 
 def _ms(seconds: dict[int, float]) -> dict[int, float]:
@@ -131,15 +145,33 @@ def _ms(seconds: dict[int, float]) -> dict[int, float]:
 
 
 class ServedModel:
-    def __init__(self, settings: Settings, metrics: Metrics, storage: Storage | None = None) -> None:
+    """One model version: its sessions, batchers and detectors. Requests hold it (acquire/release) while they use it, so
+    that a version swapped out (service.repository) is unloaded only once the last request on it has answered.
+
+    The decode pool is the repository's, shared by every version loaded; a ServedModel built on its own (benchmarks,
+    tests) starts and closes a pool of its own."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        storage: Storage | None = None,
+        version_dir: Path | None = None,
+        decoder: DecodePool | None = None,
+    ) -> None:
         self.settings, self.metrics, self.storage = settings, metrics, storage
-        self.dir = resolve_version_dir(settings.model_dir, settings.model_version)
+        self.dir = version_dir or resolve_version_dir(settings.model_dir, settings.model_version)
+        self.owns_decoder = decoder is None
+        self.inflight = 0  # requests holding this version (acquire .. release)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.unloaded = False
         self.manifest: Manifest | None = None
         self.manifest_sha256 = ""  # the manifest's, once loaded: every answer names it
         self.fusion_params = FusionParams()  # the manifest's, once loaded
         self.runtimes: dict[str, Runtime] = {}
         self.detectors: dict[str, Detector] = {}  # per modality, where the manifest has an out-of-distribution detector
-        self.decoder: DecodePool | None = None
+        self.decoder: DecodePool | None = decoder
         self.warm = False  # sessions loaded and warmed up
         self.draining = False  # taken out of rotation by an operator (POST /admin/drain)
         # Read at each scrape: readiness also falls when no decode worker can be started.
@@ -165,6 +197,26 @@ class ServedModel:
     def set_draining(self, draining: bool) -> None:
         self.draining = draining
 
+    @property
+    def version(self) -> str:
+        assert self.manifest is not None
+        return self.manifest.version
+
+    def acquire(self) -> ServedModel:
+        """A request starts using this version (synchronous: no swap can come between the lookup and this)."""
+        self.inflight += 1
+        self._idle.clear()
+        return self
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self.inflight == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Until no request holds this version."""
+        await self._idle.wait()
+
     # --- load -------------------------------------------------------------------------
     def load(self) -> None:
         try:
@@ -180,8 +232,8 @@ class ServedModel:
             raise ModelLoadError(str(exc)) from exc
         for m, entry in manifest.modalities.items():
             outputs = [entry.output.name] + ([entry.features.name] if m in self.detectors and entry.features else [])
-            provider, run = make_session(self.dir / entry.file, self.settings, outputs)
-            self.runtimes[m] = Runtime(entry, provider, run)
+            provider, run, session = make_session(self.dir / entry.file, self.settings, outputs)
+            self.runtimes[m] = Runtime(entry, provider, run, session=session)
             self.metrics.model_info.labels(manifest.name, manifest.version, m, provider).set(1)
             self.metrics.typicality.labels(m)  # the series exists from the start, for the dashboard and the alert
             if m in self.detectors:
@@ -195,16 +247,8 @@ class ServedModel:
         self.manifest = manifest
         self.manifest_sha256 = manifest_sha256(self.dir)
         self.fusion_params = manifest.fusion.params()
-        s = self.settings
-        self.decoder = DecodePool(
-            s.decode_workers,
-            s.decode_workers * s.decode_queue_per_worker,
-            s.decode_wait_seconds,
-            s.decode_timeout_seconds,
-            s.decode_memory_mb * 2**20,
-            self.metrics,
-            hang_seconds=s.decode_hang_seconds,
-        )
+        if self.decoder is None:
+            self.decoder = make_decode_pool(self.settings, self.metrics)
         log.info(
             "loaded %s v%s from %s: %s",
             manifest.name,
@@ -224,7 +268,8 @@ class ServedModel:
             rt.batcher = MicroBatcher(
                 m, rt.run, self.metrics, rt.provider, s.max_batch_size, s.max_queue_delay_ms / 1000, s.max_queue_length, fill
             )
-        await self.decoder.start()  # each worker imports its decoders before it says it is ready
+        if self.owns_decoder:
+            await self.decoder.start()  # each worker imports its decoders before it says it is ready
         for m, rt in self.runtimes.items():
             assert rt.batcher is not None
             await rt.batcher.warm(tuple(int(d) for d in rt.entry.input.shape[1:]), np.dtype(rt.entry.input.dtype))
@@ -237,8 +282,18 @@ class ServedModel:
         for rt in self.runtimes.values():
             if rt.batcher is not None:
                 await rt.batcher.close()
-        if self.decoder is not None:
+        if self.decoder is not None and self.owns_decoder:
             await self.decoder.close()
+
+    async def unload(self) -> None:
+        """Close the batchers and let go of the sessions (their memory goes back once nothing else holds them)."""
+        await self.close()
+        if self.manifest is not None:
+            for m, rt in self.runtimes.items():
+                self.metrics.model_info.remove(self.manifest.name, self.manifest.version, m, rt.provider)
+        self.runtimes = {}
+        self.detectors = {}
+        self.unloaded = True
 
     # --- preprocess ---------------------------------------------------------------------
     def limits(self, modality: str) -> Limits:

@@ -12,8 +12,9 @@ from pydantic_core import to_json
 
 from service import uploads
 from service.admission import Admission
-from service.errors import Failed, Forbidden, InvalidMedia, InvalidRequest, NotFound, NotReady, Overloaded, Unauthorized
+from service.errors import Failed, Forbidden, InvalidMedia, InvalidRequest, NotReady, Overloaded, Unauthorized
 from service.model import ServedModel
+from service.repository import Repository
 from service.schemas import ERROR_RESPONSES, METRICS_RESPONSE, PREDICT_BODY, PredictResponse
 from service.settings import Settings
 from service.workers import DecodePool
@@ -24,9 +25,15 @@ router = APIRouter()
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
 
 
+async def get_repository(request: Request) -> Repository:
+    repository: Repository = request.app.state.repository
+    return repository
+
+
 async def get_model(request: Request) -> ServedModel:
-    model: ServedModel = request.app.state.model
-    return model
+    """The version that answers requests naming none."""
+    repository: Repository = request.app.state.repository
+    return repository.get()
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -41,6 +48,7 @@ async def get_decoder(model: Annotated[ServedModel, Depends(get_model)]) -> Deco
 
 
 ModelDep = Annotated[ServedModel, Depends(get_model)]
+RepositoryDep = Annotated[Repository, Depends(get_repository)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
 
@@ -112,13 +120,19 @@ def _min_confidence(value: str | None) -> float | None:
     dependencies=[Depends(require_api_key)],
     summary="Predict from an audio file, a video file, or both, fused per sample by uncertainty",
 )
-async def predict(request: Request, model: WarmModel, decoder: DecoderDep, settings: SettingsDep) -> Response:
+async def predict(
+    request: Request, repository: RepositoryDep, _: WarmModel, decoder: DecoderDep, settings: SettingsDep
+) -> Response:
     admission: Admission = request.app.state.admission
     storage: uploads.Storage = request.app.state.storage
     admission.enter()  # before a byte of the body is read: 503 when too many are in flight
     upload = uploads.Upload()
+    model: ServedModel | None = None
     try:
         await uploads.receive(request, storage, admission.bounds, upload)
+        version = _version(request.query_params.get("version"), upload.form.get("version"))
+        # the version answers from here to the end, even if another is swapped in meanwhile
+        model = repository.get(version=version).acquire()
         async with asyncio.timeout(settings.request_timeout_seconds):
             files = dict(upload.files)
             for field, size in upload.sizes.items():
@@ -142,20 +156,33 @@ async def predict(request: Request, model: WarmModel, decoder: DecoderDep, setti
             # Serialised here, by pydantic-core: the answer is built by postprocess in the shape of
             # PredictResponse (the OpenAPI schema; the end-to-end tests and schemathesis check answers against it), so
             # validating it again on every request would only cost time.
-            return Response(to_json(model.postprocess(logits, features, min_confidence)), media_type="application/json")
+            answer = model.postprocess(logits, features, min_confidence)
+            model.metrics.version_predictions.labels(model.version).inc()
+            return Response(to_json(answer), media_type="application/json")
     except TimeoutError:
         raise Overloaded(f"the request took longer than {settings.request_timeout_seconds:g} s") from None
     finally:
+        if model is not None:
+            model.release()
         uploads.release(upload, storage)
         admission.leave()
 
 
+def _version(query: str | None, form: str | None) -> str | None:
+    """The version a /v1/predict request names (query `version` or form field `version`), or None for the default."""
+    named = {v.strip() for v in (query, form) if v is not None and v.strip()}
+    if len(named) > 1:
+        raise InvalidRequest(f"the query and the form name different versions: {sorted(named)}")
+    return named.pop() if named else None
+
+
 @router.get("/v1/models", dependencies=[Depends(require_api_key)], summary="The served model: labels, inputs, limits, providers")
-async def models(model: ModelDep, settings: SettingsDep) -> dict[str, Any]:
+async def models(model: ModelDep, repository: RepositoryDep, settings: SettingsDep) -> dict[str, Any]:
     assert model.manifest is not None
     return {
         **model.manifest.public(),
         "manifest_sha256": model.manifest_sha256,
+        "loaded_versions": sorted(repository.versions),
         "providers": {m: rt.provider for m, rt in model.runtimes.items()},
         # Session calls only ever have these batch sizes, each run once before ready.
         "batching": {
@@ -185,44 +212,6 @@ async def healthz(request: Request) -> dict[str, str]:
 @router.get("/readyz", summary="Ready: sessions loaded and warmed up", responses={503: ERROR_RESPONSES[503]})
 async def readyz(model: ReadyModel) -> dict[str, str]:
     return {"status": "ready"}
-
-
-@router.get("/v2/health/live", summary="Open Inference Protocol: live", responses={503: ERROR_RESPONSES[503]})
-async def v2_live(request: Request) -> dict[str, bool]:
-    await healthz(request)
-    return {"live": True}
-
-
-@router.get("/v2/health/ready", summary="Open Inference Protocol: ready", responses={503: ERROR_RESPONSES[503]})
-async def v2_ready(model: ReadyModel) -> dict[str, bool]:
-    return {"ready": True}
-
-
-@router.get(
-    "/v2/models/{name}",
-    dependencies=[Depends(require_api_key)],
-    summary="Open Inference Protocol: model metadata",
-    responses={404: ERROR_RESPONSES[404]},
-)
-async def v2_model(name: str, model: ModelDep) -> dict[str, Any]:
-    manifest = model.manifest
-    if manifest is None or name != manifest.name:
-        raise NotFound(f"no model named {name!r}")
-    types = {"float32": "FP32", "uint8": "UINT8"}
-    return {
-        "name": manifest.name,
-        "versions": [manifest.version],
-        "platform": "onnxruntime_onnx",
-        "inputs": [
-            {
-                "name": f"{m}/{e.input.name}",
-                "datatype": types[e.input.dtype],
-                "shape": [-1 if isinstance(d, str) else d for d in e.input.shape],
-            }
-            for m, e in manifest.modalities.items()
-        ],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(manifest.labels)]}],
-    }
 
 
 # Operator routes: left out of the public schema, and answered only with the admin key.

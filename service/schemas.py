@@ -172,6 +172,7 @@ PREDICT_BODY: dict[str, Any] = {
                             "maximum": 1,
                             "description": "abstain below this calibrated confidence instead of the model's own threshold",
                         },
+                        "version": {"type": "string", "description": "the model version to answer (default: the served one)"},
                     },
                     "additionalProperties": False,
                     "anyOf": [
@@ -183,4 +184,86 @@ PREDICT_BODY: dict[str, Any] = {
             }
         },
     }
+}
+
+
+class ErrorResponseV2(BaseModel):
+    """The Open Inference Protocol's error: a message string, with the service's code beside it."""
+
+    error: str
+    code: str
+
+
+ERROR_RESPONSES_V2: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponseV2, "description": text}
+    for status, text in {
+        400: "undecodable media, a file not of its input's modality, or a malformed binary body",
+        401: "missing or wrong API key (admin key on the repository routes)",
+        403: "the repository routes are off (MLA_ADMIN_KEY unset)",
+        404: "no such model or version",
+        413: "too large or too long",
+        415: "unsupported container",
+        422: "not an inference request this model takes (names, datatypes, shapes, data)",
+        503: "not ready or overloaded (see Retry-After)",
+    }.items()
+}
+
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype"],
+    "properties": {
+        "name": {"type": "string", "description": "a modality (media files, BYTES) or <modality>/<graph input> (decoded)"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": ["BYTES", "FP32", "UINT8"]},
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "binary_data_size": {"type": "integer", "minimum": 0},
+                "content_type": {"type": "string", "enum": ["str", "base64"]},
+            },
+        },
+        "data": {"type": "array"},
+    },
+    "additionalProperties": False,
+}
+# The protocol's inference request (its JSON form; the binary extension sends this first, then the tensors' bytes,
+# with Inference-Header-Content-Length giving the JSON's length).
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {
+                            "type": "object",
+                            "properties": {
+                                "min_confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                                "use_video_audio": {"type": "boolean"},
+                                "binary_data_output": {"type": "boolean"},
+                            },
+                        },
+                        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                            },
+                        },
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "the outputs as named tensors (JSON, or JSON then binary data with Inference-Header-Content-Length)",
+            "content": {"application/json": {"schema": {"type": "object"}}, "application/octet-stream": {}},
+        }
+    },
 }

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # model
     model_dir: Path = Field(Path("models/default"), description="a model version folder, or a model folder holding versions")
     model_version: str | None = Field(None, description="version to serve when model_dir holds several (default: the highest)")
+    model_poll_seconds: float = Field(
+        0.0, ge=0, description="look for a new highest version this often and swap to it without a failed request (0: off)"
+    )
     providers: Annotated[list[Provider], NoDecode] = Field(
         default_factory=_default_providers, description="execution providers in order of preference (MLA_PROVIDERS=cuda,cpu)"
     )

@@ -330,6 +330,43 @@ async def receive(request: Request, storage: Storage, bounds: Bounds, upload: Up
             part.sink.close()
 
 
+async def receive_bytes(request: Request, storage: Storage, bounds: Bounds, upload: Upload) -> bytes:
+    """A whole body in memory (the Open Inference Protocol's), within the same bounds as an upload: its size, its
+    time, its pauses. Its bytes count against the spool budget (MLA_MAX_SPOOL_BYTES) until `release(upload, storage)`,
+    so bodies held at once stay bounded as uploads on disk do."""
+    declared_text = request.headers.get("content-length")
+    declared = int(declared_text) if declared_text is not None and declared_text.isdigit() else None
+    if declared is not None and declared > bounds.max_bytes:
+        raise TooLarge(f"the body is {declared} bytes; the limit is {bounds.max_bytes}")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bounds.body_seconds
+    body = bytearray()
+    try:
+        chunks = request.stream().__aiter__()
+        while True:
+            left = deadline - loop.time()
+            try:
+                async with asyncio.timeout(min(bounds.idle_seconds, max(left, 0.0))):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                if left <= bounds.idle_seconds:
+                    raise RequestTimeout(f"the body did not arrive within {bounds.body_seconds:g} s") from None
+                raise RequestTimeout(f"the body paused for more than {bounds.idle_seconds:g} s") from None
+            if len(body) + len(chunk) > bounds.max_bytes:
+                raise TooLarge(f"the body passed the limit of {bounds.max_bytes} bytes")
+            if len(body) + len(chunk) > upload.reserved:
+                more = max(len(chunk), 1 << 20, declared or 0)
+                if not storage.take(more):
+                    raise Overloaded("request bodies held are at the server's limit; retry shortly")
+                upload.reserved += more
+            body += chunk
+    except ClientDisconnect:
+        raise BadRequest("the client closed the connection before the body was complete") from None
+    return bytes(body)
+
+
 def release(upload: Upload, storage: Storage) -> None:
     """Delete a request's files and give back its share of the spool budget."""
     if upload.folder is not None:

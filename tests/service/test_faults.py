@@ -77,7 +77,7 @@ class Records(logging.Handler):
 
 
 def test_a_failing_batch_is_a_500_that_carries_its_request_id(client: TestClient, clean_train_row: dict[str, str]) -> None:
-    model: Any = client.app.state.model  # type: ignore[attr-defined]
+    model: Any = client.app.state.repository.default  # type: ignore[attr-defined]
     batcher = model.runtimes["video"].batcher
 
     def fail(batch: np.ndarray) -> np.ndarray:

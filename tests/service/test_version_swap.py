@@ -1,0 +1,185 @@
+"""A new model version put into a running server without a failed request (service/repository.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gc
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from common.manifest import manifest_sha256
+from service.model import Runtime
+from tests.servers import Server
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+ADMIN = {"X-Admin-Key": "operator"}
+
+
+@pytest.fixture(scope="module")
+def two_versions(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny/1 and tiny/2: the same run exported twice under two fusion rules, so their files and answers differ."""
+    from model_export.repository import export_run
+
+    root = tmp_path_factory.mktemp("versions")
+    export_run(tiny_run, root, name="tiny", version="1", rule="entropy")
+    export_run(tiny_run, root, name="tiny", version="2", rule="loglinear")
+    return root / "tiny"
+
+
+@pytest.fixture
+def swapping(two_versions: Path, tmp_path: Path) -> Iterator[Server]:
+    from tests.servers import start_server, stop_server
+
+    srv = start_server(two_versions, tmp_path, MLA_MODEL_VERSION="1", MLA_ADMIN_KEY="operator")
+    yield srv
+    stop_server(srv)
+
+
+def test_a_swap_under_load_fails_no_request_and_every_answer_names_its_version(
+    swapping: Server, two_versions: Path, clean_train_row: dict[str, str]
+) -> None:
+    """16 clients post without pause (both /v1/predict and infer) while the operator loads version 2: no answer but
+    200, both versions answer, each answer's manifest hash is its version's, and version 1 is unloaded afterwards."""
+    url = swapping.url
+    sha = {v: manifest_sha256(two_versions / v) for v in ("1", "2")}
+    audio, video = Path(clean_train_row["audio"]).read_bytes(), Path(clean_train_row["video"]).read_bytes()
+    encoded = base64.b64encode(audio).decode()
+    infer = {
+        "inputs": [
+            {"name": "audio", "shape": [1], "datatype": "BYTES", "data": [encoded], "parameters": {"content_type": "base64"}}
+        ]
+    }
+    statuses: list[int] = []
+    seen: list[tuple[str, str]] = []  # (version, manifest hash) of every answer
+    target = Target(32)  # the scenario waits on answers, not on the clock
+
+    def answered(version: str, digest: str) -> None:
+        seen.append((version, digest))
+        if len(seen) >= target.count:
+            target.reached.set()
+
+    async def client(i: int, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=60) as c:
+            while not stop.is_set():
+                if i % 2:
+                    r = await c.post(f"{url}/v1/predict", files={"audio": ("a.wav", audio), "video": ("v.mpg", video)})
+                    if r.status_code == 200:
+                        answered(r.json()["model"]["version"], r.json()["model"]["manifest_sha256"])
+                else:
+                    r = await c.post(f"{url}/v2/models/tiny/infer", json=infer)
+                    if r.status_code == 200:
+                        body = r.json()
+                        answered(body["model_version"], body["parameters"]["manifest_sha256"])
+                statuses.append(r.status_code)
+
+    async def scenario() -> httpx.Response:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(client(i, stop)) for i in range(16)]
+        await asyncio.wait_for(target.reached.wait(), 120)
+        async with httpx.AsyncClient(timeout=120) as c:
+            loaded = await c.post(f"{url}/v2/repository/models/tiny/load", json={"parameters": {"version": "2"}}, headers=ADMIN)
+        target.count, target.reached = len(seen) + 32, asyncio.Event()
+        await asyncio.wait_for(target.reached.wait(), 120)
+        stop.set()
+        await asyncio.gather(*tasks)
+        return loaded
+
+    loaded = asyncio.run(scenario())
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json() == {"name": "tiny", "version": "2", "manifest_sha256": sha["2"]}
+    assert statuses
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert {v for v, _ in seen} == {"1", "2"}
+    assert all(h == sha[v] for v, h in seen)  # every answer names the files that produced it
+    assert seen[-1][0] == "2"  # once swapped, new requests go to version 2
+    # version 1 is unloaded once its last request has answered; the metrics say which version answered what
+    wait_for("version 1 unloaded", lambda: _state(url, "1") == ("UNAVAILABLE", "unloaded"), timeout=60)
+    assert _state(url, "2") == ("READY", "")
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'mla_model_version_loaded{version="1"} 0.0' in metrics
+    assert 'mla_model_version_loaded{version="2"} 1.0' in metrics
+    per_version = {v: _sample(metrics, f'mla_model_version_predictions_total{{version="{v}"}}') for v in ("1", "2")}
+    assert per_version["1"] + per_version["2"] == len(seen)
+    assert per_version == {v: float(sum(1 for s, _ in seen if s == v)) for v in ("1", "2")}
+    # the old version is gone from the lookup: naming it is a 404, not an answer from another version
+    gone = httpx.post(f"{url}/v1/predict?version=1", files={"audio": ("a.wav", audio)})
+    assert gone.status_code == 404
+    assert "not loaded" in gone.json()["error"]["message"]
+    assert httpx.post(f"{url}/v1/predict?version=2", files={"audio": ("a.wav", audio)}).json()["model"]["version"] == "2"
+
+
+@dataclass
+class Target:
+    count: int
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _state(url: str, version: str) -> tuple[str, str]:
+    index = httpx.post(f"{url}/v2/repository/index", headers=ADMIN).json()
+    entry = next(e for e in index if e["version"] == version)
+    return entry["state"], entry["reason"]
+
+
+def _sample(metrics: str, series: str) -> float:
+    return next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(series))
+
+
+def test_a_version_that_cannot_load_leaves_the_old_one_serving(swapping: Server, two_versions: Path, tmp_path: Path) -> None:
+    url = swapping.url
+    wrong = httpx.post(f"{url}/v2/repository/models/tiny/load", json={"parameters": {"version": "7"}}, headers=ADMIN)
+    assert wrong.status_code == 404
+    assert "no version" in wrong.json()["error"]
+    assert httpx.post(f"{url}/v2/repository/models/tiny/load", json={"parameters": {"version": "2"}}).status_code == 401
+    assert httpx.post(f"{url}/v2/repository/models/tiny/load", content=b"{not json", headers=ADMIN).status_code == 422
+    assert httpx.get(f"{url}/v2/models/tiny").json()["versions"] == ["1"]
+    assert _state(url, "1") == ("READY", "")
+
+
+def test_the_swapped_out_versions_sessions_are_released(two_versions: Path, tmp_path: Path) -> None:
+    """In process: after the swap and the drain, nothing holds version 1's ONNX Runtime sessions (weak references die),
+    while a request that held version 1 through the swap was answered by it."""
+    from service.metrics import Metrics
+    from service.repository import Repository
+    from service.settings import Settings
+
+    async def scenario() -> tuple[list[weakref.ref], str, str]:
+        settings = Settings(model_dir=two_versions, model_version="1", providers=["cpu"], decode_workers=1, tmp_dir=tmp_path)
+        repository = Repository(settings, Metrics())
+        repository.load_first()
+        await repository.start()
+        old = repository.get()
+        sessions = [weakref.ref(rt.session) for rt in old.runtimes.values()]
+        held = repository.get().acquire()  # a request in flight on version 1
+        await repository.load("2")
+        assert repository.get().version == "2"
+        assert not held.unloaded  # it waits for the request
+        logits, _ = await held.predict({m: _zeros(rt) for m, rt in held.runtimes.items()})
+        answered_by = held.postprocess(logits)["model"]["version"]
+        held.release()
+        await repository.drained()
+        assert held.unloaded
+        assert not held.runtimes
+        state = repository.index()[0]["state"]
+        await repository.close()
+        del old, held
+        return sessions, answered_by, state
+
+    sessions, answered_by, state = asyncio.run(scenario())
+    gc.collect()
+    assert answered_by == "1"
+    assert state == "UNAVAILABLE"
+    assert sessions
+    assert all(ref() is None for ref in sessions)
+
+
+def _zeros(rt: Runtime) -> np.ndarray:
+    entry = rt.entry
+    return np.zeros(tuple(int(d) for d in entry.input.shape[1:]), np.dtype(entry.input.dtype))
