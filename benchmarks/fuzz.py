@@ -1,4 +1,5 @@
-"""Fuzz a live `mla serve`: mutated real media, hostile files, broken multipart, then schemathesis.
+"""Fuzz a live `mla serve`: mutated real media, hostile files, broken multipart, the same as Open Inference Protocol
+requests and broken protocol bodies, then schemathesis (every documented route, /v2 included).
 
     python -m benchmarks.fuzz [--model models/default] [--requests 10000] [--seconds 300]
 
@@ -34,7 +35,7 @@ from typing import Any
 import httpx
 
 from benchmarks import live
-from benchmarks.fuzz_corpus import Request, Seed, build_seeds, draw, hostile_seeds
+from benchmarks.fuzz_corpus import INFER, Request, Seed, build_seeds, draw, hostile_seeds
 from benchmarks.report import markdown_table, write
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ SERVER_ENV = {
     # Files past 256 KiB go to disk, within a budget of 8 MiB: both paths, and the budget, under fire.
     "MLA_MEMORY_UPLOAD_BYTES": str(256 * 2**10),
     "MLA_MAX_SPOOL_BYTES": str(8 * 2**20),
+    "MLA_ADMIN_KEY": "fuzz",  # the repository routes (load, unload, index) are fuzzed too
 }
 
 
@@ -63,12 +65,13 @@ def folder_bytes(root: Path) -> int:
     return total
 
 
-async def _send(client: httpx.AsyncClient, url: str, req: Request) -> int:
+async def _send(client: httpx.AsyncClient, url: str, req: Request, model: str) -> int:
+    route = f"/v2/models/{model}/infer" if req.route == INFER else req.route
     if req.raw is not None:
-        r = await client.post(f"{url}/v1/predict", content=req.raw, headers=req.headers)
+        r = await client.post(f"{url}{route}", content=req.raw, headers=req.headers)
     else:
         files = [(fld, (name, data)) for fld, name, data in req.parts]
-        r = await client.post(f"{url}/v1/predict", files=files, data=req.form or None)
+        r = await client.post(f"{url}{route}", files=files, data=req.form or None)
     if r.status_code == 503 and "retry-after" not in r.headers:
         return 599  # a 503 must say when to come back
     if r.status_code >= 400:
@@ -84,6 +87,7 @@ async def _send(client: httpx.AsyncClient, url: str, req: Request) -> int:
 async def _blast(
     url: str, requests: int, seconds: float, concurrency: int, seed: int, seeds: list[Seed], bad: list[Seed], out: Path
 ) -> dict[str, Any]:
+    model = httpx.get(f"{url}/v1/models", timeout=10).json()["name"]
     statuses: Counter[int] = Counter()
     by_kind: Counter[str] = Counter()
     failures: list[dict[str, Any]] = []
@@ -102,12 +106,12 @@ async def _blast(
                 sent += 1
             t0 = time.monotonic()
             try:
-                status = await asyncio.wait_for(_send(client, url, req), REQUEST_TIMEOUT + 15)
+                status = await asyncio.wait_for(_send(client, url, req, model), REQUEST_TIMEOUT + 15)
             except TimeoutError:
                 status = 0  # hung past the request timeout
             except httpx.HTTPError as exc:
                 # The server may close a connection it refuses (413 mid-upload); anything else is a fault.
-                status = 413 if req.what == "over_the_limit" else -1
+                status = 413 if req.what.endswith("over_the_limit") else -1
                 if status == -1:
                     log.warning("request %d (%s): %r", n, req.what, exc)
             statuses[status] += 1
@@ -153,15 +157,24 @@ def schemathesis(url: str, examples: int, seed: int, budget: float) -> dict[str,
         "--max-examples",
         str(examples),
         f"--seed={seed}",
+        # One worker: with two threads, hypothesis's ast.parse of strategy lambdas meets CPython 3.11's thread-unsafe
+        # AST recursion counter (python/cpython#106905) and the run dies with a SystemError that is not the server's.
         "--workers",
-        "2",
+        "1",
         "--request-timeout",
         str(REQUEST_TIMEOUT + 10),
         "--no-color",
     ]
+    served = httpx.get(f"{url}/v1/models", timeout=10).json()
+    env = {
+        **os.environ,
+        "MLA_FUZZ_MODEL": served["name"],
+        "MLA_FUZZ_VERSION": served["version"],
+        "MLA_FUZZ_ADMIN_KEY": SERVER_ENV["MLA_ADMIN_KEY"],
+    }
     try:
         with tempfile.TemporaryDirectory() as cwd:  # its cache folder lands there, not in the repository
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget, cwd=cwd)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=budget, cwd=cwd, env=env)
     except subprocess.TimeoutExpired as exc:
         return {"ok": False, "summary": f"schemathesis ran past {budget:.0f} s", "output": str(exc.stdout or "")[-4000:]}
     return {"ok": proc.returncode == 0, "summary": _summary(proc.stdout), "output": proc.stdout[-6000:] + proc.stderr[-2000:]}

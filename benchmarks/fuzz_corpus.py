@@ -8,7 +8,10 @@ run is reproducible from its seed.
 
 from __future__ import annotations
 
+import base64
+import json
 import random
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,8 @@ from training.data.demo import generate
 from training.data.writers import write_audio, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
+INFER = "/v2/infer"  # the harness sends it to /v2/models/<the model's name>/infer
+HEADER_LENGTH = "inference-header-content-length"
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -38,6 +43,7 @@ class Request:
     form: dict[str, str] = field(default_factory=dict)
     raw: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    route: str = "/v1/predict"  # or INFER: the Open Inference Protocol's infer route of the model served
 
 
 def build_seeds(workdir: Path, shared: Path = SHARED) -> list[Seed]:
@@ -189,8 +195,101 @@ def broken_multipart(rng: random.Random, sample: bytes) -> Request:
     return Request("over_the_limit", raw=good + b"\0" * (5 * 2**20), headers={"content-type": ctype})
 
 
+def _bytes_tensor(elements: list[bytes]) -> bytes:
+    """The binary extension's BYTES: each element a 4-byte little-endian length, then its bytes (written here, not
+    taken from the service, so the harness does not share the code it tests)."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
+def as_inference(req: Request, rng: random.Random) -> Request:
+    """The same files as an Open Inference Protocol request: one BYTES input per part, in the binary extension or as
+    base64 JSON; the form's use_video_audio as a parameter."""
+    params: dict[str, object] = {}
+    if req.form.get("use_video_audio") in ("true", "false"):
+        params["use_video_audio"] = req.form["use_video_audio"] == "true"
+    if rng.random() < 0.6:
+        inputs = [
+            {"name": fld, "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(data) + 4}}
+            for fld, _, data in req.parts
+        ]
+        head = json.dumps({"inputs": inputs, "parameters": params}).encode()
+        body = head + b"".join(_bytes_tensor([data]) for _, _, data in req.parts)
+        headers = {HEADER_LENGTH: str(len(head)), "content-type": "application/octet-stream"}
+        return Request(f"oip-binary:{req.what}", raw=body, headers=headers, route=INFER)
+    inputs = [
+        {
+            "name": fld,
+            "shape": [1],
+            "datatype": "BYTES",
+            "parameters": {"content_type": "base64"},
+            "data": [base64.b64encode(data).decode()],
+        }
+        for fld, _, data in req.parts
+    ]
+    body = json.dumps({"inputs": inputs, "parameters": params}).encode()
+    return Request(f"oip-json:{req.what}", raw=body, headers={"content-type": "application/json"}, route=INFER)
+
+
+def broken_inference(rng: random.Random, sample: bytes) -> Request:
+    """An Open Inference Protocol body broken in one way: its lengths, its JSON, its tensors."""
+    element = _bytes_tensor([sample])
+    one = {"name": "audio", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(element)}}
+    head = json.dumps({"inputs": [one]}).encode()
+    binary = {HEADER_LENGTH: str(len(head)), "content-type": "application/octet-stream"}
+    kind = rng.randrange(10)
+    if kind == 0:
+        return Request("oip:header_length_past_the_body", raw=head + element, headers={HEADER_LENGTH: str(10**9)}, route=INFER)
+    if kind == 1:
+        headers = {HEADER_LENGTH: rng.choice(("-5", "0x10", "", "1e3", "9" * 40))}
+        return Request("oip:header_length_not_a_count", raw=head + element, headers=headers, route=INFER)
+    if kind == 2:
+        return Request("oip:binary_cut_short", raw=head + element[: rng.randrange(len(element))], headers=binary, route=INFER)
+    if kind == 3:
+        lying = struct.pack("<I", rng.choice((2**32 - 1, len(sample) + 1, 10**8))) + sample
+        return Request("oip:element_length_lies", raw=head + lying, headers=binary, route=INFER)
+    if kind == 4:
+        return Request("oip:trailing_bytes", raw=head + element + rng.randbytes(100), headers=binary, route=INFER)
+    if kind == 5:
+        garbage = rng.choice((rng.randbytes(rng.randrange(1, 2000)), b"{" * 5000, b'{"inputs": [' + b"[" * 3000, b"null"))
+        return Request("oip:garbage_json", raw=garbage, headers={"content-type": "application/json"}, route=INFER)
+    if kind == 6:
+        nested: object = [0.0]
+        for _ in range(rng.choice((20, 200))):
+            nested = [nested]
+        tensor = {"name": "audio/waveform", "shape": [1, 1], "datatype": "FP32", "data": nested}
+        return Request("oip:deep_data", raw=json.dumps({"inputs": [tensor]}).encode(), route=INFER)
+    if kind == 7:
+        tensor = {
+            "name": rng.choice(("audio/waveform", "video/frames", "audio", "x/y")),
+            "shape": rng.choice(([10**9, 10**9], [1, -1], [2**62], [])),
+            "datatype": rng.choice(("FP32", "UINT8", "BYTES", "FP16", "INT64")),
+            "data": [1.0, "x", None, True],
+        }
+        return Request("oip:wrong_tensor", raw=json.dumps({"inputs": [tensor]}).encode(), route=INFER)
+    if kind == 8:
+        outputs = [
+            {
+                "name": rng.choice(("label", "nope", "video/weight", "")),
+                "parameters": {"binary_data": rng.choice((1, "yes", True))},
+            }
+        ]
+        body = json.dumps({"inputs": [one], "outputs": outputs}).encode()
+        return Request("oip:odd_outputs", raw=body + element, headers={**binary, HEADER_LENGTH: str(len(body))}, route=INFER)
+    return Request("oip:over_the_limit", raw=head + element + b"\0" * (5 * 2**20), headers=binary, route=INFER)
+
+
 def draw(rng: random.Random, seeds: list[Seed], hostile_files: list[Seed]) -> Request:
-    """One request: mostly mutated real media, then hostile files, broken multipart and clean controls."""
+    """One request: mostly mutated real media, then hostile files, broken multipart and clean controls; a quarter of
+    those with files go as Open Inference Protocol requests, and some protocol bodies are broken on purpose."""
+    if rng.random() < 0.06:
+        return broken_inference(rng, rng.choice([s for s in seeds if s.kind == "audio"]).data)
+    req = _draw_upload(rng, seeds, hostile_files)
+    if req.parts and rng.random() < 0.25:
+        return as_inference(req, rng)
+    return req
+
+
+def _draw_upload(rng: random.Random, seeds: list[Seed], hostile_files: list[Seed]) -> Request:
     roll = rng.random()
     media = [s for s in seeds if s.kind != "other"]
     if roll < 0.08:

@@ -118,8 +118,8 @@ class Repository:
                 if not on_disk:
                     raise NotFound(f"no version of {self.name!r} in {self.root}")
                 version = on_disk[-1]
-            if not version or "/" in version or version.startswith("."):
-                raise InvalidRequest(f"not a version name: {version!r}")
+            if not version or "/" in version or "\\" in version or version.startswith(".") or "\0" in version:
+                raise NotFound(f"no version {version!r} of {self.name!r}: a version is a folder's name")
             current = self.default
             if current is not None and current.version == version and version in self.versions:
                 return current

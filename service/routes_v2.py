@@ -237,7 +237,7 @@ class RepositoryParameters(BaseModel):
 
 class RepositoryRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    parameters: RepositoryParameters | None = None
+    parameters: RepositoryParameters = Field(default_factory=RepositoryParameters)
 
 
 async def _repository_request(request: Request) -> RepositoryRequest:
@@ -253,6 +253,30 @@ async def _repository_request(request: Request) -> RepositoryRequest:
 
 
 ADMIN: dict[str, Any] = {"dependencies": [Depends(require_admin_key)], "responses": ERROR_RESPONSES_V2}
+# the body is read by _repository_request (it may be empty), so its schema is given here for the OpenAPI document
+REPOSITORY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "parameters": {
+                            "type": "object",
+                            "properties": {
+                                "version": {
+                                    "anyOf": [{"type": "string", "maxLength": 64}, {"type": "null"}],
+                                    "description": "a version folder (default: the highest on disk)",
+                                }
+                            },
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
 RepositoryBody = Annotated[RepositoryRequest, Depends(_repository_request)]
 
 
@@ -264,19 +288,25 @@ async def v2_repository_index(repository: RepositoryDep) -> list[dict[str, Any]]
 @router.post(
     "/v2/repository/models/{name}/load",
     summary="Load a version beside the one serving, warm it, swap, unload the old once its requests have answered",
+    openapi_extra=REPOSITORY_BODY,
     **ADMIN,
 )
 async def v2_repository_load(name: str, repository: RepositoryDep, body: RepositoryBody) -> dict[str, Any]:
     repository.get(name)  # 404 for another model
-    version = body.parameters.version if body.parameters else None
+    version = body.parameters.version
     model = await repository.load(version)
     return {"name": name, "version": model.version, "manifest_sha256": model.manifest_sha256}
 
 
-@router.post("/v2/repository/models/{name}/unload", summary="Unload a version that is not the default", **ADMIN)
+@router.post(
+    "/v2/repository/models/{name}/unload",
+    summary="Unload a version that is not the default",
+    openapi_extra=REPOSITORY_BODY,
+    **ADMIN,
+)
 async def v2_repository_unload(name: str, repository: RepositoryDep, body: RepositoryBody) -> dict[str, Any]:
     repository.get(name)
-    version = body.parameters.version if body.parameters else None
+    version = body.parameters.version
     if version is None:
         raise InvalidRequest('name the version to unload: {"parameters": {"version": "..."}}')
     await repository.unload(version)

@@ -221,11 +221,17 @@ _TENSOR = {
                 "binary_data_size": {"type": "integer", "minimum": 0},
                 "content_type": {"type": "string", "enum": ["str", "base64"]},
             },
+            "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]},
         },
-        "data": {"type": "array"},
+        "data": {
+            "type": "array",
+            "description": "the values, row-major (nested lists are flattened); base64 text for files with content_type",
+            "items": {"anyOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}, {"type": "array"}]},
+        },
     },
     "additionalProperties": False,
 }
+_SCALAR = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
 # The protocol's inference request (its JSON form; the binary extension sends this first, then the tensors' bytes,
 # with Inference-Header-Content-Length giving the JSON's length).
 INFER_BODY: dict[str, Any] = {
@@ -245,6 +251,7 @@ INFER_BODY: dict[str, Any] = {
                                 "use_video_audio": {"type": "boolean"},
                                 "binary_data_output": {"type": "boolean"},
                             },
+                            "additionalProperties": _SCALAR,
                         },
                         "inputs": {"type": "array", "items": _TENSOR, "minItems": 1},
                         "outputs": {
@@ -252,7 +259,14 @@ INFER_BODY: dict[str, Any] = {
                             "items": {
                                 "type": "object",
                                 "required": ["name"],
-                                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "parameters": {
+                                        "type": "object",
+                                        "properties": {"binary_data": {"type": "boolean"}},
+                                        "additionalProperties": _SCALAR,
+                                    },
+                                },
                             },
                         },
                     },

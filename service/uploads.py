@@ -36,7 +36,7 @@ from service.errors import BadRequest, InvalidRequest, Overloaded, RequestTimeou
 
 log = logging.getLogger(__name__)
 FILE_FIELDS = ("audio", "video")
-FORM_FIELDS = ("use_video_audio", "min_confidence")
+FORM_FIELDS = ("use_video_audio", "min_confidence", "version")
 MAX_FORM_VALUE = 1024
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 INSTANCE_PREFIX = "server-"

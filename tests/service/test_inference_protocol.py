@@ -211,3 +211,25 @@ def test_unknown_models_versions_and_torn_binary_bodies_are_refused(server: Serv
     assert httpx.get(f"{server.url}/v2/models/tiny/versions/1/ready").json() == {"name": "tiny", "ready": True}
     assert httpx.post(f"{server.url}/v2/repository/index").status_code == 403  # operator routes: off without MLA_ADMIN_KEY
     assert server.tmp_is_empty()
+
+
+def test_the_docs_tritonclient_example_runs_as_written(server: Server, rows: list[dict[str, str]]) -> None:
+    """docs/protocol.md's example, its address, model and files swapped for this server's, run by the real client."""
+    text = (ROOT / "docs/protocol.md").read_text()
+    code = text.split("## With tritonclient", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    row = rows[0]
+    swaps = {
+        '"127.0.0.1:8000"': repr(server.url.removeprefix("http://")),
+        'client.infer("default", inputs)': 'client.infer("tiny", inputs)',
+        '{"audio": "02301_7_theo_1.wav", "video": "02301_7_theo_1.mp4"}': repr({"audio": row["audio"], "video": row["video"]}),
+    }
+    for old, new in swaps.items():
+        assert old in code, f"the example no longer has {old}: update this test with it"
+        code = code.replace(old, new)
+    done = subprocess.run([str(clients_python()), "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = v1_answer(server, row, ("audio", "video"))
+    label, confidence = done.stdout.splitlines()[0].split()
+    assert label == want["label"]
+    assert float(confidence) == pytest.approx(want["confidence"], rel=1e-6)
+    assert done.stdout.splitlines()[1] == f"{want['model']['version']} {want['abstained']} {want['fused_modalities']}"

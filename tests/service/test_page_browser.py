@@ -96,6 +96,10 @@ def test_upload_wav_and_mp4(page: Page, server: Server, clean_train_row: dict[st
     assert body["label"] == clean_train_row["label"]
     check_rendered(page, body, labels)
     assert page.locator("#result-json").text_content().strip().startswith("{")  # type: ignore[union-attr]
+    # which version answered, and the manifest hash that names its files
+    model = body["model"]
+    shown = page.locator("#result-meta").text_content() or ""
+    assert f"model {model['name']} v{model['version']} ({model['manifest_sha256'][:12]})" in shown
     # Removing one clip and sending again replaces the answer with one of that modality alone.
     page.click("#audio-clear")
     body = send_and_wait(page)
