@@ -285,10 +285,11 @@ class ServedModel:
         if self.decoder is not None and self.owns_decoder:
             await self.decoder.close()
 
-    async def unload(self) -> None:
-        """Close the batchers and let go of the sessions (their memory goes back once nothing else holds them)."""
+    async def unload(self, forget_metrics: bool = True) -> None:
+        """Close the batchers and let go of the sessions (their memory goes back once nothing else holds them);
+        `forget_metrics`: drop this version's mla_model_info series (not when another copy of it serves)."""
         await self.close()
-        if self.manifest is not None:
+        if self.manifest is not None and forget_metrics:
             for m, rt in self.runtimes.items():
                 self.metrics.model_info.remove(self.manifest.name, self.manifest.version, m, rt.provider)
         self.runtimes = {}

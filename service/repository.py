@@ -46,6 +46,7 @@ class Repository:
         self._lock = asyncio.Lock()  # one load or unload at a time
         self._poller: asyncio.Task[None] | None = None
         self._drains: set[asyncio.Task[None]] = set()
+        self._retiring: list[ServedModel] = []  # swapped out, waiting for their last request
 
     # --- start and stop -------------------------------------------------------------------
     def load_first(self) -> ServedModel:
@@ -74,7 +75,8 @@ class Repository:
                 await self._poller
         for task in list(self._drains):
             task.cancel()
-        for model in {id(m): m for m in [*self.versions.values(), *([self.default] if self.default else [])]}.values():
+        everything = [*self.versions.values(), *self._retiring, *([self.default] if self.default else [])]
+        for model in {id(m): m for m in everything}.values():
             await model.close()
         await self.decoder.close()
 
@@ -177,15 +179,21 @@ class Repository:
 
     def _retire(self, old: ServedModel) -> None:
         """Take `old` out of the lookup now; unload it when its last request has answered."""
-        self.versions.pop(old.version, None)
-        self.states[old.version] = ("UNLOADING", f"replaced; {old.inflight} requests to finish")
+        if self.versions.get(old.version) is old:
+            self.versions.pop(old.version)
+            self.states[old.version] = ("UNLOADING", f"replaced; {old.inflight} requests to finish")
+        self._retiring.append(old)
 
         async def drain() -> None:
             await old.idle()
-            await old.unload()
-            self.states[old.version] = ("UNAVAILABLE", "unloaded")
-            self.metrics.version_loaded.labels(old.version).set(0)
-            log.info("unloaded %s v%s", self.name, old.version)
+            # the same version loaded again meanwhile (a swap back): its state and series are the new copy's
+            again = old.version in self.versions
+            await old.unload(forget_metrics=not again)
+            self._retiring.remove(old)
+            if not again:
+                self.states[old.version] = ("UNAVAILABLE", "unloaded")
+                self.metrics.version_loaded.labels(old.version).set(0)
+            log.info("unloaded %s v%s (an earlier copy)" if again else "unloaded %s v%s", self.name, old.version)
 
         task = asyncio.create_task(drain(), name=f"drain-v{old.version}")
         self._drains.add(task)

@@ -183,3 +183,41 @@ def test_the_swapped_out_versions_sessions_are_released(two_versions: Path, tmp_
 def _zeros(rt: Runtime) -> np.ndarray:
     entry = rt.entry
     return np.zeros(tuple(int(d) for d in entry.input.shape[1:]), np.dtype(entry.input.dtype))
+
+
+def test_swapping_back_while_the_old_copy_drains_keeps_the_new_copy_serving(two_versions: Path, tmp_path: Path) -> None:
+    """1 -> 2 while a request holds 1, then back to 1 before that request ends: when the old copy of 1 is unloaded at
+    last, the new copy of 1 stays loaded, ready and counted, and answers."""
+    from service.metrics import Metrics
+    from service.repository import Repository
+    from service.settings import Settings
+
+    async def scenario() -> tuple[str, tuple[str, str], float, str, bool]:
+        settings = Settings(model_dir=two_versions, model_version="1", providers=["cpu"], decode_workers=1, tmp_dir=tmp_path)
+        metrics = Metrics()
+        repository = Repository(settings, metrics)
+        repository.load_first()
+        await repository.start()
+        held = repository.get().acquire()
+        await repository.load("2")
+        again = await repository.load("1")
+        assert again is not held
+        held.release()
+        await repository.drained()
+        model = repository.get(version="1")
+        logits, _ = await model.predict({m: _zeros(rt) for m, rt in model.runtimes.items()})
+        answered_by = model.postprocess(logits)["model"]["version"]
+        state = next((e["state"], e["reason"]) for e in repository.index() if e["version"] == "1")
+        loaded = metrics.registry.get_sample_value("mla_model_version_loaded", {"version": "1"}) or 0.0
+        info = metrics.registry.get_sample_value(
+            "mla_model_info", {"name": "tiny", "version": "1", "modality": "audio", "provider": "CPUExecutionProvider"}
+        )
+        await repository.close()
+        return answered_by, state, loaded, repository.get().version, info == 1.0
+
+    answered_by, state, loaded, default, info = asyncio.run(scenario())
+    assert answered_by == "1"
+    assert default == "1"
+    assert state == ("READY", "")
+    assert loaded == 1.0
+    assert info  # the new copy's series survives the old copy's unload
