@@ -7,23 +7,48 @@ STAMP := $(VENV)/.installed
 # the service's closure only (no torch): what `make serve` needs
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: venv system-deps check-deploy compose-test test check lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak bench-edge bench-ood bench-ablation clean
+.PHONY: venv clients serve-deps serve-lock locks system-deps check-deploy compose-test test check lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak bench-edge bench-ood bench-ablation clean
 
-# Pinned by requirements/compile.py: CI, the images and this venv install the same versions.
+# Locked by uv (`make locks`, requirements/README.md), with every file's hash: CI, the images and
+# this venv install the same versions, and pip refuses any file but the one locked.
 $(STAMP): pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements/dev.txt
+	$(call drop-other-ort,$(if $(CUDA_WHEELS),onnxruntime,onnxruntime-gpu))
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP) $(SERVE_STAMP)
 
-# `make serve` on a fresh machine installs the service's pins alone (no torch; the venv's own pip,
-# not upgraded: seconds saved) and starts at once.
-$(SERVE_STAMP): pyproject.toml requirements/serve.txt
+# `make serve` installs the service alone (no torch) from the lock for this machine: ONNX Runtime's
+# CUDA build where its wheels exist (Linux x86-64) and an NVIDIA driver is loaded, its CPU build
+# everywhere else (macOS, Linux without a GPU). `make -s serve-lock` prints the choice. uv, pinned
+# with its hashes in requirements/uv.txt, installs the lock: seconds on a warm cache.
+CUDA_WHEELS := $(shell [ "$$(uname -s)-$$(uname -m)" = Linux-x86_64 ] && echo yes)
+NVIDIA_DRIVER := $(shell { [ -e /proc/driver/nvidia/version ] || nvidia-smi -L >/dev/null 2>&1; } && echo yes)
+SERVE_LOCK := requirements/$(if $(and $(CUDA_WHEELS),$(NVIDIA_DRIVER)),serve,serve-cpu).txt
+UV := $(BIN)/uv pip install -q --python $(BIN)/python
+# The two builds install the same `onnxruntime` package and must never share a venv: where the build
+# named is installed, both go, and the lock installed next brings back the one it pins.
+drop-other-ort = if $(BIN)/python -c "import importlib.metadata as m; m.distribution('$(1)')" 2>/dev/null; then \
+	$(BIN)/python -m pip uninstall -q -y onnxruntime onnxruntime-gpu; fi
+
+$(SERVE_STAMP): pyproject.toml $(SERVE_LOCK) requirements/uv.txt requirements/build.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -r requirements/serve.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r requirements/uv.txt
+	$(call drop-other-ort,$(if $(filter %/serve.txt,$(SERVE_LOCK)),onnxruntime,onnxruntime-gpu))
+	$(UV) --require-hashes -r $(SERVE_LOCK)
+	$(UV) --no-deps --build-constraints requirements/build.txt -e .
 	touch $(SERVE_STAMP)
+
+serve-deps: $(SERVE_STAMP)
+
+serve-lock:
+	@echo $(SERVE_LOCK)
+
+# Regenerate every lock in requirements/ with uv from pyproject.toml, keeping the pins they hold
+# (requirements/compile.py --upgrade moves them).
+locks: venv
+	$(BIN)/python requirements/compile.py
 
 # Programs the tests run for real: Prometheus (and promtool), docker-compose; for the compose
 # test a Docker engine (docker.io, iptables) and debootstrap (its base image); Debian's Chromium
@@ -43,12 +68,12 @@ system-deps:
 venv: $(STAMP)
 
 # checkov in a venv of its own (it pins packaging and networkx below what the project uses), from
-# its own lock (requirements/compile.py --tool checkov).
+# its own lock (requirements/checkov.txt, `make locks`).
 CHECKOV := $(VENV)/checkov
 $(CHECKOV)/.installed: requirements/checkov.txt
 	test -x $(CHECKOV)/bin/python || $(PYTHON) -m venv $(CHECKOV)
 	$(CHECKOV)/bin/python -m pip install -q --upgrade pip
-	$(CHECKOV)/bin/python -m pip install -q -r requirements/checkov.txt
+	$(CHECKOV)/bin/python -m pip install -q --require-hashes -r requirements/checkov.txt
 	touch $@
 
 lint: venv
@@ -58,7 +83,18 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv system-deps
+# The Open Inference Protocol's real clients (tritonclient, KServe's InferenceRESTClient) in a venv of their own, from
+# their own lock (requirements/clients.txt, `make locks`): tests/service/test_inference_protocol.py runs them.
+CLIENTS := $(VENV)/clients
+$(CLIENTS)/.installed: requirements/clients.txt
+	test -x $(CLIENTS)/bin/python || $(PYTHON) -m venv $(CLIENTS)
+	$(CLIENTS)/bin/python -m pip install -q --upgrade pip
+	$(CLIENTS)/bin/python -m pip install -q --require-hashes -r requirements/clients.txt
+	touch $@
+
+clients: $(CLIENTS)/.installed
+
+pytest: venv system-deps $(CLIENTS)/.installed
 	$(BIN)/pytest
 
 # Deployment files: compose (and its CI override), Prometheus config and rules (with their unit
@@ -87,15 +123,22 @@ check-deploy: venv system-deps $(CHECKOV)/.installed
 compose-test: venv system-deps
 	$(BIN)/pytest --compose tests/deploy/compose -v -s -p no:cacheprovider
 
-# Everything CI runs: lint, types, deployment checks, the whole test suite, the compose stack.
-test: lint typecheck check-deploy pytest compose-test
+# The docs site (mkdocs.yml: MkDocs Material, docs/) built into site/, which git ignores. --strict fails
+# the build on a broken link, a missing anchor or a page left out of the nav.
+.PHONY: docs
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-# The fast loop before a commit: lint, types and the tests that need no root, no Docker engine, no browser, no server
-# and no training (numpy, the manifest contract, fusion, calibration, OOD, the import graph, the docs' tables).
+# Everything CI runs: lint, types, the docs, deployment checks, the whole test suite, the compose stack.
+test: lint typecheck docs check-deploy pytest compose-test
+
+# The fast loop before a commit: lint, types, the docs site and the tests that need no root, no Docker engine, no browser,
+# no server and no training (numpy, the manifest contract, fusion, calibration, OOD, the import graph, the docs' tables
+# and links).
 CHECK_TESTS := tests/common tests/training/test_layering.py tests/training/test_crossfit.py \
-	tests/benchmarks/test_readme.py tests/benchmarks/test_ablation.py tests/deploy/test_metric_names.py \
-	tests/service/test_settings.py tests/service/test_batching.py
-check: lint typecheck
+	tests/benchmarks/test_readme.py tests/test_docs.py tests/benchmarks/test_ablation.py \
+	tests/service/test_settings.py tests/service/test_batching.py tests/service/test_protocol.py tests/deploy/test_locks.py
+check: lint typecheck docs
 	$(BIN)/pytest -q -m "not slow" $(CHECK_TESTS)
 
 # The embedded default model (models/default/3, committed; see models/default/README.md): MLA on AV-digits,

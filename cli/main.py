@@ -291,8 +291,8 @@ def calibrate(
     into a new version: a published version is never rewritten."""
     _setup_logging(verbose)
     from common.manifest import ManifestError, load_manifest
-    from model_export.onnx_graph import ExportError
-    from model_export.repository import recalibrate
+    from model_export.errors import ExportError
+    from model_export.recalibrate import recalibrate  # no torch: it runs on a serve-only install
     from training.data.specs import DataError
 
     with err.status("running the graphs on the data and fitting"):

@@ -15,6 +15,7 @@ import numpy as np
 
 from common import calibration
 from common.fusion import FusionParams, answers, subset_name
+from common.metrics import accuracy, macro_f1
 
 
 class HasMinConfidence(Protocol):
@@ -63,8 +64,6 @@ def fused_for(preds: Predictions, subset: Sequence[str], params: FusionParams) -
 
 def score(preds: Predictions, params: FusionParams | None = None) -> dict[str, dict[str, Any]]:
     """Per modality subset: sample count, accuracy, macro-F1 and the calibration figures, under one fusion."""
-    from sklearn.metrics import accuracy_score, f1_score  # the training and benchmark installs have it; serving does not
-
     params = params or FusionParams()
     keys = ("n", "accuracy", "macro_f1", "nll", "brier", "ece", "ece_floor", "adaptive_ece")
     out: dict[str, dict[str, Any]] = {k: {} for k in keys}
@@ -75,8 +74,8 @@ def score(preds: Predictions, params: FusionParams | None = None) -> dict[str, d
         if out["n"][key] == 0:
             continue
         y, yhat = preds.labels[rows], probs.argmax(axis=1)
-        out["accuracy"][key] = float(accuracy_score(y, yhat))
-        out["macro_f1"][key] = float(f1_score(y, yhat, average="macro", labels=list(range(preds.n_classes)), zero_division=0))
+        out["accuracy"][key] = accuracy(y, yhat)
+        out["macro_f1"][key] = macro_f1(y, yhat, preds.n_classes)
         for name, value in calibration.summary(probs, y).items():
             out[name][key] = value
     return out

@@ -12,6 +12,7 @@ import onnx
 import torch
 
 from common.parity import FP16, FP32, Tolerance
+from model_export.errors import ExportError  # re-exported: its home before model_export.errors
 from training.config import ModelConfig
 from training.models import MultimodalClassifier
 from training.models.classifier import SingleModality
@@ -66,10 +67,6 @@ CUDA_OPS = frozenset(
         "Unsqueeze",
     }
 )
-
-
-class ExportError(Exception):
-    """A model that cannot be exported as asked."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ recorded in MODEL_DIR/<name>/published.json when it is written (common.manifest.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -26,11 +25,9 @@ import numpy as np
 import onnx
 import torch
 
-from common.evaluation import Predictions
 from common.hashing import sha256_file
 from common.manifest import (
     MANIFEST_NAME,
-    SCHEMA_VERSION,
     AudioEntry,
     ExportInfo,
     Fusion,
@@ -40,14 +37,12 @@ from common.manifest import (
     TensorSpec,
     TrainingInfo,
     VideoEntry,
-    check_hashes,
-    load_manifest,
     publish,
-    published,
 )
 from common.parity import ParityError, parity_check
 from common.validate import run_session
 from model_export.onnx_graph import DEFAULT_OPSET, FEATURES_NAME, OUTPUT_NAME, ExportError, ExportSpec, export_graph, spec_for
+from model_export.recalibrate import SAFE, graph_predictions, new_version_dir, recalibrate  # noqa: F401 (re-exported)
 from training.calibrate import (
     CONFIDENCE,
     TARGET_RISK,
@@ -60,13 +55,12 @@ from training.calibrate import (
 )
 from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from training.config import ModelConfig
-from training.data.dataset import build_dataset, make_loader
+from training.data.dataset import build_dataset
 from training.data.specs import parse_spec
 from training.models.classifier import SingleModality
 from training.ood import fit_ood
 
 log = logging.getLogger(__name__)
-SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PARITY_ROWS = 64  # real inputs compared at export time
 SAMPLE_ROWS = 8  # of which this many are stored for `mla validate`
 
@@ -119,25 +113,6 @@ def parity_inputs(cfg: ModelConfig, data: str, rows: int = PARITY_ROWS) -> dict[
     if missing:
         raise ExportError(f"{data}: the val split has no {', '.join(missing)} to check parity on")
     return {m: np.stack(v) for m, v in out.items()}
-
-
-def next_version(root: Path) -> str:
-    """The integer after every version there is or ever was published under `root`."""
-    names = [p.name for p in root.glob("*") if p.is_dir()] + list(published(root))
-    return str(max((int(n) for n in names if n.isdigit()), default=0) + 1)
-
-
-def new_version_dir(root: Path, version: str | None) -> Path:
-    """Where a new version goes: `version` (default: the next integer) under `root`, never used before."""
-    version = version or next_version(root)
-    if not SAFE.match(version):
-        raise ExportError(f"version {version!r} must be letters, digits, '.', '_' or '-'")
-    target = root / version
-    if target.exists():
-        raise ExportError(f"{target} already exists: versions are never overwritten; pass another --version")
-    if version in published(root):
-        raise ExportError(f"version {version} of {root.name} was published before (its folder is gone); pass another --version")
-    return target
 
 
 def _entry(
@@ -273,103 +248,5 @@ def export_run(
         tmp.replace(target)  # atomic: a half-written version is never visible
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    publish(target)
-    return target
-
-
-def config_from_manifest(manifest: Manifest) -> ModelConfig:
-    """What decoding a data set for these graphs needs: the manifest's labels, modalities and input sizes."""
-    sizes: dict[str, Any] = {}
-    for entry in manifest.modalities.values():
-        if isinstance(entry, AudioEntry):
-            sizes.update(sample_rate=entry.sample_rate, clip_samples=entry.clip_samples)
-        else:
-            sizes.update(video_frames=entry.frames, video_size=entry.height)
-            if entry.height != entry.width:
-                raise ExportError(f"{manifest.name}: frames of {entry.height}x{entry.width}; the data sets decode square frames")
-    return ModelConfig(
-        encoder=manifest.training.encoder, labels=list(manifest.labels), modalities=list(manifest.modalities), **sizes
-    )
-
-
-def graph_predictions(version_dir: Path, manifest: Manifest, data: str, split: str = "val") -> Predictions:
-    """Every modality's logits on a split of `data`, from the version's ONNX graphs (CPU), as `predict` gives torch's."""
-    import onnxruntime as ort
-
-    cfg = config_from_manifest(manifest)
-    dataset = build_dataset(parse_spec(data), split, cfg)
-    if len(dataset) == 0:
-        raise ExportError(f"the {split} split of {data} is empty: nothing to calibrate on")
-    sessions = {
-        m: ort.InferenceSession(str(version_dir / e.file), providers=["CPUExecutionProvider"])
-        for m, e in manifest.modalities.items()
-    }
-    k = len(manifest.labels)
-    logits: dict[str, list[np.ndarray]] = {m: [] for m in sessions}
-    present: dict[str, list[np.ndarray]] = {m: [] for m in sessions}
-    labels: list[np.ndarray] = []
-    for batch in make_loader(dataset, 128, False, 0):
-        n = len(batch["label"])
-        for m, session in sessions.items():
-            mask = batch[f"{m}_present"].numpy()
-            z = np.zeros((n, k), np.float64)
-            if mask.any():
-                entry = manifest.modalities[m]
-                x = batch[m].numpy()[mask].astype(entry.input.dtype)
-                z[mask] = session.run([entry.output.name], {entry.input.name: x})[0]
-            logits[m].append(z)
-            present[m].append(mask)
-        labels.append(batch["label"].numpy())
-    return Predictions(
-        {m: np.concatenate(v) for m, v in logits.items()},
-        {m: np.concatenate(v) for m, v in present.items()},
-        np.concatenate(labels),
-    )
-
-
-def recalibrate(
-    version_dir: Path,
-    data: str | None = None,
-    split: str = "val",
-    rule: str | None = None,
-    version: str | None = None,
-    target_risk: float = TARGET_RISK,
-    confidence: float = CONFIDENCE,
-) -> Path:
-    """Fit the fusion section of an exported version again from its graphs; return the version folder written.
-
-    `data` defaults to the data the model was trained on (its validation split); `rule` to the
-    one it serves. The graphs' hashes are checked first: a changed graph is not calibrated.
-    The graphs and parity samples are copied, unchanged, to `version` (default: the next one)
-    with the new manifest, which is published; an existing version is never overwritten.
-    """
-    check_abstention(target_risk, confidence)
-    manifest = load_manifest(version_dir)
-    failures = check_hashes(version_dir, manifest)
-    if failures:
-        raise ExportError(f"{version_dir} does not match its manifest, so it is not calibrated: " + "; ".join(failures))
-    data = data or manifest.training.data
-    rule = rule or manifest.fusion.rule
-    check_rule(rule)
-    preds = graph_predictions(version_dir, manifest, data, split)
-    fitted_on = f"{split} split of {data}, n={len(preds.labels)}, through the exported graphs"
-    fusion = Fusion.model_validate(fusion_section(preds, rule, fitted_on, target_risk, confidence))
-    root = version_dir.parent
-    target = new_version_dir(root, version)
-    version = target.name
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
-    try:
-        banks = [e.bank for e in (manifest.ood or {}).values()]
-        for entry in manifest.modalities.values():
-            for rel in (entry.file, entry.parity_sample, *banks):
-                (tmp_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(version_dir / rel, tmp_dir / rel)
-        updated = manifest.model_copy(
-            update={"schema_version": SCHEMA_VERSION, "version": version, "created": datetime.now(UTC), "fusion": fusion}
-        )
-        (tmp_dir / MANIFEST_NAME).write_text(updated.model_dump_json(indent=2) + "\n")
-        tmp_dir.replace(target)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
     publish(target)
     return target

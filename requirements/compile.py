@@ -1,94 +1,118 @@
-"""Pin the dependencies of each extra from the environment they were resolved and tested in.
+"""Regenerate the lock files in requirements/ with uv (`make locks` runs this).
 
-    .venv/bin/python requirements/compile.py                    # serve, serve-cpu, train, dev, build
-    .venv/checkov/bin/python requirements/compile.py --tool checkov   # the linter's own venv
+    .venv/bin/python requirements/compile.py            # every lock
+    .venv/bin/python requirements/compile.py serve-cpu  # one or more by name
+    .venv/bin/python requirements/compile.py --upgrade  # move the pins to the newest allowed
 
-Walks the installed requirement graph from `mla-serve[EXTRA]` (markers evaluated for this
-Python and platform) and writes requirements/<lock>.txt with exact versions. CI installs
-requirements/dev.txt; the GPU service image requirements/serve.txt, the CPU one
-requirements/serve-cpu.txt; the training image requirements/train.txt: the same pins
-everywhere. requirements/build.txt pins the build backend (pyproject's [build-system]), so an
-offline image build can build the project from a wheelhouse. A tool that cannot share the
-venv (checkov pins old networkx and packaging) gets its own venv and lock: run this script
-with that venv's Python and `--tool NAME`.
+Each lock is `uv pip compile --universal --generate-hashes` of pyproject.toml's extras (or of a
+tool's name): one file that installs on Linux, macOS and Windows, for every Python the project
+accepts, with platform markers where a dependency applies to some platforms only (torch's
+`nvidia-*` and `cuda-*` libraries and triton: Linux only, as torch declares them) and the sha256
+of every file of every pin, so `pip install --require-hashes` or `uv pip install
+--require-hashes` refuses a file that is not the one locked. The pins already in a lock are kept
+(uv prefers them): only a new or changed requirement moves a version, or --upgrade. dev (CI's
+venv) is locked first, and the image locks (serve, serve-cpu, train, build) are held to its pins:
+an image installs the versions CI tested.
+
+Source: PyPI alone, whatever pip or uv is configured with on this machine, so that a pin carries
+the hash of each of its files, every platform's. A local mirror or wheelhouse of PyPI's files
+(pip's find-links, the images' docker/wheelhouse) serves the same files, so the same hashes: an
+install from it is checked like one from PyPI. (uv keeps the hashes of the one index it took a
+version from: locking against a partial mirror would drop the other platforms' wheels.)
+
+The locks (see requirements/README.md for who installs which):
+  serve       mla-serve[serve,gpu]   the service with ONNX Runtime's CUDA build (GPU image, `make serve` with a GPU)
+  serve-cpu   mla-serve[serve,cpu]   the service with ONNX Runtime's CPU build (CPU image, `make serve` without)
+  train       mla-serve[train]       training and export (training image)
+  dev         mla-serve[train,serve,dev]  CI's venv (`make venv`)
+  build       [build-system] requires     the build backend, for offline image builds
+  uv          uv, at the version dev pins  what `make serve` bootstraps its installs with
+  checkov     checkov                 the linter's own venv (it pins packaging and networkx low)
+  clients     tritonclient[http], kserve  the Open Inference Protocol's real clients, in their own venv for
+                                      the tests (`make clients`): their pins must not bind the project's
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
+import subprocess
 import sys
 import tomllib
-from importlib import metadata
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-
 HERE = Path(__file__).resolve().parent
-PROJECT = "mla-serve"
-LOCKS = {"serve": ["serve"], "train": ["train"], "dev": ["train", "serve", "dev"]}
-# A lock derived from another with packages swapped for a build of the same release. The CPU
-# image runs ONNX Runtime's CPU build, not the CUDA one (hundreds of MB of CUDA providers it
-# would never load). Both builds come from one release and declare the same requirements; the
-# offline image build re-checks that, since pip resolves the lock from a wheelhouse holding
-# nothing else.
-VARIANTS = {"serve-cpu": ("serve", {"onnxruntime-gpu": "onnxruntime"})}
+ROOT = HERE.parent
+PROJECT_LOCKS = {
+    "serve": ["serve", "gpu"],
+    "serve-cpu": ["serve", "cpu"],
+    "train": ["train"],
+    "dev": ["train", "serve", "dev"],
+}
+TOOLS = {"checkov": ["checkov"], "clients": ["tritonclient[http]", "kserve"]}  # a venv of their own each
+TOOL_LOCKS = ("build", "uv", *TOOLS)
+ORDER = ("dev", "serve", "serve-cpu", "train", "build", "uv", *TOOLS)  # dev first: the next four follow its pins
+FOLLOW_DEV = ("serve", "serve-cpu", "train", "build")
+INDEX = "https://pypi.org/simple"
+PYTHON = "3.11"  # the lowest Python the project accepts; --universal covers the ones above it
 
 
-def closure(root: str, extras: list[str]) -> dict[str, str]:
-    pins: dict[str, str] = {}
-    todo: list[tuple[str, frozenset[str]]] = [(root, frozenset(extras))]
-    seen: set[tuple[str, frozenset[str]]] = set()
-    while todo:
-        name, wanted = todo.pop()
-        if (name, wanted) in seen:
-            continue
-        seen.add((name, wanted))
-        dist = metadata.distribution(name)
-        if canonicalize_name(name) != PROJECT:
-            pins[canonicalize_name(name)] = dist.version
-        for raw in dist.requires or []:
-            req = Requirement(raw)
-            envs = [{"extra": e} for e in wanted] or [{"extra": ""}]
-            if req.marker is None or any(req.marker.evaluate(env) for env in envs):
-                todo.append((req.name, frozenset(req.extras)))
-    return pins
+def uv() -> str:
+    found = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    if not found:
+        raise SystemExit("uv not found: `make venv` installs it (the dev lock), or `pip install -r requirements/uv.txt`")
+    return found
 
 
-def build_closure() -> dict[str, str]:
-    """The build backend's closure, at the versions installed here."""
-    requires = tomllib.loads((HERE.parent / "pyproject.toml").read_text())["build-system"]["requires"]
-    pins: dict[str, str] = {}
-    for raw in requires:
-        req = Requirement(raw)
-        pins.update(closure(req.name, sorted(req.extras)))
-        if not req.specifier.contains(pins[canonicalize_name(req.name)], prereleases=True):
-            raise SystemExit(f"installed {req.name} {pins[canonicalize_name(req.name)]} does not satisfy {raw}")
-    return pins
+def compile_lock(name: str, inputs: list[str], *, stdin: str | None = None, upgrade: bool = False) -> None:
+    """`uv pip compile` into requirements/NAME.txt; a lock other than dev's is held to dev's pins (CI's)."""
+    out = HERE / f"{name}.txt"
+    cmd = [uv(), "pip", "compile", *inputs, "--output-file", str(out)]
+    cmd += ["--universal", "--python-version", PYTHON, "--generate-hashes", "--quiet"]
+    cmd += ["--default-index", INDEX]
+    cmd += ["--custom-compile-command", f"make locks  # requirements/compile.py {name}"]
+    if upgrade:
+        cmd.append("--upgrade")
+    if name in FOLLOW_DEV:  # the images install exactly what CI tested: dev's pins, where dev has the package
+        cmd += ["--constraint", "requirements/dev.txt"]
+    env = {**os.environ, "UV_NO_CONFIG": "1"}  # the same options on every machine: no uv.toml
+    subprocess.run(cmd, cwd=ROOT, input=stdin, text=True, check=True, env=env)
+    print(f"requirements/{name}.txt: {len(pins(name))} pins")
 
 
-def write(lock: str, source: str, pins: dict[str, str]) -> None:
-    header = f"# generated by requirements/compile.py from {source} on Python {sys.version.split()[0]}\n"
-    body = "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
-    (HERE / f"{lock}.txt").write_text(header + body)
-    print(f"requirements/{lock}.txt: {len(pins)} pins")
+def pins(lock: str) -> list[str]:
+    """A lock's requirements without their hashes: `name==version` and its marker, if any."""
+    text = (HERE / f"{lock}.txt").read_text().replace("\\\n", " ")
+    return [line.split(" --hash")[0].strip() for line in text.splitlines() if re.match(r"^[A-Za-z0-9]", line)]
+
+
+def pinned(lock: str, package: str) -> str:
+    for line in pins(lock):
+        if match := re.match(rf"^{re.escape(package)}==([^\s;]+)", line):
+            return match.group(1)
+    raise SystemExit(f"{package} is not pinned in requirements/{lock}.txt")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tool", help="lock this tool's closure from the running venv instead of the project's")
+    parser.add_argument("locks", nargs="*", metavar="LOCK", help=f"default: all ({', '.join(ORDER)})")
+    parser.add_argument("--upgrade", action="store_true", help="move dev's pins (and so the others') to the newest allowed")
     args = parser.parse_args()
-    if args.tool:
-        write(args.tool, args.tool, closure(args.tool, []))
-        return
-    locks = {lock: closure(PROJECT, extras) for lock, extras in LOCKS.items()}
-    for lock, extras in LOCKS.items():
-        write(lock, f"mla-serve[{','.join(extras)}]", locks[lock])
-    for lock, (base, swaps) in VARIANTS.items():
-        pins = {swaps.get(name, name): version for name, version in locks[base].items()}
-        swapped = ", ".join(f"{a} -> {b}" for a, b in swaps.items())
-        write(lock, f"mla-serve[{','.join(LOCKS[base])}] with {swapped}", pins)
-    write("build", "pyproject.toml [build-system]", build_closure())
+    if unknown := set(args.locks) - set(ORDER):
+        parser.error(f"no such lock: {', '.join(sorted(unknown))}")
+    for name in [lock for lock in ORDER if lock in (args.locks or ORDER)]:
+        if name in PROJECT_LOCKS:
+            extras = [arg for extra in PROJECT_LOCKS[name] for arg in ("--extra", extra)]
+            compile_lock(name, ["pyproject.toml", *extras], upgrade=args.upgrade and name not in FOLLOW_DEV)
+        elif name == "build":
+            requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+            compile_lock(name, ["-"], stdin="\n".join(requires) + "\n")
+        elif name == "uv":  # the version the dev lock pins: the one `make locks` and CI run
+            compile_lock(name, ["-"], stdin=f"uv=={pinned('dev', 'uv')}\n")
+        else:
+            compile_lock(name, ["-"], stdin="".join(f"{r}\n" for r in TOOLS[name]), upgrade=args.upgrade)
 
 
 if __name__ == "__main__":

@@ -47,13 +47,11 @@ import logging
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.stats import beta
-from sklearn.linear_model import LogisticRegressionCV
-from sklearn.model_selection import StratifiedKFold
 
 from common import calibration
 from common.evaluation import Predictions, fused_for, score, subsets
@@ -69,6 +67,9 @@ from common.fusion import (
     log_softmax,
     subset_name,
 )
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegressionCV
 
 log = logging.getLogger(__name__)
 TARGET_RISK = 0.05  # default: at most 5% errors among the answers given
@@ -155,13 +156,29 @@ def _log_losses(scores: np.ndarray, right: np.ndarray) -> np.ndarray:
 PLATT_CS = np.logspace(-3, 3, 13)  # the L2 strengths the map's inner cross-validation chooses among (C: inverse strength)
 
 
+def _sklearn() -> tuple[Any, Any]:
+    """scikit-learn's cross-validated logistic regression and its folds, imported when a confidence map is fitted: the
+    rule `mla export` and `mla calibrate` serve by default fits none (SERVED_LAYERS), so a serve-only install, which
+    has no scikit-learn, calibrates it; the other rules' maps need it (the train extra)."""
+    try:
+        from sklearn.linear_model import LogisticRegressionCV
+        from sklearn.model_selection import StratifiedKFold
+    except ImportError as exc:
+        raise ValueError(
+            "this rule fits confidence maps, which need scikit-learn (the train extra): pip install scikit-learn, "
+            f"or calibrate with --fusion {SERVED_RULE}"
+        ) from exc
+    return LogisticRegressionCV, StratifiedKFold
+
+
 def _platt(x: np.ndarray, right: np.ndarray, folds: int) -> LogisticRegressionCV:
     """A logistic regression of "right" on the top label's logit, L2-regularised with the C among PLATT_CS whose
     `folds`-fold cross-validated log-loss on these answers (the validation split's, or a fold of them) is lowest: an
     unregularised fit runs its slope off to infinity where the answers separate."""
+    logistic_cv, stratified_folds = _sklearn()
     inner = max(2, min(folds, int(min(right.sum(), len(right) - right.sum()))))
-    cv = StratifiedKFold(inner, shuffle=True, random_state=1)
-    lr = LogisticRegressionCV(Cs=PLATT_CS, cv=cv, scoring="neg_log_loss", l1_ratios=(0.0,), use_legacy_attributes=False)
+    cv = stratified_folds(inner, shuffle=True, random_state=1)
+    lr = logistic_cv(Cs=PLATT_CS, cv=cv, scoring="neg_log_loss", l1_ratios=(0.0,), use_legacy_attributes=False)
     return lr.fit(x[:, None], right)
 
 
@@ -180,8 +197,9 @@ def fit_confidence_map(probs: np.ndarray, labels: np.ndarray, folds: int = MAP_F
     x = np.log(c / (1 - c))
     if len(x) < 10 * folds or min(right.sum(), len(right) - right.sum()) < folds:
         return None
+    _, stratified_folds = _sklearn()
     gain = np.empty(len(x))  # per answer: its log-loss as it is minus under the map fitted without its fold
-    for fit, held in StratifiedKFold(folds, shuffle=True, random_state=0).split(x, right):
+    for fit, held in stratified_folds(folds, shuffle=True, random_state=0).split(x, right):
         lr = _platt(x[fit], right[fit], folds)
         gain[held] = _log_losses(x[held], right[held]) - _log_losses(lr.coef_[0, 0] * x[held] + lr.intercept_[0], right[held])
     lr = _platt(x, right, folds)

@@ -11,6 +11,7 @@ from packaging.requirements import Requirement
 
 from service.settings import Settings
 from tests.conftest import ROOT
+from tests.deploy import locks
 
 DOCKERFILES = [ROOT / "docker/Dockerfile", ROOT / "docker/Dockerfile.train"]
 CI_DOCKERFILES = [ROOT / "docker/ci/nginx.Dockerfile", ROOT / "docker/ci/prometheus.Dockerfile"]
@@ -59,7 +60,8 @@ def test_dockerfile_essentials(path: Path) -> None:
         assert "-r requirements/build.txt" in runs  # the pinned build backend
         assert "--no-deps --wheel-dir" in runs
         assert any(op == "HEALTHCHECK" and "/readyz" in arg for op, arg in ins)
-        assert "torch" not in (ROOT / "requirements/serve.txt").read_text()
+        assert "torch" not in locks.versions("serve")
+        assert "torch" not in locks.versions("serve-cpu")
         assert defaults["BASE_IMAGE"].startswith("nvidia/cuda:")  # the default variant is gpu
     else:
         assert "-r requirements/train.txt" in runs
@@ -68,28 +70,26 @@ def test_dockerfile_essentials(path: Path) -> None:
 
 def test_ci_installs_the_same_pins() -> None:
     assert "-r requirements/dev.txt" in (ROOT / "Makefile").read_text()
-    pins = {}
-    for lock in ("serve", "serve-cpu", "train", "dev", "build"):
-        pins[lock] = dict(
-            line.split("==") for line in (ROOT / f"requirements/{lock}.txt").read_text().splitlines() if "==" in line
-        )
-    # the images' pins are exactly CI's
-    for lock in ("serve", "train", "build"):
-        for name, version in pins[lock].items():
-            assert pins["dev"].get(name) == version, (lock, name)
-    # the CPU image's: the same, with ONNX Runtime's CPU build of the same release
-    swapped = {("onnxruntime-gpu" if name == "onnxruntime" else name): v for name, v in pins["serve-cpu"].items()}
-    assert swapped == pins["serve"]
+    pinned = {lock: {(p.name, p.version) for p in locks.pins(lock)} for lock in ("serve", "serve-cpu", "train", "dev", "build")}
+    # the images' pins are exactly CI's (every platform's: the locks are universal)
+    for lock in ("serve", "serve-cpu", "train", "build"):
+        assert pinned[lock] <= pinned["dev"], (lock, sorted(pinned[lock] - pinned["dev"]))
+    # the CPU image's: the same as the GPU image's, with ONNX Runtime's CPU build of the same release
+    here = {lock: locks.versions(lock) for lock in ("serve", "serve-cpu")}
+    swapped = {("onnxruntime-gpu" if name == "onnxruntime" else name): v for name, v in here["serve-cpu"].items()}
+    assert swapped == here["serve"]
+    assert "onnxruntime-gpu" not in here["serve-cpu"]
     # every dependency that pyproject declares is pinned, at a version it accepts
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for extra in ("serve", "train"):
-        for raw in project["dependencies"] + project["optional-dependencies"][extra]:
+    for lock, extras in {"serve": ("serve", "gpu"), "serve-cpu": ("serve", "cpu"), "train": ("train",)}.items():
+        versions = locks.versions(lock)
+        for raw in project["dependencies"] + [r for extra in extras for r in project["optional-dependencies"][extra]]:
             req = Requirement(raw)
             name = re.sub(r"[-_.]+", "-", req.name).lower()
-            assert name in pins[extra], (extra, name)
-            assert req.specifier.contains(pins[extra][name], prereleases=True), (extra, name, pins[extra][name])
+            assert name in versions, (lock, name)
+            assert req.specifier.contains(versions[name], prereleases=True), (lock, name, versions[name])
 
 
 def test_compose_gpu_reservation_and_pinned_images() -> None:

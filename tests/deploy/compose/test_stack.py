@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, shared_data
+from tests.deploy import locks
 from tests.deploy.compose.conftest import report
 from tests.deploy.compose.engine import docker
 from tests.deploy.compose.stack import (
@@ -85,7 +86,7 @@ def test_cpu_image_holds_the_cpu_runtime_and_exactly_the_lock(stack: Stack) -> N
         "'providers': ort.get_available_providers(), 'python': sys.version.split()[0]}))"
     )
     out = json.loads(docker("run", "--rm", "--entrypoint", "python3", "mla-ci/api:cpu", "-c", script))
-    lock = dict(line.split("==") for line in (ROOT / "requirements/serve-cpu.txt").read_text().splitlines() if "==" in line)
+    lock = locks.versions("serve-cpu")  # the pins for Linux and the host's Python 3.11, which are the image's
     installed = {k: v for k, v in out["dists"].items() if k not in ("mla-serve", "pip", "setuptools")}
     differ = {k: (installed.get(k), lock.get(k)) for k in set(installed) | set(lock) if installed.get(k) != lock.get(k)}
     assert not differ, differ  # (installed, locked)

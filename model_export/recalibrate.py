@@ -1,0 +1,160 @@
+"""`mla calibrate`: an exported version's fusion section fitted again from its own graphs, into a new version.
+
+No torch and no checkpoint: the graphs run in ONNX Runtime on data decoded by the training's
+decode cache (av and numpy), and the fit is training.calibrate's (numpy and scipy), so a
+serve-only install (requirements/serve-cpu.txt) calibrates as well as a training one. Also the
+version numbering `mla export` shares. model_export.repository re-exports all of it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.evaluation import Predictions
+from common.manifest import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    AudioEntry,
+    Fusion,
+    Manifest,
+    check_hashes,
+    load_manifest,
+    publish,
+    published,
+)
+from model_export.errors import ExportError
+from training.calibrate import CONFIDENCE, TARGET_RISK, check_abstention, check_rule, fusion_section
+from training.config import ModelConfig
+from training.data.cache import DecodeCache, Spec
+from training.data.specs import parse_spec
+
+SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def next_version(root: Path) -> str:
+    """The integer after every version there is or ever was published under `root`."""
+    names = [p.name for p in root.glob("*") if p.is_dir()] + list(published(root))
+    return str(max((int(n) for n in names if n.isdigit()), default=0) + 1)
+
+
+def new_version_dir(root: Path, version: str | None) -> Path:
+    """Where a new version goes: `version` (default: the next integer) under `root`, never used before."""
+    version = version or next_version(root)
+    if not SAFE.match(version):
+        raise ExportError(f"version {version!r} must be letters, digits, '.', '_' or '-'")
+    target = root / version
+    if target.exists():
+        raise ExportError(f"{target} already exists: versions are never overwritten; pass another --version")
+    if version in published(root):
+        raise ExportError(f"version {version} of {root.name} was published before (its folder is gone); pass another --version")
+    return target
+
+
+def config_from_manifest(manifest: Manifest) -> ModelConfig:
+    """What decoding a data set for these graphs needs: the manifest's labels, modalities and input sizes."""
+    sizes: dict[str, Any] = {}
+    for entry in manifest.modalities.values():
+        if isinstance(entry, AudioEntry):
+            sizes.update(sample_rate=entry.sample_rate, clip_samples=entry.clip_samples)
+        else:
+            sizes.update(video_frames=entry.frames, video_size=entry.height)
+            if entry.height != entry.width:
+                raise ExportError(f"{manifest.name}: frames of {entry.height}x{entry.width}; the data sets decode square frames")
+    return ModelConfig(
+        encoder=manifest.training.encoder, labels=list(manifest.labels), modalities=list(manifest.modalities), **sizes
+    )
+
+
+def graph_predictions(version_dir: Path, manifest: Manifest, data: str, split: str = "val", batch_size: int = 128) -> Predictions:
+    """Every modality's logits on a split of `data`, from the version's ONNX graphs (CPU), as `predict` gives torch's.
+
+    The split is decoded by the training's decode cache (the same arrays training reads) and fed
+    in batches of `batch_size`, a missing modality masked out: numpy and ONNX Runtime alone.
+    """
+    import onnxruntime as ort
+
+    cfg = config_from_manifest(manifest)
+    samples = parse_spec(data).split(split)
+    if not samples:
+        raise ExportError(f"the {split} split of {data} is empty: nothing to calibrate on")
+    specs: dict[str, Spec] = {"audio": cfg.audio_spec, "video": cfg.video_spec}
+    arrays = DecodeCache().prepare(samples, {m: specs[m] for m in cfg.modalities})
+    sessions = {
+        m: ort.InferenceSession(str(version_dir / e.file), providers=["CPUExecutionProvider"])
+        for m, e in manifest.modalities.items()
+    }
+    k = len(manifest.labels)
+    logits: dict[str, list[np.ndarray]] = {m: [] for m in sessions}
+    present: dict[str, list[np.ndarray]] = {m: [] for m in sessions}
+    for start in range(0, len(samples), batch_size):
+        rows = arrays[start : start + batch_size]
+        for m, session in sessions.items():
+            paths = [row.get(m) for row in rows]
+            mask = np.array([p is not None for p in paths])
+            z = np.zeros((len(rows), k), np.float64)
+            if mask.any():
+                entry = manifest.modalities[m]
+                x = np.stack([np.load(p) for p in paths if p is not None]).astype(entry.input.dtype)
+                z[mask] = session.run([entry.output.name], {entry.input.name: x})[0]
+            logits[m].append(z)
+            present[m].append(mask)
+    return Predictions(
+        {m: np.concatenate(v) for m, v in logits.items()},
+        {m: np.concatenate(v) for m, v in present.items()},
+        np.array([s.label for s in samples], np.int64),
+    )
+
+
+def recalibrate(
+    version_dir: Path,
+    data: str | None = None,
+    split: str = "val",
+    rule: str | None = None,
+    version: str | None = None,
+    target_risk: float = TARGET_RISK,
+    confidence: float = CONFIDENCE,
+) -> Path:
+    """Fit the fusion section of an exported version again from its graphs; return the version folder written.
+
+    `data` defaults to the data the model was trained on (its validation split); `rule` to the
+    one it serves. The graphs' hashes are checked first: a changed graph is not calibrated.
+    The graphs and parity samples are copied, unchanged, to `version` (default: the next one)
+    with the new manifest, which is published; an existing version is never overwritten.
+    """
+    check_abstention(target_risk, confidence)
+    manifest = load_manifest(version_dir)
+    failures = check_hashes(version_dir, manifest)
+    if failures:
+        raise ExportError(f"{version_dir} does not match its manifest, so it is not calibrated: " + "; ".join(failures))
+    data = data or manifest.training.data
+    rule = rule or manifest.fusion.rule
+    check_rule(rule)
+    preds = graph_predictions(version_dir, manifest, data, split)
+    fitted_on = f"{split} split of {data}, n={len(preds.labels)}, through the exported graphs"
+    fusion = Fusion.model_validate(fusion_section(preds, rule, fitted_on, target_risk, confidence))
+    root = version_dir.parent
+    target = new_version_dir(root, version)
+    version = target.name
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
+    try:
+        banks = [e.bank for e in (manifest.ood or {}).values()]
+        for entry in manifest.modalities.values():
+            for rel in (entry.file, entry.parity_sample, *banks):
+                (tmp_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(version_dir / rel, tmp_dir / rel)
+        updated = manifest.model_copy(
+            update={"schema_version": SCHEMA_VERSION, "version": version, "created": datetime.now(UTC), "fusion": fusion}
+        )
+        (tmp_dir / MANIFEST_NAME).write_text(updated.model_dump_json(indent=2) + "\n")
+        tmp_dir.replace(target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    publish(target)
+    return target
