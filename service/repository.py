@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from service.errors import InvalidRequest, NotFound, NotReady
@@ -200,16 +201,33 @@ class Repository:
         task.add_done_callback(self._drains.discard)
 
     async def _poll(self) -> None:
-        """MLA_MODEL_POLL_SECONDS: load a new highest version when one appears on disk."""
+        """MLA_MODEL_POLL_SECONDS: load a new highest version when one appears on disk. A version that failed to load
+        (a folder still being copied, say) is tried again once its files change, not on every poll."""
+        failed: dict[str, tuple[tuple[str, int, int], ...]] = {}  # version -> its files when it failed
         while True:
             await asyncio.sleep(self.settings.model_poll_seconds)
             on_disk = self.available()
             newest = on_disk[-1] if on_disk else None
             if newest is None or (self.default is not None and self.default.version == newest):
                 continue
-            if self.states.get(newest, ("", ""))[1].startswith("load failed"):
-                continue  # tried and failed: not retried every poll (an operator's load retries it)
+            files = _files(self.root / newest)
+            if failed.get(newest) == files:
+                continue
             try:
                 await self.load(newest)
+                failed.pop(newest, None)
             except Exception as exc:  # logged by load; the poll goes on, the old version serves
-                log.warning("poll: version %s not loaded: %s", newest, exc)
+                failed[newest] = files
+                log.warning("poll: version %s not loaded (tried again when its files change): %s", newest, exc)
+
+
+def _files(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """What a version folder holds, as names, sizes and modification times: a copy still under way changes it."""
+    out = []
+    for path in sorted(folder.rglob("*")):
+        try:
+            stat = path.stat()
+        except OSError:  # gone between the listing and the stat: the folder is changing
+            continue
+        out.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    return tuple(out)

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,3 +221,51 @@ def test_swapping_back_while_the_old_copy_drains_keeps_the_new_copy_serving(two_
     assert state == ("READY", "")
     assert loaded == 1.0
     assert info  # the new copy's series survives the old copy's unload
+
+
+def test_the_poll_swaps_to_a_new_version_once_its_copy_is_whole(two_versions: Path, tmp_path: Path) -> None:
+    """MLA_MODEL_POLL_SECONDS: version 2 copied in half (its manifest first, a graph cut short) fails to load and
+    version 1 keeps answering; once the copy is whole, the poll loads it and swaps, without being asked."""
+    import shutil
+
+    from service.metrics import Metrics
+    from service.repository import Repository
+    from service.settings import Settings
+
+    root = tmp_path / "tiny"
+    shutil.copytree(two_versions / "1", root / "1")
+
+    async def until(condition: Callable[[], bool], what: str) -> None:
+        try:
+            async with asyncio.timeout(60):
+                while not condition():
+                    await asyncio.sleep(0.02)  # polling a condition, as the poller it waits on does
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None
+
+    async def scenario() -> tuple[str, str, float]:
+        settings = Settings(model_dir=root, model_poll_seconds=0.05, providers=["cpu"], decode_workers=1, tmp_dir=tmp_path)
+        metrics = Metrics()
+        repository = Repository(settings, metrics)
+        repository.load_first()
+        await repository.start()
+        half = root / "2"
+        half.mkdir()
+        shutil.copy(two_versions / "2" / "manifest.json", half / "manifest.json")
+        graph = (two_versions / "2" / "audio.onnx").read_bytes()
+        (half / "audio.onnx").write_bytes(graph[: len(graph) // 2])
+        await until(lambda: repository.states.get("2", ("", ""))[1].startswith("load failed"), "the half copy refused")
+        during = repository.get().version
+        shutil.rmtree(half)
+        shutil.copytree(two_versions / "2", half)
+        await until(lambda: repository.get().version == "2", "the poll's swap to version 2")
+        await repository.drained()
+        failures = metrics.registry.get_sample_value("mla_model_loads_total", {"outcome": "failed"}) or 0.0
+        state = repository.index()[0]["state"]
+        await repository.close()
+        return during, state, failures
+
+    during, state_of_1, failures = asyncio.run(scenario())
+    assert during == "1"  # the half copy never answered
+    assert state_of_1 == "UNAVAILABLE"  # version 1 unloaded after the swap
+    assert failures >= 1
