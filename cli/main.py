@@ -375,6 +375,7 @@ def predict(
     use_video_audio: Annotated[bool, typer.Option("--use-video-audio", help="use the video's audio track as audio")] = False,
     api_key: Annotated[str | None, typer.Option(envvar="MLA_API_KEY", help="API key, if the service wants one")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON answer")] = False,
+    version: Annotated[str | None, typer.Option(help="the model version to answer (default: the one serving)")] = None,
     timeout: float = 60.0,
 ) -> None:
     """Send audio and/or video to a running service and print its prediction."""
@@ -387,6 +388,8 @@ def predict(
     with contextlib.ExitStack() as stack:
         files = {k: (p.name, stack.enter_context(p.open("rb"))) for k, p in (("audio", audio), ("video", video)) if p is not None}
         data = {"use_video_audio": "true"} if use_video_audio else {}
+        if version is not None:
+            data["version"] = version
         headers = {"X-API-Key": api_key} if api_key else {}
         try:
             response = httpx.post(f"{url.rstrip('/')}/v1/predict", files=files, data=data, headers=headers, timeout=timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -325,3 +326,15 @@ def test_mla_predict_command(server: Server, clean_train_row: dict[str, str]) ->
     import json
 
     assert set(json.loads(proc.stdout)["modalities"]) == {"audio", "video"}
+
+
+def test_mla_predict_names_a_version(server: Server, clean_train_row: dict[str, str]) -> None:
+    """--version: the version served answers; one that is not loaded is refused, never answered by another."""
+    base = [sys.executable, "-m", "cli.main", "predict", "--url", server.url, "--audio", clean_train_row["audio"]]
+    ok = subprocess.run([*base, "--version", "1", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["model"]["version"] == "1"
+    missing = subprocess.run([*base, "--version", "7"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert "404" in missing.stderr
+    assert "not loaded" in missing.stderr
