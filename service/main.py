@@ -21,7 +21,7 @@ from service.repository import Repository
 from service.routes import router
 from service.routes_v2 import router as router_v2
 from service.settings import Settings, get_settings
-from service.uploads import Storage
+from service.uploads import Budget, Storage
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[], None] | 
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.storage = storage
+    app.state.body_memory = Budget(settings.max_body_memory_bytes)  # the Open Inference Protocol's bodies
+    metrics.body_memory.set_function(lambda: float(app.state.body_memory.used))
     app.state.admission = Admission(settings, metrics)
     app.state.failed = None
     app.include_router(router)

@@ -84,6 +84,11 @@ class Metrics:
         self.spooled = Gauge(
             "mla_upload_spool_bytes", "Bytes of uploads reserved on disk (MLA_MAX_SPOOL_BYTES bounds it)", registry=r
         )
+        self.body_memory = Gauge(
+            "mla_body_memory_bytes",
+            "Open Inference Protocol bodies in memory, their JSON's parse counted too (MLA_MAX_BODY_MEMORY_BYTES bounds it)",
+            registry=r,
+        )
         self.rejected = Counter("mla_rejected_total", "Requests refused, by error code", ["code"], registry=r)
         self.ready = Gauge("mla_ready", "1 when the model is loaded and warmed up", registry=r)
         self.version_loaded = Gauge(

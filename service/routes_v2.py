@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import protocol, uploads
 from service.admission import Admission
-from service.errors import InvalidMedia, InvalidRequest, NotReady, Overloaded
+from service.errors import InvalidMedia, InvalidRequest, NotReady, Overloaded, TooLarge
 from service.log_config import request_id
 from service.model import ServedModel
 from service.repository import Repository
@@ -33,6 +33,7 @@ from service.workers import DecodePool
 
 router = APIRouter()
 SERVER_EXTENSIONS = ["binary_tensor_data", "model_repository"]
+BINARY_ADVICE = "send tensors and files as binary data (the binary tensor extension)"
 
 
 @router.get("/v2/health/live", summary="Live: the event loop answers, start-up has not failed", responses=ERROR_RESPONSES_V2)
@@ -124,13 +125,24 @@ async def _infer(
     request: Request, name: str, version: str | None, repository: Repository, decoder: DecodePool, settings: Any
 ) -> Response:
     admission: Admission = request.app.state.admission
-    storage: uploads.Storage = request.app.state.storage
+    budget: uploads.Budget = request.app.state.body_memory
     admission.enter()  # before a byte of the body is read: 503 when too many are in flight
     upload = uploads.Upload()
     model: ServedModel | None = None
     try:
-        body = await uploads.receive_bytes(request, storage, admission.bounds, upload)
+        declared = request.headers.get("content-length", "")
+        if protocol.HEADER_LENGTH not in request.headers and declared.isdigit() and int(declared) > settings.max_json_bytes:
+            raise TooLarge(f"a JSON body of {declared} bytes; the limit is {settings.max_json_bytes}: {BINARY_ADVICE}")
+        body = await uploads.receive_bytes(request, budget, admission.bounds, upload)
         head, binary = protocol.split_body(body, request.headers.get(protocol.HEADER_LENGTH))
+        if len(head) > settings.max_json_bytes:
+            raise TooLarge(f"the JSON part is {len(head)} bytes; the limit is {settings.max_json_bytes}: {BINARY_ADVICE}")
+        # parsed, a JSON number list takes up to 10 times its text (a 40-byte int object and its list slot for "300,"):
+        # that memory is counted too, so that many big JSON bodies at once are a 503, not an exhausted server
+        parsing = protocol.JSON_PARSE_FACTOR * len(head)
+        if not budget.take(parsing):
+            raise Overloaded("request bodies held in memory are at the server's limit; retry shortly")
+        upload.reserved += parsing
         # the version answers from here to the end, even if another is swapped in meanwhile
         model = repository.get(name, version).acquire()
         if not model.warm:
@@ -186,7 +198,7 @@ async def _infer(
     finally:
         if model is not None:
             model.release()
-        uploads.release(upload, storage)
+        uploads.release(upload, budget)
         admission.leave()
 
 

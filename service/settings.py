@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     max_spool_bytes: int = Field(
         512 * 1024 * 1024, ge=0, description="bytes of uploads on disk (MLA_TMP_DIR) at once, all requests together; more: 503"
     )
+    max_body_memory_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=0,
+        description="memory for Open Inference Protocol bodies at once, all requests together: each body's bytes, and "
+        "12x its JSON part while that is parsed; more: 503",
+    )
+    max_json_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="the JSON part of an inference request (big tensors go as binary data); more: 413"
+    )
     memory_upload_bytes: int = Field(
         1024 * 1024, ge=0, description="a file up to this size stays in memory and never touches MLA_TMP_DIR"
     )

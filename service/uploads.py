@@ -147,6 +147,22 @@ class Storage:
         self.spooled -= n
 
 
+class Budget:
+    """Bytes held at once by all requests together, against a limit: `take` refuses past it (the caller answers 503)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
 @dataclass
 class Upload:
     """One request's files (field -> a path on disk, or (file name, bytes) in memory) and form values."""
@@ -330,10 +346,10 @@ async def receive(request: Request, storage: Storage, bounds: Bounds, upload: Up
             part.sink.close()
 
 
-async def receive_bytes(request: Request, storage: Storage, bounds: Bounds, upload: Upload) -> bytes:
+async def receive_bytes(request: Request, budget: Budget, bounds: Bounds, upload: Upload) -> bytes:
     """A whole body in memory (the Open Inference Protocol's), within the same bounds as an upload: its size, its
-    time, its pauses. Its bytes count against the spool budget (MLA_MAX_SPOOL_BYTES) until `release(upload, storage)`,
-    so bodies held at once stay bounded as uploads on disk do."""
+    time, its pauses. Its bytes count against `budget` (MLA_MAX_BODY_MEMORY_BYTES) until `release(upload, budget)`,
+    so the bodies held at once stay bounded as uploads on disk are."""
     declared_text = request.headers.get("content-length")
     declared = int(declared_text) if declared_text is not None and declared_text.isdigit() else None
     if declared is not None and declared > bounds.max_bytes:
@@ -357,9 +373,10 @@ async def receive_bytes(request: Request, storage: Storage, bounds: Bounds, uplo
             if len(body) + len(chunk) > bounds.max_bytes:
                 raise TooLarge(f"the body passed the limit of {bounds.max_bytes} bytes")
             if len(body) + len(chunk) > upload.reserved:
-                more = max(len(chunk), 1 << 20, declared or 0)
-                if not storage.take(more):
-                    raise Overloaded("request bodies held are at the server's limit; retry shortly")
+                # a declared length is taken whole at the first chunk; a chunked body, as it arrives
+                more = max(len(body) + len(chunk), declared or 0) - upload.reserved
+                if not budget.take(more):
+                    raise Overloaded("request bodies held in memory are at the server's limit; retry shortly")
                 upload.reserved += more
             body += chunk
     except ClientDisconnect:
@@ -367,8 +384,8 @@ async def receive_bytes(request: Request, storage: Storage, bounds: Bounds, uplo
     return bytes(body)
 
 
-def release(upload: Upload, storage: Storage) -> None:
-    """Delete a request's files and give back its share of the spool budget."""
+def release(upload: Upload, storage: Storage | Budget) -> None:
+    """Delete a request's files and give back its share of the budget it took from (the spool's, or memory's)."""
     if upload.folder is not None:
         remove(upload.folder)
     storage.give(upload.reserved)

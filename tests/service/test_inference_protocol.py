@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,56 @@ def test_the_docs_tritonclient_example_runs_as_written(server: Server, rows: lis
     assert label == want["label"]
     assert float(confidence) == pytest.approx(want["confidence"], rel=1e-6)
     assert done.stdout.splitlines()[1] == f"{want['model']['version']} {want['abstained']} {want['fused_modalities']}"
+
+
+@pytest.fixture(scope="module")
+def tight(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with 1 MiB for protocol bodies in memory and a 512 KiB JSON part."""
+    from tests.servers import start_server, stop_server
+
+    env = {"MLA_MAX_BODY_MEMORY_BYTES": str(2**20), "MLA_MAX_JSON_BYTES": str(512 * 2**10)}
+    srv = start_server(tiny_repo, tmp_path_factory.mktemp("tight"), **env)
+    yield srv
+    stop_server(srv)
+
+
+def test_json_bodies_are_bounded_in_size_and_in_the_memory_their_parse_takes(
+    tight: Server, rows: list[dict[str, str]], tiny_repo: Path
+) -> None:
+    """A JSON part past MLA_MAX_JSON_BYTES is a 413; one whose parse (12x its text) would pass the memory budget is a
+    503 with Retry-After, and costs nothing afterwards: the same tensor as binary data is answered, and the budget is
+    back to 0."""
+    manifest = load_manifest(tiny_repo)
+    name = manifest.modalities["audio"].input.name
+    samples = manifest.modalities["audio"].input.shape[1]
+    waveform = decoded(rows[0], tiny_repo)["audio"]
+    too_long = {"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES", "data": ["x" * (600 * 2**10)]}]}
+    r = httpx.post(f"{tight.url}/v2/models/tiny/infer", json=too_long, timeout=30)
+    assert r.status_code == 413, r.text
+    assert "binary data" in r.json()["error"]
+    # a clip of noise as a JSON list (about 20 characters a sample): under the JSON limit, and under the memory budget
+    # as text, but 12x its text, its parse's allowance, is past the budget
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, int(samples)).astype(np.float32)
+    as_json = {"inputs": [{"name": f"audio/{name}", "shape": [1, samples], "datatype": "FP32", "data": noise.tolist()}]}
+    text = json.dumps(as_json).encode()
+    assert len(text) <= 512 * 2**10, "the tiny model's clip got longer: shorten this request"
+    assert len(text) < 2**20 < 12 * len(text)
+    refused = httpx.post(f"{tight.url}/v2/models/tiny/infer", content=text, headers={"content-type": "application/json"})
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"]
+    blob = waveform.astype("<f4").tobytes()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": f"audio/{name}",
+                    "shape": [1, samples],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ]
+        }
+    ).encode()
+    ok = httpx.post(f"{tight.url}/v2/models/tiny/infer", content=head + blob, headers={HEADER_LENGTH: str(len(head))}, timeout=30)
+    assert ok.status_code == 200, ok.text
+    assert tight.metric("mla_body_memory_bytes") == 0
