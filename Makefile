@@ -94,7 +94,18 @@ $(CLIENTS)/.installed: requirements/clients.txt
 
 clients: $(CLIENTS)/.installed
 
-pytest: venv system-deps $(CLIENTS)/.installed
+# The peers (LitServe, BentoML) in a venv of their own, from their own lock (requirements/peers.txt, `make locks`):
+# benchmarks/peers/ serves the same graphs, decoding and answer with each, for `make bench-serve` to compare
+# (tests/benchmarks/test_peers.py checks their answers against ours).
+PEERS := $(VENV)/peers
+$(PEERS)/.installed: requirements/peers.txt
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q --require-hashes -r requirements/peers.txt
+	touch $@
+
+
+pytest: venv system-deps $(CLIENTS)/.installed $(PEERS)/.installed
 	$(BIN)/pytest
 
 # Deployment files: compose (and its CI override), Prometheus config and rules (with their unit
@@ -178,7 +189,7 @@ bench-train: venv
 
 # The service under load against a naive torch server: req/s, latency, first minute against steady
 # state, and the server's CPU per request over the in-process cost of the same work. Load from wrk (C).
-bench-serve: venv $(DEFAULT_MODEL)
+bench-serve: venv $(DEFAULT_MODEL) $(PEERS)/.installed
 	@command -v wrk >/dev/null || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends wrk; }
 	$(BIN)/python -m benchmarks.serve_load
 	$(BIN)/python -m benchmarks.readme

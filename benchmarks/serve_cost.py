@@ -80,8 +80,9 @@ class InProcess:
         rt = self.model.runtimes
         a, v = rt["audio"].entry, rt["video"].entry
         limits = {m: self.model.limits(m) for m in ("audio", "video")}
-        audio = [decode_audio_file(p, AudioSpec(a.sample_rate, a.clip_samples), limits["audio"])[0] for p, _ in pairs[:count]]  # type: ignore[union-attr]
-        video = [decode_video_file(p, VideoSpec(v.frames, v.height, v.width), limits["video"])[0] for _, p in pairs[:count]]  # type: ignore[union-attr]
+        # the decode jobs return the array itself (service/wire.py carries it as one)
+        audio = [decode_audio_file(p, AudioSpec(a.sample_rate, a.clip_samples), limits["audio"]) for p, _ in pairs[:count]]  # type: ignore[union-attr]
+        video = [decode_video_file(p, VideoSpec(v.frames, v.height, v.width), limits["video"]) for _, p in pairs[:count]]  # type: ignore[union-attr]
         reps = -(-count // len(audio))
         return {"audio": np.stack((audio * reps)[:count]), "video": np.stack((video * reps)[:count])}
 

@@ -30,6 +30,7 @@ The locks (see requirements/README.md for who installs which):
   checkov     checkov                 the linter's own venv (it pins packaging and networkx low)
   clients     tritonclient[http], kserve  the Open Inference Protocol's real clients, in their own venv for
                                       the tests (`make clients`): their pins must not bind the project's
+  peers       requirements/peers.in   LitServe and BentoML, the servers `make bench-serve` compares with ours
 """
 
 from __future__ import annotations
@@ -51,7 +52,14 @@ PROJECT_LOCKS = {
     "train": ["train"],
     "dev": ["train", "serve", "dev"],
 }
-TOOLS = {"checkov": ["checkov"], "clients": ["tritonclient[http]", "kserve"]}  # a venv of their own each
+def _listed(name: str) -> list[str]:
+    """The requirements of a `NAME.in` file here: its lines but comments and blanks."""
+    lines = (HERE / f"{name}.in").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+# a venv of their own each
+TOOLS = {"checkov": ["checkov"], "clients": ["tritonclient[http]", "kserve"], "peers": _listed("peers")}
 TOOL_LOCKS = ("build", "uv", *TOOLS)
 ORDER = ("dev", "serve", "serve-cpu", "train", "build", "uv", *TOOLS)  # dev first: the next four follow its pins
 FOLLOW_DEV = ("serve", "serve-cpu", "train", "build")

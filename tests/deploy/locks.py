@@ -13,7 +13,7 @@ from packaging.utils import canonicalize_name
 
 from tests.conftest import ROOT
 
-LOCKS = ("serve", "serve-cpu", "train", "dev", "build", "uv", "checkov", "clients")
+LOCKS = ("serve", "serve-cpu", "train", "dev", "build", "uv", "checkov", "clients", "peers")
 
 
 @dataclass(frozen=True)
