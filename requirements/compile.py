@@ -52,6 +52,8 @@ PROJECT_LOCKS = {
     "train": ["train"],
     "dev": ["train", "serve", "dev"],
 }
+
+
 def _listed(name: str) -> list[str]:
     """The requirements of a `NAME.in` file here: its lines but comments and blanks."""
     lines = (HERE / f"{name}.in").read_text().splitlines()
