@@ -12,12 +12,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.fusion import Fused, FusionParams, answers, subset_name
+from common.fusion import Fused, FusionParams, answers, entropy, subset_name
 from common.ood import Detector
+
+if TYPE_CHECKING:
+    from common.manifest import Manifest
 
 OUT_OF_DISTRIBUTION = "out_of_distribution"
 LOW_CONFIDENCE = "low_confidence"
@@ -75,3 +79,51 @@ def decide(
     reasons = np.array([None if g else LOW_CONFIDENCE for g in given], dtype=object)
     reasons[~any_kept] = OUT_OF_DISTRIBUTION
     return Answers(fused, sent_m, used, scores, ok, subsets, limits, reasons)
+
+
+def answer_body(
+    manifest: Manifest, manifest_sha256: str, params: FusionParams, detectors: Mapping[str, Detector], a: Answers
+) -> dict[str, Any]:
+    """The JSON answer to one request (row 0 of `a`): the shape of service/schemas.py's PredictResponse, built in one
+    place for the service and for the servers it is compared with (benchmarks/peers/)."""
+    labels, fusion = manifest.labels, manifest.fusion
+    subset = str(a.subsets[0])
+    sent = [m for m in a.sent if a.sent[m][0]]
+    detail = {}
+    for m in sent:
+        p = a.fused.modality_probs[m]
+        used = bool(a.used[m][0])
+        checked = m in detectors and not np.isnan(a.scores[m][0])
+        detail[m] = {
+            "label": labels[int(p[0].argmax())],
+            "probabilities": dict(zip(labels, map(float, p[0]), strict=True)),
+            "entropy": float(entropy(p)[0]),
+            "weight": float(a.fused.weights[m][0]),
+            "temperature": float((params.temperatures or {}).get(m, 1.0)),
+            "typicality": None if a.fused.gates is None or not used else float(a.fused.gates[m][0]),
+            "ood_score": float(a.scores[m][0]) if checked else None,
+            "ood_threshold": detectors[m].threshold if checked else None,
+            "in_distribution": bool(a.in_distribution[m][0]) if checked else None,
+            "fused": used,
+        }
+    best = int(a.fused.probs[0].argmax())
+    reason = a.reasons[0]
+    cmap = (params.confidence_maps or {}).get(subset)
+    conformal = fusion.conformal
+    inside = None if conformal is None or reason == OUT_OF_DISTRIBUTION else conformal.prediction_set(subset, a.fused.probs[0])
+    return {
+        "model": {"name": manifest.name, "version": manifest.version, "manifest_sha256": manifest_sha256},
+        "label": labels[best],
+        "confidence": float(a.fused.probs[0, best]),
+        "abstained": reason is not None,
+        "abstain_reason": reason,
+        "min_confidence": float(a.thresholds[0]),
+        "fused_modalities": sorted(m for m in sent if a.used[m][0]),
+        "probabilities": dict(zip(labels, map(float, a.fused.probs[0]), strict=True)),
+        "prediction_set": None if inside is None else [lab for lab, keep in zip(labels, inside, strict=True) if keep],
+        "modalities": detail,
+        "fusion": fusion.rule,
+        "mixture_share": params.mixture_share,
+        "fused_temperature": float((params.fused_temperatures or {}).get(subset, 1.0)),
+        "confidence_map": None if cmap is None else asdict(cmap),
+    }

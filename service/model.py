@@ -11,14 +11,14 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.answer import OUT_OF_DISTRIBUTION, decide
-from common.fusion import FusionParams, entropy, subset_name
+from common.answer import answer_body, decide
+from common.fusion import FusionParams, subset_name
 from common.manifest import (
     AudioEntry,
     Manifest,
@@ -365,8 +365,7 @@ class ServedModel:
         manifest's calibrated rule over the rest, abstained below `min_confidence` (default: the manifest's threshold
         for the set fused) or when no modality sent is in distribution."""
         assert self.manifest is not None
-        labels, fusion = self.manifest.labels, self.manifest.fusion
-        params = self.fusion_params
+        fusion, params = self.manifest.fusion, self.fusion_params
         a = decide(
             params,
             fusion.abstention.min_confidence,
@@ -375,60 +374,19 @@ class ServedModel:
             {m: f.astype(np.float64)[None] for m, f in (features or {}).items()},
             min_confidence=min_confidence,
         )
-        subset, sent = str(a.subsets[0]), subset_name(list(logits))
-        detail = {}
-        for m in logits:
-            p = a.fused.modality_probs[m]
-            h = float(entropy(p)[0])
-            w = float(a.fused.weights[m][0])
-            used = bool(a.used[m][0])
-            self.metrics.entropy.labels(m).observe(h)
-            self.metrics.weight.labels(m).observe(w)
-            typicality = None if a.fused.gates is None or not used else float(a.fused.gates[m][0])
-            if typicality is not None:
-                self.metrics.typicality.labels(m).observe(typicality)
-            checked = m in self.detectors and features is not None and m in features
-            if checked:
-                self.metrics.ood_checks.labels(m, "true" if a.in_distribution[m][0] else "false").inc()
-            detail[m] = {
-                "label": labels[int(p[0].argmax())],
-                "probabilities": dict(zip(labels, map(float, p[0]), strict=True)),
-                "entropy": h,
-                "weight": w,
-                "temperature": float((params.temperatures or {}).get(m, 1.0)),
-                "typicality": typicality,
-                "ood_score": float(a.scores[m][0]) if checked else None,
-                "ood_threshold": self.detectors[m].threshold if checked else None,
-                "in_distribution": bool(a.in_distribution[m][0]) if checked else None,
-                "fused": used,
-            }
+        body = answer_body(self.manifest, self.manifest_sha256, params, self.detectors, a)
+        sent = subset_name(list(logits))
+        for m, d in body["modalities"].items():
+            self.metrics.entropy.labels(m).observe(d["entropy"])
+            self.metrics.weight.labels(m).observe(d["weight"])
+            if d["typicality"] is not None:
+                self.metrics.typicality.labels(m).observe(d["typicality"])
+            if d["in_distribution"] is not None:
+                self.metrics.ood_checks.labels(m, "true" if d["in_distribution"] else "false").inc()
         self.metrics.subsets.labels(sent).inc()
-        best = int(a.fused.probs[0].argmax())
-        reason = a.reasons[0]
-        if reason is not None:
+        if body["abstained"]:
             self.metrics.abstained.labels(sent).inc()
-        cmap = (params.confidence_maps or {}).get(subset)
-        inside = (
-            None
-            if fusion.conformal is None or reason == OUT_OF_DISTRIBUTION
-            else fusion.conformal.prediction_set(subset, a.fused.probs[0])
-        )
-        return {
-            "model": {"name": self.manifest.name, "version": self.manifest.version, "manifest_sha256": self.manifest_sha256},
-            "label": labels[best],
-            "confidence": float(a.fused.probs[0, best]),
-            "abstained": reason is not None,
-            "abstain_reason": reason,
-            "min_confidence": float(a.thresholds[0]),
-            "fused_modalities": sorted(m for m in logits if a.used[m][0]),
-            "probabilities": dict(zip(labels, map(float, a.fused.probs[0]), strict=True)),
-            "prediction_set": None if inside is None else [lab for lab, keep in zip(labels, inside, strict=True) if keep],
-            "modalities": detail,
-            "fusion": fusion.rule,
-            "mixture_share": params.mixture_share,
-            "fused_temperature": float((params.fused_temperatures or {}).get(subset, 1.0)),
-            "confidence_map": None if cmap is None else asdict(cmap),
-        }
+        return body
 
     def check_modalities(self, wanted: set[str]) -> None:
         missing = sorted(wanted - set(self.runtimes))

@@ -13,14 +13,12 @@ It does what the service does per request (service/model.py), so that no server 
 from __future__ import annotations
 
 import io
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.answer import OUT_OF_DISTRIBUTION, decide
-from common.fusion import entropy
+from common.answer import answer_body, decide
 from common.manifest import AudioEntry, Manifest, load_detectors, load_manifest, manifest_sha256
 from common.media import MEDIA_FORMATS, AudioSpec, Limits, VideoSpec, load_audio, load_video
 
@@ -91,8 +89,8 @@ class Pipeline:
         return results
 
     def answer(self, outputs: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> dict[str, Any]:
-        """One request's answer from its modalities' (logits, features): service/model.py `postprocess`, less metrics."""
-        labels, fusion, params = self.manifest.labels, self.manifest.fusion, self.params
+        """One request's answer from its modalities' (logits, features): the service's own (common.answer)."""
+        fusion, params = self.manifest.fusion, self.params
         for m, (z, _) in outputs.items():
             if not np.isfinite(z).all():
                 raise ValueError(f"{m}: the model's output is not finite for this input")
@@ -105,44 +103,4 @@ class Pipeline:
             {m: z.astype(np.float64)[None] for m, z in logits.items()},
             {m: f.astype(np.float64)[None] for m, f in features.items()},
         )
-        subset = str(a.subsets[0])
-        detail = {}
-        for m in logits:
-            p = a.fused.modality_probs[m]
-            used = bool(a.used[m][0])
-            checked = m in self.detectors and m in features
-            detail[m] = {
-                "label": labels[int(p[0].argmax())],
-                "probabilities": dict(zip(labels, map(float, p[0]), strict=True)),
-                "entropy": float(entropy(p)[0]),
-                "weight": float(a.fused.weights[m][0]),
-                "temperature": float((params.temperatures or {}).get(m, 1.0)),
-                "typicality": None if a.fused.gates is None or not used else float(a.fused.gates[m][0]),
-                "ood_score": float(a.scores[m][0]) if checked else None,
-                "ood_threshold": self.detectors[m].threshold if checked else None,
-                "in_distribution": bool(a.in_distribution[m][0]) if checked else None,
-                "fused": used,
-            }
-        best = int(a.fused.probs[0].argmax())
-        reason = a.reasons[0]
-        cmap = (params.confidence_maps or {}).get(subset)
-        conformal = fusion.conformal
-        inside = (
-            None if conformal is None or reason == OUT_OF_DISTRIBUTION else conformal.prediction_set(subset, a.fused.probs[0])
-        )
-        return {
-            "model": {"name": self.manifest.name, "version": self.manifest.version, "manifest_sha256": self.manifest_sha256},
-            "label": labels[best],
-            "confidence": float(a.fused.probs[0, best]),
-            "abstained": reason is not None,
-            "abstain_reason": reason,
-            "min_confidence": float(a.thresholds[0]),
-            "fused_modalities": sorted(m for m in logits if a.used[m][0]),
-            "probabilities": dict(zip(labels, map(float, a.fused.probs[0]), strict=True)),
-            "prediction_set": None if inside is None else [lab for lab, keep in zip(labels, inside, strict=True) if keep],
-            "modalities": detail,
-            "fusion": fusion.rule,
-            "mixture_share": params.mixture_share,
-            "fused_temperature": float((params.fused_temperatures or {}).get(subset, 1.0)),
-            "confidence_map": None if cmap is None else asdict(cmap),
-        }
+        return answer_body(self.manifest, self.manifest_sha256, params, self.detectors, a)
