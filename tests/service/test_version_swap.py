@@ -8,6 +8,7 @@ import gc
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 
 from common.manifest import manifest_sha256
 from service.model import Runtime
+from tests.conftest import ROOT
 from tests.servers import Server
 from tests.waiting import wait_for
 
@@ -126,6 +128,10 @@ def _state(url: str, version: str) -> tuple[str, str]:
     index = httpx.post(f"{url}/v2/repository/index", headers=ADMIN).json()
     entry = next(e for e in index if e["version"] == version)
     return entry["state"], entry["reason"]
+
+
+def _unloaded(url: str, version: str) -> bool:
+    return _state(url, version)[0] == "UNAVAILABLE"
 
 
 def _sample(metrics: str, series: str) -> float:
@@ -269,3 +275,32 @@ def test_the_poll_swaps_to_a_new_version_once_its_copy_is_whole(two_versions: Pa
     assert during == "1"  # the half copy never answered
     assert state_of_1 == "UNAVAILABLE"  # version 1 unloaded after the swap
     assert failures >= 1
+
+
+def test_memory_stays_bounded_over_many_swaps(tmp_path: Path) -> None:
+    """Twenty swaps between the default model's versions 2 and 3 on a live server, with glibc's arenas capped as the
+    image caps them (MALLOC_ARENA_MAX=2): the highest RSS of the last ten swaps is within a bound of the first ten's.
+    A swapped-out version that stayed would hold at least its graphs' and detectors' bytes, so ten of them would lift
+    the second half by ten times that; the bound is half of it (what one swap's RSS moves is well under it)."""
+    import psutil
+
+    from tests.servers import start_server, stop_server
+
+    root = ROOT / "models" / "default"
+    kept = min(sum(f.stat().st_size for f in (root / v).rglob("*") if f.suffix in (".onnx", ".npy")) for v in ("2", "3"))
+    env = {"MLA_MODEL_VERSION": "2", "MLA_ADMIN_KEY": "operator", "MLA_DECODE_WORKERS": "1", "MALLOC_ARENA_MAX": "2"}
+    srv = start_server(root, tmp_path, **env)
+    try:
+        process = psutil.Process(srv.proc.pid)
+        rss = []
+        for i in range(20):
+            new, old = ("3", "2") if i % 2 == 0 else ("2", "3")
+            r = httpx.post(
+                f"{srv.url}/v2/repository/models/default/load", json={"parameters": {"version": new}}, headers=ADMIN, timeout=120
+            )
+            assert r.status_code == 200, r.text
+            wait_for(f"version {old} unloaded", partial(_unloaded, srv.url, old), timeout=60, every=0.05)
+            rss.append(process.memory_info().rss)
+    finally:
+        stop_server(srv)
+    assert max(rss[10:]) - max(rss[:10]) < 10 * kept / 2, ([r >> 20 for r in rss], kept >> 20)
