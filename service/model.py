@@ -48,6 +48,11 @@ class ModelLoadError(Exception):
     """The model repository cannot be served."""
 
 
+def version_key(name: str) -> tuple[bool, int, str]:
+    """How versions order: numbers by value (10 after 9), above any other name, which orders as text."""
+    return (name.isdigit(), int(name) if name.isdigit() else 0, name)
+
+
 def resolve_version_dir(model_dir: Path, version: str | None) -> Path:
     """A version folder as given, or the chosen/highest version inside a model folder."""
     if (model_dir / "manifest.json").is_file():
@@ -57,7 +62,7 @@ def resolve_version_dir(model_dir: Path, version: str | None) -> Path:
     versions = [p for p in model_dir.iterdir() if (p / "manifest.json").is_file()] if model_dir.is_dir() else []
     if not versions:
         raise ModelLoadError(f"no model version (a folder with manifest.json) in {model_dir}")
-    return max(versions, key=lambda p: (p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    return max(versions, key=lambda p: version_key(p.name))
 
 
 @dataclass

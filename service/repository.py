@@ -21,15 +21,11 @@ from typing import Any
 
 from service.errors import InvalidRequest, NotFound, NotReady
 from service.metrics import Metrics
-from service.model import ModelLoadError, ServedModel, make_decode_pool, resolve_version_dir
+from service.model import ModelLoadError, ServedModel, make_decode_pool, resolve_version_dir, version_key
 from service.settings import Settings
 from service.uploads import Storage
 
 log = logging.getLogger(__name__)
-
-
-def _version_key(name: str) -> tuple[bool, int, str]:
-    return (name.isdigit(), int(name) if name.isdigit() else 0, name)
 
 
 class Repository:
@@ -92,7 +88,7 @@ class Repository:
             return self.default
         model = self.versions.get(version)
         if model is None:
-            loaded = ", ".join(sorted(self.versions, key=_version_key)) or "none yet"
+            loaded = ", ".join(sorted(self.versions, key=version_key)) or "none yet"
             raise NotFound(f"version {version!r} of {self.name!r} is not loaded (loaded: {loaded})")
         return model
 
@@ -100,13 +96,13 @@ class Repository:
         """The versions on disk: folders of the model's folder that hold a manifest."""
         if not self.root.is_dir():
             return []
-        return sorted((p.name for p in self.root.iterdir() if (p / "manifest.json").is_file()), key=_version_key)
+        return sorted((p.name for p in self.root.iterdir() if (p / "manifest.json").is_file()), key=version_key)
 
     def index(self) -> list[dict[str, Any]]:
         """Every version on disk and every one loaded, with its state (the repository extension's index)."""
         names = set(self.available()) | set(self.versions) | set(self.states)
         out = []
-        for v in sorted(names, key=_version_key):
+        for v in sorted(names, key=version_key):
             state, reason = self.states.get(v, ("UNAVAILABLE", "not loaded"))
             out.append({"name": self.name, "version": v, "state": state, "reason": reason})
         return out

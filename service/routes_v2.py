@@ -16,7 +16,7 @@ from service import protocol, uploads
 from service.admission import Admission
 from service.errors import InvalidMedia, InvalidRequest, NotReady, Overloaded, TooLarge
 from service.log_config import request_id
-from service.model import ServedModel
+from service.model import ServedModel, version_key
 from service.repository import Repository
 from service.routes import (
     TRUE,
@@ -71,7 +71,7 @@ def _metadata(repository: Repository, model: ServedModel) -> dict[str, Any]:
         )
     return {
         "name": manifest.name,
-        "versions": sorted(repository.versions, key=lambda v: (v.isdigit(), int(v) if v.isdigit() else 0, v)),
+        "versions": sorted(repository.versions, key=version_key),
         "platform": "mla-serve_onnxruntime",
         "inputs": inputs,
         "outputs": protocol.outputs(manifest.labels, list(manifest.modalities), set(model.detectors)),
