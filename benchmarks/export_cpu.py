@@ -51,7 +51,9 @@ def main() -> None:
         model = model_from_checkpoint(load_checkpoint(args.run))
     else:
         torch.manual_seed(0)
-        model = build_model(ModelConfig.for_encoder(args.encoder, [str(i) for i in range(10)])).eval()
+        model = build_model(
+            ModelConfig.for_encoder(args.encoder, [str(i) for i in range(10)], modalities=["audio", "video"])
+        ).eval()
     cfg = model.cfg
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads

@@ -41,7 +41,7 @@ def build(run_dir: Path) -> FastAPI:
                         continue
                     path = Path(tmp) / m
                     path.write_bytes(await upload.read())
-                    x = load_audio(path, cfg.audio_spec) if m == "audio" else load_video(path, cfg.video_spec)
+                    x = load_audio(path, cfg.spec(m)) if m == "audio" else load_video(path, cfg.spec(m))
                     with torch.inference_mode():
                         logits[m] = paths[m](torch.from_numpy(x)[None]).double().numpy()
             fused = fuse(logits)

@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from common.manifest import AudioEntry
 from common.media import AudioSpec, VideoSpec
-from service.decoding import decode_audio_file, decode_video_file
+from common.modalities.audio import AudioEntry
+from common.modalities.video import VideoEntry
+from service.decoding import decode_file
 from service.metrics import Metrics
 from service.model import ServedModel
 from service.settings import Settings
@@ -61,28 +62,31 @@ class InProcess:
         rt = self.model.runtimes
         a, v = rt["audio"].entry, rt["video"].entry
         assert isinstance(a, AudioEntry)
+        assert isinstance(v, VideoEntry)
         audio_spec = AudioSpec(a.sample_rate, a.clip_samples)
-        video_spec = VideoSpec(v.frames, v.height, v.width)  # type: ignore[union-attr]
+        video_spec = VideoSpec(v.frames, v.height, v.width)
         limits = {m: self.model.limits(m) for m in ("audio", "video")}
         passes: dict[str, list[float]] = {"audio": [], "video": []}
         for _ in range(repeats + 1):
             t0 = time.process_time()
             for audio, _ in pairs:
-                decode_audio_file(audio, audio_spec, limits["audio"])
+                decode_file("audio", audio, audio_spec, limits["audio"])
             passes["audio"].append((time.process_time() - t0) / len(pairs))
             t0 = time.process_time()
             for _, video in pairs:
-                decode_video_file(video, video_spec, limits["video"])
+                decode_file("video", video, video_spec, limits["video"])
             passes["video"].append((time.process_time() - t0) / len(pairs))
         return {m: statistics.median(p[1:]) for m, p in passes.items()}  # the first pass warms caches
 
     def inputs(self, pairs: list[tuple[Path, Path]], count: int) -> dict[str, np.ndarray]:
         rt = self.model.runtimes
         a, v = rt["audio"].entry, rt["video"].entry
+        assert isinstance(a, AudioEntry)
+        assert isinstance(v, VideoEntry)
         limits = {m: self.model.limits(m) for m in ("audio", "video")}
         # the decode jobs return the array itself (service/wire.py carries it as one)
-        audio = [decode_audio_file(p, AudioSpec(a.sample_rate, a.clip_samples), limits["audio"]) for p, _ in pairs[:count]]  # type: ignore[union-attr]
-        video = [decode_video_file(p, VideoSpec(v.frames, v.height, v.width), limits["video"]) for _, p in pairs[:count]]  # type: ignore[union-attr]
+        audio = [decode_file("audio", p, AudioSpec(a.sample_rate, a.clip_samples), limits["audio"]) for p, _ in pairs[:count]]
+        video = [decode_file("video", p, VideoSpec(v.frames, v.height, v.width), limits["video"]) for _, p in pairs[:count]]
         reps = -(-count // len(audio))
         return {"audio": np.stack((audio * reps)[:count]), "video": np.stack((video * reps)[:count])}
 

@@ -204,8 +204,8 @@ def main() -> None:
         raise SystemExit("no .venv/peers: python3 -m venv .venv/peers && .venv/peers/bin/pip install -r requirements/peers.in")
 
     data = args.data or manifest.training.data
-    rows = [r for r in parse_spec(data).samples if r.split == "test" and r.audio and r.video][: args.clips]
-    pairs: list[tuple[Path, Path]] = [(r.audio, r.video) for r in rows]  # type: ignore[misc]
+    rows = [r for r in parse_spec(data).samples if r.split == "test" and r.path("audio") and r.path("video")][: args.clips]
+    pairs: list[tuple[Path, Path]] = [(r.files["audio"], r.files["video"]) for r in rows]
     requests = mix(pairs)
     results: dict[str, Any] = {"load_before": load_average(), "levels": {}, "data": data, "requests": len(requests)}
     results["mix"] = {k: sum(r.kind == k for r in requests) / len(requests) for k in ("audio+video", "audio", "video")}

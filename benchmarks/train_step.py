@@ -15,6 +15,7 @@ import time
 import torch
 
 from benchmarks.report import markdown_table, write
+from common.modalities import kind
 from training.config import ModelConfig, TrainConfig
 from training.distributed import World
 from training.methods import TRAINERS
@@ -24,9 +25,9 @@ from training.models import build_model
 def make_batch(cfg: ModelConfig, n: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return {
-        "audio": 0.1 * torch.randn(n, cfg.clip_samples, generator=g),
+        "audio": 0.1 * torch.randn(n, cfg.settings("audio")["clip_samples"], generator=g),
         "audio_present": torch.ones(n, dtype=torch.bool),
-        "video": torch.randint(0, 256, (n, cfg.video_frames, cfg.video_size, cfg.video_size, 3), generator=g, dtype=torch.uint8),
+        "video": torch.randint(0, 256, (n, *kind("video").input(cfg.settings("video"))[1]), generator=g, dtype=torch.uint8),
         "video_present": torch.ones(n, dtype=torch.bool),
         "label": torch.randint(0, cfg.n_classes, (n,), generator=g),
     }
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    cfg = ModelConfig.for_encoder(args.encoder, [str(i) for i in range(10)])
+    cfg = ModelConfig.for_encoder(args.encoder, [str(i) for i in range(10)], modalities=["audio", "video"])
     batch = make_batch(cfg, args.batch_size)
     trainers = {}
     for method in ("joint", "mla"):

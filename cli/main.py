@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -34,6 +34,27 @@ app = typer.Typer(
 err = Console(stderr=True, soft_wrap=True)  # one error, one line: no wrapping at 80 columns
 
 DataOpt = Annotated[str, typer.Option("--data", help="demo | demo:SEED | csv:PATH | cremad:ROOT")]
+
+
+def _input_settings(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set audio.clip_samples=32000` -> {"audio": {"clip_samples": 32000}}; values are JSON where they parse."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        modality, dot, name = key.partition(".")
+        if not (eq and dot and modality and name):
+            raise ValueError(f"--set takes MODALITY.KEY=VALUE, as audio.clip_samples=32000; got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(modality, {})[name] = value
+    return out
+
+
+def vars_of(**given: Path | None) -> list[tuple[str, Path]]:
+    """The older shorthand options that were given, as (modality, path)."""
+    return [(k, p) for k, p in given.items() if p is not None]
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -65,14 +86,27 @@ def train(
         typer.Option(help="MLA projection alpha over unit-norm features, or 'auto': the best of 1, 10, 100, 1000 on validation"),
     ] = "auto",
     no_projection: Annotated[bool, typer.Option("--no-projection", help="MLA without the head projection (ablation)")] = False,
-    audio_augment: Annotated[
-        bool, typer.Option("--audio-augment", help="warp and mask the training audio's log-mel (VTLP + SpecAugment)")
+    augment: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--augment",
+            metavar="MODALITY",
+            help="turn on a modality's training-time augmentation (audio: its log-mel warped and masked); repeatable",
+        ),
+    ] = None,
+    augment_first: Annotated[
+        bool, typer.Option("--audio-augment", hidden=True, help="the same as --augment audio (the older spelling)")
     ] = False,
     workers: Annotated[int, typer.Option(min=0, help="data-loading worker processes")] = 1,
     max_batches: Annotated[int | None, typer.Option(min=1, help="cap batches per epoch")] = None,
-    clip_seconds: Annotated[float | None, typer.Option(help="audio clip length (default: per encoder)")] = None,
-    frames: Annotated[int | None, typer.Option(help="video frames per clip (default: per encoder)")] = None,
-    frame_size: Annotated[int | None, typer.Option(help="video frame side in pixels (default: per encoder)")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="MODALITY.KEY=VALUE",
+            help="one of a modality's input settings (default: per encoder), as audio.clip_samples=32000; repeatable",
+        ),
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option(help="continue the run in this folder where it stopped (its own settings; others ignored)")
     ] = None,
@@ -105,16 +139,15 @@ def train(
         lr=lr,
         owm_alpha=alpha,
         owm_project=not no_projection,
-        audio_augment=audio_augment,
+        augment=list(dict.fromkeys([*(augment or []), *(["audio"] if augment_first else [])])),
         seed=seed,
         workers=workers,
         max_batches=max_batches,
     )
-    overrides = {
-        "clip_samples": None if clip_seconds is None else int(clip_seconds * 16_000),
-        "video_frames": frames,
-        "video_size": frame_size,
-    }
+    try:
+        overrides = {"inputs": _input_settings(set_ or [])}
+    except ValueError as exc:
+        _fail(str(exc))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as bar:
         tasks: dict[str, TaskID] = {}
@@ -367,29 +400,78 @@ def serve(
         sys.exit(3)  # uvicorn's own exit code for a start-up that failed (the model did not load, say)
 
 
+def _pairs(items: list[str], option: str) -> list[tuple[str, str]]:
+    """`MODALITY=VALUE` items -> [(modality, value)], each modality at most once."""
+    out: dict[str, str] = {}
+    for item in items:
+        modality, eq, value = item.partition("=")
+        if not (eq and modality):
+            _fail(f"{option} takes MODALITY=VALUE, as {option} image=digit.png; got {item!r}")
+        if modality in out:
+            _fail(f"{modality} is given twice")
+        out[modality] = value
+    return list(out.items())
+
+
 @app.command()
 def predict(
     url: Annotated[str, typer.Option(help="the service's base URL")] = "http://127.0.0.1:8000",
-    audio: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="an audio file")] = None,
-    video: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="a video file")] = None,
-    use_video_audio: Annotated[bool, typer.Option("--use-video-audio", help="use the video's audio track as audio")] = False,
+    file: Annotated[
+        list[str] | None,
+        typer.Option("--file", "-f", metavar="MODALITY=PATH", help="a file for one of the model's inputs; repeatable"),
+    ] = None,
+    value: Annotated[
+        list[str] | None,
+        typer.Option("--value", metavar="MODALITY=TEXT", help="text for an input that takes text, as text=sept; repeatable"),
+    ] = None,
+    borrow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--borrow", metavar="MODALITY", help="take MODALITY from another input's file (audio: the video's audio track)"
+        ),
+    ] = None,
+    audio: Annotated[Path | None, typer.Option(hidden=True, help="the same as --file audio=PATH")] = None,
+    video: Annotated[Path | None, typer.Option(hidden=True, help="the same as --file video=PATH")] = None,
+    use_video_audio: Annotated[bool, typer.Option("--use-video-audio", hidden=True, help="the same as --borrow audio")] = False,
     api_key: Annotated[str | None, typer.Option(envvar="MLA_API_KEY", help="API key, if the service wants one")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the JSON answer")] = False,
     version: Annotated[str | None, typer.Option(help="the model version to answer (default: the one serving)")] = None,
     timeout: float = 60.0,
 ) -> None:
-    """Send audio and/or video to a running service and print its prediction."""
+    """Send any of a model's inputs (files, text) to a running service and print its prediction."""
     import contextlib
 
     import httpx
 
-    if audio is None and video is None:
-        _fail("give --audio, --video or both")
+    from common.modalities import kind
+
+    paths = _pairs([*(file or []), *(f"{k}={p}" for k, p in vars_of(audio=audio, video=video))], "--file")
+    values = _pairs(value or [], "--value")
+    borrowed = list(dict.fromkeys([*(borrow or []), *(["audio"] if use_video_audio else [])]))
+    if not paths and not values:
+        _fail("give at least one input: --file MODALITY=PATH or --value MODALITY=TEXT")
+    data: dict[str, str] = {}
+    for m in borrowed:
+        try:
+            how = kind(m).borrow
+        except ValueError as exc:
+            _fail(str(exc))
+        if how is None:
+            _fail(f"{m} is never taken from another input's file")
+        data[how[1]] = "true"
+    if version is not None:
+        data["version"] = version
     with contextlib.ExitStack() as stack:
-        files = {k: (p.name, stack.enter_context(p.open("rb"))) for k, p in (("audio", audio), ("video", video)) if p is not None}
-        data = {"use_video_audio": "true"} if use_video_audio else {}
-        if version is not None:
-            data["version"] = version
+        files: dict[str, tuple[str | None, Any]] = {}
+        for m, p in paths:
+            path = Path(p)
+            if not path.is_file():
+                _fail(f"{m}: {p} is not a file")
+            files[m] = (path.name, stack.enter_context(path.open("rb")))
+        for m, text in values:
+            if m in files:
+                _fail(f"{m} is given as a file and as a value")
+            files[m] = (None, text.encode("utf-8"))
         headers = {"X-API-Key": api_key} if api_key else {}
         try:
             response = httpx.post(f"{url.rstrip('/')}/v1/predict", files=files, data=data, headers=headers, timeout=timeout)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from common.fusion import (
     GATED_RULES,
@@ -38,6 +38,7 @@ from common.fusion import (
     subset_name,
 )
 from common.hashing import sha256_file
+from common.modalities import EntryBase, kind
 from common.ood import Detector, NearestNeighbours
 
 log = logging.getLogger(__name__)
@@ -53,40 +54,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TensorSpec(_Strict):
-    name: str
-    dtype: Literal["float32", "uint8"]
-    shape: list[int | str]  # a string names a dynamic axis ("batch")
+def _modality_entry(raw: Any) -> Any:
+    """A modality's entry validated by its kind's own model (common.modalities), whichever kinds are registered."""
+    if isinstance(raw, EntryBase):
+        return raw
+    if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
+        raise ValueError("a modality entry is an object with a string `kind`")
+    return kind(raw["kind"]).entry.model_validate(raw)
 
 
-class _ModalityBase(_Strict):
-    file: str  # ONNX graph, relative to the manifest
-    sha256: str
-    input: TensorSpec
-    output: TensorSpec  # the logits
-    features: TensorSpec | None = None  # the encoder's penultimate features, the graph's second output (v5 on)
-    parity_sample: str  # .npz with inputs and the torch model's logits on them
-    parity_sample_sha256: str
-
-
-class AudioEntry(_ModalityBase):
-    kind: Literal["audio"] = "audio"
-    sample_rate: int  # Hz the waveform must be resampled to
-    clip_samples: int  # waveform length: pad with zeros at the end or crop from the start
-    clip_seconds: float
-    channels: Literal["mono"] = "mono"
-
-
-class VideoEntry(_ModalityBase):
-    kind: Literal["video"] = "video"
-    frames: int
-    height: int
-    width: int
-    pixel_format: Literal["rgb24"] = "rgb24"
-    sampling: Literal["uniform-centre"] = "uniform-centre"  # frame i of N: the centre of the i-th of N equal segments
-
-
-ModalityEntry = Annotated[AudioEntry | VideoEntry, Field(discriminator="kind")]
+# Each kind's entry lives in its module; serialised as the kind's model, not as the base.
+ModalityEntry = Annotated[SerializeAsAny[EntryBase], BeforeValidator(_modality_entry)]
 
 
 Rule = Literal["entropy", "energy", "equal", "fixed", "batch_entropy", "loglinear", "gated_loglinear", "logit_sum"]

@@ -51,16 +51,32 @@ class VideoSpec:
 
 
 @dataclass(frozen=True)
+class ImageSpec:
+    """How a still image is prepared: resized (stretched) to height x width, RGB."""
+
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """How text is prepared: NFC-normalised UTF-8, cut at a character boundary to at most `max_bytes`, zero-padded."""
+
+    max_bytes: int
+
+
+@dataclass(frozen=True)
 class Limits:
     """Bounds checked before and while decoding.
 
-    The first four are the caller's (None: unbounded); the sanity bounds below them hold for
+    The first five are the caller's (None: unbounded); the sanity bounds below them hold for
     every file, in training too: no real recording has a rate, channel or stream count past them.
     """
 
     max_seconds: float | None = None
     max_pixels: int | None = None
     max_frames: int | None = None
+    max_bytes: int | None = None  # a text input's UTF-8 bytes
     min_frames: int = 1
     min_sample_rate: int = 1_000
     max_sample_rate: int = 384_000

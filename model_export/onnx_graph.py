@@ -11,6 +11,7 @@ from typing import Literal
 import onnx
 import torch
 
+from common.modalities import kind
 from common.parity import FP16, FP32, Tolerance
 from model_export.errors import ExportError  # re-exported: its home before model_export.errors
 from training.config import ModelConfig
@@ -94,13 +95,11 @@ class ExportSpec:
 def spec_for(
     cfg: ModelConfig, modality: str, opset: int = DEFAULT_OPSET, precision: Literal["fp32", "fp16"] = "fp32"
 ) -> ExportSpec:
-    if modality == "audio":
-        return ExportSpec("audio", "waveform", "float32", ("batch", cfg.clip_samples), opset, precision)
-    if modality == "video":
-        return ExportSpec(
-            "video", "frames", "uint8", ("batch", cfg.video_frames, cfg.video_size, cfg.video_size, 3), opset, precision
-        )
-    raise ExportError(f"no export spec for modality {modality!r}")
+    if modality not in cfg.modalities:
+        raise ExportError(f"the model has no modality {modality!r} ({', '.join(cfg.modalities)})")
+    k = kind(modality)
+    dtype, shape = k.input(cfg.settings(modality))
+    return ExportSpec(modality, k.input_name, dtype, ("batch", *shape), opset, precision)
 
 
 def export_graph(model: MultimodalClassifier, spec: ExportSpec, path: Path) -> onnx.ModelProto:

@@ -21,7 +21,6 @@ from common.evaluation import Predictions
 from common.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
-    AudioEntry,
     Fusion,
     Manifest,
     check_hashes,
@@ -29,10 +28,11 @@ from common.manifest import (
     publish,
     published,
 )
+from common.modalities import kind
 from model_export.errors import ExportError
 from training.calibrate import CONFIDENCE, TARGET_RISK, check_abstention, check_rule, fusion_section
 from training.config import ModelConfig
-from training.data.cache import DecodeCache, Spec
+from training.data.cache import DecodeCache
 from training.data.specs import parse_spec
 
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -59,16 +59,14 @@ def new_version_dir(root: Path, version: str | None) -> Path:
 
 def config_from_manifest(manifest: Manifest) -> ModelConfig:
     """What decoding a data set for these graphs needs: the manifest's labels, modalities and input sizes."""
-    sizes: dict[str, Any] = {}
-    for entry in manifest.modalities.values():
-        if isinstance(entry, AudioEntry):
-            sizes.update(sample_rate=entry.sample_rate, clip_samples=entry.clip_samples)
-        else:
-            sizes.update(video_frames=entry.frames, video_size=entry.height)
-            if entry.height != entry.width:
-                raise ExportError(f"{manifest.name}: frames of {entry.height}x{entry.width}; the data sets decode square frames")
+    inputs: dict[str, dict[str, Any]] = {}
+    for m, entry in manifest.modalities.items():
+        try:
+            inputs[m] = kind(entry.kind).settings_from_entry(entry)
+        except ValueError as exc:
+            raise ExportError(f"{manifest.name}: {m}: {exc}") from None
     return ModelConfig(
-        encoder=manifest.training.encoder, labels=list(manifest.labels), modalities=list(manifest.modalities), **sizes
+        encoder=manifest.training.encoder, labels=list(manifest.labels), modalities=list(manifest.modalities), inputs=inputs
     )
 
 
@@ -84,8 +82,7 @@ def graph_predictions(version_dir: Path, manifest: Manifest, data: str, split: s
     samples = parse_spec(data).split(split)
     if not samples:
         raise ExportError(f"the {split} split of {data} is empty: nothing to calibrate on")
-    specs: dict[str, Spec] = {"audio": cfg.audio_spec, "video": cfg.video_spec}
-    arrays = DecodeCache().prepare(samples, {m: specs[m] for m in cfg.modalities})
+    arrays = DecodeCache().prepare(samples, {m: cfg.spec(m) for m in cfg.modalities})
     sessions = {
         m: ort.InferenceSession(str(version_dir / e.file), providers=["CPUExecutionProvider"])
         for m, e in manifest.modalities.items()

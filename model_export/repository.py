@@ -28,17 +28,15 @@ import torch
 from common.hashing import sha256_file
 from common.manifest import (
     MANIFEST_NAME,
-    AudioEntry,
     ExportInfo,
     Fusion,
     Manifest,
     OODEntry,
     Parity,
-    TensorSpec,
     TrainingInfo,
-    VideoEntry,
     publish,
 )
+from common.modalities import EntryBase, TensorSpec, kind
 from common.parity import ParityError, parity_check
 from common.validate import run_session
 from model_export.onnx_graph import DEFAULT_OPSET, FEATURES_NAME, OUTPUT_NAME, ExportError, ExportSpec, export_graph, spec_for
@@ -115,9 +113,7 @@ def parity_inputs(cfg: ModelConfig, data: str, rows: int = PARITY_ROWS) -> dict[
     return {m: np.stack(v) for m, v in out.items()}
 
 
-def _entry(
-    spec: ExportSpec, cfg: ModelConfig, file: str, sample: str, out_dir: Path, feature_dim: int
-) -> AudioEntry | VideoEntry:
+def _entry(spec: ExportSpec, cfg: ModelConfig, file: str, sample: str, out_dir: Path, feature_dim: int) -> EntryBase:
     common: dict[str, Any] = {
         "file": file,
         "sha256": sha256_file(out_dir / file),
@@ -127,11 +123,8 @@ def _entry(
         "parity_sample": sample,
         "parity_sample_sha256": sha256_file(out_dir / sample),
     }
-    if spec.modality == "audio":
-        return AudioEntry(
-            **common, sample_rate=cfg.sample_rate, clip_samples=cfg.clip_samples, clip_seconds=cfg.clip_samples / cfg.sample_rate
-        )
-    return VideoEntry(**common, frames=cfg.video_frames, height=cfg.video_size, width=cfg.video_size)
+    k = kind(spec.modality)
+    return k.entry(**common, **k.entry_fields(cfg.settings(spec.modality)))
 
 
 def export_run(
@@ -177,7 +170,7 @@ def export_run(
     try:
         (tmp / "parity").mkdir()
         failures: list[str] = []
-        entries: dict[str, AudioEntry | VideoEntry] = {}
+        entries: dict[str, EntryBase] = {}
         parity: dict[str, Parity] = {}
         for m in cfg.modalities:
             # export, then run ONNX Runtime and torch on the same real inputs

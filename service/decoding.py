@@ -19,10 +19,12 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from common.media import MEDIA_FORMATS, AudioSpec, Limits, MediaError, VideoSpec, load_audio, load_video
+from common.media_types import Limits, MediaError
+from common.modalities import decode
 from service import wire
 
 log = logging.getLogger(__name__)
@@ -43,13 +45,9 @@ def _opened(source: Source) -> Path | NamedBytes:
     return source if isinstance(source, Path) else NamedBytes(source[1], source[0])
 
 
-def decode_audio_file(source: Source, spec: AudioSpec, limits: Limits) -> np.ndarray:
-    return load_audio(_opened(source), spec, limits, MEDIA_FORMATS)
-
-
-def decode_video_file(source: Source, spec: VideoSpec, limits: Limits) -> np.ndarray:
-    # One FFmpeg thread: the pool already runs one worker per core, so more would only contend.
-    return load_video(_opened(source), spec, limits, MEDIA_FORMATS, threads=1)
+def decode_file(modality: str, source: Source, spec: Any, limits: Limits) -> np.ndarray:
+    """An upload of `modality` to the array its graph takes, accepting only the formats its kind takes from clients."""
+    return decode(modality, _opened(source), spec, limits, strict=True)
 
 
 def _address_space() -> int:

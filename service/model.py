@@ -20,20 +20,19 @@ import numpy as np
 from common.answer import answer_body, decide
 from common.fusion import FusionParams, subset_name
 from common.manifest import (
-    AudioEntry,
     Manifest,
     ManifestError,
-    VideoEntry,
     check_hashes,
     check_published,
     load_detectors,
     load_manifest,
     manifest_sha256,
 )
-from common.media import AudioSpec, Limits, MediaError, VideoSpec
+from common.media_types import Limits, MediaError
+from common.modalities import EntryBase, kind, spec_of
 from common.ood import Detector
 from service.batching import MicroBatcher
-from service.decoding import Source, decode_audio_file, decode_video_file
+from service.decoding import Source, decode_file
 from service.errors import InvalidMedia, InvalidRequest, from_media_error
 from service.metrics import Metrics
 from service.settings import Settings, usable_cpus
@@ -69,7 +68,7 @@ def resolve_version_dir(model_dir: Path, version: str | None) -> Path:
 class Runtime:
     """One modality's manifest entry, the provider its session got, the call that runs it, and its batcher."""
 
-    entry: AudioEntry | VideoEntry
+    entry: EntryBase
     provider: str
     run: Callable[[np.ndarray], np.ndarray]
     batcher: MicroBatcher | None = None
@@ -303,18 +302,8 @@ class ServedModel:
 
     # --- preprocess ---------------------------------------------------------------------
     def limits(self, modality: str) -> Limits:
-        s = self.settings
-        sane = {
-            "min_sample_rate": s.min_audio_rate,
-            "max_sample_rate": s.max_audio_rate,
-            "max_channels": s.max_audio_channels,
-            "max_streams": s.max_streams,
-        }
-        if isinstance(self.runtimes[modality].entry, AudioEntry):
-            return Limits(max_seconds=s.max_audio_seconds, **sane)
-        return Limits(
-            max_seconds=s.max_video_seconds, max_pixels=s.max_video_pixels, max_frames=s.max_video_frames, min_frames=2, **sane
-        )
+        """The bounds an upload of `modality` is decoded within (its kind's, from this server's settings)."""
+        return kind(modality).limits(self.settings)
 
     async def preprocess(self, files: dict[str, Source], decoder: DecodePool) -> dict[str, np.ndarray]:
         """Decode each (modality -> file) in the worker pool, all at once, each within the limits.
@@ -324,14 +313,8 @@ class ServedModel:
         """
         jobs: dict[str, asyncio.Task[tuple[np.ndarray, float]]] = {}
         for m, source in files.items():
-            entry = self.runtimes[m].entry
-            if isinstance(entry, AudioEntry):
-                spec: AudioSpec | VideoSpec = AudioSpec(entry.sample_rate, entry.clip_samples)
-                run = decoder.run_timed(decode_audio_file, source, spec, self.limits(m))
-            else:
-                spec = VideoSpec(entry.frames, entry.height, entry.width)
-                run = decoder.run_timed(decode_video_file, source, spec, self.limits(m))
-            jobs[m] = asyncio.ensure_future(run)
+            spec = spec_of(self.runtimes[m].entry)
+            jobs[m] = asyncio.ensure_future(decoder.run_timed(decode_file, m, source, spec, self.limits(m)))
         out: dict[str, np.ndarray] = {}
         try:
             for m, job in jobs.items():
@@ -392,6 +375,10 @@ class ServedModel:
         if body["abstained"]:
             self.metrics.abstained.labels(sent).inc()
         return body
+
+    def modalities(self) -> list[str]:
+        """The inputs this model takes, in its manifest's order."""
+        return list(self.runtimes)
 
     def check_modalities(self, wanted: set[str]) -> None:
         missing = sorted(wanted - set(self.runtimes))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic_core import to_json
 
+from common.modalities import borrow, borrowing, kind
 from service import uploads
 from service.admission import Admission
 from service.errors import Failed, Forbidden, InvalidMedia, InvalidRequest, NotReady, Overloaded, Unauthorized
@@ -138,17 +140,18 @@ async def predict(
             for field, size in upload.sizes.items():
                 if size == 0:
                     raise InvalidMedia(f"{field}: the file is empty")
-            flag = upload.form.get("use_video_audio", "").strip().lower()
-            if flag not in TRUE | FALSE:
-                raise InvalidRequest(f"use_video_audio must be true or false, not {flag!r}")
-            if flag in TRUE:
-                if "video" not in files:
-                    raise InvalidRequest("use_video_audio needs a video file")
-                if "audio" in files:
-                    raise InvalidRequest("send an audio file or use_video_audio=true, not both")
-                files["audio"] = files["video"]
+            asked = {}
+            for flag in borrowing():
+                raw = upload.form.get(flag, "").strip().lower()
+                if raw not in TRUE | FALSE:
+                    raise InvalidRequest(f"{flag} must be true or false, not {raw!r}")
+                asked[flag] = raw in TRUE
+            try:
+                borrow(files, asked)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
             if not files:
-                raise InvalidRequest("send at least one file field: 'audio' and/or 'video'")
+                raise InvalidRequest("send at least one of the model's inputs: " + ", ".join(model.modalities()))
             min_confidence = _min_confidence(upload.form.get("min_confidence"))
             model.check_modalities(set(files))
             inputs = await model.preprocess(files, decoder)
@@ -190,12 +193,24 @@ async def models(model: ModelDep, repository: RepositoryDep, settings: SettingsD
             for m, rt in model.runtimes.items()
             if rt.batcher is not None
         },
+        # how a client sends each input: a file part, or a value (text) that may also come as a file
+        "inputs": {
+            m: {
+                "field": kind(m).field,
+                "accept": kind(m).accept,
+                "description": kind(m).description,
+                "limits": {k: v for k, v in asdict(kind(m).limits(settings)).items() if v is not None},
+            }
+            for m in model.runtimes
+        },
         "limits": {
             "max_upload_bytes": settings.max_upload_bytes,
             "max_audio_seconds": settings.max_audio_seconds,
             "max_video_seconds": settings.max_video_seconds,
             "max_video_pixels": settings.max_video_pixels,
             "max_video_frames": settings.max_video_frames,
+            "max_image_pixels": settings.max_image_pixels,
+            "max_text_bytes": settings.max_text_bytes,
         },
         "ready": model.ready,
     }

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.modalities import borrow, borrowing
 from service import protocol, uploads
 from service.admission import Admission
 from service.errors import InvalidMedia, InvalidRequest, NotReady, Overloaded, TooLarge
@@ -162,12 +163,10 @@ async def _infer(
         params = parsed.request.parameters or {}
         min_confidence = _min_confidence(None if params.get("min_confidence") is None else str(params["min_confidence"]))
         files: dict[str, list[bytes]] = dict(parsed.files)
-        if str(params.get("use_video_audio", "")).lower() in TRUE:
-            if "video" not in files:
-                raise InvalidRequest("use_video_audio needs a video file input")
-            if "audio" in files or "audio" in parsed.tensors:
-                raise InvalidRequest("send an audio input or use_video_audio=true, not both")
-            files["audio"] = files["video"]
+        try:
+            borrow(files, {flag: str(params.get(flag, "")).lower() in TRUE for flag in borrowing()}, parsed.tensors)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
         for m, elements in files.items():
             if any(len(e) == 0 for e in elements):
                 raise InvalidMedia(f"{m}: a file is empty")

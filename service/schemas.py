@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from common.modalities import KINDS, Kind, borrowing
+
 
 class ModelRef(BaseModel):
     name: str
@@ -148,10 +150,31 @@ METRICS_RESPONSE: dict[int | str, dict[str, Any]] = {
     }
 }
 
-_AUDIO = {"type": "string", "format": "binary", "description": "an audio file (wav, flac, mp3, ...)"}
-_VIDEO = {"type": "string", "format": "binary", "description": "a video file (mp4, mkv, flv, mpg, ...)"}
-# What the service accepts, as a schema: at least one file; use_video_audio=true only with a
-# video and no audio file (it makes the video's audio track the audio input).
+
+def _input_schema(k: Kind) -> dict[str, Any]:
+    if k.field == "value":
+        return {"type": "string", "description": k.description}
+    return {"type": "string", "format": "binary", "description": k.description}
+
+
+def _borrowed_schema() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The borrowing flags as properties, and the ways a request may give its inputs: at least one of them, a flag
+    only with its source file and without its target."""
+    flags = borrowing()
+    off = {flag: {"const": False} for flag in flags}
+    ways: list[dict[str, Any]] = [{"required": [m], "properties": off} for m in KINDS]
+    for flag, (target, source) in flags.items():
+        ways.append({"required": [source], "properties": {**off, flag: {"const": True}, target: False}})
+    props = {
+        flag: {"type": "boolean", "description": f"with {source} and no {target}: take the {target} from the {source} file"}
+        for flag, (target, source) in flags.items()
+    }
+    return props, ways
+
+
+# What the service accepts, as a schema: a field per modality kind (common.modalities; a model takes the ones its
+# manifest names, and answers 422 for another), at least one of them.
+_FLAGS, _WAYS = _borrowed_schema()
 PREDICT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -160,12 +183,8 @@ PREDICT_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "audio": _AUDIO,
-                        "video": _VIDEO,
-                        "use_video_audio": {
-                            "type": "boolean",
-                            "description": "with only a video: use its audio track as the audio modality",
-                        },
+                        **{name: _input_schema(k) for name, k in KINDS.items()},
+                        **_FLAGS,
                         "min_confidence": {
                             "type": "number",
                             "minimum": 0,
@@ -175,11 +194,7 @@ PREDICT_BODY: dict[str, Any] = {
                         "version": {"type": "string", "description": "the model version to answer (default: the served one)"},
                     },
                     "additionalProperties": False,
-                    "anyOf": [
-                        {"required": ["audio"], "properties": {"use_video_audio": {"const": False}}},
-                        {"required": ["video"], "properties": {"use_video_audio": {"const": False}}},
-                        {"required": ["video"], "properties": {"use_video_audio": {"const": True}, "audio": False}},
-                    ],
+                    "anyOf": _WAYS,
                 }
             }
         },
@@ -248,7 +263,7 @@ INFER_BODY: dict[str, Any] = {
                             "type": "object",
                             "properties": {
                                 "min_confidence": {"type": "number", "minimum": 0, "maximum": 1},
-                                "use_video_audio": {"type": "boolean"},
+                                **{flag: {"type": "boolean"} for flag in borrowing()},
                                 "binary_data_output": {"type": "boolean"},
                             },
                             "additionalProperties": _SCALAR,

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     min_audio_rate: int = Field(1_000, gt=0, description="declared sample rate, Hz")
     max_audio_rate: int = Field(384_000, gt=0, description="declared sample rate, Hz")
     max_audio_channels: int = Field(32, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, gt=0, description="width x height of an image")
+    max_text_bytes: int = Field(16_384, gt=0, description="UTF-8 bytes of a text input")
     max_streams: int = Field(32, ge=1, description="streams in one container")
     # decode workers
     decode_workers: int = Field(default_factory=usable_cpus, ge=1, description="default: the usable cores (cgroup quota)")

@@ -32,11 +32,12 @@ from typing import IO
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from common.modalities import borrowing, names
 from service.errors import BadRequest, InvalidRequest, Overloaded, RequestTimeout, StorageUnavailable, TooLarge, UnsupportedMedia
 
 log = logging.getLogger(__name__)
-FILE_FIELDS = ("audio", "video")
-FORM_FIELDS = ("use_video_audio", "min_confidence", "version")
+FILE_FIELDS = names()  # one per modality kind: a file part (text: a file part or a plain value)
+FORM_FIELDS = (*borrowing(), "min_confidence", "version")
 MAX_FORM_VALUE = 1024
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 INSTANCE_PREFIX = "server-"
@@ -203,7 +204,7 @@ async def receive(request: Request, storage: Storage, bounds: Bounds, upload: Up
     whatever happens: what was spooled and reserved before a failure is in `upload`."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
-        raise UnsupportedMedia("send multipart/form-data with file fields 'audio' and/or 'video'")
+        raise UnsupportedMedia("send multipart/form-data with a field per modality (" + ", ".join(FILE_FIELDS) + ")")
     boundary = params.get(b"boundary")
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")

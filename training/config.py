@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from common.media import AudioSpec, VideoSpec
+from common.modalities import KINDS, kind
 
-MODALITIES = ("audio", "video")
 # alpha over unit-norm directions: after N folds of one direction its gain is alpha / (alpha + N), and a
 # run folds ~10^3 batch means, so this spans a hard projection (1) to a mild one (1000).
 OWM_ALPHA_GRID = (1.0, 10.0, 100.0, 1000.0)
@@ -19,69 +18,66 @@ ENCODERS = ("small", "resnet18")
 class ModelConfig:
     encoder: str = "small"  # "small" (minutes on 2 CPU cores) or "resnet18" (the paper's CREMA-D setting)
     labels: list[str] = field(default_factory=list)  # class names; the head has len(labels) outputs
-    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # encoders to build
+    modalities: list[str] = field(default_factory=list)  # encoders to build: kinds' names (common.modalities)
     shared_head: bool = True  # one linear head for every modality (mla, joint); False: one per modality
-    # audio front end: waveform -> log-mel, inside the model (and so inside the ONNX graph)
-    sample_rate: int = 16_000  # Hz the waveform is resampled to
-    clip_samples: int = 16_000  # waveform length after padding/cropping
-    n_fft: int = 400  # window length (25 ms at 16 kHz)
-    hop_length: int = 160  # 10 ms hop
-    n_mels: int = 64  # mel bands
-    # a clip whose peak |sample| is under this is raised to it before the log-mel, louder ones pass unchanged
-    # (training.models.frontend.RaiseLevel); None: fed at its own level (checkpoints from before 2026-12-05)
-    audio_peak: float | None = 0.9
-    # video: uint8 RGB frames, normalised inside the model
-    video_frames: int = 4  # frames sampled uniformly per clip
-    video_size: int = 32  # frames are resized to video_size x video_size
-    video_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    video_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    # per modality, its kind's settings (common.modalities: sizes, rates, normalisation); a key not given
+    # takes the kind's default for the encoder size
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; choose from {', '.join(ENCODERS)}")
-        if self.audio_peak is not None and not 0 < self.audio_peak <= 1:
-            raise ValueError(f"audio_peak must be in (0, 1] or None, got {self.audio_peak}")
+        if len(set(self.modalities)) != len(self.modalities) or not self.modalities:
+            raise ValueError(f"modalities must be distinct and at least one, got {self.modalities}")
+        extra = set(self.inputs) - set(self.modalities)
+        if extra:
+            raise ValueError(f"settings for {sorted(extra)}, which the model does not have ({', '.join(self.modalities)})")
+        merged = {}
+        for m in self.modalities:
+            k = kind(m)
+            settings = {**k.defaults(self.encoder), **self.inputs.get(m, {})}
+            unknown = set(settings) - set(k.defaults(self.encoder))
+            if unknown:
+                raise ValueError(f"{m}: unknown setting(s) {sorted(unknown)}; it has {', '.join(k.defaults(self.encoder))}")
+            k.check(settings)
+            merged[m] = settings
+        self.inputs = merged
 
     @property
     def n_classes(self) -> int:
         return len(self.labels)
 
-    @property
-    def audio_spec(self) -> AudioSpec:
-        return AudioSpec(sample_rate=self.sample_rate, samples=self.clip_samples)
+    def settings(self, modality: str) -> dict[str, Any]:
+        return self.inputs[modality]
 
-    @property
-    def video_spec(self) -> VideoSpec:
-        return VideoSpec(frames=self.video_frames, height=self.video_size, width=self.video_size)
+    def spec(self, modality: str) -> Any:
+        """What the decoder takes for `modality` (its kind's spec for these settings)."""
+        return kind(modality).spec(self.inputs[modality])
 
     @classmethod
-    def for_encoder(cls, encoder: str, labels: list[str], **overrides: Any) -> ModelConfig:
-        """Defaults per encoder size; explicit overrides win."""
+    def for_encoder(
+        cls, encoder: str, labels: list[str], inputs: dict[str, dict[str, Any]] | None = None, **overrides: Any
+    ) -> ModelConfig:
+        """Defaults per encoder size; explicit overrides win (`inputs`: per modality, settings that are not None)."""
         if encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
         base: dict[str, Any] = {"encoder": encoder, "labels": list(labels)}
-        if encoder == "resnet18":
-            # The paper's CREMA-D setting: 3 frames at 224 px, ImageNet statistics, 128 mels.
-            base.update(
-                clip_samples=4 * 16_000,
-                n_mels=128,
-                video_frames=3,
-                video_size=224,
-                video_mean=(0.485, 0.456, 0.406),
-                video_std=(0.229, 0.224, 0.225),
-            )
         base.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**base)
+        given = {m: {k: v for k, v in s.items() if v is not None} for m, s in (inputs or {}).items()}
+        return cls(**base, inputs={m: s for m, s in given.items() if s})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """From a checkpoint's dict, also one saved before each kind held its own settings (flat fields)."""
         d = dict(d)
-        d.setdefault("audio_peak", None)  # saved before the field existed: those models never normalised the level
-        d["video_mean"] = tuple(d["video_mean"])
-        d["video_std"] = tuple(d["video_std"])
+        if "inputs" not in d:
+            modalities = d["modalities"]
+            found = {m: kind(m).legacy_settings(d) for m in modalities}
+            d = {k: d[k] for k in ("encoder", "labels", "modalities", "shared_head") if k in d}
+            d["inputs"] = {m: s for m, s in found.items() if s is not None}
         return cls(**d)
 
 
@@ -97,10 +93,22 @@ class TrainConfig:
     # None ("auto"): one run per value of OWM_ALPHA_GRID, the best by validation accuracy kept
     owm_alpha: float | None = None
     owm_project: bool = True  # MLA: project the shared head's gradient (off only for ablations)
-    audio_augment: bool = False  # warp and mask the training audio's log-mel (training.models.augment)
+    # modalities whose kind's training-time augmentation is on (common.modalities: audio's warps and masks its
+    # log-mel, training.models.augment); the others have none
+    augment: list[str] = field(default_factory=list)
     seed: int = 0
     workers: int = 1  # DataLoader worker processes
     max_batches: int | None = None  # cap batches per epoch (tests, quick looks)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """From a run's saved dict, also one saved when each kind's augmentation had a boolean of its own."""
+        d = dict(d)
+        for k in KINDS.values():
+            if k.older_augment_option is not None and k.older_augment_option in d:
+                on = d.pop(k.older_augment_option)
+                d["augment"] = [*d.get("augment", []), *([k.name] if on else [])]
+        return cls(**d)

@@ -39,12 +39,12 @@ SYNTHETIC_PREFIX = "espeak-ng"  # synthetic voices: one clip each, never a fold 
 def fold_rows(rows: list[dict[str, str]], speaker: str) -> list[dict[str, str]]:
     """The manifest of the fold that holds `speaker` out: its rows become the test split, the training rows of other
     speakers whose drawing none of its rows uses stay train, validation stays, the original test split goes."""
-    held_images = {r["image"] for r in rows if r["split"] == "train" and r["speaker"] == speaker}
+    held_images = {r["drawing"] for r in rows if r["split"] == "train" and r["speaker"] == speaker}
     out = []
     for r in rows:
         if r["split"] == "train" and r["speaker"] == speaker:
             out.append({**r, "split": "test"})
-        elif (r["split"] == "train" and r["image"] not in held_images) or r["split"] == "val":
+        elif (r["split"] == "train" and r["drawing"] not in held_images) or r["split"] == "val":
             out.append(r)
     return out
 
@@ -55,7 +55,7 @@ def speakers(rows: list[dict[str, str]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="csv:MANIFEST with a speaker and an image column")
+    parser.add_argument("--data", required=True, help="csv:MANIFEST with a speaker and a drawing column")
     parser.add_argument("--out", type=Path, default=Path("runs/crossfit"))
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: the recipe's mla train options")
     args = parser.parse_args(argv)
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> Path:
     manifest = Path(args.data[4:]).resolve()
     with manifest.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    if not rows or "speaker" not in rows[0] or "image" not in rows[0]:
-        raise SystemExit(f"{manifest} has no speaker and image columns to fold by")
+    if not rows or "speaker" not in rows[0] or "drawing" not in rows[0]:
+        raise SystemExit(f"{manifest} has no speaker and drawing columns to fold by")
     train_args = [a for a in args.train_args if a != "--"]
     args.out.mkdir(parents=True, exist_ok=True)
     folds = speakers(rows)

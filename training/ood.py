@@ -3,8 +3,9 @@
 Per modality:
 - the bank: the training split's penultimate features, L2-normalised, one row per training item that has the
   modality (what the encoder was fitted on; saved as float32 .npy, hashed in the manifest);
-- k: OOD_K, chosen by `python -m benchmarks.ood.features` on its tune sets against the validation split (the
-  k in 1, 5, 10, 20, 50 with the best mean of tune near and tune far AUROC; benchmarks/results/ood_features.md);
+- k: the kind's `ood_k` (common.modalities), chosen by `python -m benchmarks.ood.features` on its tune sets
+  against the validation split (the k in 1, 5, 10, 20, 50 with the best mean of tune near and tune far AUROC;
+  benchmarks/results/ood_features.md);
 - the threshold: the score that keeps TPR (95%) of the validation split's inputs in distribution, the issue's
   operating point; validation's rows are not in the bank, so their distances are those of new inputs. With the
   cross-fitted folds of training.crossfit, it keeps 95% of a new speaker's inputs instead: one validation speaker
@@ -21,13 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.modalities import kind
 from common.ood import TPR, NearestNeighbours, threshold_at_tpr
 from training.models import MultimodalClassifier
-
-# k per modality kind, chosen on the tune sets and validation by benchmarks/ood/features.py (audio 20, video 10);
-# a kind it has not studied takes DEFAULT_K, the larger of the two (a larger k is the smoother density estimate).
-OOD_K = {"audio": 20, "video": 10}
-DEFAULT_K = 20
 
 
 @torch.no_grad()
@@ -68,7 +65,7 @@ def new_speaker_quantiles(folder: Path, tpr: float = TPR) -> tuple[dict[str, flo
         data = parse_spec(ckpt["data"])
         train, val, held = (split_features(model, data, split) for split in ("train", "val", "test"))
         for m in model.cfg.modalities:
-            knn = NearestNeighbours.fit(train[m], min(OOD_K.get(m, DEFAULT_K), len(train[m])))
+            knn = NearestNeighbours.fit(train[m], min(kind(m).ood_k, len(train[m])))
             keep = threshold_at_tpr(knn.score(held[m]), tpr)
             shares.setdefault(m, []).append(float(np.mean(knn.score(val[m]) < keep)))
     about = ", ".join(f"{m} {np.mean(v):.3f} (folds {', '.join(f'{x:.3f}' for x in v)})" for m, v in shares.items())
@@ -89,7 +86,7 @@ def fit_ood(
     for m in model.cfg.modalities:
         if len(val[m]) == 0 or len(train[m]) == 0:
             raise ValueError(f"{m}: the train and val splits must both have it to fit its out-of-distribution detector")
-        k = min(OOD_K.get(m, DEFAULT_K), len(train[m]))
+        k = min(kind(m).ood_k, len(train[m]))
         knn = NearestNeighbours.fit(train[m], k)
         scores = knn.score(val[m])
         threshold = threshold_at_tpr(scores, 1.0 - flag.get(m, 1.0 - tpr))

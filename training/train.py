@@ -25,15 +25,15 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from common.fusion import FusionParams
+from common.modalities import kind
 from training.checkpoint import CHECKPOINT_NAME, LAST_NAME, CheckpointError, save_checkpoint
 from training.config import METHODS, OWM_ALPHA_GRID, ModelConfig, TrainConfig
 from training.data.dataset import build_dataset, make_loader
-from training.data.specs import parse_spec
+from training.data.specs import DataError, parse_spec
 from training.distributed import World, close_world, device_for, init_world
 from training.evaluate import predict, score, to_device
 from training.methods import TRAINERS
 from training.models import build_model
-from training.models.augment import SpecAugment
 from training.plots import plot_validation_curves
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def resume_run(run_dir: Path, progress: Progress | None = None) -> dict[str, Any
     if not path.is_file():
         raise CheckpointError(f"{run_dir} holds no {RUN_NAME}: it is not a run folder that can be resumed")
     asked = json.loads(path.read_text())
-    cfg = TrainConfig(**asked["train_config"])
+    cfg = TrainConfig.from_dict(asked["train_config"])
     return train(asked["data"], run_dir, cfg, asked["encoder"], asked["model_overrides"], progress, resume=True)
 
 
@@ -161,9 +161,18 @@ def _train(
     manifest = parse_spec(data) if world.main else None
     world.barrier()
     manifest = manifest or parse_spec(data)
-    mcfg = ModelConfig.for_encoder(encoder, manifest.labels, shared_head=trainer_cls.shared_head, **overrides)
-    if cfg.audio_augment and "audio" not in mcfg.modalities:  # before minutes of decoding, not after
-        raise ValueError("audio_augment needs an audio encoder; this model has " + ", ".join(mcfg.modalities))
+    # the data set's modalities, or those of them an override names
+    chosen = {**overrides}.pop("modalities", None) or manifest.modalities
+    if set(chosen) - set(manifest.modalities):
+        absent = ", ".join(sorted(set(chosen) - set(manifest.modalities)))
+        raise DataError(f"{data} has no {absent} (it has {', '.join(manifest.modalities)})")
+    rest = {k: v for k, v in overrides.items() if k != "modalities"}
+    mcfg = ModelConfig.for_encoder(encoder, manifest.labels, shared_head=trainer_cls.shared_head, modalities=list(chosen), **rest)
+    for m in cfg.augment:  # before minutes of decoding, not after
+        if m not in mcfg.modalities:
+            raise ValueError(f"augment names {m}, which this model does not have ({', '.join(mcfg.modalities)})")
+        if kind(m).augmentation() is None:
+            raise ValueError(f"the {m} kind has no training-time augmentation")
     decode_progress = (lambda d, t: notify("decode", d, t)) if notify else None
     if world.main:
         train_set = build_dataset(manifest, "train", mcfg, max(1, cfg.workers), decode_progress)
@@ -178,8 +187,8 @@ def _train(
     # model and method
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     model = build_model(mcfg).to(device)
-    if cfg.audio_augment:
-        model.encoders["audio"].augment = SpecAugment()
+    for m in cfg.augment:
+        model.encoders[m].augment = kind(m).augmentation()
     steps_per_epoch = len(train_loader) if cfg.max_batches is None else min(cfg.max_batches, len(train_loader))
     trainer = trainer_cls(model, cfg, world, cfg.epochs * steps_per_epoch)
     rule = FusionParams(trainer_cls.fusion_rule)

@@ -158,7 +158,9 @@ def main() -> None:
         per_seed = []
         for seed in seeds:
             out = args.runs / name.replace(", ", "_").replace(" ", "-") / f"seed{seed}"
-            cfg = TrainConfig(method="mla", epochs=epochs, owm_alpha=ALPHA, audio_augment=augment, seed=seed, workers=1)
+            cfg = TrainConfig(
+                method="mla", epochs=epochs, owm_alpha=ALPHA, augment=["audio"] if augment else [], seed=seed, workers=1
+            )
             trained = train(specs[synth], out, cfg, resume=True)  # a finished run is kept
             preds = _predictions(out, specs[0])  # validation and test are the same in every data set
             scored = score_run(preds["val"], preds["test"])

@@ -151,7 +151,7 @@ def _write_sample(
         "label": str(digit),
         "split": split,
         "speaker": speaker,
-        "image": image,
+        "drawing": image,  # the MNIST row drawn (a column named "image" would be read as an image modality)
         "snr_db": "" if snr is None else round(snr, 2),
         "video_corruption": corrupt,
     }
@@ -244,12 +244,26 @@ def build(
     return write_manifest(out / "manifest.csv", rows)
 
 
+def _rename_drawing_column(manifest: Path) -> None:
+    """A manifest cached before 2026-12-06 called its MNIST row `image`, now a modality's name: renamed in place."""
+    if not manifest.is_file():
+        return
+    text = manifest.read_text(encoding="utf-8")
+    header, _, rest = text.partition("\n")
+    columns = header.split(",")
+    if "image" in columns and "drawing" not in columns:
+        tmp = manifest.with_suffix(".tmp")
+        tmp.write_text(",".join("drawing" if c == "image" else c for c in columns) + "\n" + rest, encoding="utf-8")
+        os.replace(tmp, manifest)
+
+
 def cached(seed: int = 0, synthetic_per_digit: int = 0) -> Path:
     """The AV-digits manifest in the cache (`MLA_CACHE_DIR`), built on first use; what the benchmarks and
     the default model train on (`synthetic_per_digit` 0). Raises MissingSharedDataError without ../shared/data."""
     name = f"avdigits-v2-seed{seed}" + (f"-espeak{synthetic_per_digit}" if synthetic_per_digit else "")
     out = cache_root() / "datasets" / name
     manifest = out / "manifest.csv"
+    _rename_drawing_column(manifest)
     if not manifest.is_file():
         log.info("building AV-digits into %s", out)
         build(out, seed, synthetic_per_digit=synthetic_per_digit)

@@ -36,7 +36,8 @@ import torch
 from scipy import stats
 
 from benchmarks.avdigits.build import SHARED, MissingSharedDataError, build, gaussian_blur
-from benchmarks.avdigits.run import dataset, run_dir
+from benchmarks.avdigits.build import cached as dataset
+from benchmarks.avdigits.run import run_dir
 from benchmarks.report import RESULTS, markdown_table, write
 from common import calibration
 from common.fusion import FusionParams
@@ -210,7 +211,7 @@ def _clean_inputs(spec: str, model: MultimodalClassifier, split: str) -> Inputs:
     train = build_dataset(manifest, "train", model.cfg)  # babble: other speakers than val's and test's
     rng = np.random.default_rng(7)
     pool = np.stack([np.asarray(train[int(i)]["audio"]) for i in rng.choice(len(train), min(200, len(train)), replace=False)])
-    return Inputs(audio, video, labels, pool, model.cfg.sample_rate)
+    return Inputs(audio, video, labels, pool, model.cfg.settings("audio")["sample_rate"])
 
 
 def _key(c: Corruption, level: int) -> str:

@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 from sklearn.model_selection import RepeatedKFold
 
-from benchmarks.avdigits.run import dataset
+from benchmarks.avdigits.build import cached as dataset
 from benchmarks.live import start, stop
 from benchmarks.report import markdown_table, write
 from common import calibration

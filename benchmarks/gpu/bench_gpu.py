@@ -77,7 +77,7 @@ def _ort_call(s: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Any:
 
 def bench_encoder(encoder: str, batches: list[int], device: str, quick: bool, profiles: Path) -> list[dict[str, Any]]:
     torch.manual_seed(0)
-    cfg = ModelConfig.for_encoder(encoder, ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"])
+    cfg = ModelConfig.for_encoder(encoder, ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"], modalities=["audio", "video"])
     model = build_model(cfg).eval()
     timing: dict[str, Any] = (
         {"min_seconds": 0.3, "min_iters": 3, "warmup": 2} if quick else {"min_seconds": 2.0, "min_iters": 20, "warmup": 10}

@@ -294,7 +294,7 @@ def extract(run_dir: Path, export: Path, items: list[sets.Item], id_csv: Path, c
     }
     inputs = decode_inputs(retrained, items, paths, ROOT / "runs" / f"ood-decoded-{_digest(items_csv, id_csv, ckpt['data'])}.npz")
     cfg = net.cfg
-    cached_train = DecodeCache().prepare(train, {"audio": cfg.audio_spec, "video": cfg.video_spec})  # what training read
+    cached_train = DecodeCache().prepare(train, {m: cfg.spec(m) for m in MODALITIES})  # what training read
     for m in MODALITIES:
         started = time.perf_counter()
         train_arrays = np.stack([np.load(cast(Path, p[m])) for p in cached_train])

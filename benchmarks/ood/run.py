@@ -36,8 +36,10 @@ from benchmarks.ood import metrics, sets
 from benchmarks.ood.detectors import DETECTORS, Batch, serve, typicality_gate
 from benchmarks.report import markdown_table, write
 from common.fusion import subset_name
-from common.manifest import AudioEntry, Manifest, VideoEntry, check_hashes, load_detectors, load_manifest
+from common.manifest import Manifest, check_hashes, load_detectors, load_manifest
 from common.media import AudioSpec, MediaError, VideoSpec
+from common.modalities.audio import AudioEntry
+from common.modalities.video import VideoEntry
 
 log = logging.getLogger("ood")
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,13 +95,13 @@ class Model:
         self.limits = {m: ServedModel.limits(cast(Any, served), m) for m in self.manifest.modalities}
 
     def decode(self, modality: str, path: Path) -> np.ndarray:
-        from service.decoding import decode_audio_file, decode_video_file
+        from service.decoding import decode_file
 
         entry = self.manifest.modalities[modality]
         if isinstance(entry, AudioEntry):
-            return decode_audio_file(path, AudioSpec(entry.sample_rate, entry.clip_samples), self.limits[modality])
+            return decode_file("audio", path, AudioSpec(entry.sample_rate, entry.clip_samples), self.limits[modality])
         assert isinstance(entry, VideoEntry)
-        return decode_video_file(path, VideoSpec(entry.frames, entry.height, entry.width), self.limits[modality])
+        return decode_file("video", path, VideoSpec(entry.frames, entry.height, entry.width), self.limits[modality])
 
     def run(self, modality: str, paths: Sequence[Path]) -> Decoded:
         arrays, accepted, refused = [], np.zeros(len(paths), bool), {}

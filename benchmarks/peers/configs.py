@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--only", default="", help="only the candidates whose peer or label contains this")
     args = parser.parse_args()
     data = load_manifest(args.model).training.data
-    rows = [r for r in parse_spec(data).samples if r.split == "test" and r.audio and r.video][: args.clips]
-    requests = mix((r.audio, r.video) for r in rows)  # type: ignore[misc]
+    rows = [r for r in parse_spec(data).samples if r.split == "test" and r.path("audio") and r.path("video")][: args.clips]
+    requests = mix((r.files["audio"], r.files["video"]) for r in rows)
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         boundary, files = bodies(requests, Path(tmp))

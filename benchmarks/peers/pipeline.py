@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from common.answer import answer_body, decide
-from common.manifest import AudioEntry, Manifest, load_detectors, load_manifest, manifest_sha256
+from common.manifest import Manifest, load_detectors, load_manifest, manifest_sha256
 from common.media import MEDIA_FORMATS, AudioSpec, Limits, VideoSpec, load_audio, load_video
+from common.modalities.audio import AudioEntry
+from common.modalities.video import VideoEntry
 
 # service/settings.py's defaults, as the service builds its Limits from them (service/model.py `limits`)
 SANE = {"min_sample_rate": 1_000, "max_sample_rate": 384_000, "max_channels": 32, "max_streams": 32}
@@ -67,6 +69,7 @@ class Pipeline:
         entry = self.manifest.modalities[modality]
         if isinstance(entry, AudioEntry):
             return load_audio(Upload(data, name), AudioSpec(entry.sample_rate, entry.clip_samples), AUDIO_LIMITS, MEDIA_FORMATS)
+        assert isinstance(entry, VideoEntry)
         spec = VideoSpec(entry.frames, entry.height, entry.width)
         return load_video(Upload(data, name), spec, VIDEO_LIMITS, MEDIA_FORMATS, threads=1)
 

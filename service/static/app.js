@@ -1,4 +1,5 @@
-// The page: pick, record or draw clips, send them to /v1/predict like any client, show the answer.
+// The page: pick, record or draw clips (audio, video), add any other input the model takes (an image, text: a card
+// built from /v1/models), send them to /v1/predict like any client, show the answer.
 import {
   AUDIO_TYPES,
   VIDEO_TYPES,
@@ -17,7 +18,8 @@ const KEY_STORE = "mla-api-key";
 
 const state = {
   model: null, // the /v1/models answer
-  clips: { audio: null, video: null }, // {blob, name, source, url}
+  clips: { audio: null, video: null }, // per modality: {blob, name, source, url}, or {text} for a value
+  widgets: new Set(["audio", "video"]), // the modalities with a card of their own in index.html
   recording: null, // {kind, rec, stopMeter, timer}
   xhr: null,
 };
@@ -69,6 +71,7 @@ function describeModel(m) {
   const parts = [];
   if (mods.audio) parts.push(`audio (${seconds(mods.audio.clip_seconds)} at ${mods.audio.sample_rate / 1000} kHz)`);
   if (mods.video) parts.push(`video (${mods.video.frames} frames at ${mods.video.width}×${mods.video.height})`);
+  for (const k of Object.keys(mods)) if (!state.widgets.has(k)) parts.push(k);
   const providers = [...new Set(Object.values(m.providers || {}).map((p) => p.replace("ExecutionProvider", "")))];
   const labels = m.labels || [];
   const shown = labels.length > 12 ? `${labels.slice(0, 12).join(", ")}, …` : labels.join(", ");
@@ -84,19 +87,71 @@ function describeModel(m) {
     $("video-hint").textContent =
       `A clip of a handwritten digit, or whatever the model learnt: it sees ${mods.video.frames} frames spread over the clip.`;
   }
-  for (const kind of ["audio", "video"]) {
+  const others = Object.keys(mods).filter((k) => !state.widgets.has(k));
+  for (const kind of state.widgets) {
     if (!mods[kind]) {
       $(`${kind}-card`).disabled = true;
       $(`${kind}-hint`).textContent = `This model has no ${kind} input.`;
+      $(`${kind}-card`).hidden = others.length > 0; // a model of other inputs: only its own cards
     }
   }
+  const inputs = m.inputs || {};
+  for (const kind of others) mountCard(kind, inputs[kind] || { field: "file", accept: "", description: kind });
   const l = m.limits;
   if (l) {
-    $("limits-line").textContent =
-      `Limits: ${formatBytes(l.max_upload_bytes)} per request, ${seconds(l.max_audio_seconds)} of audio, ` +
-      `${seconds(l.max_video_seconds)} of video, ${(l.max_video_pixels / 1e6).toFixed(1)} megapixels a frame.`;
+    const per = [];
+    if (mods.audio) per.push(`${seconds(l.max_audio_seconds)} of audio`);
+    if (mods.video) per.push(`${seconds(l.max_video_seconds)} of video, ${(l.max_video_pixels / 1e6).toFixed(1)} megapixels a frame`);
+    if (mods.image && l.max_image_pixels) per.push(`${(l.max_image_pixels / 1e6).toFixed(1)} megapixels an image`);
+    if (mods.text && l.max_text_bytes) per.push(`${formatBytes(l.max_text_bytes)} of text`);
+    $("limits-line").textContent = `Limits: ${[`${formatBytes(l.max_upload_bytes)} per request`, ...per].join(", ")}.`;
   }
   updateControls();
+}
+
+// ---- a card for an input without a widget of its own: a file chooser, or a text box for a value
+function mountCard(kind, info) {
+  if ($(`${kind}-card`)) return; // mounted when /v1/models was first read
+  const card = $("input-card").content.firstElementChild.cloneNode(true);
+  card.id = `${kind}-card`;
+  card.dataset.modality = kind;
+  card.querySelector("legend").textContent = kind.charAt(0).toUpperCase() + kind.slice(1);
+  card.querySelector(".hint").textContent = `${info.description.charAt(0).toUpperCase()}${info.description.slice(1)}.`;
+  const input = card.querySelector(".file-input");
+  input.id = `${kind}-file`;
+  input.accept = info.accept || "";
+  const chooser = card.querySelector(".file-actions label");
+  chooser.htmlFor = input.id;
+  chooser.textContent = `Choose ${/^[aeiou]/.test(kind) ? "an" : "a"} ${kind} file`;
+  const clear = card.querySelector(".clear");
+  clear.id = `${kind}-clear`;
+  clear.querySelector(".sr-only").textContent = ` the ${kind}`;
+  card.querySelector(".clip").id = `${kind}-clip`;
+  card.querySelector(".name").id = `${kind}-name`;
+  const preview = card.querySelector(".image-preview");
+  preview.id = `${kind}-image`;
+  preview.alt = `The ${kind} chosen`;
+  if (info.field === "value") {
+    const box = card.querySelector("textarea");
+    box.id = `${kind}-value`;
+    const label = card.querySelector(".value-label");
+    label.htmlFor = box.id;
+    label.textContent = `Type the ${kind}, or choose a file of it`;
+    card.querySelector(".value-actions").hidden = false;
+    const limit = info.limits && info.limits.max_bytes;
+    box.addEventListener("input", () => {
+      const text = box.value;
+      state.clips[kind] = text.trim() ? { text } : null;
+      if (limit && new TextEncoder().encode(text).length > limit) {
+        showError({ status: 413, code: "too_large", message: `The ${kind} is longer than ${limit} bytes.`, note: "Checked here." });
+      } else hideError();
+      updateControls();
+    });
+  }
+  input.addEventListener("change", () => onFile(kind));
+  clear.addEventListener("click", () => clearClip(kind));
+  $("more-inputs").append(card);
+  state.clips[kind] = null;
 }
 
 // ---- clips
@@ -104,9 +159,17 @@ function setClip(kind, blob, name, source) {
   clearClip(kind);
   const url = URL.createObjectURL(blob);
   state.clips[kind] = { blob, name, source, url };
-  $(`${kind}-noplay`).hidden = true;
-  $(`${kind}-preview`).hidden = false;
-  $(`${kind}-preview`).src = url;
+  if (state.widgets.has(kind)) {
+    $(`${kind}-noplay`).hidden = true;
+    $(`${kind}-preview`).hidden = false;
+    $(`${kind}-preview`).src = url;
+  } else {
+    const img = $(`${kind}-image`);
+    img.hidden = !blob.type.startsWith("image/");
+    if (!img.hidden) img.src = url;
+    const box = $(`${kind}-value`);
+    if (box) box.value = "";
+  }
   $(`${kind}-name`).textContent = `${name} · ${formatBytes(blob.size)} · ${source}`;
   $(`${kind}-clip`).hidden = false;
   hideError();
@@ -115,9 +178,10 @@ function setClip(kind, blob, name, source) {
 
 function clearClip(kind) {
   const clip = state.clips[kind];
-  if (clip) URL.revokeObjectURL(clip.url);
+  if (clip && clip.url) URL.revokeObjectURL(clip.url);
   state.clips[kind] = null;
-  $(`${kind}-preview`).removeAttribute("src");
+  if (state.widgets.has(kind)) $(`${kind}-preview`).removeAttribute("src");
+  else $(`${kind}-image`).removeAttribute("src");
   $(`${kind}-clip`).hidden = true;
   updateControls();
 }
@@ -128,11 +192,12 @@ function updateControls() {
   useVideoAudio.disabled = !video || !!audio;
   if (useVideoAudio.disabled) useVideoAudio.checked = false;
   const busy = !!state.xhr || !!state.recording;
-  $("send").disabled = busy || (!audio && !video);
+  const what = Object.keys(state.clips).filter((k) => state.clips[k]);
+  $("send").disabled = busy || !what.length;
   $("cancel").hidden = !state.xhr;
   if (!busy) {
-    const what = [audio && "audio", video && "video"].filter(Boolean);
-    setStatus(what.length ? `Ready to send ${what.join(" and ")}.` : "Add an audio or a video clip first.");
+    const names = what.length > 1 ? `${what.slice(0, -1).join(", ")} and ${what[what.length - 1]}` : what[0];
+    setStatus(what.length ? `Ready to send ${names}.` : "Add an input first.");
   }
 }
 
@@ -261,9 +326,10 @@ function setupPad() {
 function send(event) {
   event.preventDefault();
   const { audio, video } = state.clips;
-  if (!audio && !video) return;
+  const given = Object.entries(state.clips).filter(([, c]) => c);
+  if (!given.length) return;
   const limit = state.model && state.model.limits && state.model.limits.max_upload_bytes;
-  const total = (audio ? audio.blob.size : 0) + (video ? video.blob.size : 0);
+  const total = given.reduce((n, [, c]) => n + (c.blob ? c.blob.size : new TextEncoder().encode(c.text).length), 0);
   if (limit && total > limit) {
     showError({
       status: 413,
@@ -275,8 +341,10 @@ function send(event) {
     return;
   }
   const form = new FormData();
-  if (audio) form.append("audio", audio.blob, audio.name);
-  if (video) form.append("video", video.blob, video.name);
+  for (const [kind, c] of given) {
+    if (c.blob) form.append(kind, c.blob, c.name);
+    else form.append(kind, c.text);
+  }
   if ($("use-video-audio").checked && video && !audio) form.append("use_video_audio", "true");
   const threshold = $("min-confidence").value.trim();
   if (threshold) form.append("min_confidence", threshold); // the service checks it and words any error

@@ -59,7 +59,8 @@ def test_retraining_with_the_documented_recipe_reproduces_its_validation_accurac
     run = tmp_path / "run"
     args = ["train", "--data", f"csv:{data}", "--method", "mla", "--seed", str(cfg["seed"]), "--epochs", str(cfg["epochs"])]
     args += ["--owm-alpha", str(cfg["owm_alpha"]), "--out", str(run)]
-    args += ["--audio-augment"] if cfg.get("audio_augment") else []
+    args += ["--audio-augment"] if cfg.get("audio_augment") else []  # the flag versions up to 3 were trained with
+    args += [a for m in cfg.get("augment", []) for a in ("--augment", m)]
     cmd = [sys.executable, "-m", "cli.main", *args]
     trained = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
     assert trained.returncode == 0, trained.stderr[-2000:]

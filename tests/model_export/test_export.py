@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from common.fusion import ConfidenceMap
-from common.manifest import SCHEMA_VERSION, AudioEntry, Manifest, ManifestError, load_manifest, manifest_sha256, published
+from common.manifest import SCHEMA_VERSION, Manifest, ManifestError, load_manifest, manifest_sha256, published
+from common.modalities.audio import AudioEntry
 from common.parity import FP32, compare
 from common.validate import InvalidRepositoryError, validate_repository
 from model_export.onnx_graph import CUDA_OPS, ExportError
@@ -47,8 +48,8 @@ def test_fp32_export_matches_torch_and_validates(tiny_repo: Path, tiny_run: Path
     # Independently of the exporter's own check: fresh inputs at a batch size it never saw.
     model = model_from_checkpoint(load_checkpoint(tiny_run))
     rng = np.random.default_rng(0)
-    waves = (0.2 * rng.normal(size=(3, audio.clip_samples))).astype(np.float32)
-    frames = rng.integers(0, 256, (3, video.frames, video.height, video.width, 3), dtype=np.uint8)
+    waves = (0.2 * rng.normal(size=(3, *map(int, audio.input.shape[1:])))).astype(np.float32)
+    frames = rng.integers(0, 256, (3, *map(int, video.input.shape[1:])), dtype=np.uint8)
     for entry, x in ((audio, waves), (video, frames)):
         sess = ort.InferenceSession(str(tiny_repo / entry.file), providers=["CPUExecutionProvider"])
         got = sess.run(None, {entry.input.name: x})[0]

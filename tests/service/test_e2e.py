@@ -16,6 +16,8 @@ from common.fusion import GATED_RULES, FusionParams, log_softmax, softmax
 from common.hashing import sha256_file
 from common.manifest import Manifest, load_manifest
 from common.media import AudioSpec, VideoSpec, load_audio, load_video
+from common.media_types import NO_LIMITS
+from common.modalities import decode, spec_of
 from common.parity import FP32
 from service.schemas import PredictResponse
 from tests.conftest import ROOT, shared_data
@@ -143,11 +145,7 @@ def test_service_runs_the_exported_graph_on_the_shared_decoder(
     """Per-modality probabilities equal the ONNX graph run here on common.media's decoding."""
     manifest = load_manifest(tiny_repo)
     body = server.post({"audio": Path(clean_train_row["audio"]), "video": Path(clean_train_row["video"])}).json()
-    a, v = manifest.modalities["audio"], manifest.modalities["video"]
-    inputs = {
-        "audio": load_audio(clean_train_row["audio"], AudioSpec(a.sample_rate, a.clip_samples)),  # type: ignore[union-attr]
-        "video": load_video(clean_train_row["video"], VideoSpec(v.frames, v.height, v.width)),  # type: ignore[union-attr]
-    }
+    inputs = {m: decode(m, Path(clean_train_row[m]), spec_of(manifest.modalities[m]), NO_LIMITS) for m in ("audio", "video")}
     for m, entry in manifest.modalities.items():
         sess = ort.InferenceSession(str(tiny_repo / entry.file), providers=["CPUExecutionProvider"])
         logits = sess.run(None, {entry.input.name: inputs[m][None]})[0][0]

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from common.manifest import load_manifest
-from common.media import AudioSpec, VideoSpec, load_audio, load_video
+from common.media_types import NO_LIMITS
+from common.modalities import decode, spec_of
 from service.protocol import HEADER_LENGTH, encode_bytes
 from tests.conftest import ROOT
 from tests.servers import Server
@@ -91,11 +92,7 @@ def test_each_real_client_gets_the_answer_v1_predict_gives(
 def decoded(row: dict[str, str], repo: Path) -> dict[str, np.ndarray]:
     """What the graphs take, decoded here as the service's workers decode an upload."""
     manifest = load_manifest(repo)
-    a, v = manifest.modalities["audio"], manifest.modalities["video"]
-    return {
-        "audio": load_audio(Path(row["audio"]), AudioSpec(a.sample_rate, a.clip_samples)),  # type: ignore[union-attr]
-        "video": load_video(Path(row["video"]), VideoSpec(v.frames, v.height, v.width)),  # type: ignore[union-attr]
-    }
+    return {m: decode(m, Path(row[m]), spec_of(manifest.modalities[m]), NO_LIMITS) for m in ("audio", "video")}
 
 
 def test_the_json_form_takes_base64_files_and_decoded_tensors_and_fits_the_protocol_schema(

@@ -62,13 +62,13 @@ def test_bad_settings_are_refused() -> None:
 
 
 def test_the_encoder_applies_it_in_training_only_and_the_checkpoint_is_the_same() -> None:
-    cfg = ModelConfig(labels=[str(d) for d in range(10)])
-    plain = AudioEncoder(cfg)
-    augmented = AudioEncoder(cfg)
+    cfg = ModelConfig(labels=[str(d) for d in range(10)], modalities=["audio", "video"])
+    plain = AudioEncoder(cfg.encoder, cfg.settings("audio"))
+    augmented = AudioEncoder(cfg.encoder, cfg.settings("audio"))
     augmented.load_state_dict(plain.state_dict())
     augmented.augment = SpecAugment()
     assert plain.state_dict().keys() == augmented.state_dict().keys()  # no parameters, no buffers
-    wave = torch.randn(4, cfg.clip_samples)
+    wave = torch.randn(4, cfg.settings("audio")["clip_samples"])
     plain.eval(), augmented.eval()
     with torch.no_grad():
         torch.testing.assert_close(augmented(wave), plain(wave), rtol=0, atol=0)
@@ -89,12 +89,12 @@ def test_mla_train_audio_augment_is_recorded_and_changes_training(tiny_demo: Pat
     cfg = TrainConfig(method="mla", epochs=1, batch_size=32, workers=0, max_batches=2, owm_alpha=10.0)
     train(f"csv:{tiny_demo}", tmp_path / "plain", cfg)
     args = ["train", "--data", f"csv:{tiny_demo}", "--out", str(tmp_path / "augmented"), "--epochs", "1", "--batch-size", "32"]
-    args += ["--workers", "0", "--max-batches", "2", "--owm-alpha", "10", "--audio-augment"]
+    args += ["--workers", "0", "--max-batches", "2", "--owm-alpha", "10", "--augment", "audio"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     runs = {a: torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for a, d in ((False, "plain"), (True, "augmented"))}
-    assert runs[True]["train_config"]["audio_augment"] is True
-    assert runs[False]["train_config"]["audio_augment"] is False
+    assert runs[True]["train_config"]["augment"] == ["audio"]
+    assert runs[False]["train_config"]["augment"] == []
     assert runs[True]["state_dict"].keys() == runs[False]["state_dict"].keys()
     # same seed, same batches: only the augmentation differs, and it moved the audio encoder
     audio = [k for k in runs[True]["state_dict"] if k.startswith("encoders.audio.trunk") and k.endswith("weight")]
@@ -106,7 +106,25 @@ def test_audio_augment_without_an_audio_encoder_is_refused_before_training(tiny_
     from training.config import TrainConfig
     from training.train import train
 
-    cfg = TrainConfig(method="mla", epochs=1, batch_size=32, workers=0, max_batches=1, owm_alpha=10.0, audio_augment=True)
-    with pytest.raises(ValueError, match="audio_augment needs an audio encoder"):
+    cfg = TrainConfig(method="mla", epochs=1, batch_size=32, workers=0, max_batches=1, owm_alpha=10.0, augment=["audio"])
+    with pytest.raises(ValueError, match="augment names audio, which this model does not have"):
         train(f"csv:{tiny_demo}", tmp_path / "run", cfg, model_overrides={"modalities": ["video"]})
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_run_saved_with_the_older_flag_reads_as_the_list() -> None:
+    from training.config import TrainConfig
+
+    assert TrainConfig.from_dict({"method": "mla", "audio_augment": True}).augment == ["audio"]
+    assert TrainConfig.from_dict({"method": "mla", "audio_augment": False}).augment == []
+    assert TrainConfig.from_dict(TrainConfig(augment=["audio"]).to_dict()) == TrainConfig(augment=["audio"])
+
+
+def test_a_kind_without_augmentation_is_refused_before_training(tiny_demo: Path, tmp_path: Path) -> None:
+    from training.config import TrainConfig
+    from training.train import train
+
+    cfg = TrainConfig(method="mla", epochs=1, batch_size=32, workers=0, max_batches=1, owm_alpha=10.0, augment=["video"])
+    with pytest.raises(ValueError, match="the video kind has no training-time augmentation"):
+        train(f"csv:{tiny_demo}", tmp_path / "run", cfg)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

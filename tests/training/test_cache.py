@@ -15,7 +15,7 @@ from training.data.writers import write_audio, write_video
 def _sample(tmp_path: Path) -> Sample:
     write_audio(tmp_path / "a.wav", np.sin(np.arange(8000) / 5).astype(np.float32) * 0.3, 8000)
     write_video(tmp_path / "v.mp4", np.full((6, 16, 16, 3), 90, np.uint8), 6)
-    return Sample(tmp_path / "a.wav", tmp_path / "v.mp4", 0, "train", "test row")
+    return Sample({"audio": tmp_path / "a.wav", "video": tmp_path / "v.mp4"}, 0, "train", "test row")
 
 
 def test_second_prepare_decodes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,13 +23,13 @@ def test_second_prepare_decodes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     cache = DecodeCache(tmp_path / "cache")
     specs: dict[str, Spec] = {"audio": AudioSpec(16_000, 16_000), "video": VideoSpec(2, 8, 8)}
     calls: list[str] = []
-    real = cache_mod._decode
+    real = cache_mod.decode
 
-    def counting(modality: str, path: Path, spec: object) -> np.ndarray:
+    def counting(modality: str, path: Path, spec: object, limits: object, strict: bool = True) -> np.ndarray:
         calls.append(modality)
-        return real(modality, path, spec)  # type: ignore[arg-type]
+        return real(modality, path, spec, limits, strict)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cache_mod, "_decode", counting)
+    monkeypatch.setattr(cache_mod, "decode", counting)
     first = cache.prepare([sample], specs)
     assert sorted(calls) == ["audio", "video"]
     audio = np.load(first[0]["audio"])  # type: ignore[arg-type]
@@ -51,7 +51,7 @@ def test_second_prepare_decodes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 def test_undecodable_file_names_file_and_row(tmp_path: Path) -> None:
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio at all")
-    sample = Sample(bad, None, 0, "train", "manifest.csv row 7")
+    sample = Sample({"audio": bad}, 0, "train", "manifest.csv row 7")
     for workers in (1, 2):
         with pytest.raises(DataError, match=r"manifest.csv row 7: cannot use audio file .*bad.wav"):
             DecodeCache(tmp_path / f"c{workers}").prepare([sample], {"audio": AudioSpec(16_000, 16_000)}, workers=workers)

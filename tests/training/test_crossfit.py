@@ -20,7 +20,7 @@ def _row(split: str, speaker: str, image: str) -> dict[str, str]:
         "label": "1",
         "split": split,
         "speaker": speaker,
-        "image": image,
+        "drawing": image,
     }
 
 
@@ -39,7 +39,7 @@ ROWS = [
 def test_a_fold_holds_its_speaker_and_every_row_on_its_drawings_out() -> None:
     assert speakers(ROWS) == ["ann", "bob"]  # synthetic voices are never a fold
     fold = fold_rows(ROWS, "ann")
-    by_split = {s: [(r["speaker"], r["image"]) for r in fold if r["split"] == s] for s in ("train", "val", "test")}
+    by_split = {s: [(r["speaker"], r["drawing"]) for r in fold if r["split"] == s] for s in ("train", "val", "test")}
     assert by_split["test"] == [("ann", "i1"), ("ann", "i2")]  # the held-out speaker is what the fold predicts
     assert by_split["train"] == [("bob", "i3"), ("espeak-ng en+m2 p40 s120", "i4")]  # nothing on i1 or i2 trains
     assert by_split["val"] == [("val-speaker", "v1")]  # validation as it was; the original test split is not used

@@ -54,7 +54,11 @@ def one_process_group() -> Iterator[None]:
 @pytest.mark.parametrize("method", sorted(TRAINERS))
 def test_every_reduced_tensor_sits_on_the_models_device(method: str) -> None:
     cfg = ModelConfig.for_encoder(
-        "small", [str(i) for i in range(4)], clip_samples=4000, video_frames=2, video_size=16, shared_head=method != "unimodal"
+        "small",
+        [str(i) for i in range(4)],
+        modalities=["audio", "video"],
+        inputs={"audio": {"clip_samples": 4000}, "video": {"frames": 2, "size": 16}},
+        shared_head=method != "unimodal",
     )
     model = build_model(cfg)
     device = next(model.parameters()).device

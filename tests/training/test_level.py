@@ -64,23 +64,29 @@ def test_each_row_is_raised_alone_and_silence_stays_silent() -> None:
 @pytest.mark.parametrize("level", LEVELS)
 def test_the_audio_encoder_hears_a_quiet_clip_at_one_level(level: float) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig.for_encoder("small", [str(i) for i in range(10)])
-    assert cfg.audio_peak == 0.9  # on for every model trained now
-    enc = AudioEncoder(cfg).eval()
+    cfg = ModelConfig.for_encoder("small", [str(i) for i in range(10)], modalities=["audio"])
+    assert cfg.settings("audio")["peak"] == 0.9  # on for every model trained now
+    enc = AudioEncoder(cfg.encoder, cfg.settings("audio")).eval()
     waves = _waves()
     with torch.no_grad():
         assert torch.equal(enc(waves * level), enc(waves))
 
 
 def test_a_checkpoint_from_before_the_level_step_keeps_feeding_the_wave_as_it_is() -> None:
-    saved = {k: v for k, v in vars(ModelConfig.for_encoder("small", ["a", "b"])).items() if k != "audio_peak"}
+    # a checkpoint's model config as saved before 2026-12-05: flat fields, no audio_peak
+    saved = {
+        "encoder": "small", "labels": ["a", "b"], "modalities": ["audio", "video"], "shared_head": True,
+        "sample_rate": 16_000, "clip_samples": 16_000, "n_fft": 400, "hop_length": 160, "n_mels": 64,
+        "video_frames": 4, "video_size": 32, "video_mean": [0.5, 0.5, 0.5], "video_std": [0.25, 0.25, 0.25],
+    }  # fmt: skip
     cfg = ModelConfig.from_dict(saved)
-    assert cfg.audio_peak is None
+    assert cfg.settings("audio")["peak"] is None
+    assert cfg.settings("video") == {"frames": 4, "size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     torch.manual_seed(0)
-    enc = AudioEncoder(cfg).eval()
+    enc = AudioEncoder(cfg.encoder, cfg.settings("audio")).eval()
     waves = _waves()
     with torch.no_grad():
         assert torch.equal(enc.preprocess(waves), enc.input_norm(enc.frontend(waves)))  # no level step at all
         assert not torch.allclose(enc.preprocess(waves * 2.0**-3), enc.preprocess(waves))  # so the level shows
-    with pytest.raises(ValueError, match="audio_peak"):
-        ModelConfig.for_encoder("small", ["a", "b"], audio_peak=0.0)
+    with pytest.raises(ValueError, match="peak"):
+        ModelConfig.for_encoder("small", ["a", "b"], modalities=["audio"], inputs={"audio": {"peak": 0.0}})

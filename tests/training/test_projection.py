@@ -71,7 +71,12 @@ def test_alpha_means_the_same_at_any_feature_scale() -> None:
 
 def _trainer(project: bool) -> MLATrainer:
     torch.manual_seed(0)
-    cfg = ModelConfig.for_encoder("small", [str(i) for i in range(4)], clip_samples=4000, video_frames=2, video_size=16)
+    cfg = ModelConfig.for_encoder(
+        "small",
+        [str(i) for i in range(4)],
+        modalities=["audio", "video"],
+        inputs={"audio": {"clip_samples": 4000}, "video": {"frames": 2, "size": 16}},
+    )
     model = build_model(cfg)
     tcfg = TrainConfig(method="mla", lr=0.1, momentum=0.0, weight_decay=0.0, owm_alpha=1e-6, owm_project=project)
     return MLATrainer(model, tcfg, World(), steps_total=100)

@@ -23,7 +23,8 @@ def test_demo_spec_is_deterministic_media_with_a_manifest(tiny_demo: Path) -> No
     manifest = parse_spec(f"csv:{tiny_demo}")
     assert manifest.labels == [str(i) for i in range(10)]
     assert {s.split for s in manifest.samples} == {"train", "val", "test"}
-    assert all(s.audio and s.audio.suffix == ".wav" and s.video and s.video.suffix == ".mp4" for s in manifest.samples)
+    assert manifest.modalities == ["audio", "video"]
+    assert all({m: p.suffix for m, p in s.files.items()} == {"audio": ".wav", "video": ".mp4"} for s in manifest.samples)
     from training.data.demo import generate
 
     again = generate(tiny_demo.parent.parent / "again", seed=3, sizes=TINY_SIZES)
@@ -65,7 +66,7 @@ def test_demo_spec_generates_into_the_cache(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setattr(demo, "SPLIT_SIZES", {"train": 10, "val": 2, "test": 2})
     manifest = parse_spec("demo:5")
     assert len(manifest.samples) == 14
-    assert str(tmp_path) in str(manifest.samples[0].audio)
+    assert str(tmp_path) in str(manifest.samples[0].path("audio"))
     assert parse_spec("demo:5").samples == manifest.samples  # second call reuses the files
     with pytest.raises(DataError, match="integer seed"):
         parse_spec("demo:x")
@@ -81,8 +82,8 @@ def test_csv_spec_with_missing_modalities(tmp_path: Path) -> None:
     ]
     m = parse_spec(f"csv:{_write_csv(tmp_path / 'm.csv', rows)}")
     assert m.labels == ["cat", "dog"]
-    assert m.samples[1].video is None
-    assert m.samples[2].audio is None
+    assert m.samples[1].path("video") is None
+    assert m.samples[2].path("audio") is None
     assert [s.label for s in m.samples] == [0, 1, 1]
 
 
@@ -102,10 +103,11 @@ def test_csv_spec_with_missing_modalities(tmp_path: Path) -> None:
             None,
             "m.csv row 3: label 'zebra' does not occur in the train split",
         ),
-        ([{"audio": "a.wav", "label": "x", "split": "train"}], ("audio", "label", "split"), "missing column.*video"),
+        ([{"audio": "a.wav", "label": "x"}], ("audio", "label"), "missing column.*split"),
+        ([{"sound": "a.wav", "label": "x", "split": "train"}], ("sound", "label", "split"), "missing column.*naming a modality"),
         ([{"audio": "a.wav", "video": "", "label": "x", "split": "train"}], None, "the 'val' split is empty"),
         ([{"audio": "a.wav", "video": "", "label": "x", "split": "holdout"}], None, "row 2: split 'holdout'"),
-        ([{"audio": "", "video": "", "label": "x", "split": "train"}], None, "row 2: neither audio nor video"),
+        ([{"audio": "", "video": "", "label": "x", "split": "train"}], None, "row 2: no modality is given"),
     ],
 )
 def test_csv_errors_name_file_and_row(
@@ -155,16 +157,16 @@ def test_cremad_layout_split_by_speaker(tmp_path: Path) -> None:
     assert len(m.samples) == 15
     speakers_by_split: dict[str, set[str]] = {}
     for s in m.samples:
-        speaker = (s.audio or s.video).name.split("_")[0]  # type: ignore[union-attr]
+        speaker = (s.path("audio") or s.path("video")).name.split("_")[0]  # type: ignore[union-attr]
         speakers_by_split.setdefault(s.split, set()).add(speaker)
     assert set(speakers_by_split) == {"train", "val", "test"}
     assert not (speakers_by_split["train"] & speakers_by_split["val"])
     assert not (speakers_by_split["val"] & speakers_by_split["test"])
     assert not (speakers_by_split["train"] & speakers_by_split["test"])
-    lone = next(s for s in m.samples if s.audio and s.audio.stem == "1005_DFA_SAD_XX")
-    assert lone.video is None
+    lone = next(s for s in m.samples if "audio" in s.files and s.files["audio"].stem == "1005_DFA_SAD_XX")
+    assert lone.path("video") is None
     assert m.labels[lone.label] == "SAD"
-    flv = next(s.video for s in m.samples if s.video)
+    flv = next(s.path("video") for s in m.samples if s.path("video"))
     assert flv is not None
     assert flv.suffix == ".flv"
     from common.media import VideoSpec, load_video

@@ -14,18 +14,20 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from common.hashing import sha256_file
-from common.media import AudioSpec, MediaError, VideoSpec, load_audio, load_video
+from common.media_types import NO_LIMITS, MediaError
+from common.modalities import decode
 from training.data.files import cache_root
 from training.data.specs import DataError, Sample
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 
-Spec = AudioSpec | VideoSpec
+Spec = Any  # a kind's spec (common.modalities): a frozen dataclass
 
 
 def cache_key(path: Path, modality: str, spec: Spec) -> str:
@@ -33,19 +35,11 @@ def cache_key(path: Path, modality: str, spec: Spec) -> str:
     return hashlib.sha256(f"{sha256_file(path)}|{settings}".encode()).hexdigest()
 
 
-def _decode(modality: str, path: Path, spec: Spec) -> np.ndarray:
-    if modality == "audio":
-        assert isinstance(spec, AudioSpec)
-        return load_audio(path, spec)
-    assert isinstance(spec, VideoSpec)
-    return load_video(path, spec)
-
-
 def _decode_to(job: tuple[str, Path, Spec, Path, str]) -> str | None:
     """Worker: decode one file into the cache; return an error message or None."""
     modality, path, spec, target, origin = job
     try:
-        array = _decode(modality, path, spec)
+        array = decode(modality, path, spec, NO_LIMITS, strict=False)
     except MediaError as exc:
         return f"{origin}: cannot use {modality} file {path}: {exc}"
     tmp = target.with_suffix(f".{os.getpid()}.tmp.npy")

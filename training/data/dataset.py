@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from common.modalities import kind
 from training.config import ModelConfig
-from training.data.cache import DecodeCache, Spec
+from training.data.cache import DecodeCache
 from training.data.specs import DatasetManifest, Sample
 
 Batch = dict[str, torch.Tensor]
@@ -19,11 +20,8 @@ Batch = dict[str, torch.Tensor]
 class DecodedDataset(Dataset[dict[str, object]]):
     def __init__(self, samples: list[Sample], arrays: list[dict[str, Path | None]], cfg: ModelConfig) -> None:
         self.samples, self.arrays = samples, arrays
-        self.blank = {
-            "audio": np.zeros(cfg.clip_samples, np.float32),
-            "video": np.zeros((cfg.video_frames, cfg.video_size, cfg.video_size, 3), np.uint8),
-        }
         self.modalities = list(cfg.modalities)
+        self.blank = {m: kind(m).blank(cfg.spec(m), cfg.settings(m)) for m in self.modalities}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -45,8 +43,7 @@ def build_dataset(
     progress: Callable[[int, int], None] | None = None,
 ) -> DecodedDataset:
     samples = manifest.split(split)
-    specs: dict[str, Spec] = {"audio": cfg.audio_spec, "video": cfg.video_spec}
-    arrays = DecodeCache().prepare(samples, {m: specs[m] for m in cfg.modalities}, workers, progress)
+    arrays = DecodeCache().prepare(samples, {m: cfg.spec(m) for m in cfg.modalities}, workers, progress)
     return DecodedDataset(samples, arrays, cfg)
 
 

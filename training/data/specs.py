@@ -1,8 +1,10 @@
 """`--data SPEC`: one parser for every command.
 
 - `demo` or `demo:SEED`: the embedded dataset, generated on first use (see demo.py).
-- `csv:PATH`: a manifest with columns audio, video, label, split; media paths relative to
-  the CSV; an empty cell means that modality is missing for that sample.
+- `csv:PATH`: a manifest with columns label, split and one column per modality, named by its
+  kind (audio, video, image, text: common.modalities), as `label,split,audio,image,text`; media
+  paths relative to the CSV; an empty cell means that modality is missing for that sample. A
+  text cell is a path to a UTF-8 text file, like the others. Other columns are ignored.
 - `cremad:ROOT`: the CREMA-D release (AudioWAV/*.wav, VideoFlash/*.flv), split by speaker.
 """
 
@@ -10,11 +12,14 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.modalities import KINDS
+
 SPLITS = ("train", "val", "test")
-REQUIRED_COLUMNS = ("audio", "video", "label", "split")
+REQUIRED_COLUMNS = ("label", "split")
 CREMAD_EMOTIONS = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
 
 
@@ -24,14 +29,13 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class Sample:
-    audio: Path | None  # None: this sample has no audio
-    video: Path | None
+    files: Mapping[str, Path]  # modality -> its file; a modality this sample lacks is absent
     label: int
     split: str
     origin: str  # where the sample came from, for error messages: "manifest.csv row 12"
 
     def path(self, modality: str) -> Path | None:
-        return self.audio if modality == "audio" else self.video if modality == "video" else None
+        return self.files.get(modality)
 
 
 @dataclass
@@ -39,6 +43,7 @@ class DatasetManifest:
     spec: str
     labels: list[str]
     samples: list[Sample] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)  # the data set's, in the order of its columns
 
     def split(self, name: str) -> list[Sample]:
         if name not in SPLITS:
@@ -82,9 +87,12 @@ def read_csv(path: Path, spec: str | None = None) -> DatasetManifest:
         raise DataError(f"manifest {path} does not exist")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; a manifest needs {', '.join(REQUIRED_COLUMNS)}")
+        columns = list(reader.fieldnames or [])
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        modalities = [c for c in columns if c in KINDS]
+        if missing or not modalities:
+            need = ", ".join(REQUIRED_COLUMNS) + " and one column per modality (" + ", ".join(KINDS) + ")"
+            raise DataError(f"{path}: missing column(s) {', '.join(missing) or 'naming a modality'}; a manifest needs {need}")
         rows = list(reader)
     if not rows:
         raise DataError(f"{path}: the manifest has no rows")
@@ -100,12 +108,11 @@ def read_csv(path: Path, spec: str | None = None) -> DatasetManifest:
             raise DataError(f"{origin}: split {split!r} is not one of {', '.join(SPLITS)}")
         if label not in index:
             raise DataError(f"{origin}: label {label!r} does not occur in the train split (labels: {', '.join(labels)})")
-        audio = _media(base, r["audio"] or "", origin, "audio")
-        video = _media(base, r["video"] or "", origin, "video")
-        if audio is None and video is None:
-            raise DataError(f"{origin}: neither audio nor video is given")
-        samples.append(Sample(audio, video, index[label], split, origin))
-    manifest = DatasetManifest(spec, labels, samples)
+        files = {m: p for m in modalities if (p := _media(base, r[m] or "", origin, m)) is not None}
+        if not files:
+            raise DataError(f"{origin}: no modality is given ({', '.join(modalities)} are all empty)")
+        samples.append(Sample(files, index[label], split, origin))
+    manifest = DatasetManifest(spec, labels, samples, modalities)
     for s in ("train", "val"):
         manifest.split(s)  # raises on an empty split
     return manifest
@@ -144,5 +151,5 @@ def read_cremad(
             raise DataError(f"{origin}: name {stem!r} is not SPEAKER_SENTENCE_EMOTION_LEVEL, as in 1001_DFA_ANG_XX")
         if parts[2] not in CREMAD_EMOTIONS:
             raise DataError(f"{origin}: unknown emotion {parts[2]!r}; CREMA-D has {', '.join(labels)}")
-        samples.append(Sample(media.get("audio"), media.get("video"), labels.index(parts[2]), split_of[parts[0]], origin))
-    return DatasetManifest(spec, labels, samples)
+        samples.append(Sample(media, labels.index(parts[2]), split_of[parts[0]], origin))
+    return DatasetManifest(spec, labels, samples, ["audio", "video"])

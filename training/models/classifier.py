@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from training.config import ModelConfig
-from training.models.encoders import ENCODERS, AudioEncoder, VideoEncoder
+from common.modalities import kind
 
 
 class MultimodalClassifier(nn.Module):
@@ -15,10 +17,7 @@ class MultimodalClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        unknown = set(cfg.modalities) - set(ENCODERS)
-        if unknown:
-            raise ValueError(f"no encoder for modality {sorted(unknown)}; known: {sorted(ENCODERS)}")
-        encoders = {m: ENCODERS[m](cfg) for m in cfg.modalities}
+        encoders = {m: kind(m).encoder(cfg.encoder, cfg.settings(m)) for m in cfg.modalities}
         self.encoders = nn.ModuleDict(encoders)
         dims = {enc.dim for enc in encoders.values()}
         if len(dims) != 1:
@@ -55,9 +54,9 @@ class SingleModality(nn.Module):
         super().__init__()
         self.with_features = features  # forward returns (logits, the encoder's features) instead of logits
         encoder = model.encoders[modality]
-        if not isinstance(encoder, AudioEncoder | VideoEncoder):
+        if not (callable(getattr(encoder, "preprocess", None)) and callable(getattr(encoder, "embed", None))):
             raise TypeError(f"{modality}: {type(encoder).__name__} has no preprocess/embed split")
-        self.encoder = encoder
+        self.encoder: Any = encoder  # any kind's encoder: preprocess, then embed (checked above)
         self.head = model.head(modality)
         self.half_precision = half
         if half:

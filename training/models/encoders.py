@@ -5,11 +5,13 @@ Every encoder of a model emits the same feature width, so one linear head serves
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torchvision
 from torch import nn
 
-from training.config import ModelConfig
 from training.models.frontend import FrameNormalize, LogMel, RaiseLevel
 
 
@@ -40,8 +42,13 @@ def resnet18_trunk(in_channels: int) -> tuple[nn.Module, int]:
     return net, 512
 
 
-def _trunk(cfg: ModelConfig, in_channels: int) -> tuple[nn.Module, int]:
-    return small_cnn(in_channels) if cfg.encoder == "small" else resnet18_trunk(in_channels)
+def _trunk(encoder: str, in_channels: int) -> tuple[nn.Module, int]:
+    return small_cnn(in_channels) if encoder == "small" else resnet18_trunk(in_channels)
+
+
+def feature_width(encoder: str) -> int:
+    """The feature width every encoder of this size emits (the shared head's input)."""
+    return 128 if encoder == "small" else 512
 
 
 class AudioEncoder(nn.Module):
@@ -49,13 +56,13 @@ class AudioEncoder(nn.Module):
 
     dim: int
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, encoder: str, s: Mapping[str, Any]) -> None:
         super().__init__()
         # quiet clips raised to the training clips' level (RaiseLevel); Identity for checkpoints from before it existed
-        self.level: nn.Module = nn.Identity() if cfg.audio_peak is None else RaiseLevel(cfg.audio_peak)
-        self.frontend = LogMel(cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels)
+        self.level: nn.Module = nn.Identity() if s["peak"] is None else RaiseLevel(s["peak"])
+        self.frontend = LogMel(s["sample_rate"], s["n_fft"], s["hop_length"], s["n_mels"])
         self.input_norm = nn.BatchNorm2d(1)  # log-mel has no fixed scale; let the data set it
-        self.trunk, self.dim = _trunk(cfg, 1)
+        self.trunk, self.dim = _trunk(encoder, 1)
         # training-time augmentation between preprocess and embed (training.models.augment.SpecAugment
         # when `mla train --audio-augment`); no parameters, and export calls preprocess and embed alone
         self.augment: nn.Module = nn.Identity()
@@ -78,10 +85,10 @@ class VideoEncoder(nn.Module):
 
     dim: int
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, encoder: str, s: Mapping[str, Any]) -> None:
         super().__init__()
-        self.normalize = FrameNormalize(cfg.video_mean, cfg.video_std)
-        self.trunk, self.dim = _trunk(cfg, 3)
+        self.normalize = FrameNormalize(tuple(s["mean"]), tuple(s["std"]))
+        self.trunk, self.dim = _trunk(encoder, 3)
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [B, T, H, W, 3] -> normalised float [B, T, 3, H, W]."""
@@ -98,5 +105,73 @@ class VideoEncoder(nn.Module):
         return self.embed(self.preprocess(frames))
 
 
-# A new modality is one entry here plus its decoder in common.media.
-ENCODERS: dict[str, type[AudioEncoder] | type[VideoEncoder]] = {"audio": AudioEncoder, "video": VideoEncoder}
+class ImageEncoder(nn.Module):
+    """uint8 image [B, H, W, 3] -> features [B, D]: normalised, then the trunk."""
+
+    dim: int
+
+    def __init__(self, encoder: str, s: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.normalize = FrameNormalize(tuple(s["mean"]), tuple(s["std"]))
+        self.trunk, self.dim = _trunk(encoder, 3)
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W] (a clip of one frame, to FrameNormalize)."""
+        return self.normalize(image.unsqueeze(1))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.preprocess(image))
+
+
+class TextEncoder(nn.Module):
+    """UTF-8 bytes uint8 [B, L] (zero-padded) -> features [B, D].
+
+    ASCII capitals are lower-cased inside the graph, each byte is embedded (byte 0, the padding, as
+    zeros), and three dilated convolution blocks see byte n-grams up to 15 wide; a max over the
+    positions that hold text gives the features. Misspelt words share most of their n-grams with the
+    right ones, and any language's UTF-8 is bytes like any other. Lower-casing and the text mask are
+    table lookups (Gather), not comparisons: every op has a kernel on each execution provider.
+    """
+
+    dim: int
+    fold: torch.Tensor  # [256] int64: each byte's lower-case (A-Z -> a-z, the rest unchanged)
+    present: torch.Tensor  # [256] float32: 0 for the padding byte, 1 for any other
+
+    def __init__(self, encoder: str, s: Mapping[str, Any], embedding: int = 32) -> None:
+        super().__init__()
+        self.dim = width = feature_width(encoder)
+        fold = torch.arange(256, dtype=torch.int64)
+        fold[65:91] += 32
+        self.register_buffer("fold", fold, persistent=False)
+        self.register_buffer("present", (torch.arange(256) > 0).to(torch.float32), persistent=False)
+        self.embedding = nn.Embedding(256, embedding, padding_idx=0)
+        self.trunk = nn.Sequential(
+            nn.Conv1d(embedding + 1, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(width, width, 3, padding=2, dilation=2),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(width, width, 3, padding=4, dilation=4),
+            nn.ReLU(inplace=True),
+        )
+        self.norm = nn.BatchNorm1d(width)
+
+    def preprocess(self, data: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, L] -> float [B, E + 1, L]: each byte's embedding, and a last channel that is 1 where there is text."""
+        raw = data.to(torch.int64)
+        codes = torch.index_select(self.fold, 0, raw.flatten()).view_as(raw)
+        mask = torch.index_select(self.present, 0, codes.flatten()).view_as(raw).unsqueeze(1)
+        return torch.cat([self.embedding(codes).transpose(1, 2), mask], dim=1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        mask = x[:, -1:, :]
+        h = self.trunk(x)
+        # the max over text positions: padding pushed far below any activation (ReLU's are >= 0); an empty
+        # row (all padding) gives zeros
+        pooled = (h - (1 - mask) * 1e4).amax(dim=2) * mask.amax(dim=2)
+        return self.norm(pooled.float()).to(pooled.dtype)  # float32 statistics in an fp16 export too
+
+    def forward(self, data: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.preprocess(data))
