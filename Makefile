@@ -217,7 +217,9 @@ bench-edge: venv $(DEFAULT_MODEL)
 
 # MLA vs joint vs the unimodal ensemble on real spoken + handwritten digits (about 45 minutes on 2 cores).
 bench-accuracy: venv
-	$(BIN)/python -m benchmarks.avdigits.run
+	$(BIN)/python -m benchmarks.avdigits.run --dataset avdigits
+	$(BIN)/python -m benchmarks.avdigits.run --dataset aitdigits
+	$(BIN)/python -m benchmarks.avdigits.run --dataset aitdigits-image-text
 
 # Fusion rules under corrupted audio and video, on the models bench-accuracy trained.
 bench-robustness: venv

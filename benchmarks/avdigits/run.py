@@ -1,8 +1,10 @@
-"""The AV-digits benchmark: MLA against joint training and the unimodal ensemble, on real data.
+"""The accuracy benchmark: MLA against joint training and the unimodal ensemble, on real data.
 
-    make bench-accuracy        # = python -m benchmarks.avdigits.run
+    make bench-accuracy        # = python -m benchmarks.avdigits.run for each data set below
 
-Builds the dataset (build.py) into the cache and, for each seed, trains four rows with the
+`--dataset` picks the data: `avdigits` (audio + video, benchmarks/avdigits/build.py), `aitdigits`
+(audio + image + text, benchmarks/aitdigits/build.py) or `aitdigits-image-text` (its image and text).
+Builds the dataset into the cache and, for each seed, trains four rows with the
 same encoder and epochs:
 - `joint`: one loss on the summed logits; selected and scored by its own prediction,
   argmax of the summed logits (`logit_sum`);
@@ -10,9 +12,9 @@ same encoder and epochs:
 - `mla`: MLA with `--owm-alpha auto`, alpha chosen on validation from the grid;
 - `mla, no projection`: the ablation (alternating training alone).
 Each is evaluated on the held-out speaker under its own rule, calibrated on validation
-(as `mla export` serves it), and under every other rule. Writes
-benchmarks/results/avdigits.json, avdigits.md, avdigits.png and avdigits_curves.png, then
-refreshes docs/benchmarks.md and the README. Exits 0 with a reason when ../shared/data is
+(as `mla export` serves it), and under every other rule, on every subset of the data set's
+modalities. Writes benchmarks/results/NAME.json, NAME.md, NAME.png and NAME_curves.png (NAME: the
+data set's), then refreshes docs/benchmarks.md. Exits 0 with a reason when ../shared/data is
 absent.
 """
 
@@ -23,14 +25,19 @@ import json
 import logging
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.aitdigits import build as ait
 from benchmarks.avdigits.build import SHARED, MissingSharedDataError
-from benchmarks.avdigits.build import cached as dataset
+from benchmarks.avdigits.build import cached as avdigits
 from benchmarks.report import RESULTS, markdown_table, write
+from common.evaluation import subsets as all_subsets
+from common.fusion import subset_name
 from training.calibrate import RULE_VARIANTS
 from training.config import TrainConfig
+from training.data.specs import parse_spec
 from training.evaluate import evaluate_run
 from training.train import train
 
@@ -41,7 +48,15 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "mla": ("mla", {}),
     "mla, no projection": ("mla", {"owm_project": False}),
 }
-SUBSETS = ("audio", "video", "audio+video")
+# name -> (what the tables call it, the manifest's path in the cache, built on first use)
+DATASETS: dict[str, tuple[str, Callable[[], Path]]] = {
+    "avdigits": ("AV-digits: FSDD + MNIST", lambda: avdigits()),
+    "aitdigits": ("AIT-digits: FSDD + MNIST + the digit in words", lambda: ait.cached()),
+    "aitdigits-image-text": (
+        "AIT-digits, image and text: MNIST + the digit in words",
+        lambda: ait.cached(modalities=("image", "text")),
+    ),
+}
 FUSION_COLUMNS = (
     "entropy_raw",
     "entropy",
@@ -76,21 +91,21 @@ def plots(results: dict[str, Any], runs: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = list(results["rows"])
+    rows, subsets, name = list(results["rows"]), results["subsets"], results["name"]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         acc = results["rows"][row]["accuracy"]
-        means = [acc[s]["mean"] for s in SUBSETS]
-        errs = [[acc[s]["mean"] - acc[s]["min"] for s in SUBSETS], [acc[s]["max"] - acc[s]["mean"] for s in SUBSETS]]
-        ax.bar(np.arange(len(SUBSETS)) + (i - (len(rows) - 1) / 2) * width, means, width, yerr=errs, capsize=3, label=row)
-    ax.set_xticks(range(len(SUBSETS)), SUBSETS)
+        means = [acc[s]["mean"] for s in subsets]
+        errs = [[acc[s]["mean"] - acc[s]["min"] for s in subsets], [acc[s]["max"] - acc[s]["mean"] for s in subsets]]
+        ax.bar(np.arange(len(subsets)) + (i - (len(rows) - 1) / 2) * width, means, width, yerr=errs, capsize=3, label=row)
+    ax.set_xticks(range(len(subsets)), subsets, fontsize=7 if len(subsets) > 4 else 10)
     ax.set_ylabel("test accuracy (held-out speaker)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    ax.set_title("AV-digits: accuracy by method and modality subset (own rule; bars: min-max over seeds)", fontsize=10)
+    ax.set_title(f"{results['title']}: accuracy by method and subset (own rule; bars: min-max over seeds)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "avdigits.png", dpi=120)
+    fig.savefig(out / f"{name}.png", dpi=120)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, len(rows), figsize=(3.3 * len(rows), 3.5), sharey=True)
@@ -98,7 +113,7 @@ def plots(results: dict[str, Any], runs: Path, out: Path) -> None:
         metrics = run_dir(runs, row, results["seeds"][0]) / "metrics.jsonl"
         epochs = [json.loads(line) for line in metrics.read_text().splitlines()]
         epochs = [r for r in epochs if r["event"] == "epoch"]
-        for key in SUBSETS:
+        for key in subsets:
             ax.plot([r["epoch"] for r in epochs], [r["val_accuracy"][key] for r in epochs], marker=".", label=key)
         ax.set_title(row, fontsize=10)
         ax.set_xlabel("epoch")
@@ -106,7 +121,7 @@ def plots(results: dict[str, Any], runs: Path, out: Path) -> None:
     axes[0].set_ylabel("validation accuracy")
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(out / "avdigits_curves.png", dpi=120)
+    fig.savefig(out / f"{name}_curves.png", dpi=120)
     plt.close(fig)
 
 
@@ -114,17 +129,17 @@ def markdown(results: dict[str, Any]) -> str:
     def cell(d: dict[str, float]) -> str:
         return f"{d['mean']:.3f} ± {d['std']:.3f}"
 
-    rows = results["rows"]
+    rows, subsets, full = results["rows"], results["subsets"], results["subsets"][-1]
     joint = rows["joint"]["accuracy"]
     table = markdown_table(
-        ["method", "own rule", *SUBSETS, *(f"{s} / joint" for s in SUBSETS), "fused ECE", "train s"],
+        ["method", "own rule", *subsets, *(f"{s} / joint" for s in subsets), "fused ECE", "train s"],
         [
             [
                 name,
                 r["rule"],
-                *(cell(r["accuracy"][s]) for s in SUBSETS),
-                *(r["accuracy"][s]["mean"] / joint[s]["mean"] for s in SUBSETS),
-                cell(r["ece"]["audio+video"]),
+                *(cell(r["accuracy"][s]) for s in subsets),
+                *(r["accuracy"][s]["mean"] / joint[s]["mean"] for s in subsets),
+                cell(r["ece"][full]),
                 round(r["train_seconds"]),
             ]
             for name, r in rows.items()
@@ -143,13 +158,13 @@ def markdown(results: dict[str, Any]) -> str:
         for r in rows["mla"]["runs"]
     )
     return (
-        f"# AV-digits: FSDD + MNIST, held-out speaker ({results['encoder']} encoder, {results['epochs']} epochs, "
+        f"# {results['title']}, held-out speaker ({results['encoder']} encoder, {results['epochs']} epochs, "
         f"seeds {results['seeds']})\n\n"
         "Test accuracy (mean ± std over seeds) by modality subset, each method under its own rule calibrated on validation "
         "(joint: argmax of its summed logits; the others: per-sample entropy fusion); ratios against joint from the same run; "
         "fused ECE with 15 bins.\n\n"
         f"{table}\n\nMLA's alpha, chosen on validation: {alphas}.\n\n"
-        "Every rule on the corrupted test set, audio+video accuracy (`_raw`: uncalibrated; the paper's rule is `entropy_raw`; "
+        f"Every rule on the corrupted test set, {full} accuracy (`_raw`: uncalibrated; the paper's rule is `entropy_raw`; "
         "the others calibrated on validation; `gated_loglinear` is the rule `mla export` serves, chosen by "
         "`make bench-robustness`):\n\n"
         f"{fusion}\n\nThe same, fused ECE (15 bins):\n\n{ece}\n"
@@ -161,19 +176,27 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--encoder", default="small")
-    parser.add_argument("--runs", type=Path, default=Path("runs/avdigits"))
+    parser.add_argument("--dataset", choices=list(DATASETS), default="avdigits")
+    parser.add_argument("--runs", type=Path, default=None, help="where the runs go (default: runs/DATASET)")
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--name", default="avdigits", help="results file name")
+    parser.add_argument("--name", default=None, help="results file name (default: the data set's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    title, dataset = DATASETS[args.dataset]
+    args.runs = args.runs or Path("runs") / args.dataset
+    args.name = args.name or args.dataset
     try:
         manifest = dataset()
     except MissingSharedDataError as exc:
         print(f"skipped: {exc}; the benchmark needs the shared data sets in {SHARED}")
         sys.exit(0)
     spec = f"csv:{manifest}"
+    subsets = [subset_name(c) for c in all_subsets(parse_spec(spec).modalities)]
     results: dict[str, Any] = {
-        "data": "avdigits-v2",
+        "name": args.name,
+        "title": title,
+        "data": manifest.parent.name,
+        "subsets": subsets,
         "encoder": args.encoder,
         "epochs": args.epochs,
         "seeds": args.seeds,
@@ -196,11 +219,11 @@ def main() -> None:
             "method": method,
             "rule": per_seed[0]["fusion"],
             "runs": per_seed,
-            "accuracy": {s: spread([r["accuracy"][s] for r in per_seed]) for s in SUBSETS},
-            "macro_f1": {s: spread([r["macro_f1"][s] for r in per_seed]) for s in SUBSETS},
-            "ece": {s: spread([r["ece"][s] for r in per_seed]) for s in SUBSETS},
+            "accuracy": {s: spread([r["accuracy"][s] for r in per_seed]) for s in subsets},
+            "macro_f1": {s: spread([r["macro_f1"][s] for r in per_seed]) for s in subsets},
+            "ece": {s: spread([r["ece"][s] for r in per_seed]) for s in subsets},
             "fusion": {
-                v: {k: spread([r["by_fusion"][v][k]["audio+video"] for r in per_seed]) for k in ("accuracy", "ece")}
+                v: {k: spread([r["by_fusion"][v][k][subsets[-1]] for r in per_seed]) for k in ("accuracy", "ece")}
                 for v in RULE_VARIANTS
             },
             "train_seconds": statistics.fmean(r["train_seconds"] for r in per_seed),

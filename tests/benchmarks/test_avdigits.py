@@ -23,7 +23,7 @@ def test_builder_splits_by_speaker_and_image(tmp_path: Path) -> None:
     assert speakers["test"] == {SPEAKER_TEST}
     assert len(speakers["train"]) == 4
     assert not (speakers["train"] & speakers["val"]) and not (speakers["train"] & speakers["test"])  # noqa: PT018
-    images = [r["image"] for r in rows]
+    images = [r["drawing"] for r in rows]
     assert len(set(images)) == len(images)  # every image used once, so splits share none
     assert {r["video_corruption"] for r in rows} <= {"", "blur", "occlusion"}
     assert all(-5.0 <= float(r["snr_db"]) <= 20.0 for r in rows)
@@ -40,8 +40,8 @@ def test_clean_build_has_no_corruption_and_the_same_samples(tmp_path: Path) -> N
     clean = build(tmp_path / "clean", seed=0, root=shared_data(), limit_per_speaker_digit=1, clean=True)
     with noisy.open() as f, clean.open() as g:
         a, b = list(csv.DictReader(f)), list(csv.DictReader(g))
-    assert [(r["label"], r["split"], r["speaker"], r["image"]) for r in a] == [
-        (r["label"], r["split"], r["speaker"], r["image"]) for r in b
+    assert [(r["label"], r["split"], r["speaker"], r["drawing"]) for r in a] == [
+        (r["label"], r["split"], r["speaker"], r["drawing"]) for r in b
     ]
     assert all(r["snr_db"] == "" and r["video_corruption"] == "" for r in b)
     assert any(r["video_corruption"] for r in a)  # the ordinary build of the same 60 samples damages some
@@ -98,8 +98,8 @@ def test_synthetic_voices_join_training_only_and_leave_the_recordings_alone(tmp_
     voices = [r["speaker"].split()[1] for r in synth]
     assert all(r["speaker"].startswith("espeak-ng ") for r in synth)
     assert not {v.split("+")[1] for v in voices} & set(VARIANTS)  # never a voice make bench-espeak tests with
-    train_images = {(r["label"], r["image"]) for r in a if r["split"] == "train"}
-    assert all((r["label"], r["image"]) in train_images for r in synth)  # a training image of the same digit
+    train_images = {(r["label"], r["drawing"]) for r in a if r["split"] == "train"}
+    assert all((r["label"], r["drawing"]) in train_images for r in synth)  # a training image of the same digit
     assert all(SNR_RANGE[0] <= float(r["snr_db"]) <= SNR_RANGE[1] for r in synth)
     for r in synth[:3]:
         wave = decode_audio(more.parent / r["audio"], 8000)

@@ -85,7 +85,7 @@ CASES = [
     ({"video": "wav"}, None, 400, "wrong_modality", "no video track"),
     ({"audio": "long"}, None, 413, "too_large", "lasts 7200.0 s"),
     ({"video": "huge_frame"}, None, 413, "too_large", "10000x10000"),
-    ({}, None, 422, "invalid_request", "at least one file"),
+    ({}, None, 422, "invalid_request", "at least one of the model's inputs: audio, video"),
     ({"audio": "wav"}, {"use_video_audio": "true"}, 422, "invalid_request", "needs a video"),
     ({"video": "one_frame"}, {"use_video_audio": "maybe"}, 422, "invalid_request", "true or false"),
     ({"audio": "wav"}, {"language": "en"}, 422, "invalid_request", "unknown field 'language'"),
