@@ -203,7 +203,7 @@ bench-clips: venv
 # a short form in tests/benchmarks/test_fuzz.py). Fails on any answer >= 500 but 503, a hang,
 # a file left behind or RSS over its bound; failing inputs are kept under runs/fuzz/.
 fuzz: venv $(DEFAULT_MODEL)
-	$(BIN)/python -m benchmarks.fuzz --requests 12000 --seconds 300
+	$(BIN)/python -m benchmarks.fuzz --requests 12000 --seconds 300 --still-requests 3000
 
 # 20,000 valid requests at concurrency 16: RSS growth and errors; starvation and worker-kill figures.
 soak: venv $(DEFAULT_MODEL)

@@ -29,13 +29,14 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from benchmarks import live
-from benchmarks.fuzz_corpus import INFER, Request, Seed, build_seeds, draw, hostile_seeds
+from benchmarks.fuzz_corpus import INFER, Request, build_seeds, draw, hostile_seeds
 from benchmarks.report import markdown_table, write
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ async def _send(client: httpx.AsyncClient, url: str, req: Request, model: str) -
 
 
 async def _blast(
-    url: str, requests: int, seconds: float, concurrency: int, seed: int, seeds: list[Seed], bad: list[Seed], out: Path
+    url: str, requests: int, seconds: float, concurrency: int, seed: int, drawer: Callable[[random.Random], Request], out: Path
 ) -> dict[str, Any]:
     model = httpx.get(f"{url}/v1/models", timeout=10).json()["name"]
     statuses: Counter[int] = Counter()
@@ -102,7 +103,7 @@ async def _blast(
             async with lock:
                 if sent >= requests or time.monotonic() > stop:
                     return
-                n, req = sent, draw(rng, seeds, bad)
+                n, req = sent, drawer(rng)
                 sent += 1
             t0 = time.monotonic()
             try:
@@ -187,6 +188,64 @@ def _summary(output: str) -> str:
     return "; ".join(part for part in (cases, (lines or [""])[-1].strip("= ")) if part)
 
 
+class _Watch:
+    """A live server under fuzz: its process tree's RSS and its upload folder sampled every 50 ms, and the RSS bound
+    its settings imply (the server's RSS once ready plus `main_growth_mb`, per decode worker its RSS once ready plus
+    the address space it may add, and a replacement worker starting while the old one exits)."""
+
+    def __init__(self, model: Path, work: Path, main_growth_mb: int) -> None:
+        self.srv = live.start(model, work, **SERVER_ENV)
+        self.peak = self.peak_uploads = 0
+        main_rss = live.psutil.Process(self.srv.proc.pid).memory_info().rss
+        workers = self.srv.decode_workers()
+        self.bound = main_rss + main_growth_mb * 2**20 + sum(w.memory_info().rss + DECODE_MEMORY_MB * 2**20 for w in workers)
+        self.bound += 64 * 2**20
+        self.sampling = True
+        self.sampler = threading.Thread(target=self._sample, daemon=True)
+        self.sampler.start()
+
+    def _sample(self) -> None:
+        ticks = 0
+        while self.sampling:
+            if ticks % 5 == 0:
+                self.peak = max(self.peak, self.srv.tree_rss())
+            self.peak_uploads = max(self.peak_uploads, folder_bytes(self.srv.uploads))
+            ticks += 1
+            time.sleep(0.05)
+
+    def finish(self) -> dict[str, Any]:
+        """Stop sampling and the server; what it showed, with the problems found."""
+        try:
+            alive = self.srv.proc.poll() is None and httpx.get(f"{self.srv.url}/readyz", timeout=10).status_code == 200
+            restarts = httpx.get(f"{self.srv.url}/metrics", timeout=10).text.count("mla_decode_worker_restarts_total{")
+        finally:
+            self.sampling = False
+            self.sampler.join(5)
+            left = self.srv.leftovers()
+            live.stop(self.srv)
+        figures = {
+            "alive_and_ready_after": alive,
+            "restart_reasons_seen": restarts,
+            "upload_leftovers": left,
+            "peak_tree_rss_mb": round(self.peak / 2**20, 1),
+            "rss_bound_mb": round(self.bound / 2**20, 1),
+            "peak_upload_folder_mb": round(self.peak_uploads / 2**20, 2),
+            "upload_bound_mb": round(int(SERVER_ENV["MLA_MAX_SPOOL_BYTES"]) / 2**20, 2),
+        }
+        problems = []
+        if left:
+            problems.append(f"{len(left)} files left in the upload folder")
+        if self.peak > self.bound:
+            problems.append(
+                f"process-tree RSS peaked at {self.peak / 2**20:.0f} MB, above the bound of {self.bound / 2**20:.0f} MB"
+            )
+        if self.peak_uploads > int(SERVER_ENV["MLA_MAX_SPOOL_BYTES"]):
+            problems.append(f"the upload folder peaked at {self.peak_uploads / 2**20:.1f} MB, above its budget")
+        if not alive:
+            problems.append("the server was not alive and ready afterwards")
+        return figures | {"problems": problems}
+
+
 def run(
     model: Path,
     requests: int,
@@ -196,68 +255,32 @@ def run(
     schema_examples: int = 40,
     main_growth_mb: int = 400,
     out: Path | None = None,
+    still_requests: int = 0,
 ) -> dict[str, Any]:
+    """Fuzz `model`; then, with `still_requests`, a small image + text model (benchmarks.fuzz_still) with that many
+    requests of images and texts, hostile and mutated."""
     work = Path(tempfile.mkdtemp(prefix="mla-fuzz-"))
     out = out or work
     try:
         seeds = build_seeds(work / "seeds")
         bad = hostile_seeds(work)
-        srv = live.start(model, work / "server", **SERVER_ENV)
-        peak = peak_uploads = 0
-        sampling = True
-
-        def sample() -> None:
-            nonlocal peak, peak_uploads
-            ticks = 0
-            while sampling:
-                if ticks % 5 == 0:
-                    peak = max(peak, srv.tree_rss())
-                peak_uploads = max(peak_uploads, folder_bytes(srv.uploads))
-                ticks += 1
-                time.sleep(0.05)
-
-        main_rss = live.psutil.Process(srv.proc.pid).memory_info().rss
-        workers = srv.decode_workers()
-        bound = main_rss + main_growth_mb * 2**20 + sum(w.memory_info().rss + DECODE_MEMORY_MB * 2**20 for w in workers)
-        bound += 64 * 2**20  # a replacement worker starting while the old one exits
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        watch = _Watch(model, work / "server", main_growth_mb)
         try:
-            report = asyncio.run(_blast(srv.url, requests, seconds, concurrency, seed, seeds, bad, out))
-            schema = schemathesis(srv.url, schema_examples, seed, budget=max(60.0, seconds))
-            alive = srv.proc.poll() is None and httpx.get(f"{srv.url}/readyz", timeout=10).status_code == 200
-            restarts = httpx.get(f"{srv.url}/metrics", timeout=10).text.count("mla_decode_worker_restarts_total{")
+            report = asyncio.run(_blast(watch.srv.url, requests, seconds, concurrency, seed, lambda r: draw(r, seeds, bad), out))
+            schema = schemathesis(watch.srv.url, schema_examples, seed, budget=max(60.0, seconds))
         finally:
-            sampling = False
-            sampler.join(5)
-            left = srv.leftovers()
-            live.stop(srv)
-        report |= {
-            "seed": seed,
-            "concurrency": concurrency,
-            "seeds": len(seeds) + len(bad),
-            "schemathesis": schema,
-            "alive_and_ready_after": alive,
-            "restart_reasons_seen": restarts,
-            "upload_leftovers": left,
-            "peak_tree_rss_mb": round(peak / 2**20, 1),
-            "rss_bound_mb": round(bound / 2**20, 1),
-            "peak_upload_folder_mb": round(peak_uploads / 2**20, 2),
-            "upload_bound_mb": round(int(SERVER_ENV["MLA_MAX_SPOOL_BYTES"]) / 2**20, 2),
-        }
-        problems = []
+            figures = watch.finish()
+        report |= {"seed": seed, "concurrency": concurrency, "seeds": len(seeds) + len(bad), "schemathesis": schema}
+        report |= figures
+        problems = report.pop("problems")
         if report["failures"]:
-            problems.append(f"{len(report['failures'])} answers >= 500 other than 503, hangs or dropped connections")
+            problems.insert(0, f"{len(report['failures'])} answers >= 500 other than 503, hangs or dropped connections")
         if not schema["ok"]:
-            problems.append(f"schemathesis failed: {schema['summary']}")
-        if left:
-            problems.append(f"{len(left)} files left in the upload folder")
-        if peak > bound:
-            problems.append(f"process-tree RSS peaked at {peak / 2**20:.0f} MB, above the bound of {bound / 2**20:.0f} MB")
-        if peak_uploads > int(SERVER_ENV["MLA_MAX_SPOOL_BYTES"]):
-            problems.append(f"the upload folder peaked at {peak_uploads / 2**20:.1f} MB, above its budget")
-        if not alive:
-            problems.append("the server was not alive and ready afterwards")
+            problems.insert(1, f"schemathesis failed: {schema['summary']}")
+        if still_requests:
+            still = _still_phase(work, still_requests, max(30.0, seconds / 3), concurrency, seed, main_growth_mb, out)
+            report["image_text"] = still
+            problems += [f"image + text model: {p}" for p in still["problems"]]
         report["problems"] = problems
         return report
     finally:
@@ -265,43 +288,78 @@ def run(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def markdown(r: dict[str, Any]) -> str:
+def _still_phase(
+    work: Path, requests: int, seconds: float, concurrency: int, seed: int, main_growth_mb: int, out: Path
+) -> dict[str, Any]:
+    """The image + text model under the still-input corpus (benchmarks.fuzz_still)."""
+    from benchmarks import fuzz_still
+
+    repo = fuzz_still.tiny_model(work / "still")
+    good, bad = fuzz_still.seeds()
+    watch = _Watch(repo, work / "still-server", main_growth_mb)
+    try:
+        report = asyncio.run(
+            _blast(
+                watch.srv.url, requests, seconds, concurrency, seed, lambda r: fuzz_still.draw(r, good, bad), out / "image-text"
+            )
+        )
+    finally:
+        figures = watch.finish()
+    problems = figures.pop("problems")
+    if report["failures"]:
+        problems.insert(0, f"{len(report['failures'])} answers >= 500 other than 503, hangs or dropped connections")
+    return report | figures | {"seeds": len(good) + len(bad), "problems": problems}
+
+
+def _phase_table(r: dict[str, Any]) -> str:
     server_errors = sum(v for k, v in r["statuses"].items() if int(k) >= 500 and k != "503")
-    return "\n".join(
+    return markdown_table(
         [
-            f"# Fuzz: {r['requests']} requests at concurrency {r['concurrency']}, seed {r['seed']} ({r['seconds']:.0f} s)",
-            "",
-            markdown_table(
-                [
-                    "answers",
-                    *r["statuses"],
-                    ">= 500 but 503",
-                    "hangs / dropped",
-                    "files left",
-                    "peak RSS MB",
-                    "RSS bound MB",
-                    "peak upload folder MB",
-                    "its bound MB",
-                ],
-                [
-                    [
-                        "count",
-                        *r["statuses"].values(),
-                        server_errors,
-                        r["statuses"].get("0", 0) + r["statuses"].get("-1", 0),
-                        len(r["upload_leftovers"]),
-                        r["peak_tree_rss_mb"],
-                        r["rss_bound_mb"],
-                        r["peak_upload_folder_mb"],
-                        r["upload_bound_mb"],
-                    ]
-                ],
-            ),
-            "",
-            f"schemathesis against /openapi.json, all checks: {r['schemathesis']['summary']}.",
-            f"Problems: {'; '.join(r['problems']) or 'none'}.",
-        ]
+            "answers",
+            *r["statuses"],
+            ">= 500 but 503",
+            "hangs / dropped",
+            "files left",
+            "peak RSS MB",
+            "RSS bound MB",
+            "peak upload folder MB",
+            "its bound MB",
+        ],
+        [
+            [
+                "count",
+                *r["statuses"].values(),
+                server_errors,
+                r["statuses"].get("0", 0) + r["statuses"].get("-1", 0),
+                len(r["upload_leftovers"]),
+                r["peak_tree_rss_mb"],
+                r["rss_bound_mb"],
+                r["peak_upload_folder_mb"],
+                r["upload_bound_mb"],
+            ]
+        ],
     )
+
+
+def markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"# Fuzz: {r['requests']} requests at concurrency {r['concurrency']}, seed {r['seed']} ({r['seconds']:.0f} s)",
+        "",
+        _phase_table(r),
+        "",
+        f"schemathesis against /openapi.json, all checks: {r['schemathesis']['summary']}.",
+    ]
+    still = r.get("image_text")
+    if still:
+        lines += [
+            "",
+            f"A model with image and text inputs (benchmarks/fuzz_still.py): {still['requests']} requests of mutated and "
+            f"hostile PNG, JPEG, WebP and other images and texts, {still['seconds']:.0f} s:",
+            "",
+            _phase_table(still),
+        ]
+    lines += ["", f"Problems: {'; '.join(r['problems']) or 'none'}."]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -314,12 +372,22 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--schema-examples", type=int, default=60)
+    ap.add_argument("--still-requests", type=int, default=3000, help="requests to the image + text model (0: none)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "fuzz")
     args = ap.parse_args()
-    report = run(args.model, args.requests, args.seconds, args.concurrency, args.seed, args.schema_examples, out=args.out)
+    report = run(
+        args.model,
+        args.requests,
+        args.seconds,
+        args.concurrency,
+        args.seed,
+        args.schema_examples,
+        out=args.out,
+        still_requests=args.still_requests,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fuzz.json").write_text(json.dumps(report, indent=2) + "\n")
-    summary = {k: v for k, v in report.items() if k not in ("failures", "schemathesis")}
+    summary = {k: v for k, v in report.items() if k not in ("failures", "schemathesis", "image_text")}
     log.info(json.dumps(summary, indent=2))
     log.info("schemathesis: %s", report["schemathesis"]["summary"])
     if report["requests"] < args.requests:
