@@ -83,5 +83,10 @@ class Limits:
     max_channels: int = 32
     max_streams: int = 32
 
+    def given(self) -> dict[str, float | int]:
+        """The caller's bounds that are set (what a client is told), without the sanity bounds."""
+        caller = ("max_seconds", "max_pixels", "max_frames", "max_bytes")
+        return {k: v for k in caller if (v := getattr(self, k)) is not None}
+
 
 NO_LIMITS = Limits()

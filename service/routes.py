@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -199,7 +198,7 @@ async def models(model: ModelDep, repository: RepositoryDep, settings: SettingsD
                 "field": kind(m).field,
                 "accept": kind(m).accept,
                 "description": kind(m).description,
-                "limits": {k: v for k, v in asdict(kind(m).limits(settings)).items() if v is not None},
+                "limits": kind(m).limits(settings).given(),
             }
             for m in model.runtimes
         },

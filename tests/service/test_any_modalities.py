@@ -4,6 +4,7 @@ exported, checked, served by a real uvicorn server, and asked with every subset 
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -192,3 +193,33 @@ def test_the_page_offers_the_model_s_own_inputs_and_sends_them(
     assert sent_file(page, "image") == files["image"].read_bytes()
     expected = server.post({m: files[m] for m in SETS[name]}).json()
     assert body["probabilities"] == expected["probabilities"]  # the typed text is the file's text
+
+
+def test_mla_predict_sends_files_and_values_by_modality(served: tuple[str, Path, Server], small_set: Path) -> None:
+    _, _, server = served
+    files = _test_row(small_set)
+    args = ["predict", "--url", server.url, "--json", "--file", f"image={files['image']}"]
+    args += ["--value", f"text={files['text'].read_text(encoding='utf-8')}"]
+    body = json.loads(_cli(*args))
+    assert set(body["modalities"]) == {"image", "text"}
+    expected = server.post({"image": files["image"], "text": files["text"]}).json()
+    assert body["probabilities"] == expected["probabilities"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "cli.main", "predict", "--url", server.url, "--file", "smell=x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "smell: x is not a file" in refused.stderr
+
+
+def test_the_model_description_says_how_each_input_is_sent(served: tuple[str, Path, Server]) -> None:
+    name, _, server = served
+    info = httpx.get(f"{server.url}/v1/models", timeout=10).json()
+    assert list(info["inputs"]) == list(SETS[name])
+    assert info["inputs"]["text"]["field"] == "value"
+    assert info["inputs"]["text"]["limits"] == {"max_bytes": info["limits"]["max_text_bytes"]}
+    assert info["inputs"]["image"]["accept"] == "image/png,image/jpeg,image/webp"
+    assert info["inputs"]["image"]["limits"]["max_pixels"] == info["limits"]["max_image_pixels"]
