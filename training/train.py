@@ -34,6 +34,7 @@ from training.distributed import World, close_world, device_for, init_world
 from training.evaluate import predict, score, to_device
 from training.methods import TRAINERS
 from training.models import build_model
+from training.models.classifier import resolve
 from training.plots import plot_validation_curves
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def _train(
     for m in cfg.augment:  # before minutes of decoding, not after
         if m not in mcfg.modalities:
             raise ValueError(f"augment names {m}, which this model does not have ({', '.join(mcfg.modalities)})")
-        if kind(m).augmentation() is None:
+        if kind(m).augmentation_class is None:
             raise ValueError(f"the {m} kind has no training-time augmentation")
     decode_progress = (lambda d, t: notify("decode", d, t)) if notify else None
     if world.main:
@@ -188,7 +189,7 @@ def _train(
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     model = build_model(mcfg).to(device)
     for m in cfg.augment:
-        model.encoders[m].augment = kind(m).augmentation()
+        model.encoders[m].augment = resolve(str(kind(m).augmentation_class))()  # checked above: the kind has one
     steps_per_epoch = len(train_loader) if cfg.max_batches is None else min(cfg.max_batches, len(train_loader))
     trainer = trainer_cls(model, cfg, world, cfg.epochs * steps_per_epoch)
     rule = FusionParams(trainer_cls.fusion_rule)

@@ -31,6 +31,8 @@ class Audio(Kind):
     accept = "audio/*,video/*"
     description = "an audio file (wav, flac, mp3, ...)"
     formats = MEDIA_FORMATS
+    encoder_class = "training.models.encoders:AudioEncoder"
+    augmentation_class = "training.models.augment:SpecAugment"  # the mel axis warped, bands and frames masked
     ood_k = 20
     borrow = ("video", "use_video_audio")  # the audio track of the video file sent
     older_augment_option = "audio_augment"
@@ -83,16 +85,6 @@ class Audio(Kind):
             max_channels=server.max_audio_channels,
             max_streams=server.max_streams,
         )
-
-    def encoder(self, encoder: str, settings: Mapping[str, Any]) -> Any:
-        from training.models.encoders import AudioEncoder
-
-        return AudioEncoder(encoder, settings)
-
-    def augmentation(self) -> Any:
-        from training.models.augment import SpecAugment
-
-        return SpecAugment()
 
     def legacy_settings(self, flat: Mapping[str, Any]) -> Settings | None:
         if "sample_rate" not in flat:

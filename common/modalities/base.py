@@ -11,8 +11,10 @@ A kind (audio, video, image, text) owns everything that differs between modaliti
 - how a **file or form value is decoded and checked** (`decode`: a path or in-memory bytes in, the
   array the graph takes out, or a `common.media_types.MediaError` for the client), and the bounds a
   server applies (`limits`);
-- its **encoder** (`encoder`: a torch module with `preprocess`, which goes inside the exported
-  graph in float32, and `embed`), imported only when asked for, so the service never loads torch;
+- its **encoder** (`encoder_class`: a torch module with `preprocess`, which goes inside the exported
+  graph in float32, and `embed`) and its training-time augmentation, named as "module:Class" and
+  imported by training alone (training.models.classifier.resolve): the served packages never
+  import torch, not even inside a function;
 - how a client sends it (`field`, `accept`, `description`): the form field, the page's widget.
 
 The registry (common/modalities/__init__.py) lists the kinds, one line each. A kind's name is
@@ -77,6 +79,12 @@ class Kind(ABC):
     # The boolean a run's training options had for this kind's augmentation before `augment` listed kinds
     # (checkpoints keep it); None: none ever.
     older_augment_option: ClassVar[str | None] = None
+    # "module:Class" of the torch encoder, built as Class(encoder size, settings): `preprocess` then `embed`,
+    # features [B, D] of the width every encoder of that size emits (training.models.encoders.feature_width)
+    encoder_class: ClassVar[str]
+    # "module:Class" of a torch module applied in training only, between `preprocess` and `embed` (`mla train
+    # --augment`); None: the kind has none
+    augmentation_class: ClassVar[str | None] = None
     description: ClassVar[str]
 
     @abstractmethod
@@ -111,14 +119,6 @@ class Kind(ABC):
     @abstractmethod
     def limits(self, server: Any) -> Limits:
         """The bounds a server applies to an upload of this kind (`server`: service.settings.Settings)."""
-
-    @abstractmethod
-    def encoder(self, encoder: str, settings: Mapping[str, Any]) -> Any:
-        """The torch encoder (imported here, never at module level): `preprocess` then `embed`, features [B, D]."""
-
-    def augmentation(self) -> Any:
-        """A torch module applied in training only, between `preprocess` and `embed`, or None (`mla train --augment`)."""
-        return None
 
     def blank(self, spec: Any, settings: Mapping[str, Any]) -> np.ndarray:
         """What a missing input is in a training batch: zeros of the input's shape (masked out anyway)."""

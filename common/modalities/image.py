@@ -93,6 +93,7 @@ class Image(Kind):
     accept = "image/png,image/jpeg,image/webp"
     description = "an image file (PNG, JPEG or WebP)"
     formats = FORMATS
+    encoder_class = "training.models.encoders:ImageEncoder"
 
     def defaults(self, encoder: str) -> Settings:
         if encoder == "resnet18":
@@ -125,11 +126,6 @@ class Image(Kind):
 
     def limits(self, server: Any) -> Limits:
         return Limits(max_pixels=server.max_image_pixels, max_streams=server.max_streams)
-
-    def encoder(self, encoder: str, settings: Mapping[str, Any]) -> Any:
-        from training.models.encoders import ImageEncoder
-
-        return ImageEncoder(encoder, settings)
 
 
 KIND = Image()

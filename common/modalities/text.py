@@ -73,6 +73,7 @@ class Text(Kind):
     accept = "text/plain"
     description = "UTF-8 text: a form value, or a text file"
     formats = None
+    encoder_class = "training.models.encoders:TextEncoder"
 
     def defaults(self, encoder: str) -> Settings:
         return {"max_bytes": 64}
@@ -98,11 +99,6 @@ class Text(Kind):
 
     def limits(self, server: Any) -> Limits:
         return Limits(max_bytes=server.max_text_bytes)
-
-    def encoder(self, encoder: str, settings: Mapping[str, Any]) -> Any:
-        from training.models.encoders import TextEncoder
-
-        return TextEncoder(encoder, settings)
 
 
 KIND = Text()

@@ -32,6 +32,7 @@ class Video(Kind):
     accept = "video/*"
     description = "a video file (mp4, mkv, flv, mpg, ...)"
     formats = MEDIA_FORMATS
+    encoder_class = "training.models.encoders:VideoEncoder"
     ood_k = 10
 
     def defaults(self, encoder: str) -> Settings:
@@ -77,11 +78,6 @@ class Video(Kind):
             max_channels=server.max_audio_channels,
             max_streams=server.max_streams,
         )
-
-    def encoder(self, encoder: str, settings: Mapping[str, Any]) -> Any:
-        from training.models.encoders import VideoEncoder
-
-        return VideoEncoder(encoder, settings)
 
     def legacy_settings(self, flat: Mapping[str, Any]) -> Settings | None:
         if "video_frames" not in flat:

@@ -69,7 +69,7 @@ def _distance(a: str, b: str) -> int:
 
 def test_typing_errors_stay_close_to_the_word() -> None:
     rng = np.random.default_rng(0)
-    kinds = set()
+    kinds: set[str | int] = set()
     for words in NUMBERS.values():
         for word in words:
             for _ in range(20):

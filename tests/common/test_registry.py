@@ -1,5 +1,5 @@
-"""A modality is one module: a fifth kind trains, exports and decodes with nothing but its module and one
-registry line, and no other code names a modality."""
+"""A modality is its kind's module: a fifth kind trains, exports and decodes with nothing but its module (and its
+encoder's, which only training imports) and one registry line, and no other code names a modality."""
 
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ class Pulse(Kind):
     accept = "text/csv"
     description = "numbers, comma-separated"
     formats = None
+    encoder_class = "pulse_encoder:PulseEncoder"  # imported by training only: the kind's module stays torch-free
 
     def defaults(self, encoder):
         return {"length": 16}
@@ -73,32 +74,32 @@ class Pulse(Kind):
     def limits(self, server):
         return Limits(max_bytes=4096)
 
-    def encoder(self, encoder, settings):
-        import torch
-        from torch import nn
-
-        from training.models.encoders import feature_width
-
-        class PulseEncoder(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.dim = feature_width(encoder)
-                self.trunk = nn.Sequential(nn.Linear(int(settings["length"]), self.dim), nn.ReLU())
-
-            def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-                return x * 0.5
-
-            def embed(self, x: torch.Tensor) -> torch.Tensor:
-                return self.trunk(x)
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.embed(self.preprocess(x))
-
-        return PulseEncoder()
-
 
 KIND = Pulse()
 """
+
+PULSE_ENCODER = '''
+import torch
+from torch import nn
+
+from training.models.encoders import feature_width
+
+
+class PulseEncoder(nn.Module):
+    def __init__(self, encoder, settings) -> None:
+        super().__init__()
+        self.dim = feature_width(encoder)
+        self.trunk = nn.Sequential(nn.Linear(int(settings["length"]), self.dim), nn.ReLU())
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0.5
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.preprocess(x))
+'''
 
 # Trains a pulse + text model from a csv: manifest, exports it, reads the manifest back and decodes an upload the
 # way a decode worker does: nothing outside pulse_kind.py knows the kind but the line that registers it.
@@ -110,6 +111,7 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 import common.modalities
 common.modalities.register("pulse_kind")  # the one registry line
+assert "torch" not in sys.modules  # registering a kind loads no torch: the service may hold it
 
 from common.manifest import load_manifest
 from common.modalities import spec_of
@@ -144,8 +146,9 @@ print("KINDS", list(manifest.modalities), type(entry).__name__, x.shape, float(m
 """
 
 
-def test_a_fifth_kind_is_its_own_module_plus_one_registry_line(tmp_path: Path) -> None:
+def test_a_fifth_kind_is_its_own_modules_plus_one_registry_line(tmp_path: Path) -> None:
     (tmp_path / "pulse_kind.py").write_text(textwrap.dedent(PULSE))
+    (tmp_path / "pulse_encoder.py").write_text(textwrap.dedent(PULSE_ENCODER))
     work = tmp_path / "work"
     work.mkdir()
     done = subprocess.run(

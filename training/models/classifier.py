@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
@@ -11,13 +12,22 @@ from training.config import ModelConfig
 from common.modalities import kind
 
 
+def resolve(name: str) -> Any:
+    """A kind's torch class from its "module:Class" name (common.modalities: the served packages name it, never import it)."""
+    module, _, attr = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load {name!r}: {exc}") from exc
+
+
 class MultimodalClassifier(nn.Module):
     """`forward({modality: input})` returns `{modality: (features, logits)}` for the modalities given."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        encoders = {m: kind(m).encoder(cfg.encoder, cfg.settings(m)) for m in cfg.modalities}
+        encoders = {m: resolve(kind(m).encoder_class)(cfg.encoder, cfg.settings(m)) for m in cfg.modalities}
         self.encoders = nn.ModuleDict(encoders)
         dims = {enc.dim for enc in encoders.values()}
         if len(dims) != 1:
