@@ -78,7 +78,7 @@ class Pulse(Kind):
 KIND = Pulse()
 """
 
-PULSE_ENCODER = '''
+PULSE_ENCODER = """
 import torch
 from torch import nn
 
@@ -99,7 +99,7 @@ class PulseEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(self.preprocess(x))
-'''
+"""
 
 # Trains a pulse + text model from a csv: manifest, exports it, reads the manifest back and decodes an upload the
 # way a decode worker does: nothing outside pulse_kind.py knows the kind but the line that registers it.
