@@ -52,6 +52,13 @@ def _input_settings(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _older_augment() -> list[str]:
+    """What `--audio-augment`, the older spelling, turns on: the kinds whose augmentation that option was."""
+    from common.modalities import KINDS
+
+    return [name for name, k in KINDS.items() if k.older_augment_option == "audio_augment"]
+
+
 def vars_of(**given: Path | None) -> list[tuple[str, Path]]:
     """The older shorthand options that were given, as (modality, path)."""
     return [(k, p) for k, p in given.items() if p is not None]
@@ -139,7 +146,7 @@ def train(
         lr=lr,
         owm_alpha=alpha,
         owm_project=not no_projection,
-        augment=list(dict.fromkeys([*(augment or []), *(["audio"] if augment_first else [])])),
+        augment=list(dict.fromkeys([*(augment or []), *(_older_augment() if augment_first else [])])),
         seed=seed,
         workers=workers,
         max_batches=max_batches,
@@ -443,11 +450,12 @@ def predict(
 
     import httpx
 
-    from common.modalities import kind
+    from common.modalities import borrowing, kind
 
     paths = _pairs([*(file or []), *(f"{k}={p}" for k, p in vars_of(audio=audio, video=video))], "--file")
     values = _pairs(value or [], "--value")
-    borrowed = list(dict.fromkeys([*(borrow or []), *(["audio"] if use_video_audio else [])]))
+    older = [target for flag, (target, _) in borrowing().items() if flag == "use_video_audio"]
+    borrowed = list(dict.fromkeys([*(borrow or []), *(older if use_video_audio else [])]))
     if not paths and not values:
         _fail("give at least one input: --file MODALITY=PATH or --value MODALITY=TEXT")
     data: dict[str, str] = {}

@@ -265,7 +265,7 @@ def decode_audio(
         stream = container.streams.audio[0]
         ctx = stream.codec_context
         if ctx is None:
-            raise _no_decoder(name, "audio")
+            raise _no_decoder(name, stream.type)
         _check_audio_format(name, ctx.sample_rate, ctx.channels, limits)
         _check_declared_duration(name, container, stream, limits)
         ctx.options = {"max_samples": str(MAX_SAMPLES_PER_FRAME)}
@@ -338,7 +338,7 @@ def load_video(
         stream = container.streams.video[0]
         ctx = stream.codec_context
         if ctx is None:
-            raise _no_decoder(name, "video")
+            raise _no_decoder(name, stream.type)
         width, height = ctx.width, ctx.height
         if limits.max_pixels is not None and width * height > limits.max_pixels:
             raise MediaLimitError(f"{name} is {width}x{height}, more than {limits.max_pixels} pixels per frame")

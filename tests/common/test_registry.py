@@ -170,8 +170,6 @@ ALLOWED_VALUES = {("service/settings.py", "text"): "the log format called text"}
 ALLOWED = {
     "training/data/demo.py": "the demo data set's own audio and video columns",
     "training/data/specs.py": "the CREMA-D reader: that data set's own folders, AudioWAV and VideoFlash",
-    "common/media.py": "the audio and video decoders (PyAV) the two kinds call, naming the stream they miss",
-    "cli/main.py": "the older spellings of three options (--audio, --video, --audio-augment), kept working",
 }
 PLACES = ("cli", "common", "model_export", "service", "training", "docker", "deploy")
 
