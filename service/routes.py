@@ -178,6 +178,11 @@ def _version(query: str | None, form: str | None) -> str | None:
     return named.pop() if named else None
 
 
+def _borrow(how: tuple[str, str] | None) -> dict[str, str] | None:
+    """A kind that may be taken from another's file: {"from": that kind, "flag": the form flag asking for it}."""
+    return None if how is None else {"from": how[0], "flag": how[1]}
+
+
 @router.get("/v1/models", dependencies=[Depends(require_api_key)], summary="The served model: labels, inputs, limits, providers")
 async def models(model: ModelDep, repository: RepositoryDep, settings: SettingsDep) -> dict[str, Any]:
     assert model.manifest is not None
@@ -196,6 +201,8 @@ async def models(model: ModelDep, repository: RepositoryDep, settings: SettingsD
         "inputs": {
             m: {
                 "field": kind(m).field,
+                "widget": kind(m).widget,
+                "borrow": _borrow(kind(m).borrow),
                 "accept": kind(m).accept,
                 "description": kind(m).description,
                 "limits": kind(m).limits(settings).given(),

@@ -32,6 +32,7 @@ class Audio(Kind):
     description = "an audio file (wav, flac, mp3, ...)"
     formats = MEDIA_FORMATS
     encoder_class = "training.models.encoders:AudioEncoder"
+    widget = "audio"  # a file or the microphone
     augmentation_class = "training.models.augment:SpecAugment"  # the mel axis warped, bands and frames masked
     ood_k = 20
     borrow = ("video", "use_video_audio")  # the audio track of the video file sent

@@ -67,6 +67,8 @@ class Kind(ABC):
     entry: ClassVar[type[EntryBase]]
     input_name: ClassVar[str]  # the graph's input
     field: ClassVar[Literal["file", "value"]] = "file"  # "value": a form value, or a file holding it (UTF-8 text)
+    # its widget on the page: service/static/kinds/<widget>.js ("file": a file chooser, a text box for a value)
+    widget: ClassVar[str] = "file"
     accept: ClassVar[str]  # the page's file chooser `accept`, and what the API docs say is taken
     formats: ClassVar[frozenset[str] | None]  # the containers a server accepts (FFmpeg demuxer names); None: not media
     # k of the out-of-distribution detector's nearest-neighbour distance (training.ood): chosen for audio and

@@ -1,16 +1,6 @@
-// The page: pick, record or draw clips (audio, video), add any other input the model takes (an image, text: a card
-// built from /v1/models), send them to /v1/predict like any client, show the answer.
-import {
-  AUDIO_TYPES,
-  VIDEO_TYPES,
-  DrawPad,
-  Recording,
-  deviceErrorMessage,
-  extensionOf,
-  levelMeter,
-  recordDigitClip,
-  recordingUnavailable,
-} from "./media.js";
+// The page: a widget per input the model takes (its kind's module in kinds/, or kinds/file.js: a file chooser, a text
+// box for a value), read from /v1/models; it sends them to /v1/predict like any client and shows the answer. Nothing
+// here knows a modality by name: each kind's widget does.
 import { formatBytes, readError, renderResult, showError, hideError } from "./render.js";
 
 const $ = (id) => document.getElementById(id);
@@ -18,9 +8,9 @@ const KEY_STORE = "mla-api-key";
 
 const state = {
   model: null, // the /v1/models answer
-  clips: { audio: null, video: null }, // per modality: {blob, name, source, url}, or {text} for a value
-  widgets: new Set(["audio", "video"]), // the modalities with a card of their own in index.html
-  recording: null, // {kind, rec, stopMeter, timer}
+  clips: {}, // per modality: {blob, name, source, url}, or {text} for a value; null while empty
+  widgets: {}, // per modality: what its widget's mount returned ({card, show(clip), hide()})
+  recording: null, // the microphone or camera recording running (recorder.js)
   xhr: null,
 };
 
@@ -58,7 +48,7 @@ async function loadModel() {
     return;
   }
   state.model = await r.json();
-  describeModel(state.model);
+  await describeModel(state.model);
   if (!state.model.ready) setTimeout(loadModel, 2000);
 }
 
@@ -66,92 +56,91 @@ function seconds(x) {
   return `${Number(x.toFixed(2))} s`;
 }
 
-function describeModel(m) {
+// What a kind's settings say about its input, in a few words (the keys its manifest entry has).
+function sizes(entry) {
+  if (entry.clip_seconds) return ` (${seconds(entry.clip_seconds)} at ${entry.sample_rate / 1000} kHz)`;
+  if (entry.frames) return ` (${entry.frames} frames at ${entry.width}×${entry.height})`;
+  if (entry.height) return ` (${entry.width}×${entry.height})`;
+  if (entry.max_bytes) return ` (${entry.max_bytes} bytes)`;
+  return "";
+}
+
+// A bound in words, from the keys a kind's limits have.
+function bound(kind, limits) {
+  const out = [];
+  if (limits.max_seconds) out.push(`${seconds(limits.max_seconds)} of ${kind}`);
+  if (limits.max_pixels) out.push(`${kind} pictures up to ${(limits.max_pixels / 1e6).toFixed(1)} megapixels`);
+  if (limits.max_bytes) out.push(`${formatBytes(limits.max_bytes)} of ${kind}`);
+  return out;
+}
+
+async function describeModel(m) {
   const mods = m.modalities || {};
-  const parts = [];
-  if (mods.audio) parts.push(`audio (${seconds(mods.audio.clip_seconds)} at ${mods.audio.sample_rate / 1000} kHz)`);
-  if (mods.video) parts.push(`video (${mods.video.frames} frames at ${mods.video.width}×${mods.video.height})`);
-  for (const k of Object.keys(mods)) if (!state.widgets.has(k)) parts.push(k);
+  const inputs = m.inputs || {};
   const providers = [...new Set(Object.values(m.providers || {}).map((p) => p.replace("ExecutionProvider", "")))];
   const labels = m.labels || [];
   const shown = labels.length > 12 ? `${labels.slice(0, 12).join(", ")}, …` : labels.join(", ");
+  const parts = Object.keys(mods).map((k) => `${k}${sizes(mods[k])}`);
   $("model-line").textContent =
     `Model ${m.name} v${m.version} · ${labels.length} labels: ${shown} · ${parts.join(", ")}` +
     (providers.length ? ` · ${providers.join(", ")}` : "") +
     (m.ready === false ? " · warming up…" : "");
-  if (mods.audio) {
-    $("audio-hint").textContent =
-      `A spoken word or any sound. The model hears the first ${seconds(mods.audio.clip_seconds)}: start right away.`;
-  }
-  if (mods.video) {
-    $("video-hint").textContent =
-      `A clip of a handwritten digit, or whatever the model learnt: it sees ${mods.video.frames} frames spread over the clip.`;
-  }
-  const others = Object.keys(mods).filter((k) => !state.widgets.has(k));
-  for (const kind of state.widgets) {
-    if (!mods[kind]) {
-      $(`${kind}-card`).disabled = true;
-      $(`${kind}-hint`).textContent = `This model has no ${kind} input.`;
-      $(`${kind}-card`).hidden = others.length > 0; // a model of other inputs: only its own cards
+  for (const kind of Object.keys(mods)) {
+    if (state.widgets[kind]) continue; // mounted when /v1/models was first read
+    const info = inputs[kind] || { field: "file", accept: "", description: kind, widget: "file", limits: {} };
+    let widget;
+    try {
+      widget = await import(`./kinds/${info.widget || "file"}.js`);
+    } catch {
+      widget = await import("./kinds/file.js"); // a kind this page has no widget for: a file chooser
     }
+    const w = widget.mount(page, kind, info, mods[kind]);
+    w.card.dataset.modality = kind;
+    $("inputs").append(w.card);
+    state.widgets[kind] = w;
+    state.clips[kind] = null;
   }
-  const inputs = m.inputs || {};
-  for (const kind of others) mountCard(kind, inputs[kind] || { field: "file", accept: "", description: kind });
+  mountBorrows(inputs);
   const l = m.limits;
   if (l) {
-    const per = [];
-    if (mods.audio) per.push(`${seconds(l.max_audio_seconds)} of audio`);
-    if (mods.video) per.push(`${seconds(l.max_video_seconds)} of video, ${(l.max_video_pixels / 1e6).toFixed(1)} megapixels a frame`);
-    if (mods.image && l.max_image_pixels) per.push(`${(l.max_image_pixels / 1e6).toFixed(1)} megapixels an image`);
-    if (mods.text && l.max_text_bytes) per.push(`${formatBytes(l.max_text_bytes)} of text`);
+    const per = Object.keys(mods).flatMap((k) => bound(k, (inputs[k] && inputs[k].limits) || {}));
     $("limits-line").textContent = `Limits: ${[`${formatBytes(l.max_upload_bytes)} per request`, ...per].join(", ")}.`;
   }
   updateControls();
 }
 
-// ---- a card for an input without a widget of its own: a file chooser, or a text box for a value
-function mountCard(kind, info) {
-  if ($(`${kind}-card`)) return; // mounted when /v1/models was first read
-  const card = $("input-card").content.firstElementChild.cloneNode(true);
-  card.id = `${kind}-card`;
-  card.dataset.modality = kind;
-  card.querySelector("legend").textContent = kind.charAt(0).toUpperCase() + kind.slice(1);
-  card.querySelector(".hint").textContent = `${info.description.charAt(0).toUpperCase()}${info.description.slice(1)}.`;
-  const input = card.querySelector(".file-input");
-  input.id = `${kind}-file`;
-  input.accept = info.accept || "";
-  const chooser = card.querySelector(".file-actions label");
-  chooser.htmlFor = input.id;
-  chooser.textContent = `Choose ${/^[aeiou]/.test(kind) ? "an" : "a"} ${kind} file`;
-  const clear = card.querySelector(".clear");
-  clear.id = `${kind}-clear`;
-  clear.querySelector(".sr-only").textContent = ` the ${kind}`;
-  card.querySelector(".clip").id = `${kind}-clip`;
-  card.querySelector(".name").id = `${kind}-name`;
-  const preview = card.querySelector(".image-preview");
-  preview.id = `${kind}-image`;
-  preview.alt = `The ${kind} chosen`;
-  if (info.field === "value") {
-    const box = card.querySelector("textarea");
-    box.id = `${kind}-value`;
-    const label = card.querySelector(".value-label");
-    label.htmlFor = box.id;
-    label.textContent = `Type the ${kind}, or choose a file of it`;
-    card.querySelector(".value-actions").hidden = false;
-    const limit = info.limits && info.limits.max_bytes;
-    box.addEventListener("input", () => {
-      const text = box.value;
-      state.clips[kind] = text.trim() ? { text } : null;
-      if (limit && new TextEncoder().encode(text).length > limit) {
-        showError({ status: 413, code: "too_large", message: `The ${kind} is longer than ${limit} bytes.`, note: "Checked here." });
-      } else hideError();
-      updateControls();
-    });
+// ---- inputs one kind can take from another's file (a video's sound as the audio): a check box in the source's card
+function mountBorrows(inputs) {
+  for (const [target, info] of Object.entries(inputs)) {
+    const b = info.borrow;
+    if (!b || !state.widgets[b.from] || !state.widgets[target] || $(b.flag.replaceAll("_", "-"))) continue;
+    const label = document.createElement("label");
+    label.className = "check";
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.id = b.flag.replaceAll("_", "-");
+    box.dataset.flag = b.flag;
+    box.dataset.target = target;
+    box.dataset.source = b.from;
+    box.disabled = true;
+    label.append(box, ` Use the ${b.from}'s sound as the ${target}`);
+    state.widgets[b.from].card.append(label);
   }
-  input.addEventListener("change", () => onFile(kind));
-  clear.addEventListener("click", () => clearClip(kind));
-  $("more-inputs").append(card);
-  state.clips[kind] = null;
+}
+
+function borrows() {
+  return [...document.querySelectorAll("input[data-flag]")].map((box) => ({
+    box,
+    flag: box.dataset.flag,
+    target: box.dataset.target,
+    source: box.dataset.source,
+  }));
+}
+
+// A source just recorded with what another input could take: check its box, if that input is empty.
+function borrowFrom(source) {
+  for (const b of borrows()) if (b.source === source && !state.clips[b.target]) b.box.checked = true;
+  updateControls();
 }
 
 // ---- clips
@@ -159,19 +148,7 @@ function setClip(kind, blob, name, source) {
   clearClip(kind);
   const url = URL.createObjectURL(blob);
   state.clips[kind] = { blob, name, source, url };
-  if (state.widgets.has(kind)) {
-    $(`${kind}-noplay`).hidden = true;
-    $(`${kind}-preview`).hidden = false;
-    $(`${kind}-preview`).src = url;
-  } else {
-    const img = $(`${kind}-image`);
-    img.hidden = !blob.type.startsWith("image/");
-    if (!img.hidden) img.src = url;
-    const box = $(`${kind}-value`);
-    if (box) box.value = "";
-  }
-  $(`${kind}-name`).textContent = `${name} · ${formatBytes(blob.size)} · ${source}`;
-  $(`${kind}-clip`).hidden = false;
+  state.widgets[kind].show(state.clips[kind]);
   hideError();
   updateControls();
 }
@@ -180,17 +157,15 @@ function clearClip(kind) {
   const clip = state.clips[kind];
   if (clip && clip.url) URL.revokeObjectURL(clip.url);
   state.clips[kind] = null;
-  if (state.widgets.has(kind)) $(`${kind}-preview`).removeAttribute("src");
-  else $(`${kind}-image`).removeAttribute("src");
-  $(`${kind}-clip`).hidden = true;
+  if (state.widgets[kind]) state.widgets[kind].hide();
   updateControls();
 }
 
 function updateControls() {
-  const { audio, video } = state.clips;
-  const useVideoAudio = $("use-video-audio");
-  useVideoAudio.disabled = !video || !!audio;
-  if (useVideoAudio.disabled) useVideoAudio.checked = false;
+  for (const b of borrows()) {
+    b.box.disabled = !state.clips[b.source] || !!state.clips[b.target];
+    if (b.box.disabled) b.box.checked = false;
+  }
   const busy = !!state.xhr || !!state.recording;
   const what = Object.keys(state.clips).filter((k) => state.clips[k]);
   $("send").disabled = busy || !what.length;
@@ -201,131 +176,12 @@ function updateControls() {
   }
 }
 
-function onFile(kind) {
-  const input = $(`${kind}-file`);
-  const file = input.files && input.files[0];
-  if (file) setClip(kind, file, file.name, "file");
-  input.value = ""; // choosing the same file again still fires change
-}
-
-// ---- recording from the microphone or the camera
-async function toggleRecording(kind) {
-  if (state.recording) {
-    const same = state.recording.kind === kind;
-    await stopRecording();
-    if (same) return;
-  }
-  const device = kind === "audio" ? "microphone" : "camera";
-  const why = recordingUnavailable();
-  if (why) {
-    showError({ status: 0, title: `Cannot record the ${device}`, message: why });
-    return;
-  }
-  const withSound = kind === "video" && $("cam-sound").checked;
-  const constraints =
-    kind === "audio"
-      ? { audio: { echoCancellation: false, noiseSuppression: false } } // the model hears the sound as it is
-      : { video: { width: { ideal: 640 }, height: { ideal: 480 }, facingMode: "user" }, audio: withSound };
-  let stream;
-  try {
-    stream = await navigator.mediaDevices.getUserMedia(constraints);
-  } catch (err) {
-    showError({ status: 0, title: `Cannot record the ${device}`, message: deviceErrorMessage(err, device) });
-    return;
-  }
-  hideError();
-  const rec = new Recording(stream, kind === "audio" ? AUDIO_TYPES : VIDEO_TYPES);
-  const limits = (state.model && state.model.limits) || {};
-  const clip = state.model && state.model.modalities && state.model.modalities.audio;
-  // Enough for a word past the model's clip, never past the service's limit.
-  const most =
-    kind === "audio"
-      ? Math.min(limits.max_audio_seconds || 60, Math.max(3, Math.ceil(clip ? clip.clip_seconds : 1) + 2))
-      : Math.min(limits.max_video_seconds || 60, 10);
-  const button = kind === "audio" ? $("mic-button") : $("cam-button");
-  const live = kind === "audio" ? $("mic-live") : $("cam-live");
-  const timerText = kind === "audio" ? $("mic-timer") : $("cam-timer");
-  let stopMeter = () => {};
-  if (kind === "audio") stopMeter = levelMeter(stream, $("mic-level"));
-  else {
-    $("cam-preview").srcObject = stream;
-    $("cam-preview").play().catch(() => {});
-  }
-  const timer = setInterval(() => {
-    timerText.textContent = `Recording ${rec.seconds.toFixed(1)} s of at most ${most} s`;
-    if (rec.seconds >= most) stopRecording();
-  }, 100);
-  state.recording = { kind, rec, stopMeter, timer, withSound, device };
-  button.textContent = "Stop recording";
-  button.setAttribute("aria-pressed", "true");
-  live.hidden = false;
-  rec.start();
-  setStatus(`Recording the ${device}…`);
-  updateControls();
-}
-
-async function stopRecording() {
-  const r = state.recording;
-  if (!r) return;
-  state.recording = null;
-  clearInterval(r.timer);
-  r.stopMeter();
-  const took = r.rec.seconds;
-  let blob;
-  try {
-    blob = await r.rec.stop();
-  } catch (err) {
-    showError({ status: 0, title: `The ${r.device} recording failed`, message: String(err.message || err) });
-    blob = null;
-  }
-  const button = r.kind === "audio" ? $("mic-button") : $("cam-button");
-  button.textContent = r.kind === "audio" ? "Record the microphone" : "Record the camera";
-  button.setAttribute("aria-pressed", "false");
-  (r.kind === "audio" ? $("mic-live") : $("cam-live")).hidden = true;
-  if (r.kind === "video") $("cam-preview").srcObject = null;
-  if (blob && blob.size) {
-    setClip(r.kind, blob, `${r.device}.${extensionOf(blob.type)}`, `${r.device}, ${took.toFixed(1)} s`);
-    if (r.withSound && !state.clips.audio) $("use-video-audio").checked = true;
-  } else if (blob) {
-    showError({ status: 0, title: `The ${r.device} recording is empty`, message: "Nothing was recorded; try again." });
-  }
-  updateControls();
-}
-
-// ---- the drawing pad
-function setupPad() {
-  const pad = new DrawPad($("pad"));
-  $("draw-button").addEventListener("click", () => {
-    const panel = $("draw-panel");
-    panel.hidden = !panel.hidden;
-    $("draw-button").setAttribute("aria-expanded", String(!panel.hidden));
-  });
-  $("pad-clear").addEventListener("click", () => pad.clear());
-  $("stamp").addEventListener("input", (e) => {
-    const digit = e.target.value.replace(/[^0-9]/g, "");
-    e.target.value = digit;
-    if (digit) pad.stamp(digit);
-  });
-  $("pad-use").addEventListener("click", async () => {
-    const button = $("pad-use");
-    button.disabled = true;
-    setStatus("Making a one-second clip of the drawing…");
-    try {
-      const blob = await recordDigitClip(pad, $("clip-canvas"));
-      setClip("video", blob, `drawing.${extensionOf(blob.type)}`, "drawing, 1 s");
-    } catch (err) {
-      showError({ status: 0, title: "Cannot make a clip of the drawing", message: String(err.message || err) });
-    } finally {
-      button.disabled = false;
-      updateControls();
-    }
-  });
-}
+// What the widgets may call.
+const page = { state, setClip, clearClip, updateControls, setStatus, showError, hideError, formatBytes, borrowFrom };
 
 // ---- sending
 function send(event) {
   event.preventDefault();
-  const { audio, video } = state.clips;
   const given = Object.entries(state.clips).filter(([, c]) => c);
   if (!given.length) return;
   const limit = state.model && state.model.limits && state.model.limits.max_upload_bytes;
@@ -336,7 +192,7 @@ function send(event) {
       code: "too_large",
       message: `The files are ${formatBytes(total)} together; this service accepts at most ${formatBytes(limit)} per request.`,
       note: "Checked here: nothing was sent.",
-      limits: state.model.limits,
+      limitsText: $("limits-line").textContent,
     });
     return;
   }
@@ -345,7 +201,7 @@ function send(event) {
     if (c.blob) form.append(kind, c.blob, c.name);
     else form.append(kind, c.text);
   }
-  if ($("use-video-audio").checked && video && !audio) form.append("use_video_audio", "true");
+  for (const b of borrows()) if (b.box.checked && !b.box.disabled) form.append(b.flag, "true");
   const threshold = $("min-confidence").value.trim();
   if (threshold) form.append("min_confidence", threshold); // the service checks it and words any error
 
@@ -381,7 +237,7 @@ function send(event) {
     }
     const err = readError(xhr.status, xhr.responseText, xhr.getResponseHeader("retry-after"));
     if (xhr.status === 401) showKeyField(true);
-    showError({ ...err, limits: state.model && state.model.limits, requestId });
+    showError({ ...err, limitsText: $("limits-line").textContent, requestId });
     setStatus(`The service answered ${xhr.status}.`);
   };
   xhr.onerror = () => {
@@ -410,23 +266,8 @@ function main() {
     hideError();
     loadModel();
   });
-  for (const kind of ["audio", "video"]) {
-    const preview = $(`${kind}-preview`);
-    preview.addEventListener("error", () => {
-      // Chromium plays neither MPEG-4 Part 2 nor FLV, say; only the preview is lost.
-      if (state.clips[kind] && preview.src === state.clips[kind].url) {
-        preview.hidden = true;
-        $(`${kind}-noplay`).hidden = false;
-      }
-    });
-    $(`${kind}-file`).addEventListener("change", () => onFile(kind));
-    $(`${kind}-clear`).addEventListener("click", () => clearClip(kind));
-  }
-  $("mic-button").addEventListener("click", () => toggleRecording("audio"));
-  $("cam-button").addEventListener("click", () => toggleRecording("video"));
   $("predict-form").addEventListener("submit", send);
   $("cancel").addEventListener("click", () => state.xhr && state.xhr.abort());
-  setupPad();
   updateControls();
   loadModel();
 }

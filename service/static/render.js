@@ -70,15 +70,11 @@ export function readError(status, text, retryAfter) {
 }
 
 function hintFor(err) {
-  const l = err.limits;
   switch (err.status) {
     case 401:
       return "Enter the service's API key above and send again.";
     case 413:
-      return l
-        ? `This service takes at most ${formatBytes(l.max_upload_bytes)} per request, ${l.max_audio_seconds} s of audio, ` +
-            `${l.max_video_seconds} s of video and ${l.max_video_pixels} pixels a frame.`
-        : "";
+      return err.limitsText || ""; // the page's own line of limits, built from /v1/models
     case 415:
       return `Accepted containers: ${document.body.dataset.accept.split(",").filter((x) => x.startsWith(".")).join(" ")}`;
     case 503:

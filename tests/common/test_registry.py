@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ast
 import io
+import re
 import subprocess
 import sys
 import textwrap
 import tokenize
 from pathlib import Path
 
-from common.modalities import KIND_MODULES, names
+from common.modalities import KIND_MODULES, kind, names
 from tests.conftest import ROOT
 
 # A kind no one ships: a short series of numbers (a sensor's pulse), comma-separated in a text file.
@@ -201,3 +202,21 @@ def test_no_code_outside_the_kinds_names_a_modality() -> None:
                 if value in names() and (rel, value) not in ALLOWED_VALUES
             ]
     assert not found, "a modality named outside its kind's module:\n" + "\n".join(found)
+
+
+PAGE = ("service/static/app.js", "service/static/render.js", "service/static/recorder.js", "service/static/index.html")
+
+
+def test_the_page_names_no_modality_outside_the_kinds_widgets() -> None:
+    """The page's own code builds a widget per input from /v1/models; only service/static/kinds/ knows a kind."""
+    quoted = re.compile(r"[\"'`](" + "|".join(names()) + r")[\"'`]")
+    element = re.compile(r"[#\"'`(](" + "|".join(names()) + r")-[a-z]")  # an element id such as "audio-file"
+    found = [
+        f"{rel}:{n}: {line.strip()}"
+        for rel in PAGE
+        for n, line in enumerate((ROOT / rel).read_text().splitlines(), 1)
+        if not line.lstrip().startswith(("//", "<!--")) and (quoted.search(line) or element.search(line))
+    ]
+    assert not found, "\n".join(found)
+    widgets = {p.stem for p in (ROOT / "service" / "static" / "kinds").glob("*.js")}
+    assert {kind(m).widget for m in names()} <= widgets  # every kind's widget exists

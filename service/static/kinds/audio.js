@@ -1,0 +1,83 @@
+// The audio kind's widget: an audio file, or a recording of the microphone.
+import { AUDIO_TYPES, extensionOf, levelMeter } from "../media.js";
+import { stop, toggle } from "../recorder.js";
+
+const MARKUP = `
+  <legend>Audio</legend>
+  <p class="hint" id="audio-hint">A spoken word or any sound.</p>
+  <div class="actions">
+    <input type="file" id="audio-file" class="file-input" aria-describedby="formats">
+    <label for="audio-file" class="button">Choose an audio file</label>
+    <button type="button" id="mic-button" class="button" aria-pressed="false">Record the microphone</button>
+  </div>
+  <div id="mic-live" class="live" hidden>
+    <span class="dot" aria-hidden="true"></span>
+    <span id="mic-timer">Recording…</span>
+    <span class="meter" aria-hidden="true"><span id="mic-level" class="meter-fill"></span></span>
+  </div>
+  <div id="audio-clip" class="clip" hidden>
+    <audio id="audio-preview" controls preload="metadata"></audio>
+    <p class="hint" id="audio-noplay" hidden>This browser cannot play the file here; the service decodes it with FFmpeg all the same.</p>
+    <p class="clip-name"><span id="audio-name"></span>
+      <button type="button" id="audio-clear" class="link-button">Remove<span class="sr-only"> the audio</span></button></p>
+  </div>`;
+
+export function mount(page, kind, info, entry) {
+  const card = document.createElement("fieldset");
+  card.id = `${kind}-card`;
+  card.className = "card";
+  card.innerHTML = MARKUP;
+  const q = (id) => card.querySelector(`#${id}`);
+  const seconds = (x) => `${Number(x.toFixed(2))} s`;
+  q("audio-file").accept = document.body.dataset.accept || info.accept;
+  if (entry && entry.clip_seconds) {
+    q("audio-hint").textContent = `A spoken word or any sound. The model hears the first ${seconds(entry.clip_seconds)}: start right away.`;
+  }
+  const preview = q("audio-preview");
+  preview.addEventListener("error", () => {
+    const c = page.state.clips[kind];
+    if (c && preview.src === c.url) {
+      preview.hidden = true;
+      q("audio-noplay").hidden = false;
+    }
+  });
+  const input = q("audio-file");
+  input.addEventListener("change", () => {
+    const file = input.files && input.files[0];
+    if (file) page.setClip(kind, file, file.name, "file");
+    input.value = ""; // choosing the same file again still fires change
+  });
+  q("audio-clear").addEventListener("click", () => page.clearClip(kind));
+  q("mic-button").addEventListener("click", () => {
+    const limits = (page.state.model && page.state.model.limits) || {};
+    // Enough for a word past the model's clip, never past the service's limit.
+    const most = Math.min(limits.max_audio_seconds || 60, Math.max(3, Math.ceil(entry ? entry.clip_seconds : 1) + 2));
+    toggle(page, kind, {
+      device: "microphone",
+      constraints: { audio: { echoCancellation: false, noiseSuppression: false } }, // the model hears the sound as it is
+      types: AUDIO_TYPES,
+      most,
+      button: q("mic-button"),
+      live: q("mic-live"),
+      timer: q("mic-timer"),
+      idleLabel: "Record the microphone",
+      onStream: (stream) => levelMeter(stream, q("mic-level")),
+      done: (blob, took) => page.setClip(kind, blob, `microphone.${extensionOf(blob.type)}`, `microphone, ${took.toFixed(1)} s`),
+    });
+  });
+  return {
+    card,
+    stop: () => stop(page),
+    show(c) {
+      q("audio-noplay").hidden = true;
+      preview.hidden = false;
+      preview.src = c.url;
+      q("audio-name").textContent = `${c.name} · ${page.formatBytes(c.blob.size)} · ${c.source}`;
+      q("audio-clip").hidden = false;
+    },
+    hide() {
+      preview.removeAttribute("src");
+      q("audio-clip").hidden = true;
+    },
+  };
+}
