@@ -81,8 +81,10 @@ class Kind(ABC):
     # The boolean a run's training options had for this kind's augmentation before `augment` listed kinds
     # (checkpoints keep it); None: none ever.
     older_augment_option: ClassVar[str | None] = None
-    # "module:Class" of the torch encoder, built as Class(encoder size, settings): `preprocess` then `embed`,
-    # features [B, D] of the width every encoder of that size emits (training.models.encoders.feature_width)
+    # "module:Class" of the torch encoder (or of a function that builds one), called as (encoder size, settings):
+    # `preprocess` then `embed`, features [B, D] of the width every encoder of that size emits
+    # (training.models.encoders.feature_width). Named, not imported: the served packages import no torch, even
+    # inside a function; a kind outside them may keep its encoder in its own module, torch imported in the builder.
     encoder_class: ClassVar[str]
     # "module:Class" of a torch module applied in training only, between `preprocess` and `embed` (`mla train
     # --augment`); None: the kind has none
