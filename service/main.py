@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -20,6 +21,7 @@ from service.page import install_page
 from service.repository import Repository
 from service.routes import router
 from service.routes_v2 import router as router_v2
+from service.schemas import predict_body
 from service.settings import Settings, get_settings
 from service.uploads import Budget, Storage
 
@@ -65,7 +67,7 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[], None] | 
     # /docs and /redoc load Swagger UI and ReDoc from the app itself, not a CDN: they work offline.
     app = FastAPIOffline(
         title="mla-serve",
-        summary="Audio and/or video in, an uncertainty-fused prediction out (MLA).",
+        summary="Any of the model's inputs (audio, video, an image, text) in, an uncertainty-fused prediction out (MLA).",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -78,6 +80,19 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[], None] | 
     app.state.failed = None
     app.include_router(router)
     app.include_router(router_v2)
+    generated = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The schema, /v1/predict's body as the served model takes it (its inputs, not every kind's)."""
+        schema = generated()
+        repository = getattr(app.state, "repository", None)
+        model = repository.default if repository is not None else None
+        if model is not None and model.manifest is not None:
+            body = predict_body(list(model.manifest.modalities))["requestBody"]
+            schema["paths"]["/v1/predict"]["post"]["requestBody"] = body
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     install_page(app)
     install_handlers(app)
     if settings.cors_origins:

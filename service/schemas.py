@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from common.modalities import KINDS, Kind, borrowing
+from common.modalities import KINDS, Kind, borrowing, kind
 
 
 class ModelRef(BaseModel):
@@ -157,49 +158,52 @@ def _input_schema(k: Kind) -> dict[str, Any]:
     return {"type": "string", "format": "binary", "description": k.description}
 
 
-def _borrowed_schema() -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The borrowing flags as properties, and the ways a request may give its inputs: at least one of them, a flag
-    only with its source file and without its target."""
-    flags = borrowing()
+def predict_body(modalities: Sequence[str]) -> dict[str, Any]:
+    """What /v1/predict accepts for a model of these modalities, as a schema: a field per input (common.modalities), at
+    least one of them; a borrowing flag (use_video_audio) only with its source and without its target. The served
+    model's (service.main sets it on /openapi.json); before one is loaded, every kind's."""
+    flags = {f: (t, s) for f, (t, s) in borrowing().items() if t in modalities and s in modalities}
     off = {flag: {"const": False} for flag in flags}
-    ways: list[dict[str, Any]] = [{"required": [m], "properties": off} for m in KINDS]
+    ways: list[dict[str, Any]] = [{"required": [m], "properties": off} for m in modalities]
     for flag, (target, source) in flags.items():
         ways.append({"required": [source], "properties": {**off, flag: {"const": True}, target: False}})
-    props = {
-        flag: {"type": "boolean", "description": f"with {source} and no {target}: take the {target} from the {source} file"}
-        for flag, (target, source) in flags.items()
-    }
-    return props, ways
-
-
-# What the service accepts, as a schema: a field per modality kind (common.modalities; a model takes the ones its
-# manifest names, and answers 422 for another), at least one of them.
-_FLAGS, _WAYS = _borrowed_schema()
-PREDICT_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        **{name: _input_schema(k) for name, k in KINDS.items()},
-                        **_FLAGS,
-                        "min_confidence": {
-                            "type": "number",
-                            "minimum": 0,
-                            "maximum": 1,
-                            "description": "abstain below this calibrated confidence instead of the model's own threshold",
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            **{m: _input_schema(kind(m)) for m in modalities},
+                            **{
+                                flag: {
+                                    "type": "boolean",
+                                    "description": f"with {source} and no {target}: take the {target} from the {source} file",
+                                }
+                                for flag, (target, source) in flags.items()
+                            },
+                            "min_confidence": {
+                                "type": "number",
+                                "minimum": 0,
+                                "maximum": 1,
+                                "description": "abstain below this calibrated confidence instead of the model's own threshold",
+                            },
+                            "version": {
+                                "type": "string",
+                                "description": "the model version to answer (default: the served one)",
+                            },
                         },
-                        "version": {"type": "string", "description": "the model version to answer (default: the served one)"},
-                    },
-                    "additionalProperties": False,
-                    "anyOf": _WAYS,
+                        "additionalProperties": False,
+                        "anyOf": ways,
+                    }
                 }
-            }
-        },
+            },
+        }
     }
-}
+
+
+PREDICT_BODY = predict_body(list(KINDS))
 
 
 class ErrorResponseV2(BaseModel):

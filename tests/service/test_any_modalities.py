@@ -223,3 +223,15 @@ def test_the_model_description_says_how_each_input_is_sent(served: tuple[str, Pa
     assert info["inputs"]["text"]["limits"] == {"max_bytes": info["limits"]["max_text_bytes"]}
     assert info["inputs"]["image"]["accept"] == "image/png,image/jpeg,image/webp"
     assert info["inputs"]["image"]["limits"]["max_pixels"] == info["limits"]["max_image_pixels"]
+
+
+def test_the_openapi_schema_offers_the_served_model_s_inputs(served: tuple[str, Path, Server]) -> None:
+    """Schemathesis and clients read /v1/predict's fields from it: the model's inputs, not every kind there is."""
+    name, _, server = served
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    schema = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    inputs = [p for p in schema["properties"] if p not in ("min_confidence", "version")]
+    assert inputs == list(SETS[name])  # no borrowing flag either: no video to take sound from
+    assert [w["required"] for w in schema["anyOf"]] == [[m] for m in SETS[name]]
+    assert schema["properties"]["text"] == {"type": "string", "description": kind("text").description}
+    assert schema["properties"]["image"]["format"] == "binary"
