@@ -1,6 +1,7 @@
 // The audio kind's widget: an audio file, or a recording of the microphone.
 import { AUDIO_TYPES, extensionOf, levelMeter } from "../media.js";
-import { stop, toggle } from "../recorder.js";
+import { toggle } from "../recorder.js";
+import { clipControls } from "./clip.js";
 
 const MARKUP = `
   <legend>Audio</legend>
@@ -33,21 +34,7 @@ export function mount(page, kind, info, entry) {
   if (entry && entry.clip_seconds) {
     q("audio-hint").textContent = `A spoken word or any sound. The model hears the first ${seconds(entry.clip_seconds)}: start right away.`;
   }
-  const preview = q("audio-preview");
-  preview.addEventListener("error", () => {
-    const c = page.state.clips[kind];
-    if (c && preview.src === c.url) {
-      preview.hidden = true;
-      q("audio-noplay").hidden = false;
-    }
-  });
-  const input = q("audio-file");
-  input.addEventListener("change", () => {
-    const file = input.files && input.files[0];
-    if (file) page.setClip(kind, file, file.name, "file");
-    input.value = ""; // choosing the same file again still fires change
-  });
-  q("audio-clear").addEventListener("click", () => page.clearClip(kind));
+  const clip = clipControls(page, kind, card);
   q("mic-button").addEventListener("click", () => {
     const limits = (page.state.model && page.state.model.limits) || {};
     // Enough for a word past the model's clip, never past the service's limit.
@@ -67,17 +54,7 @@ export function mount(page, kind, info, entry) {
   });
   return {
     card,
-    stop: () => stop(page),
-    show(c) {
-      q("audio-noplay").hidden = true;
-      preview.hidden = false;
-      preview.src = c.url;
-      q("audio-name").textContent = `${c.name} · ${page.formatBytes(c.blob.size)} · ${c.source}`;
-      q("audio-clip").hidden = false;
-    },
-    hide() {
-      preview.removeAttribute("src");
-      q("audio-clip").hidden = true;
-    },
+    show: clip.show,
+    hide: clip.hide,
   };
 }

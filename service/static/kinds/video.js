@@ -2,6 +2,7 @@
 // pad and turned into a one-second clip.
 import { DrawPad, VIDEO_TYPES, extensionOf, recordDigitClip } from "../media.js";
 import { toggle } from "../recorder.js";
+import { clipControls } from "./clip.js";
 
 const MARKUP = `
   <legend>Video</legend>
@@ -49,22 +50,7 @@ export function mount(page, kind, info, entry) {
     q("video-hint").textContent =
       `A clip of a handwritten digit, or whatever the model learnt: it sees ${entry.frames} frames spread over the clip.`;
   }
-  const preview = q("video-preview");
-  preview.addEventListener("error", () => {
-    // Chromium plays neither MPEG-4 Part 2 nor FLV, say; only the preview is lost.
-    const c = page.state.clips[kind];
-    if (c && preview.src === c.url) {
-      preview.hidden = true;
-      q("video-noplay").hidden = false;
-    }
-  });
-  const input = q("video-file");
-  input.addEventListener("change", () => {
-    const file = input.files && input.files[0];
-    if (file) page.setClip(kind, file, file.name, "file");
-    input.value = "";
-  });
-  q("video-clear").addEventListener("click", () => page.clearClip(kind));
+  const clip = clipControls(page, kind, card);
   q("cam-button").addEventListener("click", () => {
     const limits = (page.state.model && page.state.model.limits) || {};
     const withSound = q("cam-sound").checked;
@@ -119,16 +105,7 @@ export function mount(page, kind, info, entry) {
   });
   return {
     card,
-    show(c) {
-      q("video-noplay").hidden = true;
-      preview.hidden = false;
-      preview.src = c.url;
-      q("video-name").textContent = `${c.name} · ${page.formatBytes(c.blob.size)} · ${c.source}`;
-      q("video-clip").hidden = false;
-    },
-    hide() {
-      preview.removeAttribute("src");
-      q("video-clip").hidden = true;
-    },
+    show: clip.show,
+    hide: clip.hide,
   };
 }
