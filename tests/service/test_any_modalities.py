@@ -20,6 +20,7 @@ from common.hashing import sha256_file
 from common.manifest import load_manifest
 from common.media_types import NO_LIMITS
 from common.modalities import decode, kind, spec_of
+from common.parity import FP32
 from tests.browser import open_page, send_and_wait, sent_file
 from tests.conftest import ROOT, shared_data
 from tests.servers import Server, start_server, stop_server
@@ -127,12 +128,16 @@ def test_each_answer_is_the_graph_run_on_the_shared_decoder(served: tuple[str, P
     for m, entry in manifest.modalities.items():
         x = decode(m, files[m], spec_of(entry), NO_LIMITS)
         sess = ort.InferenceSession(str(repo / entry.file), providers=["CPUExecutionProvider"])
-        logits = sess.run(None, {entry.input.name: x[None]})[0][0] / manifest.fusion.calibration.temperatures[m]
+        raw = sess.run(None, {entry.input.name: x[None]})[0][0]
+        logits = raw / manifest.fusion.calibration.temperatures[m]
         p = np.exp(logits - logits.max())
         p /= p.sum()
         got = [body["modalities"][m]["probabilities"][c] for c in manifest.labels]
-        # one graph, one input, two batch sizes: only ONNX Runtime's kernel choice differs, far under 1e-4
-        np.testing.assert_allclose(got, p, atol=1e-4)
+        # Same graph, same input; only ORT's kernel choice may differ (thread count, batch): the fp32 parity bound on
+        # the logits, scaled by the temperature, and softmax moves no probability by more than that.
+        t = manifest.fusion.calibration.temperatures[m]
+        bound = FP32.max_rel_logit_diff * max(1.0, float(np.abs(raw).max())) / min(t, 1.0)  # type: ignore[operator]
+        np.testing.assert_allclose(got, p, atol=bound)
 
 
 def test_text_comes_as_a_form_value_or_a_file_alike(served: tuple[str, Path, Server], small_set: Path) -> None:
