@@ -81,10 +81,6 @@ async function describeModel(m) {
   const labels = m.labels || [];
   const shown = labels.length > 12 ? `${labels.slice(0, 12).join(", ")}, …` : labels.join(", ");
   const parts = Object.keys(mods).map((k) => `${k}${sizes(mods[k])}`);
-  $("model-line").textContent =
-    `Model ${m.name} v${m.version} · ${labels.length} labels: ${shown} · ${parts.join(", ")}` +
-    (providers.length ? ` · ${providers.join(", ")}` : "") +
-    (m.ready === false ? " · warming up…" : "");
   for (const kind of Object.keys(mods)) {
     if (state.widgets[kind]) continue; // mounted when /v1/models was first read
     const info = inputs[kind] || { field: "file", accept: "", description: kind, widget: "file", limits: {} };
@@ -101,6 +97,11 @@ async function describeModel(m) {
     state.clips[kind] = null;
   }
   mountBorrows(inputs);
+  // written once every widget is in place: "Model ..." on this line means the page is ready for input
+  $("model-line").textContent =
+    `Model ${m.name} v${m.version} · ${labels.length} labels: ${shown} · ${parts.join(", ")}` +
+    (providers.length ? ` · ${providers.join(", ")}` : "") +
+    (m.ready === false ? " · warming up…" : "");
   const l = m.limits;
   if (l) {
     const per = Object.keys(mods).flatMap((k) => bound(k, (inputs[k] && inputs[k].limits) || {}));
