@@ -188,7 +188,7 @@ def test_the_page_offers_the_model_s_own_inputs_and_sends_them(
         assert page.locator(f"#{m}-card").is_visible() == (m in SETS[name]), m
     assert page.locator("#image-file").get_attribute("accept") == kind("image").accept
     page.set_input_files("#image-file", str(files["image"]))
-    assert page.locator("#image-image").is_visible()  # the chosen image is shown
+    page.locator("#image-image").wait_for(state="visible")  # the chosen image is shown (after the change event)
     page.fill("#text-value", files["text"].read_text(encoding="utf-8"))
     if "audio" in SETS[name]:
         page.set_input_files("#audio-file", str(files["audio"]))
