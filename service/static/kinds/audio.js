@@ -1,7 +1,7 @@
 // The audio kind's widget: an audio file, or a recording of the microphone.
 import { AUDIO_TYPES, extensionOf, levelMeter } from "../media.js";
 import { toggle } from "../recorder.js";
-import { clipControls } from "./clip.js";
+import { clipCard, clipControls } from "./clip.js";
 
 const MARKUP = `
   <legend>Audio</legend>
@@ -15,19 +15,10 @@ const MARKUP = `
     <span class="dot" aria-hidden="true"></span>
     <span id="mic-timer">Recording…</span>
     <span class="meter" aria-hidden="true"><span id="mic-level" class="meter-fill"></span></span>
-  </div>
-  <div id="audio-clip" class="clip" hidden>
-    <audio id="audio-preview" controls preload="metadata"></audio>
-    <p class="hint" id="audio-noplay" hidden>This browser cannot play the file here; the service decodes it with FFmpeg all the same.</p>
-    <p class="clip-name"><span id="audio-name"></span>
-      <button type="button" id="audio-clear" class="link-button">Remove<span class="sr-only"> the audio</span></button></p>
   </div>`;
 
 export function mount(page, kind, info, entry) {
-  const card = document.createElement("fieldset");
-  card.id = `${kind}-card`;
-  card.className = "card";
-  card.innerHTML = MARKUP;
+  const card = clipCard(kind, MARKUP, "audio controls");
   const q = (id) => card.querySelector(`#${id}`);
   const seconds = (x) => `${Number(x.toFixed(2))} s`;
   q("audio-file").accept = document.body.dataset.accept || info.accept;

@@ -1,6 +1,22 @@
-// What the audio and video widgets share: a file chooser, a preview the browser may not be able to play, a name
-// line with a Remove button. The markup uses the ids KIND-file, KIND-preview, KIND-noplay, KIND-name, KIND-clear
-// and KIND-clip inside `card`.
+// What the audio and video widgets share: their card, a file chooser, a preview the browser may not be able to play,
+// a name line with a Remove button. The markup uses the ids KIND-file, KIND-preview, KIND-noplay, KIND-name,
+// KIND-clear and KIND-clip inside `card`.
+
+/** The widget's card: its own `markup`, then the clip's preview (`player`: an audio or video element's attributes). */
+export function clipCard(kind, markup, player) {
+  const card = document.createElement("fieldset");
+  card.id = `${kind}-card`;
+  card.className = "card";
+  card.innerHTML = `${markup}
+  <div id="${kind}-clip" class="clip" hidden>
+    <${player} id="${kind}-preview" preload="metadata"></${player.split(" ")[0]}>
+    <p class="hint" id="${kind}-noplay" hidden>This browser cannot play the file here; the service decodes it with FFmpeg all the same.</p>
+    <p class="clip-name"><span id="${kind}-name"></span>
+      <button type="button" id="${kind}-clear" class="link-button">Remove<span class="sr-only"> the ${kind}</span></button></p>
+  </div>`;
+  return card;
+}
+
 export function clipControls(page, kind, card) {
   const q = (suffix) => card.querySelector(`#${kind}-${suffix}`);
   const preview = q("preview");

@@ -2,7 +2,7 @@
 // pad and turned into a one-second clip.
 import { DrawPad, VIDEO_TYPES, extensionOf, recordDigitClip } from "../media.js";
 import { toggle } from "../recorder.js";
-import { clipControls } from "./clip.js";
+import { clipCard, clipControls } from "./clip.js";
 
 const MARKUP = `
   <legend>Video</legend>
@@ -31,19 +31,10 @@ const MARKUP = `
       </div>
     </div>
     <canvas id="clip-canvas" class="offstage" width="128" height="128" aria-hidden="true"></canvas>
-  </div>
-  <div id="video-clip" class="clip" hidden>
-    <video id="video-preview" controls muted playsinline preload="metadata"></video>
-    <p class="hint" id="video-noplay" hidden>This browser cannot play the file here; the service decodes it with FFmpeg all the same.</p>
-    <p class="clip-name"><span id="video-name"></span>
-      <button type="button" id="video-clear" class="link-button">Remove<span class="sr-only"> the video</span></button></p>
   </div>`;
 
 export function mount(page, kind, info, entry) {
-  const card = document.createElement("fieldset");
-  card.id = `${kind}-card`;
-  card.className = "card";
-  card.innerHTML = MARKUP;
+  const card = clipCard(kind, MARKUP, "video controls muted playsinline");
   const q = (id) => card.querySelector(`#${id}`);
   q("video-file").accept = document.body.dataset.accept || info.accept;
   if (entry && entry.frames) {
