@@ -104,6 +104,15 @@ def train(
     augment_first: Annotated[
         bool, typer.Option("--audio-augment", hidden=True, help="the same as --augment audio (the older spelling)")
     ] = False,
+    outliers: Annotated[
+        str | None,
+        typer.Option(
+            metavar="csv:PATH",
+            help="outlier exposure: inputs that are none of the labels (a column per modality), each step's output on "
+            "them trained towards uniform; `python -m benchmarks.avdigits.outliers` writes AV-digits' own",
+        ),
+    ] = None,
+    outlier_weight: Annotated[float, typer.Option(min=0.0, help="weight of the outlier exposure loss (Hendrycks et al.: 0.5)")] = 0.5,
     workers: Annotated[int, typer.Option(min=0, help="data-loading worker processes")] = 1,
     max_batches: Annotated[int | None, typer.Option(min=1, help="cap batches per epoch")] = None,
     set_: Annotated[
@@ -147,6 +156,8 @@ def train(
         owm_alpha=alpha,
         owm_project=not no_projection,
         augment=list(dict.fromkeys([*(augment or []), *(_older_augment() if augment_first else [])])),
+        outliers=outliers,
+        outlier_weight=outlier_weight,
         seed=seed,
         workers=workers,
         max_batches=max_batches,

@@ -96,6 +96,12 @@ class TrainConfig:
     # modalities whose kind's training-time augmentation is on (common.modalities: audio's warps and masks its
     # log-mel, training.models.augment); the others have none
     augment: list[str] = field(default_factory=list)
+    # outlier exposure (Hendrycks et al. 2019): a `csv:` list of inputs that are none of the labels (a column per
+    # modality, no label or split; benchmarks.avdigits.outliers writes one), each step's model output on a batch
+    # of them trained towards the uniform distribution with this weight beside the usual loss. 0.5 is the
+    # paper's own value, not fitted here.
+    outliers: str | None = None
+    outlier_weight: float = 0.5
     seed: int = 0
     workers: int = 1  # DataLoader worker processes
     max_batches: int | None = None  # cap batches per epoch (tests, quick looks)

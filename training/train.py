@@ -14,7 +14,7 @@ import logging
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,8 +28,8 @@ from common.fusion import FusionParams
 from common.modalities import kind
 from training.checkpoint import CHECKPOINT_NAME, LAST_NAME, CheckpointError, save_checkpoint
 from training.config import METHODS, OWM_ALPHA_GRID, ModelConfig, TrainConfig
-from training.data.dataset import build_dataset, make_loader
-from training.data.specs import DataError, parse_spec
+from training.data.dataset import Batch, build_dataset, dataset_of, make_loader
+from training.data.specs import DataError, parse_spec, read_outliers
 from training.distributed import World, close_world, device_for, init_world
 from training.evaluate import predict, score, to_device
 from training.methods import TRAINERS
@@ -174,16 +174,22 @@ def _train(
             raise ValueError(f"augment names {m}, which this model does not have ({', '.join(mcfg.modalities)})")
         if kind(m).augmentation_class is None:
             raise ValueError(f"the {m} kind has no training-time augmentation")
+    outlier_samples = _outlier_samples(cfg, mcfg.modalities)
     decode_progress = (lambda d, t: notify("decode", d, t)) if notify else None
     if world.main:
         train_set = build_dataset(manifest, "train", mcfg, max(1, cfg.workers), decode_progress)
         val_set = build_dataset(manifest, "val", mcfg, max(1, cfg.workers), decode_progress)
+        outlier_set = dataset_of(outlier_samples, mcfg, max(1, cfg.workers), decode_progress) if outlier_samples else None
     world.barrier()
     if not world.main:
         train_set = build_dataset(manifest, "train", mcfg)
         val_set = build_dataset(manifest, "val", mcfg)
+        outlier_set = dataset_of(outlier_samples, mcfg) if outlier_samples else None
     train_loader = make_loader(train_set, cfg.batch_size, True, cfg.workers, cfg.seed, world.distributed)
     val_loader = make_loader(val_set, 2 * cfg.batch_size, False, cfg.workers)
+    outlier_loader = (
+        make_loader(outlier_set, cfg.batch_size, True, cfg.workers, cfg.seed + 1, world.distributed) if outlier_set else None
+    )
 
     # model and method
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
@@ -214,13 +220,15 @@ def _train(
             train_loader.sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every process
         elif train_loader.generator is not None:
             train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
+        outlier_batches = _outlier_batches(outlier_loader, cfg.seed, epoch)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         t0 = time.perf_counter()
         for i, raw in enumerate(train_loader):
             if i >= steps_per_epoch:
                 break
-            for k, v in trainer.step(to_device(raw, device)).items():
+            aux = to_device(next(outlier_batches), device) if outlier_batches is not None else None
+            for k, v in trainer.step(to_device(raw, device), aux).items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
             if notify:
@@ -298,6 +306,35 @@ def _train(
         plot_validation_curves(metrics_path, out / "val_accuracy.png", f"{cfg.method} ({encoder}) on {data}")
         result.update(best_validation=best_val, train_seconds=ckpt["train_seconds"])
     return result
+
+
+def _outlier_samples(cfg: TrainConfig, modalities: list[str]) -> list[Any]:
+    """The outliers `cfg` names, checked before any decoding (none: no outlier exposure)."""
+    if cfg.outliers is None:
+        return []
+    if not cfg.outlier_weight > 0:
+        raise ValueError(f"outlier_weight must be positive, got {cfg.outlier_weight}")
+    samples = read_outliers(cfg.outliers)
+    if not any(m in s.files for s in samples for m in modalities):
+        raise DataError(f"{cfg.outliers} gives none of this model's modalities ({', '.join(modalities)})")
+    return [replace(s, files={m: p for m, p in s.files.items() if m in modalities}) for s in samples if set(s.files) & set(modalities)]
+
+
+def _outlier_batches(loader: Any, seed: int, epoch: int) -> Iterator[Batch] | None:
+    """Outlier batches for one epoch, cycling through the set as often as the epoch needs; their order a
+    function of (seed, epoch), as the training split's is, so a resumed run sees the same ones."""
+    if loader is None:
+        return None
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    elif loader.generator is not None:
+        loader.generator.manual_seed((seed + 1) * 100_003 + epoch)
+
+    def cycle() -> Iterator[Batch]:
+        while True:
+            yield from loader
+
+    return cycle()
 
 
 def _finished(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:

@@ -42,7 +42,13 @@ def build_dataset(
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> DecodedDataset:
-    samples = manifest.split(split)
+    return dataset_of(manifest.split(split), cfg, workers, progress)
+
+
+def dataset_of(
+    samples: list[Sample], cfg: ModelConfig, workers: int = 1, progress: Callable[[int, int], None] | None = None
+) -> DecodedDataset:
+    """`samples` decoded into the cache for `cfg`'s inputs (a modality a sample lacks: blank, masked)."""
     arrays = DecodeCache().prepare(samples, {m: cfg.spec(m) for m in cfg.modalities}, workers, progress)
     return DecodedDataset(samples, arrays, cfg)
 

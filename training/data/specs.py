@@ -118,6 +118,34 @@ def read_csv(path: Path, spec: str | None = None) -> DatasetManifest:
     return manifest
 
 
+def read_outliers(spec: str) -> list[Sample]:
+    """`csv:PATH` of auxiliary outliers for outlier exposure: one column per modality, named by its kind, a
+    path relative to the CSV per cell (an empty cell: that modality is absent); no label, no split (other
+    columns are ignored). Each becomes a training-split Sample with label -1."""
+    kind, _, arg = spec.partition(":")
+    if kind != "csv" or not arg:
+        raise DataError(f"bad outliers spec {spec!r}: use csv:PATH")
+    path = Path(arg)
+    if not path.is_file():
+        raise DataError(f"outliers {path} does not exist")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        modalities = [c for c in reader.fieldnames or [] if c in KINDS]
+        if not modalities:
+            raise DataError(f"{path}: no column naming a modality ({', '.join(KINDS)})")
+        rows = list(reader)
+    samples = []
+    for n, r in enumerate(rows, start=2):
+        origin = f"{path.name} row {n}"
+        files = {m: p for m in modalities if (p := _media(path.parent, r[m] or "", origin, m)) is not None}
+        if not files:
+            raise DataError(f"{origin}: no modality is given ({', '.join(modalities)} are all empty)")
+        samples.append(Sample(files, -1, "train", origin))
+    if not samples:
+        raise DataError(f"{path}: no outliers listed")
+    return samples
+
+
 def read_cremad(
     root: Path, spec: str | None = None, seed: int = 0, fractions: tuple[float, float] = (0.8, 0.1)
 ) -> DatasetManifest:

@@ -45,8 +45,8 @@ class Trainer:
     def param_groups(self) -> list[dict[str, Any]]:
         return [{"params": list(self.model.parameters())}]
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """One mini-batch; returns the losses to log."""
+    def train_step(self, batch: Batch, outliers: Batch | None = None) -> dict[str, float]:
+        """One mini-batch (and, with outlier exposure, a batch of outliers); returns the losses to log."""
         raise NotImplementedError
 
     def selection_groups(self) -> dict[str, tuple[str, list[str]]]:
@@ -78,12 +78,12 @@ class Trainer:
         lo = self.cfg.lr / 50
         return lo + 0.5 * (self.cfg.lr - lo) * (1 + math.cos(math.pi * t))
 
-    def step(self, batch: Batch) -> dict[str, float]:
+    def step(self, batch: Batch, outliers: Batch | None = None) -> dict[str, float]:
         lr = self.lr_now()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.net.train()
-        losses = self.train_step(batch)
+        losses = self.train_step(batch, outliers)
         self.step_count += 1
         return losses
 
@@ -100,6 +100,24 @@ class Trainer:
         if local == 0 and total > 0:
             return Rows(batch[modality][:1], batch["label"][:1], real=False, anywhere=True)
         return Rows(batch[modality][mask], batch["label"][mask], real=local > 0, anywhere=total > 0)
+
+    @staticmethod
+    def outlier_rows(outliers: Batch | None, modality: str) -> torch.Tensor | None:
+        """The outliers' inputs of `modality` (None: no outlier batch, or none of its rows has the modality)."""
+        if outliers is None:
+            return None
+        mask = outliers[f"{modality}_present"]
+        return outliers[modality][mask] if bool(mask.any()) else None
+
+    def outlier_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """Outlier exposure: the weighted cross-entropy from the uniform distribution to the model's output on
+        outliers, -mean over classes of log softmax (its least, log K, where the output is uniform)."""
+        return self.cfg.outlier_weight * -F.log_softmax(logits, dim=1).mean(1).mean()
+
+    @staticmethod
+    def with_outliers(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """The rows and the outliers in one batch (one forward: BatchNorm sees both, as in the OE paper)."""
+        return x if out is None else torch.cat([x, out])
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor, real: bool = True) -> torch.Tensor:

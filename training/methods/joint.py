@@ -16,17 +16,30 @@ class JointTrainer(Trainer):
     method = "joint"
     fusion_rule = "logit_sum"  # it learns to predict argmax(sum of logits), and is scored by that
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch, outliers: Batch | None = None) -> dict[str, float]:
         y = batch["label"]
         picked = {m: r for m in self.modalities if (r := self.rows(batch, m)).anywhere}
-        out = self.net({m: r.x for m, r in picked.items()})
+        extra = {m: self.outlier_rows(outliers, m) for m in picked}
+        out = self.net({m: self.with_outliers(r.x, extra[m]) for m, r in picked.items()})
         summed = torch.zeros(y.shape[0], self.model.cfg.n_classes, device=y.device)
+        outlier_sum = None
+        if outliers is not None:  # an outlier's fused logits: the sum over the modalities it has
+            outlier_sum = torch.zeros(outliers["label"].shape[0], self.model.cfg.n_classes, device=y.device)
         for m, (_, logits) in out.items():
+            n = picked[m].x.shape[0]
             if picked[m].real:  # else this process ran a blank row only to keep DDP in step
                 rows = batch[f"{m}_present"].nonzero(as_tuple=True)[0]
-                summed = summed.index_put((rows,), logits, accumulate=True)
+                summed = summed.index_put((rows,), logits[:n], accumulate=True)
+            if outlier_sum is not None and extra[m] is not None:
+                rows = outliers[f"{m}_present"].nonzero(as_tuple=True)[0]  # type: ignore[index]
+                outlier_sum = outlier_sum.index_put((rows,), logits[n:], accumulate=True)
         loss = self.loss(summed, y)
+        losses = {"joint": loss.item()}
+        if outlier_sum is not None and any(e is not None for e in extra.values()):
+            exposure = self.outlier_loss(outlier_sum)
+            losses["joint_outliers"] = exposure.item()
+            loss = loss + exposure
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"joint": loss.item()}
+        return losses

@@ -84,16 +84,24 @@ class MLATrainer(Trainer):
         head_params = [p for p in self.model.parameters() if id(p) in head]
         return [{"params": rest}, {"params": head_params, "momentum": 0.0, "weight_decay": 0.0}]
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch, outliers: Batch | None = None) -> dict[str, float]:
         losses = {}
         head = self.model.head(self.modalities[0])
         for m in self.modalities:
             x, y, real, anywhere = self.rows(batch, m)
             if not anywhere:
                 continue
-            # forward this modality alone through the shared head
-            ((feats, logits),) = self.net({m: x}).values()
-            loss = self.loss(logits, y, real)
+            # forward this modality alone through the shared head (its outliers, if any, in the same batch)
+            out = self.outlier_rows(outliers, m)
+            ((feats, logits),) = self.net({m: self.with_outliers(x, out)}).values()
+            n = x.shape[0]
+            fit = self.loss(logits[:n], y, real)
+            loss = fit
+            if out is not None:
+                exposure = self.outlier_loss(logits[n:])
+                losses[f"{m}_outliers"] = exposure.item()
+                loss = fit + exposure
+            feats = feats[:n]  # P learns the directions of the labelled rows only
             # backward, project the head's weight gradient, step
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -114,7 +122,7 @@ class MLATrainer(Trainer):
                 stats = self.world.sum(stats)
                 if stats[-1] > 0:
                     self.projector.update(stats[:-1] / stats[-1])
-            losses[m] = loss.item()
+            losses[m] = fit.item()
         return losses
 
     def epoch_stats(self) -> dict[str, float]:

@@ -14,13 +14,17 @@ class UnimodalTrainer(Trainer):
     method = "unimodal"
     shared_head = False
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        # One forward over every modality (DDP wants one forward per backward).
+    def train_step(self, batch: Batch, outliers: Batch | None = None) -> dict[str, float]:
+        # One forward over every modality (DDP wants one forward per backward), its outliers in the same batch.
         picked = {m: r for m in self.modalities if (r := self.rows(batch, m)).anywhere}
         if not picked:
             return {}
-        out = self.net({m: r.x for m, r in picked.items()})
-        losses = {m: self.loss(out[m][1], r.y, r.real) for m, r in picked.items()}
+        extra = {m: self.outlier_rows(outliers, m) for m in picked}
+        out = self.net({m: self.with_outliers(r.x, extra[m]) for m, r in picked.items()})
+        losses = {m: self.loss(out[m][1][: r.x.shape[0]], r.y, r.real) for m, r in picked.items()}
+        for m, r in picked.items():
+            if extra[m] is not None:
+                losses[f"{m}_outliers"] = self.outlier_loss(out[m][1][r.x.shape[0] :])
         self.optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()  # type: ignore[union-attr]
         self.optimizer.step()
