@@ -93,3 +93,18 @@ def test_conformal_sets_hold_the_true_label_at_least_as_often_as_promised() -> N
     assert np.mean(coverage) <= 0.97  # not every label every time: the sets say something
     assert 1.0 < np.mean(sizes) < 5.0
     assert conformal_quantile(probs[:5], labels[:5], 0.05) == 1.0  # 5 answers cannot promise 95%: every label
+
+
+def test_folds_train_side_by_side_on_a_share_of_the_cores_and_a_failure_is_named(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    from training.crossfit import train_folds
+
+    say = "import os, sys; print(os.environ.get('OMP_NUM_THREADS', 'unset')); sys.exit(int(sys.argv[1]))"
+    commands = [(name, [sys.executable, "-c", say, "0"]) for name in ("ann", "bob")]
+    train_folds(commands, 2, tmp_path)
+    share = str(max(1, (os.cpu_count() or 1) // 2))
+    assert {(tmp_path / f"{n}.log").read_text().strip() for n in ("ann", "bob")} == {share}
+    with pytest.raises(SystemExit, match=r"fold\(s\) bob failed to train"):
+        train_folds([("ann", [sys.executable, "-c", say, "0"]), ("bob", [sys.executable, "-c", say, "3"])], 2, tmp_path)
