@@ -52,13 +52,13 @@ from benchmarks.live import free_port, wait_ready
 from benchmarks.peers.servers import PEERS, Request, check_answers, command, mix, peers_python
 from benchmarks.report import RESULTS, markdown_table, write
 from benchmarks.serve_cost import InProcess, inference_per_request, served_batches
-from common.manifest import load_manifest
+from common.manifest import load_manifest, newest_version
 from training.data.specs import parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = Path(__file__).with_name("wrk_post.lua")
 TICK = os.sysconf("SC_CLK_TCK")
-DEFAULT_MODEL = ROOT / "models/default/3"
+DEFAULT_MODEL = newest_version(ROOT / "models" / "default")
 
 
 def start(cmd: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -260,6 +260,19 @@ class Manifest(_Strict):
         return self.model_dump(mode="json", include={"name", "version", "created", "labels", "modalities", "fusion", "ood"})
 
 
+def version_key(name: str) -> tuple[bool, int, str]:
+    """How versions order: numbers by value (10 after 9), above any other name, which orders as text."""
+    return (name.isdigit(), int(name) if name.isdigit() else 0, name)
+
+
+def newest_version(model_root: Path) -> Path:
+    """The highest version folder (one holding manifest.json) of a model folder, as `mla serve` picks it."""
+    versions = [p for p in model_root.iterdir() if (p / "manifest.json").is_file()] if model_root.is_dir() else []
+    if not versions:
+        raise ManifestError(f"no model version (a folder with manifest.json) in {model_root}")
+    return max(versions, key=lambda p: version_key(p.name))
+
+
 def load_manifest(model_dir: Path) -> Manifest:
     path = model_dir / MANIFEST_NAME
     if not path.is_file():

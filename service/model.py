@@ -27,6 +27,7 @@ from common.manifest import (
     load_detectors,
     load_manifest,
     manifest_sha256,
+    newest_version,
 )
 from common.media_types import Limits, MediaError
 from common.modalities import EntryBase, kind, spec_of
@@ -47,21 +48,16 @@ class ModelLoadError(Exception):
     """The model repository cannot be served."""
 
 
-def version_key(name: str) -> tuple[bool, int, str]:
-    """How versions order: numbers by value (10 after 9), above any other name, which orders as text."""
-    return (name.isdigit(), int(name) if name.isdigit() else 0, name)
-
-
 def resolve_version_dir(model_dir: Path, version: str | None) -> Path:
     """A version folder as given, or the chosen/highest version inside a model folder."""
     if (model_dir / "manifest.json").is_file():
         return model_dir
     if version is not None:
         return model_dir / version
-    versions = [p for p in model_dir.iterdir() if (p / "manifest.json").is_file()] if model_dir.is_dir() else []
-    if not versions:
-        raise ModelLoadError(f"no model version (a folder with manifest.json) in {model_dir}")
-    return max(versions, key=lambda p: version_key(p.name))
+    try:
+        return newest_version(model_dir)
+    except ManifestError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 @dataclass

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.manifest import version_key
 from service.errors import InvalidRequest, NotFound, NotReady
 from service.metrics import Metrics
-from service.model import ModelLoadError, ServedModel, make_decode_pool, resolve_version_dir, version_key
+from service.model import ModelLoadError, ServedModel, make_decode_pool, resolve_version_dir
 from service.settings import Settings
 from service.uploads import Storage
 

@@ -12,12 +12,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.manifest import version_key
 from common.modalities import borrow, borrowing
 from service import protocol, uploads
 from service.admission import Admission
 from service.errors import InvalidMedia, InvalidRequest, NotReady, Overloaded, TooLarge
 from service.log_config import request_id
-from service.model import ServedModel, version_key
+from service.model import ServedModel
 from service.repository import Repository
 from service.routes import (
     TRUE,

@@ -1,6 +1,6 @@
 """Which fitted layers of the served fusion earn their place, on held-out speakers (issue 28, deliverable 2).
 
-    python -m benchmarks.avdigits.ablation [--crossfit runs/crossfit] [--model models/default/3] [--resamples 1000]
+    python -m benchmarks.avdigits.ablation [--crossfit runs/crossfit] [--model models/default/NEWEST] [--resamples 1000]
 
 The evidence: the default model's validation predictions (speaker `jackson`) and the out-of-fold predictions of
 `python -m training.crossfit` (each training speaker predicted by a model that never heard them nor saw their
@@ -197,12 +197,12 @@ def markdown(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from benchmarks.report import machine
-    from common.manifest import load_manifest
+    from common.manifest import load_manifest, newest_version
     from model_export.repository import graph_predictions
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--crossfit", type=Path, default=ROOT / "runs" / "crossfit")
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default" / "3")
+    parser.add_argument("--model", type=Path, default=newest_version(ROOT / "models" / "default"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resamples", type=int, default=1000)
     args = parser.parse_args(argv)

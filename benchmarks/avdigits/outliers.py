@@ -74,7 +74,8 @@ def _say(text: str, voice: str, pitch: int, speed: int, folder: Path) -> Path:
 
 
 def build(out: Path, seed: int = 0, count: int = COUNT) -> Path:
-    """Write media/NNNN.wav and outliers.csv (columns audio, words, voice, condition: a column named after a kind would be read as one) into `out`; return the csv."""
+    """Write media/NNNN.wav and outliers.csv into `out`; return the csv. Its columns: audio, words, voice,
+    condition (no column may be named after another kind: it would be read as one)."""
     variants = synthetic_variants()  # fails before writing anything when espeak-ng is absent
     rng = np.random.default_rng([seed, 27])
     media = out / "media"
@@ -93,7 +94,9 @@ def build(out: Path, seed: int = 0, count: int = COUNT) -> Path:
                 wave, rate, condition = decode_audio(said, RATE), RATE, "16 kHz, clean"
             path = media / f"{i:04d}.wav"
             write_audio(path, np.asarray(wave, np.float32), rate)
-            rows.append({"audio": f"media/{path.name}", "words": text, "voice": f"{voice} p{pitch} s{speed}", "condition": condition})
+            rows.append(
+                {"audio": f"media/{path.name}", "words": text, "voice": f"{voice} p{pitch} s{speed}", "condition": condition}
+            )
     return write_manifest(out / "outliers.csv", rows)
 
 

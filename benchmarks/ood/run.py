@@ -1,6 +1,6 @@
 """Out-of-distribution benchmark of the served model (issue 27): how it answers inputs nothing like its training data.
 
-    python -m benchmarks.ood.run [--model models/default/3] [--seed 0] [--resamples 1000]
+    python -m benchmarks.ood.run [--model models/default/NEWEST] [--seed 0] [--resamples 1000]
 
 OpenOOD v1.5's protocol on the AV-digits model: in-distribution is the AV-digits test split (the
 held-out speaker's digits paired with unseen handwritten ones); the OOD sets are
@@ -36,14 +36,14 @@ from benchmarks.ood import metrics, sets
 from benchmarks.ood.detectors import DETECTORS, Batch, serve, typicality_gate
 from benchmarks.report import markdown_table, write
 from common.fusion import subset_name
-from common.manifest import Manifest, check_hashes, load_detectors, load_manifest
+from common.manifest import Manifest, check_hashes, load_detectors, load_manifest, newest_version
 from common.media import AudioSpec, MediaError, VideoSpec
 from common.modalities.audio import AudioEntry
 from common.modalities.video import VideoEntry
 
 log = logging.getLogger("ood")
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "default" / "3"
+MODEL = newest_version(ROOT / "models" / "default")
 BATCH = 64
 GROUPS = (("report", "near"), ("report", "far"), ("tune", "near"), ("tune", "far"))
 CONDITIONS = {
@@ -451,7 +451,7 @@ def main(
     argv: Sequence[str] | None = None, results: Path | None = None, write_results: Callable[..., Any] = write
 ) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=MODEL, help="a model version folder (default: models/default/3)")
+    parser.add_argument("--model", type=Path, default=MODEL, help="a version folder (default: the newest of models/default)")
     parser.add_argument("--seed", type=int, default=0, help="of the sets, the pairing and the bootstrap")
     parser.add_argument("--resamples", type=int, default=metrics.RESAMPLES, help="bootstrap draws per interval")
     args = parser.parse_args(argv)

@@ -56,6 +56,42 @@ def test_tune_and_report_groups_share_no_kind() -> None:
         sets._check_disjoint((*sets.KINDS, leak))
 
 
+def test_the_training_outliers_share_no_word_with_any_ood_set() -> None:
+    """Outlier exposure's words (benchmarks/avdigits/outliers.py) are in no tune or report list, name no letter and
+    are no digit: what the sets measure stays unseen by training."""
+    from benchmarks.avdigits.outliers import OUTLIER_WORDS
+    from benchmarks.espeak_digits import WORDS as DIGITS
+
+    words = set(OUTLIER_WORDS)
+    assert len(words) == len(OUTLIER_WORDS)
+    spoken = set(sets.WORDS) | {w.lower() for s in sets.SENTENCES for w in s.split()} | set(sets.LETTERS) | set(DIGITS)
+    assert words.isdisjoint(spoken), sorted(words & spoken)
+    assert all(len(w) > 1 and w.isalpha() and w.islower() for w in words)
+
+
+def test_the_training_outliers_build(tmp_path: Path) -> None:
+    """A small build: readable as `mla train --outliers`, both recording conditions, the same bytes for a seed."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is absent (Debian package espeak-ng; make system-deps installs it)")
+    import wave
+
+    from benchmarks.avdigits import outliers
+    from training.data.specs import read_outliers
+
+    first = outliers.build(tmp_path / "a", seed=0, count=12)
+    again = outliers.build(tmp_path / "b", seed=0, count=12)
+    samples = read_outliers(f"csv:{first}")
+    assert len(samples) == 12
+    assert all(set(s.files) == {"audio"} and s.label == -1 for s in samples)
+    rates = set()
+    for s in samples:
+        with wave.open(str(s.files["audio"])) as w:
+            rates.add(w.getframerate())
+    assert rates == {8000, 16_000}  # noised at AV-digits' rate, and clean at 16 kHz
+    digest = lambda csv_path: [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(csv_path.parent.glob("media/*.wav"))]  # noqa: E731
+    assert digest(first) == digest(again)
+
+
 def test_the_same_seed_builds_the_same_bytes(small_sets: tuple[Path, Path]) -> None:
     first, second = small_sets
     a, b = _digests(first), _digests(second)

@@ -13,9 +13,10 @@ from benchmarks import live
 from benchmarks.live import free_port
 from benchmarks.peers.servers import PEERS, PEERS_VENV, check_answers, command, mix, peers_python
 from benchmarks.serve_load import start, stop
+from common.manifest import newest_version
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models/default/3"
+MODEL = newest_version(ROOT / "models" / "default")
 
 pytestmark = pytest.mark.skipif(
     peers_python() is None,

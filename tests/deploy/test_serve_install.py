@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from common.manifest import newest_version
 from tests.conftest import ROOT
 from tests.deploy import locks
 
@@ -51,11 +52,14 @@ def test_make_serve_installs_the_cpu_build_alone_and_calibrates_without_torch(tm
     # `mla validate` and `mla calibrate` on that install: a copy of the default model, fitted again on a small demo
     env = {**os.environ, "MLA_CACHE_DIR": str(tmp_path / "cache")}
     mla = str(venv / "bin" / "mla")
-    _run([mla, "validate", "models/default/3"], env=env)
+    newest = newest_version(ROOT / "models" / "default")
+    _run([mla, "validate", str(newest.relative_to(ROOT))], env=env)
     models = tmp_path / "models"
     shutil.copytree(ROOT / "models" / "default", models / "default")
-    out = _run([mla, "calibrate", str(models / "default" / "3"), "--data", f"csv:{tiny_demo}", "--version", "4"], env=env)
+    following = str(int(newest.name) + 1)
+    calibrate = [mla, "calibrate", str(models / "default" / newest.name), "--data", f"csv:{tiny_demo}", "--version", following]
+    out = _run(calibrate, env=env)
     assert "calibrated" in out.stderr + out.stdout
-    manifest = json.loads((models / "default" / "4" / "manifest.json").read_text())
+    manifest = json.loads((models / "default" / following / "manifest.json").read_text())
     assert manifest["fusion"]["calibration"]["fitted_on"].startswith(f"val split of csv:{tiny_demo}")
-    _run([mla, "validate", str(models / "default" / "4")], env=env)
+    _run([mla, "validate", str(models / "default" / following)], env=env)

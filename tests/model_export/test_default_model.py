@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from common.manifest import load_manifest
+from common.manifest import load_manifest, newest_version
 from tests.conftest import ROOT, shared_data
 
-DEFAULT = ROOT / "models" / "default" / "3"
+DEFAULT = newest_version(ROOT / "models" / "default")  # what `make serve` serves
 runner = CliRunner()
 
 
@@ -61,6 +61,12 @@ def test_retraining_with_the_documented_recipe_reproduces_its_validation_accurac
     args += ["--owm-alpha", str(cfg["owm_alpha"]), "--out", str(run)]
     args += ["--audio-augment"] if cfg.get("audio_augment") else []  # the flag versions up to 3 were trained with
     args += [a for m in cfg.get("augment", []) for a in ("--augment", m)]
+    if cfg.get("outliers"):  # outlier exposure: its auxiliary outliers built as the recipe builds them
+        count = re.search(r"-n(\d+)/outliers\.csv$", cfg["outliers"])
+        aux = [sys.executable, "-m", "benchmarks.avdigits.outliers", *(["--count", count.group(1)] if count else [])]
+        made = subprocess.run(aux, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert made.returncode == 0, made.stderr[-2000:]
+        args += ["--outliers", f"csv:{made.stdout.strip().splitlines()[-1]}", "--outlier-weight", str(cfg["outlier_weight"])]
     cmd = [sys.executable, "-m", "cli.main", *args]
     trained = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
     assert trained.returncode == 0, trained.stderr[-2000:]

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 from benchmarks.avdigits.build import FPS, SPEAKER_TEST, digit_clip, mnist
-from common.manifest import load_manifest
+from common.manifest import load_manifest, newest_version
 from tests.conftest import ROOT, shared_data
 from tests.servers import Server, start_server, stop_server
 from tests.service.test_e2e import check_answer
 from training.data.writers import write_audio, write_video
 
-DEFAULT = ROOT / "models" / "default" / "3"
+DEFAULT = newest_version(ROOT / "models" / "default")
 RATE = 16_000
 # spoken by espeak-ng's default voice; no digit in them (a fixed list, not chosen by their scores)
 WORDS = tuple(
