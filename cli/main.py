@@ -112,7 +112,9 @@ def train(
             "them trained towards uniform; `python -m benchmarks.avdigits.outliers` writes AV-digits' own",
         ),
     ] = None,
-    outlier_weight: Annotated[float, typer.Option(min=0.0, help="weight of the outlier exposure loss (Hendrycks et al.: 0.5)")] = 0.5,
+    outlier_weight: Annotated[
+        float, typer.Option(min=0.0, help="weight of the outlier exposure loss (Hendrycks et al.: 0.5)")
+    ] = 0.5,
     workers: Annotated[int, typer.Option(min=0, help="data-loading worker processes")] = 1,
     max_batches: Annotated[int | None, typer.Option(min=1, help="cap batches per epoch")] = None,
     set_: Annotated[

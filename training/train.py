@@ -317,7 +317,9 @@ def _outlier_samples(cfg: TrainConfig, modalities: list[str]) -> list[Any]:
     samples = read_outliers(cfg.outliers)
     if not any(m in s.files for s in samples for m in modalities):
         raise DataError(f"{cfg.outliers} gives none of this model's modalities ({', '.join(modalities)})")
-    return [replace(s, files={m: p for m, p in s.files.items() if m in modalities}) for s in samples if set(s.files) & set(modalities)]
+    return [
+        replace(s, files={m: p for m, p in s.files.items() if m in modalities}) for s in samples if set(s.files) & set(modalities)
+    ]
 
 
 def _outlier_batches(loader: Any, seed: int, epoch: int) -> Iterator[Batch] | None:
