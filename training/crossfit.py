@@ -56,9 +56,9 @@ def speakers(rows: list[dict[str, str]]) -> list[str]:
 
 
 def train_folds(commands: list[tuple[str, list[str]]], parallel: int, out: Path) -> None:
-    """Run the folds' trainings, `parallel` at a time, each with CPU cores / `parallel` threads (two small models
-    on one core each go faster than one after the other on two); with more than one, a fold's output goes to
-    out/<speaker>.log."""
+    """Run the folds' trainings, `parallel` at a time, each with CPU cores / `parallel` threads; with more than
+    one, a fold's output goes to out/<speaker>.log. (Whether that is faster than one at a time on every core
+    depends on the model and the machine: nothing here has measured it.)"""
     threads = str(max(1, (os.cpu_count() or 1) // parallel))
     env = {**os.environ, **({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} if parallel > 1 else {})}
 
