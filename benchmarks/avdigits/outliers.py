@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -33,7 +31,7 @@ import numpy as np
 
 from benchmarks.avdigits.build import SAMPLE_RATE, SYNTH_ACCENTS, SYNTH_PITCH, SYNTH_SPEED, _noisy, synthetic_variants
 from common.media import decode_audio
-from training.data.files import cache_root, write_manifest
+from training.data.files import built_once, cache_root, write_manifest
 from training.data.writers import write_audio
 
 log = logging.getLogger(__name__)
@@ -104,18 +102,9 @@ def cached(seed: int = 0, count: int = COUNT) -> Path:
     """The outliers' csv in the cache (`MLA_CACHE_DIR`), built on first use into a temporary folder moved
     into place when complete (an interrupted build is never mistaken for a finished one)."""
     out = cache_root() / "datasets" / f"avdigits-outliers-v{VERSION}-seed{seed}-n{count}"
-    manifest = out / "outliers.csv"
-    if not manifest.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if not (out / "outliers.csv").is_file():
         log.info("building %d auxiliary outliers into %s", count, out)
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-        try:
-            build(tmp, seed, count)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+    return built_once(out, "outliers.csv", lambda folder: build(folder, seed, count))
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ import argparse
 import csv
 import itertools
 import logging
-import os
 import shutil
 import subprocess
 import tempfile
@@ -45,7 +44,7 @@ from scipy import ndimage
 
 from benchmarks.avdigits.build import FPS, SHARED, SIZE, SYNTH_ACCENTS, SYNTH_PITCH, SYNTH_SPEED, digit_clip, synthetic_variants
 from common.media import decode_audio
-from training.data.files import cache_root
+from training.data.files import built_once, cache_root
 from training.data.writers import write_audio, write_video
 
 log = logging.getLogger(__name__)
@@ -539,18 +538,9 @@ def cached(seed: int = 0) -> Path:
     """The sets' items.csv in the cache (`MLA_CACHE_DIR`), built on first use, into a temporary folder
     moved into place when complete: an interrupted build is never mistaken for a finished one."""
     out = cache_root() / "ood" / f"sets-v{VERSION}-seed{seed}"
-    manifest = out / "items.csv"
-    if not manifest.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
+    if not (out / "items.csv").is_file():
         log.info("building the OOD sets into %s", out)
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-        try:
-            build(tmp, seed)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+    return built_once(out, "items.csv", lambda folder: build(folder, seed))
 
 
 def main() -> None:

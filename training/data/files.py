@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -21,3 +23,19 @@ def write_manifest(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
 def cache_root() -> Path:
     """Where generated datasets and decoded arrays live (MLA_CACHE_DIR overrides)."""
     return Path(os.environ.get("MLA_CACHE_DIR") or Path.home() / ".cache" / "mla-serve")
+
+
+def built_once(out: Path, listing: str, build: Callable[[Path], object]) -> Path:
+    """`out`/`listing`, with `build(folder)` run first when it is absent: into a temporary folder beside `out`,
+    moved into place when complete, so an interrupted build is never mistaken for a finished one."""
+    manifest = out / listing
+    if not manifest.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+        try:
+            build(tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
