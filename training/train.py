@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from common.fusion import FusionParams
 from common.modalities import kind
 from training.checkpoint import CHECKPOINT_NAME, LAST_NAME, CheckpointError, save_checkpoint
 from training.config import METHODS, OWM_ALPHA_GRID, ModelConfig, TrainConfig
 from training.data.dataset import Batch, build_dataset, dataset_of, make_loader
-from training.data.specs import DataError, parse_spec, read_outliers
+from training.data.specs import DataError, Sample, parse_spec, read_outliers
 from training.distributed import World, close_world, device_for, init_world
 from training.evaluate import predict, score, to_device
 from training.methods import TRAINERS
@@ -216,11 +216,8 @@ def _train(
     started = time.perf_counter() - seconds_before
     for epoch in range(first_epoch, cfg.epochs + 1):
         # train: the shuffle is a function of (seed, epoch), so a resumed run sees the same batches
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)  # a different shuffle each epoch, the same on every process
-        elif train_loader.generator is not None:
-            train_loader.generator.manual_seed(cfg.seed * 100_003 + epoch)
-        outlier_batches = _outlier_batches(outlier_loader, cfg.seed, epoch)
+        _reshuffle(train_loader, cfg.seed, epoch)
+        outlier_batches = _outlier_batches(outlier_loader, cfg.seed + 1, epoch)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         t0 = time.perf_counter()
@@ -308,7 +305,16 @@ def _train(
     return result
 
 
-def _outlier_samples(cfg: TrainConfig, modalities: list[str]) -> list[Any]:
+def _reshuffle(loader: DataLoader[Any], stream: int, epoch: int) -> None:
+    """A different shuffle each epoch, a function of (stream, epoch) alone, the same on every process: a resumed
+    run sees the batches an uninterrupted one would."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    elif loader.generator is not None:
+        loader.generator.manual_seed(stream * 100_003 + epoch)
+
+
+def _outlier_samples(cfg: TrainConfig, modalities: list[str]) -> list[Sample]:
     """The outliers `cfg` names, checked before any decoding (none: no outlier exposure)."""
     if cfg.outliers is None:
         return []
@@ -322,15 +328,12 @@ def _outlier_samples(cfg: TrainConfig, modalities: list[str]) -> list[Any]:
     ]
 
 
-def _outlier_batches(loader: Any, seed: int, epoch: int) -> Iterator[Batch] | None:
-    """Outlier batches for one epoch, cycling through the set as often as the epoch needs; their order a
-    function of (seed, epoch), as the training split's is, so a resumed run sees the same ones."""
+def _outlier_batches(loader: DataLoader[Any] | None, stream: int, epoch: int) -> Iterator[Batch] | None:
+    """Outlier batches for one epoch, cycling through the set as often as the epoch needs, shuffled as the
+    training split is (`_reshuffle`, on a stream of their own)."""
     if loader is None:
         return None
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
-    elif loader.generator is not None:
-        loader.generator.manual_seed((seed + 1) * 100_003 + epoch)
+    _reshuffle(loader, stream, epoch)
 
     def cycle() -> Iterator[Batch]:
         while True:
