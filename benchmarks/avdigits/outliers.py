@@ -34,12 +34,11 @@ from common.media import decode_audio
 from training.data.files import built_once, cache_root, write_manifest
 from training.data.writers import write_audio
 
-log = logging.getLogger(__name__)
 VERSION = 1  # of the recipe: a change to the words, the voices or the noise bumps it
 RATE = 16_000
 # No digit, no word that sounds like one or rhymes with one (hero, free, tree, sticks, heaven, wine,
 # line, fine, hive, gate, door, shoe, ...), no letter's name (bee, sea, tea, why, you, ...), nothing in the
-# OOD sets' lists (checked in tests/benchmarks/test_ood_sets.py and at import below).
+# OOD sets' lists (tests/benchmarks/test_ood.py checks it).
 OUTLIER_WORDS = (
     "bottle", "camera", "dragon", "elbow", "feather", "giant", "hammer", "igloo", "jungle", "kettle",
     "lemon", "magnet", "napkin", "ocean", "parrot", "puzzle", "rocket", "saddle", "tiger", "umbrella",
@@ -102,9 +101,7 @@ def cached(seed: int = 0, count: int = COUNT) -> Path:
     """The outliers' csv in the cache (`MLA_CACHE_DIR`), built on first use into a temporary folder moved
     into place when complete (an interrupted build is never mistaken for a finished one)."""
     out = cache_root() / "datasets" / f"avdigits-outliers-v{VERSION}-seed{seed}-n{count}"
-    if not (out / "outliers.csv").is_file():
-        log.info("building %d auxiliary outliers into %s", count, out)
-    return built_once(out, "outliers.csv", lambda folder: build(folder, seed, count))
+    return built_once(out, "outliers.csv", lambda folder: build(folder, seed, count), f"{count} auxiliary outliers")
 
 
 def main() -> None:

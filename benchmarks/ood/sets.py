@@ -538,9 +538,7 @@ def cached(seed: int = 0) -> Path:
     """The sets' items.csv in the cache (`MLA_CACHE_DIR`), built on first use, into a temporary folder
     moved into place when complete: an interrupted build is never mistaken for a finished one."""
     out = cache_root() / "ood" / f"sets-v{VERSION}-seed{seed}"
-    if not (out / "items.csv").is_file():
-        log.info("building the OOD sets into %s", out)
-    return built_once(out, "items.csv", lambda folder: build(folder, seed))
+    return built_once(out, "items.csv", lambda folder: build(folder, seed), "the OOD sets")
 
 
 def main() -> None:

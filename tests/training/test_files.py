@@ -16,10 +16,10 @@ def test_a_data_set_is_built_once_and_an_interrupted_build_leaves_nothing(tmp_pa
         calls.append(folder)
         (folder / "list.csv").write_text("path\n")
 
-    listing = built_once(tmp_path / "set", "list.csv", build)
+    listing = built_once(tmp_path / "set", "list.csv", build, "a set")
     assert listing == tmp_path / "set" / "list.csv"
     assert listing.read_text() == "path\n"
-    assert built_once(tmp_path / "set", "list.csv", build) == listing
+    assert built_once(tmp_path / "set", "list.csv", build, "a set") == listing
     assert len(calls) == 1  # found, not built again
     assert calls[0] != tmp_path / "set"  # built elsewhere, moved into place
 
@@ -28,5 +28,5 @@ def test_a_data_set_is_built_once_and_an_interrupted_build_leaves_nothing(tmp_pa
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        built_once(tmp_path / "other", "list.csv", killed)
+        built_once(tmp_path / "other", "list.csv", killed, "a set")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no folder, no half-built files

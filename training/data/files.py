@@ -4,11 +4,14 @@ that make them (training.data.demo, benchmarks.avdigits.build), so neither impor
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def write_manifest(path: Path, rows: Sequence[Mapping[str, object]]) -> Path:
@@ -25,11 +28,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("MLA_CACHE_DIR") or Path.home() / ".cache" / "mla-serve")
 
 
-def built_once(out: Path, listing: str, build: Callable[[Path], object]) -> Path:
-    """`out`/`listing`, with `build(folder)` run first when it is absent: into a temporary folder beside `out`,
-    moved into place when complete, so an interrupted build is never mistaken for a finished one."""
+def built_once(out: Path, listing: str, build: Callable[[Path], object], about: str) -> Path:
+    """`out`/`listing`, with `build(folder)` run first when it is absent (logged as building `about`): into a
+    temporary folder beside `out`, moved into place when complete, so an interrupted build is never mistaken
+    for a finished one."""
     manifest = out / listing
     if not manifest.is_file():
+        log.info("building %s into %s", about, out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
         try:
