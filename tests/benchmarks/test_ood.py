@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -70,12 +71,13 @@ def test_the_training_outliers_share_no_word_with_any_ood_set() -> None:
 
 
 def test_the_training_outliers_build(tmp_path: Path) -> None:
-    """A small build: readable as `mla train --outliers`, both recording conditions, the same bytes for a seed."""
+    """A small build: readable as `mla train --outliers`, recorded as the training clips are, the same bytes for a seed."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is absent (Debian package espeak-ng; make system-deps installs it)")
     import wave
 
     from benchmarks.avdigits import outliers
+    from benchmarks.avdigits.build import SAMPLE_RATE
     from training.data.specs import read_outliers
 
     first = outliers.build(tmp_path / "a", seed=0, count=12)
@@ -87,7 +89,9 @@ def test_the_training_outliers_build(tmp_path: Path) -> None:
     for s in samples:
         with wave.open(str(s.files["audio"])) as w:
             rates.add(w.getframerate())
-    assert rates == {8000, 16_000}  # noised at AV-digits' rate, and clean at 16 kHz
+    assert rates == {SAMPLE_RATE}  # every one at AV-digits' rate: none clean at 16 kHz (version 1's cue)
+    with first.open() as f:
+        assert all(row["condition"].startswith("8 kHz, SNR ") for row in csv.DictReader(f))
     digest = lambda csv_path: [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(csv_path.parent.glob("media/*.wav"))]  # noqa: E731
     assert digest(first) == digest(again)
 
