@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the service's closure only (no torch): what `make serve` needs
 SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: venv clients serve-deps serve-lock locks system-deps check-deploy compose-test test check lint typecheck pytest serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak bench-edge bench-ood bench-ablation clean
+.PHONY: venv clients serve-deps serve-lock locks system-deps check-deploy compose-test test check lint typecheck pytest recipe-test serve default-model screenshots bench-train bench-serve bench-clips bench-accuracy bench-robustness bench-calibration bench-espeak bench-audio-voices fuzz soak bench-edge bench-ood bench-ablation clean
 
 # Locked by uv (`make locks`, requirements/README.md), with every file's hash: CI, the images and
 # this venv install the same versions, and pip refuses any file but the one locked.
@@ -105,8 +105,13 @@ $(PEERS)/.installed: requirements/peers.txt
 	touch $@
 
 
+# Every test but the recipe's retraining (marker `recipe`, about 15 minutes of training), which
+# recipe-test runs on its own and `make test` runs beside everything else.
 pytest: venv system-deps $(CLIENTS)/.installed $(PEERS)/.installed
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not recipe"
+
+recipe-test: venv system-deps
+	$(BIN)/pytest -m recipe -p no:cacheprovider
 
 # Deployment files: compose (and its CI override), Prometheus config and rules (with their unit
 # tests), Dockerfiles, Kubernetes manifests. checkov lints the Dockerfiles and the manifests
@@ -141,7 +146,16 @@ docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Everything CI runs: lint, types, the docs, deployment checks, the whole test suite, the compose stack.
-test: lint typecheck docs check-deploy pytest compose-test
+# The recipe's retraining (recipe-test) runs in the background from the start, beside the rest, most of
+# which waits on servers, browsers and Docker rather than the CPU; its output is printed when both are
+# done, and either failing fails the target.
+test: venv system-deps $(CLIENTS)/.installed $(PEERS)/.installed $(CHECKOV)/.installed
+	@log=$$(mktemp); \
+	$(MAKE) --no-print-directory recipe-test >$$log 2>&1 & recipe=$$!; \
+	$(MAKE) --no-print-directory lint typecheck docs check-deploy pytest compose-test; rest=$$?; \
+	wait $$recipe; retrained=$$?; \
+	echo "=== make recipe-test (ran beside the rest; exit $$retrained) ==="; cat $$log; rm -f $$log; \
+	[ $$rest -eq 0 ] && [ $$retrained -eq 0 ]
 
 # The fast loop before a commit: lint, types, the docs site and the tests that need no root, no Docker engine, no browser,
 # no server and no training (numpy, the manifest contract, fusion, calibration, OOD, the import graph, the docs' tables

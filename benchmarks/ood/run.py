@@ -147,6 +147,33 @@ def id_split(manifest_csv: Path) -> tuple[list[Path], list[Path], np.ndarray]:
     return [base / r["audio"] for r in rows], [base / r["video"] for r in rows], np.array([int(r["label"]) for r in rows])
 
 
+def clean_speech(model: Model, speaker: str) -> dict[str, Any]:
+    """`speaker`'s FSDD recordings as they are (8 kHz, no noise added: what a microphone gives), each sent alone.
+
+    In distribution by what they say, but unlike every training clip, which is noised: the share flagged out of
+    distribution is a false alarm a user meets on a clean recording. The held-out speaker's for the report; the
+    validation speaker's for a choice (docs/decisions/2026-12-06-noised-outliers.md)."""
+    recs = [r for r in avdigits.recordings(avdigits.SHARED) if r.speaker == speaker]
+    if not recs:
+        raise ValueError(f"FSDD has no recording of {speaker}")
+    decoded = model.run("audio", [r.path for r in recs])
+    if decoded.refused:
+        raise SystemExit(f"the service refuses clean recordings: {decoded.refused}")
+    batch = serve_rows(model, {"audio": decoded.logits})
+    answered, label = served(model, batch)
+    right = label == np.array([r.digit for r in recs])
+    assert batch.answers is not None
+    return {
+        "speaker": speaker,
+        "n": len(recs),
+        "accuracy": float(right.mean()),
+        "flagged": float((~batch.answers.in_distribution["audio"]).mean()),
+        "answered": float(answered.mean()),
+        "error_among_answered": float(1 - right[answered].mean()) if answered.any() else None,
+        "per_clip": {"flagged": (~batch.answers.in_distribution["audio"]).tolist(), "answered": answered.tolist()},
+    }
+
+
 def ood_requests(
     items: list[sets.Item], decoded: dict[str, Decoded], id_logits: dict[str, np.ndarray], seed: int
 ) -> dict[str, Requests]:
@@ -357,6 +384,19 @@ def markdown(data: dict[str, Any]) -> str:
             "right to give, so those rows have no cap; `flagged` below says how often the OOD modality was left out.",
             "",
         ]
+    c = data["clean_speech"]
+    lines += [
+        "## Clean recordings of the held-out speaker",
+        "",
+        f"`{c['speaker']}`'s {c['n']} FSDD recordings as they are (no noise added, unlike every training and test clip), "
+        "each sent alone. In distribution by what they say: every flag is a false alarm.",
+        "",
+        markdown_table(
+            ["sent", "n", "accuracy", "flagged OOD", "answered", "error among answered"],
+            [["audio, clean", c["n"], f"{c['accuracy']:.3f}", _pct(c["flagged"]), _pct(c["answered"]), _pct(c["error_among_answered"])]],
+        ),
+        "",
+    ]
     lines += ["## At the served thresholds: share of OOD requests answered", ""]
     rows = []
     for name, c in conditions.items():
@@ -484,6 +524,7 @@ def main(
         log.info("scoring %s", name)
         id_batch = id_batches[name] if name in ("audio", "video") else id_batches["pair"]
         conditions[name] = {"about": CONDITIONS[name], **evaluate(model, id_batch, labels, req, args.seed, args.resamples)}
+    clean = clean_speech(model, avdigits.SPEAKER_TEST)
     counts = {k: sum(1 for it in items if it.kind == k) for k in dict.fromkeys(it.kind for it in items)}
     by_name = {k.name: k for k in sets.KINDS}
     done = time.perf_counter()
@@ -511,6 +552,7 @@ def main(
         "detectors": [{"name": d.name, "about": d.about} for d in DETECTORS],
         "refused": {m: d.refused for m, d in decoded.items()},
         "conditions": conditions,
+        "clean_speech": {k: v for k, v in clean.items() if k != "per_clip"},
         "machine_cpus": os.cpu_count(),
         "seconds": {"total": done - started, "sets": built - started, "decode_and_run": ran - built, "metrics": done - ran},
     }

@@ -217,6 +217,10 @@ def test_the_benchmark_runs_end_to_end(small_sets: tuple[Path, Path], tmp_path: 
     report = (tmp_path / "results" / "ood.md").read_text()
     assert "Nothing was chosen on the report sets" in report
     assert "grid_faces" in report
+    clean = data["clean_speech"]  # the held-out speaker's FSDD recordings, un-noised: 50 per digit
+    assert (clean["speaker"], clean["n"]) == (avdigits.SPEAKER_TEST, 500)
+    assert 0.0 <= clean["flagged"] <= 1.0 and 0.0 <= clean["answered"] <= 1.0 - clean["flagged"]
+    assert "Clean recordings of the held-out speaker" in report
 
 
 # --- feature detectors (benchmarks/ood/features.py): the math on constructed data -----------------

@@ -42,6 +42,7 @@ def test_the_committed_default_model_validates() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.recipe
 @pytest.mark.timeout(2400)  # builds AV-digits (4,500 wav + mp4) and trains 30 epochs: minutes, not seconds
 def test_retraining_with_the_documented_recipe_reproduces_its_validation_accuracy(tmp_path: Path) -> None:
     """The recipe in models/default/README.md, for the alpha the search kept: validation accuracy within 2 points."""
