@@ -52,6 +52,31 @@ def test_the_outlier_loss_is_least_where_the_output_is_uniform() -> None:
     assert float(trainer.outlier_loss(sure)) > 0.5 * math.log(10) + 1.0  # a confident output costs more
 
 
+def test_joint_outlier_loss_averages_only_the_outliers_a_step_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch with audio alone and outliers half of which have video alone: the joint step's outlier term is the
+    mean over the two audio outliers; the video-only ones (summed logits 0, uniform, no gradient) do not dilute it."""
+    from training.methods.joint import JointTrainer
+
+    cfg = ModelConfig(labels=[str(d) for d in range(10)], modalities=["audio", "video"])
+    model = build_model(cfg)
+    trainer = JointTrainer(model, TrainConfig(method="joint", outlier_weight=0.5), World(), 1)
+    torch.manual_seed(0)
+    a, v = cfg.spec("audio"), cfg.spec("video")
+    audio = torch.randn(4, a.samples)
+    video = torch.randint(0, 255, (4, v.frames, v.height, v.width, 3), dtype=torch.uint8)
+    batch = {"label": torch.arange(4), "audio": audio, "audio_present": torch.ones(4, dtype=torch.bool),
+             "video": video, "video_present": torch.zeros(4, dtype=torch.bool)}  # fmt: skip
+    outliers = {"label": torch.full((4,), -1), "audio": audio.flip(0), "audio_present": torch.tensor([True, True, False, False]),
+                "video": video, "video_present": torch.tensor([False, False, True, True])}  # fmt: skip
+    seen: list[torch.Tensor] = []
+    real = trainer.outlier_loss
+    monkeypatch.setattr(trainer, "outlier_loss", lambda logits: seen.append(logits.detach()) or real(logits))
+    losses = trainer.step(batch, outliers)
+    assert [s.shape[0] for s in seen] == [2]  # the two audio outliers, not all four
+    assert losses["joint_outliers"] == pytest.approx(float(real(seen[0])))
+    assert losses["joint_outliers"] > 0.5 * math.log(10)  # above the uniform floor: a real term, not diluted toward it
+
+
 @pytest.mark.parametrize("method", ["joint", "unimodal"])
 def test_every_method_adds_the_outlier_term(method: str, tiny_demo: Path, tmp_path: Path) -> None:
     from training.train import train

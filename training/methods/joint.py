@@ -22,9 +22,10 @@ class JointTrainer(Trainer):
         extra = {m: self.outlier_rows(outliers, m) for m in picked}
         out = self.net({m: self.with_outliers(r.x, extra[m]) for m, r in picked.items()})
         summed = torch.zeros(y.shape[0], self.model.cfg.n_classes, device=y.device)
-        outlier_sum = None
-        if outliers is not None:  # an outlier's fused logits: the sum over the modalities it has
+        outlier_sum, covered = None, None
+        if outliers is not None:  # an outlier's fused logits: the sum over the modalities it has that this batch trains
             outlier_sum = torch.zeros(outliers["label"].shape[0], self.model.cfg.n_classes, device=y.device)
+            covered = torch.zeros(outliers["label"].shape[0], dtype=torch.bool, device=y.device)
         for m, (_, logits) in out.items():
             n = picked[m].x.shape[0]
             if picked[m].real:  # else this process ran a blank row only to keep DDP in step
@@ -33,10 +34,13 @@ class JointTrainer(Trainer):
             if outlier_sum is not None and extra[m] is not None:
                 rows = outliers[f"{m}_present"].nonzero(as_tuple=True)[0]  # type: ignore[index]
                 outlier_sum = outlier_sum.index_put((rows,), logits[n:], accumulate=True)
+                covered = covered | outliers[f"{m}_present"]  # type: ignore[operator]
         loss = self.loss(summed, y)
         losses = {"joint": loss.item()}
-        if outlier_sum is not None and any(e is not None for e in extra.values()):
-            exposure = self.outlier_loss(outlier_sum)
+        if outlier_sum is not None and covered is not None and bool(covered.any()):
+            # only the outliers with a modality trained here: the others' sum stays 0, uniform, and would only
+            # shrink the mean (their term is log K whatever the weights)
+            exposure = self.outlier_loss(outlier_sum[covered])
             losses["joint_outliers"] = exposure.item()
             loss = loss + exposure
         self.optimizer.zero_grad(set_to_none=True)
