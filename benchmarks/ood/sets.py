@@ -16,7 +16,13 @@ A kind never appears in both groups (KINDS is checked for it at import), so what
 the tune set's Greek letters) is drawn the way AV-digits draws its digits (benchmarks.avdigits.build:
 MNIST's 28x28 frame, 2x, drifting on black), so only the content differs from in-distribution.
 
-Files are 16-bit wav at 16 kHz (the default model's rate; the decoders resample any other) and
+Speech (every near audio kind) is recorded as AV-digits records its digits: 8 kHz, white noise at an
+SNR drawn from -5 to 20 dB, peak 0.9 (benchmarks.avdigits.build). Version 1 left it clean at 16 kHz
+while every in-distribution clip is noised at 8 kHz, so a detector could tell the two apart by the
+recording alone: a clean recording of a digit would have scored as "not a digit" just the same.
+Now only what is said differs; how the model takes clean recordings of digits is measured apart
+(benchmarks.ood.run.clean_speech). Other audio files are 16-bit wav at 16 kHz (the default model's
+rate; the decoders resample any other); video files are
 MPEG-4 Part 2 mp4 (FFmpeg's encoder: the same frames give the same bytes in every run). Every kind
 draws from its own seeded stream, so a build is byte-for-byte the same for a seed, and adding a kind
 changes no other.
@@ -42,13 +48,24 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from benchmarks.avdigits.build import FPS, SHARED, SIZE, SYNTH_ACCENTS, SYNTH_PITCH, SYNTH_SPEED, digit_clip, synthetic_variants
+from benchmarks.avdigits.build import (
+    FPS,
+    SAMPLE_RATE,
+    SHARED,
+    SIZE,
+    SYNTH_ACCENTS,
+    SYNTH_PITCH,
+    SYNTH_SPEED,
+    _noisy,
+    digit_clip,
+    synthetic_variants,
+)
 from common.media import decode_audio
 from training.data.files import built_once, cache_root
 from training.data.writers import write_audio, write_video
 
 log = logging.getLogger(__name__)
-VERSION = 1  # of the recipe: a change to any builder bumps it, so a cached build is never mistaken for the new one
+VERSION = 2  # of the recipe: a change to any builder bumps it, so a cached build is never mistaken for the new one
 AUDIO_RATE = 16_000
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 # DejaVuSans.ttf is what `make system-deps` installs (fonts-dejavu-core); the others are used where present.
@@ -76,6 +93,7 @@ class Kind:
     count: int  # items built (the GRID kinds: at most; there are 11 clips)
     about: str  # one line for the report
     fps: int = FPS  # video kinds: frames per second of the file written
+    rate: int = AUDIO_RATE  # audio kinds: samples per second of the file written
 
     @property
     def name(self) -> str:
@@ -107,9 +125,15 @@ SENTENCES = (
 LETTERS = tuple("abcdefghijklmnpqrstuvwxyz")  # spoken as their names; no "o", which is how zero is often said
 
 
+def _recorded(wave: np.ndarray, rng: np.random.Generator) -> Media:
+    """A wave at SAMPLE_RATE as AV-digits records its clips: white noise at an SNR from its range, peak 0.9."""
+    return _noisy(wave, rng, clean=False)[0]
+
+
 def _speak(texts: Iterable[str], rng: np.random.Generator) -> Iterator[Media]:
     """Each text spoken by espeak-ng in a voice drawn as the training split's synthetic voices are
-    (an English accent, a variant, a pitch, a speed): only the words differ from what the model learnt."""
+    (an English accent, a variant, a pitch, a speed) and recorded as AV-digits' clips are (8 kHz, noised):
+    only the words differ from what the model learnt."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise MissingToolError("espeak-ng is not installed (Debian package espeak-ng; `make system-deps` installs it)")
@@ -121,7 +145,7 @@ def _speak(texts: Iterable[str], rng: np.random.Generator) -> Iterator[Media]:
             pitch, speed = rng.integers(*SYNTH_PITCH, endpoint=True), rng.integers(*SYNTH_SPEED, endpoint=True)
             cmd = [exe, "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(path), text]
             subprocess.run(cmd, check=True, capture_output=True, timeout=30)
-            yield decode_audio(path, AUDIO_RATE)
+            yield _recorded(decode_audio(path, SAMPLE_RATE), rng)
 
 
 def _texts(pool: tuple[str, ...], n: int) -> list[str]:
@@ -154,11 +178,12 @@ GRID_AUDIO_WINDOWS = ((0.0, 1.0), (2.0, 3.0))
 
 
 def grid_speech(rng: np.random.Generator, n: int) -> Iterator[Media]:
-    """Real speech that is not a digit: GRID's audio tracks, the windows before and after the spoken digit."""
+    """Real speech that is not a digit: GRID's audio tracks, the windows before and after the spoken digit,
+    recorded as AV-digits' clips are (8 kHz, noised)."""
     for clip in _grid_clips():
-        wave = decode_audio(clip, AUDIO_RATE)
+        wave = decode_audio(clip, SAMPLE_RATE)
         for start, end in GRID_AUDIO_WINDOWS:
-            yield wave[int(start * AUDIO_RATE) : int(end * AUDIO_RATE)]
+            yield _recorded(wave[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)], rng)
 
 
 def _seconds(rng: np.random.Generator) -> np.ndarray:
@@ -450,17 +475,24 @@ def gratings(rng: np.random.Generator, n: int) -> Iterator[Media]:
 
 
 # --- the sets -----------------------------------------------------------------------------
+
+
+def _spoken(make: Callable[[np.random.Generator, int], Iterator[Media]], group: Group, count: int, about: str) -> Kind:
+    """A near kind of speech, written as AV-digits writes its recordings (8 kHz, noised)."""
+    return Kind(make, "audio", group, "near", count, f"{about}, 8 kHz, noised as AV-digits' clips", rate=SAMPLE_RATE)
+
+
 KINDS: tuple[Kind, ...] = (
     # tune: for choosing, later; never reported
-    Kind(espeak_letters, "audio", "tune", "near", 50, "letter names (a, bee, see, ...) spoken by espeak-ng"),
+    _spoken(espeak_letters, "tune", 50, "letter names (a, bee, see, ...) spoken by espeak-ng"),
     Kind(white_noise, "audio", "tune", "far", 20, "white Gaussian noise, peak 0.1-0.9"),
     Kind(pure_tones, "audio", "tune", "far", 20, "one sine, 80 Hz-4 kHz, amplitude 0.1-0.9"),
     Kind(greek_letters, "video", "tune", "near", 40, "Greek letters unlike Latin ones, drawn as AV-digits draws digits"),
     Kind(gratings, "video", "tune", "far", 20, "drifting sine gratings and checkerboards"),
     # report, near
-    Kind(espeak_words, "audio", "report", "near", 60, "common English words, no digit, spoken by espeak-ng"),
-    Kind(espeak_sentences, "audio", "report", "near", 30, "digit-free sentences by espeak-ng (the model hears the first second)"),
-    Kind(grid_speech, "audio", "report", "near", 22, "GRID's real speech, the 1-s windows before and after its spoken digit"),
+    _spoken(espeak_words, "report", 60, "common English words, no digit, spoken by espeak-ng"),
+    _spoken(espeak_sentences, "report", 30, "digit-free sentences by espeak-ng (the model hears the first second)"),
+    _spoken(grid_speech, "report", 22, "GRID's real speech, the 1-s windows before and after its spoken digit"),
     Kind(latin_letters, "video", "report", "near", 48, "Latin letters (not O, o, I, l) in DejaVu fonts, drawn as digits are"),
     Kind(symbols, "video", "report", "near", 24, "ASCII symbols (+ - = * # @ % & ? ! ...), drawn as digits are"),
     Kind(strokes, "video", "report", "near", 40, "handwriting-like Bezier scribbles of a pen's width, no digit"),
@@ -514,7 +546,7 @@ def build(out: Path, seed: int = 0, per_kind: int | None = None, kinds: Iterable
         for i, media in enumerate(itertools.islice(kind.make(kind_seed(seed, kind), n), n)):
             if kind.modality == "audio":
                 path = folder / f"{i:03d}.wav"
-                write_audio(path, np.asarray(media, np.float32), AUDIO_RATE)
+                write_audio(path, np.asarray(media, np.float32), kind.rate)
             else:
                 path = folder / f"{i:03d}.mp4"
                 write_video(path, media, kind.fps, codec="mpeg4")
