@@ -239,9 +239,8 @@ def decode_inputs(
 ) -> dict[str, np.ndarray]:
     """The decoded inputs ({split}_{m}, ood_{m} and ood_{m}_accepted) of the ID splits in `paths` ({split}_{m} -> files)
     and of the OOD items, through the service's decoders; cached in `cache` (they depend on the files and specs only)."""
-    items_csv = items[0].path.parent.parent / "items.csv"
     specs = {m: e.model_dump(include={"kind", "input"}) for m, e in model.manifest.modalities.items()}
-    key = _digest(sha256_file(items_csv), json.dumps(specs, sort_keys=True), {k: [str(p) for p in v] for k, v in paths.items()})
+    key = _digest(sets.digest(items), json.dumps(specs, sort_keys=True), {k: [str(p) for p in v] for k, v in paths.items()})
     if (cached := _load(cache, key)) is not None:
         return cached
     out: dict[str, np.ndarray] = {"key": np.array(key)}
@@ -271,7 +270,7 @@ def extract(run_dir: Path, export: Path, items: list[sets.Item], id_csv: Path, c
 
     items_csv = items[0].path.parent.parent / "items.csv"
     key = _digest(
-        sha256_file(run_dir / CHECKPOINT_NAME), sha256_file(export / "manifest.json"), sha256_file(items_csv), id_csv, 3
+        sha256_file(run_dir / CHECKPOINT_NAME), sha256_file(export / "manifest.json"), sets.digest(items), id_csv, 3
     )
     if (cached := _load(cache, key)) is not None:
         return cached

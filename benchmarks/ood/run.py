@@ -393,7 +393,16 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         markdown_table(
             ["sent", "n", "accuracy", "flagged OOD", "answered", "error among answered"],
-            [["audio, clean", c["n"], f"{c['accuracy']:.3f}", _pct(c["flagged"]), _pct(c["answered"]), _pct(c["error_among_answered"])]],
+            [
+                [
+                    "audio, clean",
+                    c["n"],
+                    f"{c['accuracy']:.3f}",
+                    _pct(c["flagged"]),
+                    _pct(c["answered"]),
+                    _pct(c["error_among_answered"]),
+                ]
+            ],
         ),
         "",
     ]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import itertools
 import logging
 import shutil
@@ -564,6 +565,16 @@ def build(out: Path, seed: int = 0, per_kind: int | None = None, kinds: Iterable
 def read_items(manifest: Path) -> list[Item]:
     with manifest.open(newline="") as f:
         return [Item(manifest.parent / r["path"], r["modality"], r["kind"], r["group"], r["distance"]) for r in csv.DictReader(f)]  # type: ignore[arg-type]
+
+
+def digest(items: list[Item]) -> str:
+    """sha256 over every item's kind, name and bytes: what a cache of anything computed from the items is keyed by.
+    The items.csv alone would not do: two versions of the sets list the same names (version 2 changed only bytes)."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(f"{it.kind}/{it.path.name}\0".encode())
+        h.update(hashlib.sha256(it.path.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def cached(seed: int = 0) -> Path:

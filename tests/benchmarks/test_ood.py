@@ -123,6 +123,23 @@ def test_speech_is_recorded_as_the_in_distribution_clips_are(small_sets: tuple[P
         assert rms.min() >= 0.1 * np.sqrt(np.mean(x**2)) / 10, item
 
 
+def test_the_sets_digest_follows_the_bytes_not_the_list(small_sets: tuple[Path, Path], tmp_path: Path) -> None:
+    """Caches of decoded items are keyed by sets.digest: equal for equal builds, different when one file's bytes
+    change under the same items.csv (as version 2 of the sets changed version 1's speech)."""
+    first, second = (sets.read_items(m) for m in small_sets)
+    assert sets.digest(first) == sets.digest(second)
+    copy = tmp_path / "copy"
+    shutil.copytree(small_sets[0].parent, copy)
+    changed = sets.read_items(copy / "items.csv")
+    assert sets.digest(changed) == sets.digest(first)
+    target = next(it.path for it in changed if it.modality == "audio")
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1  # one bit of one sample of one clip
+    target.write_bytes(bytes(data))
+    assert (copy / "items.csv").read_bytes() == small_sets[0].read_bytes()
+    assert sets.digest(changed) != sets.digest(first)
+
+
 def test_another_seed_draws_other_items(tmp_path: Path) -> None:
     kinds = [k for k in sets.KINDS if k.name in ("white_noise", "strokes")]
     a = _digests(sets.build(tmp_path / "a", seed=0, per_kind=1, kinds=kinds))
