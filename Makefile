@@ -166,26 +166,25 @@ CHECK_TESTS := tests/common tests/training/test_layering.py tests/training/test_
 check: lint typecheck docs
 	$(BIN)/pytest -q -m "not slow" $(CHECK_TESTS)
 
-# The embedded default model (models/default/4, committed; see models/default/README.md): MLA on AV-digits,
+# The embedded default model (models/default/5, committed; see models/default/README.md): MLA on AV-digits,
 # real spoken (FSDD) and handwritten (MNIST) digits from ../shared/data, its training split joined by digits
-# spoken by espeak-ng in random voices, with outlier exposure on non-digit speech (benchmarks/avdigits/outliers.py);
-# calibrated on validation and on out-of-fold predictions of its four training speakers (four more trainings, one
-# per speaker held out, two at a time). Rebuilt only when it is missing.
-DEFAULT_MODEL := models/default/4/manifest.json
+# spoken by espeak-ng in random voices; calibrated on validation and on out-of-fold predictions of its four
+# training speakers (four more trainings, one per speaker held out, two at a time). Rebuilt only when it is
+# missing. (Version 4 added outlier exposure and was withdrawn: docs/decisions/2026-12-06-version-4-withdrawn.md.)
+DEFAULT_MODEL := models/default/5/manifest.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 RECIPE := --method mla --seed 0 --epochs 30 --owm-alpha 10 --augment audio
 
 $(DEFAULT_MODEL):
-	@echo "Building the default model from ../shared/data (AV-digits + espeak-ng voices, MLA, 30 epochs, 5 trainings): ~70 min, once."
+	@echo "Building the default model from ../shared/data (AV-digits + espeak-ng voices, MLA, 30 epochs, 5 trainings): ~50 min, once."
 	$(MAKE) venv
 	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends espeak-ng; }
 	manifest=$$($(BIN)/python -m benchmarks.avdigits.build --synthetic-voices 150) && \
-	outliers=$$($(BIN)/python -m benchmarks.avdigits.outliers) && \
-	$(BIN)/mla train --data csv:$$manifest $(RECIPE) --outliers csv:$$outliers --out runs/default && \
-	$(BIN)/python -m training.crossfit --data csv:$$manifest --out runs/crossfit --parallel 2 -- $(RECIPE) --outliers csv:$$outliers && \
-	$(BIN)/mla export runs/default --out models --name default --version 4 --crossfit runs/crossfit
+	$(BIN)/mla train --data csv:$$manifest $(RECIPE) --out runs/default && \
+	$(BIN)/python -m training.crossfit --data csv:$$manifest --out runs/crossfit --parallel 2 -- $(RECIPE) && \
+	$(BIN)/mla export runs/default --out models --name default --version 5 --crossfit runs/crossfit
 
 default-model: $(DEFAULT_MODEL)
 
@@ -245,8 +244,7 @@ bench-robustness: venv
 # The out-of-fold predictions the default model's calibration rests on (4 trainings of the recipe, two at a time: ~45 min here).
 runs/crossfit/oof.npz: | venv
 	manifest=$$($(BIN)/python -m benchmarks.avdigits.build --synthetic-voices 150) && \
-	outliers=$$($(BIN)/python -m benchmarks.avdigits.outliers) && \
-	$(BIN)/python -m training.crossfit --data csv:$$manifest --out runs/crossfit --parallel 2 -- $(RECIPE) --outliers csv:$$outliers
+	$(BIN)/python -m training.crossfit --data csv:$$manifest --out runs/crossfit --parallel 2 -- $(RECIPE)
 
 bench-ablation: venv $(DEFAULT_MODEL) runs/crossfit/oof.npz
 	$(BIN)/python -m benchmarks.avdigits.ablation

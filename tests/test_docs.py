@@ -101,3 +101,21 @@ def test_the_api_page_documents_every_setting_and_only_settings() -> None:
     fields = {f"MLA_{f.upper()}" for f in Settings.model_fields}
     assert fields - table == set(), "settings docs/api.md's table does not name"
     assert table - fields == set(), "docs/api.md's table names settings that do not exist"
+
+
+def test_the_readme_example_answer_is_the_served_default_models() -> None:
+    """The example answer names the version `make serve` serves and that version's manifest hash: an answer left
+    behind by an older version is caught (its fields are checked against the schema by the end-to-end tests)."""
+    import json
+
+    from common.manifest import manifest_sha256, newest_version
+
+    text = README.read_text()
+    block = re.search(r"```json\n(\{\"model\".*?)\n```", text, re.S)
+    assert block is not None, "README.md has no example answer"
+    answer = json.loads(block.group(1))
+    served = newest_version(ROOT / "models" / "default")
+    assert answer["model"]["version"] == served.name
+    assert answer["model"]["manifest_sha256"] == manifest_sha256(served)
+    assert answer["label"] in answer["probabilities"]
+    assert f"models/default/{served.name}`" in text  # and the prose names the same version

@@ -269,9 +269,7 @@ def extract(run_dir: Path, export: Path, items: list[sets.Item], id_csv: Path, c
     from training.data.specs import parse_spec
 
     items_csv = items[0].path.parent.parent / "items.csv"
-    key = _digest(
-        sha256_file(run_dir / CHECKPOINT_NAME), sha256_file(export / "manifest.json"), sets.digest(items), id_csv, 3
-    )
+    key = _digest(sha256_file(run_dir / CHECKPOINT_NAME), sha256_file(export / "manifest.json"), sets.digest(items), id_csv, 3)
     if (cached := _load(cache, key)) is not None:
         return cached
     torch.set_num_threads(1)  # the machine is shared

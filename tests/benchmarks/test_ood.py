@@ -152,6 +152,7 @@ def test_the_service_decoders_accept_every_built_item(small_sets: tuple[Path, Pa
     if not (MODEL / "manifest.json").is_file():
         pytest.skip(f"no committed default model in {MODEL} (make default-model builds it)")
     from benchmarks.ood.run import Model
+    from common.modalities.audio import AudioEntry
 
     model = Model(MODEL)
     for item in sets.read_items(small_sets[0]):
@@ -163,7 +164,8 @@ def test_the_service_decoders_accept_every_built_item(small_sets: tuple[Path, Pa
             assert np.isfinite(array).all(), item
             with wave.open(str(item.path)) as w:
                 rate = w.getframerate()
-            if rate == model.manifest.modalities["audio"].sample_rate:  # no resampling: 16-bit PCM stays in [-1, 1]
+            assert isinstance(entry, AudioEntry)
+            if rate == entry.sample_rate:  # no resampling: 16-bit PCM stays in [-1, 1]
                 assert np.abs(array).max() <= 1.0, item
             # speech recorded as AV-digits' clips (8 kHz) is resampled as its clips are, which may overshoot a peak of
             # 0.9 between samples, as theirs does: only finiteness holds there

@@ -2,8 +2,9 @@
 
 Each modality's graph returns its encoder's features beside its logits, and the manifest's detector (common.ood:
 kNN distance to the training split's features, its threshold keeping 95% of validation) judges each input. A blank
-grey frame, white noise and a spoken word that is not a digit are judged out of distribution and abstained on,
-with the reason; a real spoken digit beside a real handwritten one is still answered.
+grey frame and white noise are judged out of distribution and abstained on, with the reason, and so are some spoken
+words that are not digits (not yet all: issue 27); clean recordings of the digits in the same voice are in
+distribution, and a real spoken digit beside a real handwritten one is still answered.
 """
 
 from __future__ import annotations
@@ -122,9 +123,35 @@ def test_no_word_sent_here_was_trained_on_as_an_outlier() -> None:
     assert set(WORDS).isdisjoint(OUTLIER_WORDS), sorted(set(WORDS) & set(OUTLIER_WORDS))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 27, open: the served detector does not tell speech that is not a digit from a digit by what is said "
+    "(near-OOD audio AUROC 0.614 on the report sets, benchmarks/results/ood.md). Version 4 passed this by flagging "
+    "every clean recording, digits too (docs/decisions/2026-12-06-version-4-withdrawn.md)",
+)
 def test_every_spoken_word_that_is_not_a_digit_is_out_of_distribution(server: Server, unlike: dict[str, Path]) -> None:
     flags = {w: server.post({"audio": unlike[w]}).json()["modalities"]["audio"]["in_distribution"] for w in WORDS}
     assert not any(flags.values()), flags
+
+
+def test_a_clean_recording_of_each_digit_is_in_distribution_and_answered(
+    server: Server, unlike: dict[str, Path], tmp_path: Path
+) -> None:
+    """The control for the words above: the same voice, the same clean recording, saying the digits. A detector that
+    flags these has learnt the recording, not the words (version 4 flagged all ten and answered none)."""
+    from benchmarks.espeak_digits import WORDS as DIGITS
+
+    espeak = shutil.which("espeak-ng")
+    assert espeak is not None  # the unlike fixture skipped otherwise
+    right = 0
+    for digit, word in enumerate(DIGITS):
+        path = tmp_path / f"{word}.wav"
+        subprocess.run([espeak, "-w", str(path), word], check=True, capture_output=True, timeout=60)
+        body = server.post({"audio": path}).json()
+        assert body["modalities"]["audio"]["in_distribution"] is True, (word, body["modalities"]["audio"])
+        assert body["abstain_reason"] != "out_of_distribution", word
+        right += body["label"] == str(digit)
+    assert right >= 8, right  # a clean digit in the synthesiser's own voice is not a hard case
 
 
 def test_both_unlike_is_abstained_and_the_metrics_count_them(server: Server, unlike: dict[str, Path]) -> None:

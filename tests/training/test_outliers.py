@@ -70,7 +70,12 @@ def test_joint_outlier_loss_averages_only_the_outliers_a_step_trains(monkeypatch
                 "video": video, "video_present": torch.tensor([False, False, True, True])}  # fmt: skip
     seen: list[torch.Tensor] = []
     real = trainer.outlier_loss
-    monkeypatch.setattr(trainer, "outlier_loss", lambda logits: seen.append(logits.detach()) or real(logits))
+
+    def spy(logits: torch.Tensor) -> torch.Tensor:
+        seen.append(logits.detach())
+        return real(logits)
+
+    monkeypatch.setattr(trainer, "outlier_loss", spy)
     losses = trainer.step(batch, outliers)
     assert [s.shape[0] for s in seen] == [2]  # the two audio outliers, not all four
     assert losses["joint_outliers"] == pytest.approx(float(real(seen[0])))

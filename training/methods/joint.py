@@ -31,10 +31,10 @@ class JointTrainer(Trainer):
             if picked[m].real:  # else this process ran a blank row only to keep DDP in step
                 rows = batch[f"{m}_present"].nonzero(as_tuple=True)[0]
                 summed = summed.index_put((rows,), logits[:n], accumulate=True)
-            if outlier_sum is not None and extra[m] is not None:
-                rows = outliers[f"{m}_present"].nonzero(as_tuple=True)[0]  # type: ignore[index]
-                outlier_sum = outlier_sum.index_put((rows,), logits[n:], accumulate=True)
-                covered = covered | outliers[f"{m}_present"]  # type: ignore[operator]
+            if outliers is not None and outlier_sum is not None and covered is not None and extra[m] is not None:
+                present = outliers[f"{m}_present"]
+                outlier_sum = outlier_sum.index_put((present.nonzero(as_tuple=True)[0],), logits[n:], accumulate=True)
+                covered = covered | present
         loss = self.loss(summed, y)
         losses = {"joint": loss.item()}
         if outlier_sum is not None and covered is not None and bool(covered.any()):
