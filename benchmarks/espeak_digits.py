@@ -25,13 +25,11 @@ from typing import Any
 
 import httpx
 
+from benchmarks.espeak_voices import ACCENTS, VARIANTS, WORDS
 from benchmarks.live import start, stop
 from benchmarks.report import markdown_table, write
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbcwmd")
-VARIANTS = ("m1", "f2", "m3", "f4")
 log = logging.getLogger("espeak_digits")
 
 

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.espeak_digits import VARIANTS as BENCH_VARIANTS
-from benchmarks.espeak_digits import WORDS
+from benchmarks.espeak_voices import VARIANTS as BENCH_VARIANTS
+from benchmarks.espeak_voices import WORDS
 from common.media import decode_audio
 from training.data.files import cache_root, write_manifest
 from training.data.writers import write_audio, write_video

@@ -63,3 +63,5 @@ def test_make_serve_installs_the_cpu_build_alone_and_calibrates_without_torch(tm
     manifest = json.loads((models / "default" / following / "manifest.json").read_text())
     assert manifest["fusion"]["calibration"]["fitted_on"].startswith(f"val split of csv:{tiny_demo}")
     _run([mla, "validate", str(models / "default" / following)], env=env)
+    # the README's example files come from AV-digits' build, which a newcomer runs on this same install
+    _run([str(venv / "bin" / "python"), "-m", "benchmarks.avdigits.build", "--help"], env=env)
