@@ -278,10 +278,12 @@ def test_the_poll_swaps_to_a_new_version_once_its_copy_is_whole(two_versions: Pa
 
 
 def test_memory_stays_bounded_over_many_swaps(tmp_path: Path) -> None:
-    """Twenty swaps between the default model's versions 2 and 3 on a live server, with glibc's arenas capped as the
-    image caps them (MALLOC_ARENA_MAX=2): the highest RSS of the last ten swaps is within a bound of the first ten's.
-    A swapped-out version that stayed would hold at least its graphs' and detectors' bytes, so ten of them would lift
-    the second half by ten times that; the bound is half of it (what one swap's RSS moves is well under it)."""
+    """Forty swaps between the default model's versions 2 and 3 on a live server, with glibc's arenas capped as the
+    image caps them (MALLOC_ARENA_MAX=2): the median RSS after the last ten swaps is within a bound of the median after
+    the first ten. A swapped-out version that stayed would hold at least its graphs' and detectors' bytes, so the 30
+    swaps between the two windows' middles would lift the second median by 30 times that; the bound is half of it.
+    Medians, not maxima: the allocator's RSS swings by tens of MB from one swap to the next (more under load), and a
+    window's maximum follows the swing, where a leak moves every swap's floor."""
     import psutil
 
     from tests.servers import start_server, stop_server
@@ -293,7 +295,7 @@ def test_memory_stays_bounded_over_many_swaps(tmp_path: Path) -> None:
     try:
         process = psutil.Process(srv.proc.pid)
         rss = []
-        for i in range(20):
+        for i in range(40):
             new, old = ("3", "2") if i % 2 == 0 else ("2", "3")
             r = httpx.post(
                 f"{srv.url}/v2/repository/models/default/load", json={"parameters": {"version": new}}, headers=ADMIN, timeout=120
@@ -303,4 +305,5 @@ def test_memory_stays_bounded_over_many_swaps(tmp_path: Path) -> None:
             rss.append(process.memory_info().rss)
     finally:
         stop_server(srv)
-    assert max(rss[10:]) - max(rss[:10]) < 10 * kept / 2, ([r >> 20 for r in rss], kept >> 20)
+    first, last = float(np.median(rss[:10])), float(np.median(rss[30:]))
+    assert last - first < 30 * kept / 2, ([r >> 20 for r in rss], kept >> 20)
