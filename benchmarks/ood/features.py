@@ -235,12 +235,13 @@ def _save(cache: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def decode_inputs(
-    model: Model, items: list[sets.Item], paths: Mapping[str, Sequence[Path]], cache: Path
+    model: Model, items: list[sets.Item], items_digest: str, paths: Mapping[str, Sequence[Path]], cache: Path
 ) -> dict[str, np.ndarray]:
     """The decoded inputs ({split}_{m}, ood_{m} and ood_{m}_accepted) of the ID splits in `paths` ({split}_{m} -> files)
-    and of the OOD items, through the service's decoders; cached in `cache` (they depend on the files and specs only)."""
+    and of the OOD items, through the service's decoders; cached in `cache` (they depend on the files and specs only:
+    `items_digest` is the items' sets.digest)."""
     specs = {m: e.model_dump(include={"kind", "input"}) for m, e in model.manifest.modalities.items()}
-    key = _digest(sets.digest(items), json.dumps(specs, sort_keys=True), {k: [str(p) for p in v] for k, v in paths.items()})
+    key = _digest(items_digest, json.dumps(specs, sort_keys=True), {k: [str(p) for p in v] for k, v in paths.items()})
     if (cached := _load(cache, key)) is not None:
         return cached
     out: dict[str, np.ndarray] = {"key": np.array(key)}
@@ -269,11 +270,12 @@ def extract(run_dir: Path, export: Path, items: list[sets.Item], id_csv: Path, c
     from training.data.specs import parse_spec
 
     items_csv = items[0].path.parent.parent / "items.csv"
+    items_digest = sets.digest(items)  # every item's bytes, read once for both caches
     key = _digest(
         sha256_file(run_dir / CHECKPOINT_NAME),
         sha256_file(export / "manifest.json"),
         sha256_file(MODEL / "manifest.json"),  # the committed model's logits are cached here too
-        sets.digest(items),
+        items_digest,
         id_csv,
         3,
     )
@@ -296,7 +298,8 @@ def extract(run_dir: Path, export: Path, items: list[sets.Item], id_csv: Path, c
         "test_video": test_video,
         **{f"val_{m}": [cast(Path, s.path(m)) for s in val] for m in MODALITIES},
     }
-    inputs = decode_inputs(retrained, items, paths, ROOT / "runs" / f"ood-decoded-{_digest(items_csv, id_csv, ckpt['data'])}.npz")
+    decoded_cache = ROOT / "runs" / f"ood-decoded-{_digest(items_csv, id_csv, ckpt['data'])}.npz"
+    inputs = decode_inputs(retrained, items, items_digest, paths, decoded_cache)
     cfg = net.cfg
     cached_train = DecodeCache().prepare(train, {m: cfg.spec(m) for m in MODALITIES})  # what training read
     for m in MODALITIES:

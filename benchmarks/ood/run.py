@@ -163,14 +163,15 @@ def clean_speech(model: Model, speaker: str) -> dict[str, Any]:
     answered, label = served(model, batch)
     right = label == np.array([r.digit for r in recs])
     assert batch.answers is not None
+    flagged = ~batch.answers.in_distribution["audio"]
     return {
         "speaker": speaker,
         "n": len(recs),
         "accuracy": float(right.mean()),
-        "flagged": float((~batch.answers.in_distribution["audio"]).mean()),
+        "flagged": float(flagged.mean()),
         "answered": float(answered.mean()),
         "error_among_answered": float(1 - right[answered].mean()) if answered.any() else None,
-        "per_clip": {"flagged": (~batch.answers.in_distribution["audio"]).tolist(), "answered": answered.tolist()},
+        "per_clip": {"flagged": flagged.tolist(), "answered": answered.tolist()},
     }
 
 

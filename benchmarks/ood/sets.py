@@ -61,6 +61,7 @@ from benchmarks.avdigits.build import (
     digit_clip,
     synthetic_variants,
 )
+from common.hashing import sha256_file
 from common.media import decode_audio
 from training.data.files import built_once, cache_root
 from training.data.writers import write_audio, write_video
@@ -572,8 +573,7 @@ def digest(items: list[Item]) -> str:
     The items.csv alone would not do: two versions of the sets list the same names (version 2 changed only bytes)."""
     h = hashlib.sha256()
     for it in items:
-        h.update(f"{it.kind}/{it.path.name}\0".encode())
-        h.update(hashlib.sha256(it.path.read_bytes()).digest())
+        h.update(f"{it.kind}/{it.path.name}\0{sha256_file(it.path)}\0".encode())
     return h.hexdigest()
 
 
