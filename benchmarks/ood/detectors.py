@@ -86,6 +86,9 @@ class Detector:
     name: str
     about: str
     score: Callable[[Batch], np.ndarray | None]  # [n], higher = more in-distribution; None where the model lacks what it needs
+    # its statistics were fitted on the validation split (the typicality gate's class means and covariance): scored
+    # against validation ID it is scored in sample, so no choice made against validation may pick it
+    fitted_on_validation: bool = False
 
 
 def confidence(batch: Batch) -> np.ndarray:
@@ -135,7 +138,9 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("confidence", "the served confidence: the fused top probability the abstention threshold is applied to", confidence),
     Detector("msp", "maximum softmax probability of the calibrated fusion without the typicality gate", msp),
     Detector("energy", "logsumexp of the temperature-scaled logits, summed over the modalities sent", energy),
-    Detector("typicality", "today's logit typicality gate, the least typical modality's (1 = fully typical)", typicality_gate),
-    Detector("typicality_distance", "minus the logit distance behind the gate, over its threshold", typicality_distance),
+    Detector("typicality", "today's logit typicality gate, the least typical modality's (1 = fully typical)", typicality_gate,
+             fitted_on_validation=True),
+    Detector("typicality_distance", "minus the logit distance behind the gate, over its threshold", typicality_distance,
+             fitted_on_validation=True),
     Detector("knn", "the served detector: minus the k-th nearest training feature's distance, the least typical modality's", knn),
 )  # fmt: skip

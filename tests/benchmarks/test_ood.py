@@ -343,6 +343,17 @@ def test_the_validation_threshold_keeps_95_percent_as_fpr95_counts() -> None:
     assert choose_k({20: {"near": 0.8, "far": 0.8}, 5: {"near": 0.9, "far": 0.7}}) == 5  # a tie: the smaller k
 
 
+def test_a_detector_fitted_on_validation_is_never_chosen_against_it() -> None:
+    from benchmarks.ood.detectors import DETECTORS
+    from benchmarks.ood.features import choose_detector
+
+    mean = {"typicality_distance": 0.95, "knn": 0.90, "mahalanobis": 0.89, "msp": 0.81}
+    assert choose_detector(mean, []) == ("typicality_distance", "knn")
+    assert choose_detector(mean, ["typicality_distance"]) == ("knn", "mahalanobis")
+    # the gate's statistics come from the validation split; the feature detectors' from the training split
+    assert {d.name for d in DETECTORS if d.fitted_on_validation} == {"typicality", "typicality_distance"}
+
+
 def test_feature_conditions_pair_as_the_logit_run_does() -> None:
     from benchmarks.ood import run
     from benchmarks.ood.features import conditions
