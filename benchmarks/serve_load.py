@@ -51,7 +51,7 @@ import psutil
 from benchmarks.live import free_port, wait_ready
 from benchmarks.peers.servers import PEERS, Request, check_answers, command, mix, peers_python
 from benchmarks.report import RESULTS, markdown_table, write
-from benchmarks.serve_cost import InProcess, inference_per_request, served_batches
+from benchmarks.serve_cost import inference_per_request, measure, served_batches
 from common.manifest import load_manifest, newest_version
 from training.data.specs import parse_spec
 
@@ -177,6 +177,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=64, help="clips in the mix (3 requests each)")
     parser.add_argument("--check", type=int, default=8, help="clips whose 3 requests each peer must answer as ours")
     parser.add_argument("--batch", type=int, default=32, help="the service's MLA_MAX_BATCH_SIZE")
+    parser.add_argument(
+        "--no-server-inference",
+        dest="server_inference",
+        action="store_false",
+        help="leave out the service run with MLA_INFERENCE=server (its graphs in the server, behind micro-batchers)",
+    )
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS, help="peers to run (none: service and naive)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 3 s levels, one round, 8 clips, not written")
     parser.add_argument("--report-only", action="store_true", help="rewrite the Markdown from the last run's JSON")
@@ -225,6 +231,10 @@ def main() -> None:
                 port = free_port()
                 cmd, env = command(peer, args.model, port)
                 procs[peer] = (start(cmd, port, env), port)
+            if args.server_inference:
+                port = free_port()
+                cmd = [sys.executable, "-m", "cli.main", "serve", "--model", str(args.model), "--port", str(port)]
+                procs[SERVER_INFERENCE] = (start(cmd, port, {**service_env, "MLA_INFERENCE": "server"}), port)
             port = free_port()
             cmd = [sys.executable, "-m", "cli.main", "serve", "--model", str(args.model), "--port", str(port)]
             procs["service"] = (start(cmd, port, service_env), port)
@@ -232,13 +242,14 @@ def main() -> None:
             results["first_minute"] = first_minute(sport, sp.pid, args.first_seconds, boundary, files)
             print("first period", {k: v["p99_us"] for k, v in results["first_minute"].items() if isinstance(v, dict)}, flush=True)
             sample = mix(pairs[: args.check])
-            peer_urls = {p: f"http://127.0.0.1:{procs[p][1]}" for p in args.peers}
+            checked = [*args.peers, *([SERVER_INFERENCE] if args.server_inference else [])]
+            peer_urls = {p: f"http://127.0.0.1:{procs[p][1]}" for p in checked}
             results["answers"] = check_answers(f"http://127.0.0.1:{sport}", peer_urls, sample)
             print("answers", {p: (c["checked"], c["max_prob_diff"], len(c["problems"])) for p, c in results["answers"].items()})
             wrong = {p: c["problems"][:5] for p, c in results["answers"].items() if c["problems"]}
             if wrong:
                 raise SystemExit(f"a peer's answers differ from ours, so its timing would mean nothing: {wrong}")
-            order = ["service", "naive", *args.peers]
+            order = ["service", *([SERVER_INFERENCE] if args.server_inference else []), "naive", *args.peers]
             for c in args.concurrency:
                 level: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
                 for _ in range(args.rounds):
@@ -251,20 +262,21 @@ def main() -> None:
             for proc, _ in procs.values():
                 stop(proc)
     results["load_after"] = load_average()
-    cost = InProcess(args.model, args.batch)
-    decode = cost.decode_cpu(pairs)
     sizes = sorted(
         {b for lv in results["levels"].values() for r in lv["service"] for h in r["batches"].values() for b, n in h.items() if n}
     )
-    inference = cost.inference_cpu(pairs, sizes or [1])
+    cost = measure(args.model, args.batch, pairs, sizes or [1])
     results["inprocess"] = {
-        "decode_s": decode,
-        "inference_s": {m: {str(b): s for b, s in d.items()} for m, d in inference.items()},
+        "decode_s": cost["decode_s"],
+        "inference_s": {m: {str(b): s for b, s in d.items()} for m, d in cost["inference_s"].items()},
     }
     report(args, json.loads(json.dumps(results)), write_results=not args.quick)
 
 
+SERVER_INFERENCE = "service-server"  # `mla serve` with MLA_INFERENCE=server: ours, its graphs in the server
 PEER_CONFIG = {
+    SERVER_INFERENCE: "service-server: `mla serve` with MLA_INFERENCE=server (the graphs in the server, behind "
+    "micro-batchers: the placement a GPU gets)",
     "litserve": "LitServe: 2 inference workers (workers_per_device), max_batch_size 8, batch_timeout 5 ms, fast_queue, "
     "2 API servers",
     "bentoml": "BentoML: a 2-worker front service (decode, answer) calling a 1-worker model service's batchable APIs "
@@ -329,7 +341,7 @@ def report(args: argparse.Namespace, results: dict[str, Any], write_results: boo
             f["rps_over_ours"], f["p99_over_ours"] = f["rps"] / ours["rps"], f["p99_ms"] / ours["p99_ms"]
             table.append([int(c), name, f["rps"], f["p50_ms"], f["p99_ms"], f["server_ms"], f["wrk_ms"], f["errors"]])
             table[-1] += [f["rps_over_ours"], f["p99_over_ours"]]
-        peers = [n for n in figures if n not in ("service", "naive")]
+        peers = [n for n in figures if n not in ("service", SERVER_INFERENCE, "naive")]
         best = max(peers, key=lambda n: figures[n]["rps"]) if peers else None
         summary[int(c)] = {"servers": figures, "best_peer": best}
         if best is not None:
@@ -353,9 +365,12 @@ def report(args: argparse.Namespace, results: dict[str, Any], write_results: boo
         for p, a in results.get("answers", {}).items()
     )
     inprocess = results["inprocess"]
-    per_call = "; ".join(
-        f"{m} " + ", ".join(f"{b}: {1000 * x:.2f}" for b, x in d.items()) for m, d in inprocess["inference_s"].items()
-    )
+
+    def per_call(cost: dict[str, Any]) -> str:
+        return "; ".join(
+            f"{m} " + ", ".join(f"{b}: {1000 * x:.2f}" for b, x in d.items()) for m, d in cost["inference_s"].items()
+        )
+
     fm = results["first_minute"]
     header = ["concurrency", "server", "req/s", "p50 ms", "p99 ms", "server CPU ms/req", "wrk CPU ms/req", "errors"]
     cost_header = ["concurrency", "mean batch", "server tree", "server process", "workers", "in-process"]
@@ -365,8 +380,10 @@ def report(args: argparse.Namespace, results: dict[str, Any], write_results: boo
         f"# Service under load against its peers ({os.cpu_count()} CPU cores, CPU only; {results['requests']} requests "
         f"in turn: {mix_text}; {args.rounds} alternating rounds of {args.seconds:g} s per server and level)\n\n"
         + markdown_table([*header, "req/s / ours", "p99 / ours"], table)
-        + "\n\nServers: service: `mla serve`; "
-        + "; ".join(PEER_CONFIG[n] for n in ("naive", *PEERS) if any(n in lv for lv in results["levels"].values()))
+        + "\n\nServers: service: `mla serve` (on a CPU its decode workers run the graphs: MLA_INFERENCE=auto); "
+        + "; ".join(
+            PEER_CONFIG[n] for n in (SERVER_INFERENCE, "naive", *PEERS) if any(n in lv for lv in results["levels"].values())
+        )
         + ". Server CPU: the process tree's (the server and every worker); wrk: the load generator's own CPU.\n\n"
         f"Answers checked before timing, one request at a time, against ours: {answers or 'no peer run'}.\n\n"
         "Goal (issue 31): ours >= 1.5x the best peer's req/s at equal or better p99, at concurrency 8 and 32: "
@@ -375,7 +392,8 @@ def report(args: argparse.Namespace, results: dict[str, Any], write_results: boo
         + markdown_table(cost_header, costs)
         + f"\n\nIn-process cost, measured here afterwards: decoding {1000 * inprocess['decode_s']['audio']:.2f} ms (wav) "
         f"and {1000 * inprocess['decode_s']['video']:.2f} ms (mp4) of CPU per clip, weighted by the share of requests "
-        f"carrying each, and ONNX Runtime at the batch sizes the service ran (CPU ms per call by batch size: {per_call}). "
+        "carrying each, and ONNX Runtime with the service's session options (a decode worker's, where the workers run "
+        f"the graphs) at the batch sizes the service ran (CPU ms per call by batch size: {per_call(inprocess)}). "
         "Overhead ratio: server tree over in-process; workers: its decode workers.\n\n"
         f"First {args.first_seconds:g} s after /readyz against the next {args.first_seconds:g} s (concurrency 8): "
         f"p99 {fm['first']['p99_us'] / 1000:.1f} ms vs {fm['steady']['p99_us'] / 1000:.1f} ms (ratio {fm['p99_ratio']:.2f}), "

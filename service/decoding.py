@@ -4,6 +4,11 @@ A worker is its own program (`python -m service.decoding FD HEADROOM`), started 
 service/workers.py with an allow-listed environment: the process that runs FFmpeg on untrusted
 bytes holds none of the server's secrets. Jobs take a path or in-memory bytes and plain values and
 return a numpy array; replies travel in service/wire.py's fixed layout, never pickled.
+
+Where the service runs inference in its workers (`MLA_INFERENCE`, service/model.py), a job also runs
+the modality's graph on what it decoded (`decode_and_run`), so that only the graph's outputs, a few
+hundred bytes, cross the process line. Each worker keeps the sessions it has used (`SESSIONS_KEPT`,
+least recently used first out), one intra-op thread each: the workers are as many as the cores.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import socket
 import sys
 import time
 import traceback
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,6 +55,82 @@ def _opened(source: Source) -> Path | NamedBytes:
 def decode_file(modality: str, source: Source, spec: Any, limits: Limits) -> np.ndarray:
     """An upload of `modality` to the array its graph takes, accepting only the formats its kind takes from clients."""
     return decode(modality, _opened(source), spec, limits, strict=True)
+
+
+SESSIONS_KEPT = 8  # graphs a worker keeps loaded: two versions of a model of up to four modalities
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One modality's exported graph, as a worker runs it: its file, the sha256 its manifest gives the file (a
+    session is kept under both, so a new file at the same path is loaded afresh), and the outputs wanted (the
+    logits, then the features where the modality has a detector), joined along axis 1 in this order."""
+
+    path: str
+    sha256: str
+    outputs: tuple[str, ...]
+
+
+class Timed(NamedTuple):
+    """A job's array and the seconds of it that ONNX Runtime took (the rest of the job's time is decoding)."""
+
+    array: np.ndarray
+    inference_seconds: float
+
+
+class _Loaded(NamedTuple):
+    session: Any
+    input_name: str
+
+
+_sessions: OrderedDict[Graph, _Loaded] = OrderedDict()
+
+
+def worker_session(graph: Graph) -> _Loaded:
+    """This process's ONNX Runtime session for `graph`, loaded on first use.
+
+    One intra-op thread and no spinning: each worker is one core's worth of work, and a spinning pool would take
+    the core another worker decodes on. The graph is optimised as the server's sessions are (ORT_ENABLE_ALL)."""
+    loaded = _sessions.get(graph)
+    if loaded is not None:
+        _sessions.move_to_end(graph)
+        return loaded
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    session = ort.InferenceSession(graph.path, opts, providers=["CPUExecutionProvider"])
+    loaded = _sessions[graph] = _Loaded(session, session.get_inputs()[0].name)
+    while len(_sessions) > SESSIONS_KEPT:
+        _sessions.popitem(last=False)
+    return loaded
+
+
+def run_graph(graph: Graph, x: np.ndarray) -> Timed:
+    """The graph's outputs for one input row `x` (no batch axis), as one float32 row: [sum of the outputs' widths]
+    (what a server session's batch gives that row)."""
+    loaded = worker_session(graph)
+    started = time.perf_counter()
+    outputs = loaded.session.run(list(graph.outputs), {loaded.input_name: np.ascontiguousarray(x)[None]})
+    row = np.concatenate([np.asarray(o, np.float32).reshape(-1) for o in outputs])
+    return Timed(row, time.perf_counter() - started)
+
+
+def decode_and_run(modality: str, source: Source, spec: Any, limits: Limits, graph: Graph) -> Timed:
+    """An upload of `modality` decoded (as `decode_file` does) and run through its graph: `run_graph`'s row."""
+    return run_graph(graph, decode_file(modality, source, spec, limits))
+
+
+def warm_graphs(graphs: list[tuple[Graph, tuple[int, ...], str]]) -> np.ndarray:
+    """The service's warm-up in this worker: each (graph, input row shape, dtype) loaded and run once on a row of
+    zeros, before a request needs it (a graph that cannot run one row fails start-up here); [graphs warmed]."""
+    for graph, shape, dtype in graphs:
+        run_graph(graph, np.zeros(shape, np.dtype(dtype)))
+    return np.array([len(graphs)])
 
 
 def _address_space() -> int:
@@ -82,7 +165,9 @@ def _reply(sock: socket.socket, header: dict[str, object], payload: bytes) -> No
     started = time.perf_counter()
     try:
         fn, args = pickle.loads(payload)  # from the server, which is trusted
-        array = np.asarray(fn(*args))
+        result = fn(*args)
+        inference = result.inference_seconds if isinstance(result, Timed) else None
+        array = np.asarray(result.array if isinstance(result, Timed) else result)
         if array.dtype.kind not in wire.NUMERIC_KINDS:
             raise TypeError(f"a decode job must return a numeric array, not {array.dtype}")
     except MediaError as exc:
@@ -94,13 +179,16 @@ def _reply(sock: socket.socket, header: dict[str, object], payload: bytes) -> No
     except Exception:  # a bug, not the input: reported as such, and the worker lives on
         wire.send(sock, {"status": "bug", "message": traceback.format_exc()[-8000:]})
         return
-    wire.send_array(sock, array, time.perf_counter() - started)
+    wire.send_array(sock, array, time.perf_counter() - started, inference)
 
 
-def worker_main(fd: int, memory_headroom: int) -> None:
-    """A decode worker: answer one job at a time on socket `fd` until it closes or says stop."""
+def worker_main(fd: int, memory_headroom: int, onnxruntime: bool = False) -> None:
+    """A decode worker: answer one job at a time on socket `fd` until it closes or says stop. `onnxruntime`: its jobs
+    run graphs, so ONNX Runtime is imported before the memory ceiling is set (its libraries are not the jobs' memory)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the server stops us
     sock = socket.socket(fileno=fd)
+    if onnxruntime:
+        import onnxruntime as _  # noqa: F401
     limit_memory(memory_headroom)
     try:
         wire.send(sock, {"status": "ready", "pid": os.getpid()})
@@ -122,4 +210,8 @@ def worker_main(fd: int, memory_headroom: int) -> None:
 
 
 if __name__ == "__main__":
-    worker_main(int(sys.argv[1]), int(sys.argv[2]))
+    # Run as service.decoding, not __main__: the jobs unpickle into that module, and its Timed and its session cache
+    # must be the ones the loop sees.
+    from service.decoding import worker_main as main
+
+    main(int(sys.argv[1]), int(sys.argv[2]), "--onnxruntime" in sys.argv[3:])

@@ -23,7 +23,13 @@ class Metrics:
         self.decode = Histogram(
             "mla_decode_seconds", "Decoding time per modality", ["modality"], buckets=FAST_BUCKETS, registry=r
         )
-        self.queue = Histogram("mla_queue_seconds", "Time waiting for a batch", ["modality"], buckets=FAST_BUCKETS, registry=r)
+        self.queue = Histogram(
+            "mla_queue_seconds",
+            "Time waiting for a batch (with worker inference: for a free decode worker)",
+            ["modality"],
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
         self.inference = Histogram(
             "mla_inference_seconds", "ONNX Runtime time per batch", ["modality", "provider"], buckets=FAST_BUCKETS, registry=r
         )
@@ -37,7 +43,9 @@ class Metrics:
         self.padded_rows = Counter(
             "mla_batch_padded_rows_total", "Zero rows added to fill a batch up to its bucket size", ["modality"], registry=r
         )
-        self.queue_length = Gauge("mla_queue_length", "Inputs waiting for a batch", ["modality"], registry=r)
+        self.queue_length = Gauge(
+            "mla_queue_length", "Inputs waiting for a batch (server inference; see mla_decode_waiting)", ["modality"], registry=r
+        )
         self.subsets = Counter("mla_modality_subset_total", "Predictions by the set of modalities sent", ["subset"], registry=r)
         self.abstained = Counter(
             "mla_abstained_total", "Predictions whose calibrated confidence fell below the threshold", ["subset"], registry=r

@@ -1,7 +1,12 @@
-"""The served model: load, ready, preprocess, predict, postprocess.
+"""The served model: load, ready, infer (decode and run the graphs), postprocess.
 
-One ONNX Runtime session per modality, behind a micro-batcher each; decoding in a process
-pool; fusion in numpy by the manifest's rule.
+Decoding runs in a process pool (service/workers.py). The graphs run in one of two places
+(`MLA_INFERENCE`): in the server, one ONNX Runtime session per modality behind a micro-batcher
+(what a GPU wants: rows that arrive together share one call); or in the decode workers, each running
+the graph on what it has just decoded, so that only the outputs cross the process line (what a CPU
+wants: micro-batches stay at about one row there, and the hop to the server's session thread costs
+more than the call). `auto` picks the server where a session gets the CUDA provider. Fusion in numpy
+by the manifest's rule, in the server.
 """
 
 from __future__ import annotations
@@ -10,10 +15,10 @@ import asyncio
 import itertools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,11 +34,11 @@ from common.manifest import (
     manifest_sha256,
     newest_version,
 )
-from common.media_types import Limits, MediaError
+from common.media_types import DecodeError, Limits, MediaError
 from common.modalities import EntryBase, kind, spec_of
 from common.ood import Detector
 from service.batching import MicroBatcher
-from service.decoding import Source, decode_file
+from service.decoding import Graph, Source, decode_and_run, decode_file, run_graph, warm_graphs
 from service.errors import InvalidMedia, InvalidRequest, from_media_error
 from service.metrics import Metrics
 from service.settings import Settings, usable_cpus
@@ -60,15 +65,26 @@ def resolve_version_dir(model_dir: Path, version: str | None) -> Path:
         raise ModelLoadError(str(exc)) from exc
 
 
+class Outputs(NamedTuple):
+    """One request's graph outputs per modality sent: logits [classes], and features [dims] where the modality has
+    an out-of-distribution detector."""
+
+    logits: dict[str, np.ndarray]
+    features: dict[str, np.ndarray]
+
+
 @dataclass
 class Runtime:
-    """One modality's manifest entry, the provider its session got, the call that runs it, and its batcher."""
+    """One modality's manifest entry, the provider its session got, and where it runs: a server session (the call
+    that runs a batch on it, and its batcher) or the decode workers (the graph they load)."""
 
     entry: EntryBase
     provider: str
-    run: Callable[[np.ndarray], np.ndarray]
+    run: Callable[[np.ndarray], np.ndarray] | None
     batcher: MicroBatcher | None = None
     session: Any = None  # the ONNX Runtime session: dropped, with the batcher, when the version is unloaded
+    graph: Graph | None = None  # set where the decode workers run it
+    width: int = 0  # of an output row: its outputs' widths summed
 
 
 def make_session(
@@ -137,6 +153,7 @@ def make_decode_pool(settings: Settings, metrics: Metrics) -> DecodePool:
         s.decode_memory_mb * 2**20,
         metrics,
         hang_seconds=s.decode_hang_seconds,
+        runs_graphs=s.inference != "server",
     )
 
 
@@ -173,6 +190,7 @@ class ServedModel:
         self.detectors: dict[str, Detector] = {}  # per modality, where the manifest has an out-of-distribution detector
         self.decoder: DecodePool | None = decoder
         self.warm = False  # sessions loaded and warmed up
+        self.in_workers = False  # the decode workers run the graphs (MLA_INFERENCE), decided at load
         self.draining = False  # taken out of rotation by an operator (POST /admin/drain)
         # Read at each scrape: readiness also falls when no decode worker can be started.
         metrics.ready.set_function(lambda: 1.0 if self.ready else 0.0)
@@ -233,9 +251,25 @@ class ServedModel:
         for m, entry in manifest.modalities.items():
             outputs = [entry.output.name] + ([entry.features.name] if m in self.detectors and entry.features else [])
             provider, run, session = make_session(self.dir / entry.file, self.settings, outputs)
-            self.runtimes[m] = Runtime(entry, provider, run, session=session)
+            widths = {o.name: o.shape[-1] for o in session.get_outputs()}
+            if not all(isinstance(widths[name], int) for name in outputs):
+                raise ModelLoadError(f"{entry.file}: the width of an output is not fixed: {widths}")
+            width = sum(int(widths[name]) for name in outputs)
+            self.runtimes[m] = Runtime(entry, provider, run, session=session, width=width)
+            self.runtimes[m].graph = Graph(str((self.dir / entry.file).resolve()), entry.sha256, tuple(outputs))
+        mode = self.settings.inference
+        if mode == "auto":
+            mode = "server" if any(rt.provider == "CUDAExecutionProvider" for rt in self.runtimes.values()) else "workers"
+        self.in_workers = mode == "workers"
+        for m, rt in self.runtimes.items():
+            if self.in_workers:  # the workers load their own sessions: this one only told which provider a session gets
+                rt.provider, rt.run, rt.session = "CPUExecutionProvider", None, None
+            else:
+                rt.graph = None
+            provider = rt.provider
             self.metrics.model_info.labels(manifest.name, manifest.version, m, provider).set(1)
             self.metrics.typicality.labels(m)  # the series exists from the start, for the dashboard and the alert
+            self.metrics.queue_length.labels(m)  # at 0 with worker inference, where jobs wait in the pool's line instead
             if m in self.detectors:
                 for verdict in ("true", "false"):
                     self.metrics.ood_checks.labels(m, verdict)
@@ -258,10 +292,13 @@ class ServedModel:
         )
 
     async def start(self) -> None:
-        """Start the batchers and the decode workers, and run every batch size once; ready afterwards."""
+        """Start the batchers and the decode workers, and run every batch size once (or load the graphs into every
+        worker); ready afterwards."""
         s = self.settings
         assert self.decoder is not None
         for m, rt in self.runtimes.items():
+            if rt.run is None:
+                continue
             fill = s.batch_fill
             if fill == "auto":  # on a GPU a padded batch costs about what the real rows do; on a CPU every row costs
                 fill = "pad" if rt.provider == "CUDAExecutionProvider" else "split"
@@ -270,8 +307,19 @@ class ServedModel:
             )
         if self.owns_decoder:
             await self.decoder.start()  # each worker imports its decoders before it says it is ready
+        if self.in_workers:
+            # One job per worker at once (each takes an idle one), so that every worker running now has loaded and run
+            # the graphs before the first request; a worker started later loads them on its first job.
+            graphs = [
+                (rt.graph, tuple(int(d) for d in rt.entry.input.shape[1:]), rt.entry.input.dtype)
+                for rt in self.runtimes.values()
+                if rt.graph is not None
+            ]
+            await asyncio.gather(*(self.decoder.run(warm_graphs, graphs) for _ in range(len(self.decoder.live))))
+            log.info("%s: warmed in %d decode workers", sorted(self.runtimes), len(self.decoder.live))
         for m, rt in self.runtimes.items():
-            assert rt.batcher is not None
+            if rt.batcher is None:
+                continue
             await rt.batcher.warm(tuple(int(d) for d in rt.entry.input.shape[1:]), np.dtype(rt.entry.input.dtype))
             log.info("%s: batch sizes %s warmed (first call, ms: %s)", m, list(rt.batcher.warmed), _ms(rt.batcher.warmed))
             rt.batcher.start()
@@ -301,61 +349,95 @@ class ServedModel:
         """The bounds an upload of `modality` is decoded within (its kind's, from this server's settings)."""
         return kind(modality).limits(self.settings)
 
-    async def preprocess(self, files: dict[str, Source], decoder: DecodePool) -> dict[str, np.ndarray]:
-        """Decode each (modality -> file) in the worker pool, all at once, each within the limits.
+    async def infer(
+        self, files: Mapping[str, Source], decoder: DecodePool, tensors: Mapping[str, np.ndarray] | None = None
+    ) -> Outputs:
+        """One request's outputs: its uploads decoded, and its `tensors` (inputs already in the graph's layout, no
+        batch axis) taken as they are, each run through its modality's graph."""
+        if not self.in_workers:
+            inputs = await self.preprocess(files, decoder) if files else {}
+            inputs.update(tensors or {})
+            return await self.predict(inputs)
+        jobs: dict[str, tuple[Any, ...]] = {}
+        for m, source in files.items():
+            jobs[m] = (decode_and_run, m, source, spec_of(self.runtimes[m].entry), self.limits(m), self.runtimes[m].graph)
+        for m, x in (tensors or {}).items():
+            jobs[m] = (run_graph, self.runtimes[m].graph, x)
+        return self._split(await self._in_workers(jobs, decoder))
+
+    async def _in_workers(self, jobs: dict[str, tuple[Any, ...]], decoder: DecodePool) -> dict[str, np.ndarray]:
+        """Run each modality's job in the worker pool, all at once: {modality: its array}.
 
         The first failure answers the request; the other jobs are abandoned (one still waiting
         for a worker leaves the line, one running finishes within its deadline and frees its worker).
         """
-        jobs: dict[str, asyncio.Task[tuple[np.ndarray, float]]] = {}
-        for m, source in files.items():
-            spec = spec_of(self.runtimes[m].entry)
-            jobs[m] = asyncio.ensure_future(decoder.run_timed(decode_file, m, source, spec, self.limits(m)))
+        tasks = {m: asyncio.ensure_future(decoder.run_timed(*job)) for m, job in jobs.items()}
         out: dict[str, np.ndarray] = {}
         try:
-            for m, job in jobs.items():
+            for m, task in tasks.items():
                 try:
-                    array, seconds = await job
+                    done = await task
                 except MediaError as exc:
                     raise from_media_error(exc, m) from None
-                self.metrics.decode.labels(m).observe(seconds)
-                out[m] = array
+                seconds = done.seconds
+                if done.inference_seconds is not None:  # the job ran the graph: one row, on the worker's CPU session
+                    self.metrics.inference.labels(m, self.runtimes[m].provider).observe(done.inference_seconds)
+                    self.metrics.batch_size.labels(m).observe(1)
+                    self.metrics.queue.labels(m).observe(done.waited_seconds)  # its queue: the wait for a free worker
+                    seconds -= done.inference_seconds
+                if jobs[m][0] is not run_graph:
+                    self.metrics.decode.labels(m).observe(max(seconds, 0.0))
+                out[m] = done.array
         finally:
-            for pending in jobs.values():
+            for pending in tasks.values():
                 pending.cancel()
         return out
 
+    async def preprocess(self, files: Mapping[str, Source], decoder: DecodePool) -> dict[str, np.ndarray]:
+        """Decode each (modality -> file) in the worker pool, all at once, each within the limits: the graphs' inputs."""
+        jobs = {m: (decode_file, m, source, spec_of(self.runtimes[m].entry), self.limits(m)) for m, source in files.items()}
+        return await self._in_workers(jobs, decoder)
+
     # --- predict and postprocess -----------------------------------------------------------
-    async def predict(self, inputs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Each modality's logits [classes] and, where it has a detector, its features [dims], for one request."""
+    async def predict(self, inputs: dict[str, np.ndarray]) -> Outputs:
+        """One request's outputs for inputs already in each graph's layout (no batch axis)."""
+        if self.in_workers:
+            assert self.decoder is not None
+            jobs = {m: (run_graph, self.runtimes[m].graph, x) for m, x in inputs.items()}
+            return self._split(await self._in_workers(jobs, self.decoder))
+        rows = await asyncio.gather(*(self.runtimes[m].batcher.submit(x) for m, x in inputs.items()))  # type: ignore[union-attr]
+        return self._split(dict(zip(inputs, rows, strict=True)))
+
+    def _split(self, rows: dict[str, np.ndarray]) -> Outputs:
+        """Each modality's output row cut into its logits and, where it has a detector, its features."""
         assert self.manifest is not None
         k = len(self.manifest.labels)
-        rows = await asyncio.gather(*(self.runtimes[m].batcher.submit(x) for m, x in inputs.items()))  # type: ignore[union-attr]
-        logits, features = {}, {}
-        for m, row in zip(inputs, rows, strict=True):
+        out = Outputs({}, {})
+        for m, row in rows.items():
             # Finite input can still overflow (float samples far outside [-1, 1]): never let a NaN
             # reach the answer or the entropy histogram, whose running sum it would spoil for good.
             if not np.isfinite(row).all():
                 raise InvalidMedia(f"{m}: the model's output is not finite for this input (sample values out of range?)")
-            logits[m] = row[:k]
+            if row.shape != (self.runtimes[m].width,):  # a worker parses hostile media: what it sends is checked as data
+                raise DecodeError(f"{m}: the graph's outputs came back as {list(row.shape)}, not [{self.runtimes[m].width}]")
+            out.logits[m] = row[:k]
             if m in self.detectors:
-                features[m] = row[k:]
-        return logits, features
+                out.features[m] = row[k:]
+        return out
 
-    def postprocess(
-        self, logits: dict[str, np.ndarray], features: dict[str, np.ndarray] | None = None, min_confidence: float | None = None
-    ) -> dict[str, Any]:
+    def postprocess(self, outputs: Outputs, min_confidence: float | None = None) -> dict[str, Any]:
         """One request's answer (common.answer.decide): modalities out of distribution left out of the fusion, the
         manifest's calibrated rule over the rest, abstained below `min_confidence` (default: the manifest's threshold
         for the set fused) or when no modality sent is in distribution."""
         assert self.manifest is not None
         fusion, params = self.manifest.fusion, self.fusion_params
+        logits = outputs.logits
         a = decide(
             params,
             fusion.abstention.min_confidence,
             self.detectors,
             {m: z.astype(np.float64)[None] for m, z in logits.items()},
-            {m: f.astype(np.float64)[None] for m, f in (features or {}).items()},
+            {m: f.astype(np.float64)[None] for m, f in outputs.features.items()},
             min_confidence=min_confidence,
         )
         body = answer_body(self.manifest, self.manifest_sha256, params, self.detectors, a)

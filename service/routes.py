@@ -153,12 +153,11 @@ async def predict(
                 raise InvalidRequest("send at least one of the model's inputs: " + ", ".join(model.modalities()))
             min_confidence = _min_confidence(upload.form.get("min_confidence"))
             model.check_modalities(set(files))
-            inputs = await model.preprocess(files, decoder)
-            logits, features = await model.predict(inputs)
+            outputs = await model.infer(files, decoder)
             # Serialised here, by pydantic-core: the answer is built by postprocess in the shape of
             # PredictResponse (the OpenAPI schema; the end-to-end tests and schemathesis check answers against it), so
             # validating it again on every request would only cost time.
-            answer = model.postprocess(logits, features, min_confidence)
+            answer = model.postprocess(outputs, min_confidence)
             model.metrics.version_predictions.labels(model.version).inc()
             return Response(to_json(answer), media_type="application/json")
     except TimeoutError:
@@ -191,6 +190,8 @@ async def models(model: ModelDep, repository: RepositoryDep, settings: SettingsD
         "manifest_sha256": model.manifest_sha256,
         "loaded_versions": sorted(repository.versions),
         "providers": {m: rt.provider for m, rt in model.runtimes.items()},
+        # where the graphs run: "server" (sessions behind micro-batchers, below) or "workers" (each decode worker)
+        "inference": "workers" if model.in_workers else "server",
         # Session calls only ever have these batch sizes, each run once before ready.
         "batching": {
             m: {"buckets": list(rt.batcher.buckets), "fill": rt.batcher.fill, "warmed": sorted(rt.batcher.warmed)}

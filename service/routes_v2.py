@@ -16,6 +16,7 @@ from common.manifest import version_key
 from common.modalities import borrow, borrowing
 from service import protocol, uploads
 from service.admission import Admission
+from service.decoding import Source
 from service.errors import InvalidMedia, InvalidRequest, NotReady, Overloaded, TooLarge
 from service.log_config import request_id
 from service.model import ServedModel
@@ -211,10 +212,8 @@ async def _row(
     min_confidence: float | None,
 ) -> dict[str, Any]:
     """Row i's answer: its files decoded (as /v1/predict decodes uploads), its tensors taken as they are."""
-    inputs = await model.preprocess({m: (m, elements[i]) for m, elements in files.items()}, decoder) if files else {}
-    inputs.update({m: t[i] for m, t in tensors.items()})
-    logits, features = await model.predict(inputs)
-    return model.postprocess(logits, features, min_confidence)
+    sources: dict[str, Source] = {m: (m, elements[i]) for m, elements in files.items()}
+    return model.postprocess(await model.infer(sources, decoder, {m: t[i] for m, t in tensors.items()}), min_confidence)
 
 
 INFER: dict[str, Any] = {

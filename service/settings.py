@@ -57,7 +57,13 @@ class Settings(BaseSettings):
         default_factory=_default_providers, description="execution providers in order of preference (MLA_PROVIDERS=cuda,cpu)"
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime threads per session (0: its default, capped at the usable cores)"
+        0, ge=0, description="ONNX Runtime threads per server session (0: its default, capped at the usable cores)"
+    )
+    inference: Literal["auto", "server", "workers"] = Field(
+        "auto",
+        description="where the graphs run: server (a session per modality behind a micro-batcher), workers (each "
+        "decode worker runs the graph on what it decoded, one thread; only outputs cross processes), auto (server "
+        "when a session gets the CUDA provider, else workers)",
     )
     # input limits
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0, description="per request, all files together")

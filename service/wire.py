@@ -4,9 +4,9 @@ A message is `!IQ` (header length, payload length), the header (a JSON object), 
 
 - server -> worker: {"op": "job"} with a pickle of (function, args) as payload, or {"op": "stop"}.
   The worker trusts the server: it runs what it is told.
-- worker -> server: {"status": "ready", "pid": N}; {"status": "ok", "dtype", "shape", "seconds"} with
-  the array's bytes as payload; {"status": "media", "kind", "message"}; {"status": "memory",
-  "message"}; {"status": "bug", "message"}.
+- worker -> server: {"status": "ready", "pid": N}; {"status": "ok", "dtype", "shape", "seconds"} (and
+  "inference_seconds" where the job ran a graph) with the array's bytes as payload; {"status": "media",
+  "kind", "message"}; {"status": "memory", "message"}; {"status": "bug", "message"}.
 
 The server never unpickles what a worker says: a worker runs FFmpeg on untrusted bytes and may
 be subverted by them, so its reply is parsed as data (JSON, a numeric dtype, a shape whose size
@@ -91,9 +91,12 @@ def send(sock: socket.socket, header: dict[str, Any], payload: np.ndarray | byte
         sock.sendall(data)
 
 
-def send_array(sock: socket.socket, array: np.ndarray, seconds: float) -> None:
+def send_array(sock: socket.socket, array: np.ndarray, seconds: float, inference_seconds: float | None = None) -> None:
     array = np.ascontiguousarray(array)
-    send(sock, {"status": "ok", "dtype": array.dtype.str, "shape": list(array.shape), "seconds": seconds}, array)
+    header: dict[str, Any] = {"status": "ok", "dtype": array.dtype.str, "shape": list(array.shape), "seconds": seconds}
+    if inference_seconds is not None:
+        header["inference_seconds"] = inference_seconds
+    send(sock, header, array)
 
 
 def send_job(sock: socket.socket, fn: Any, args: tuple[Any, ...]) -> None:

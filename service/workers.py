@@ -33,10 +33,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -95,6 +96,16 @@ def cpu_ticks(pid: int) -> int | None:
         return None
 
 
+class Done(NamedTuple):
+    """A job's result: its array; the seconds the worker spent on it; of those, the seconds ONNX Runtime took where the
+    job ran a graph (None where it did not); and the seconds it waited for a free worker first."""
+
+    array: np.ndarray
+    seconds: float
+    inference_seconds: float | None
+    waited_seconds: float
+
+
 @dataclass(eq=False)
 class _Worker:
     process: subprocess.Popen[bytes]
@@ -115,7 +126,9 @@ class DecodePool:
         memory_headroom: int,
         metrics: Metrics,
         hang_seconds: float = 5.0,
+        runs_graphs: bool = False,
     ) -> None:
+        self.runs_graphs = runs_graphs  # workers import ONNX Runtime before their memory ceiling: jobs run graphs
         self.size, self.max_waiting, self.wait_seconds, self.job_seconds = size, max_waiting, wait_seconds, job_seconds
         self.memory_headroom, self.metrics, self.hang_seconds = memory_headroom, metrics, hang_seconds
         self.live: set[_Worker] = set()
@@ -173,11 +186,10 @@ class DecodePool:
     # --- running a job -----------------------------------------------------------------------------
     async def run(self, fn: Callable[..., Any], *args: Any) -> np.ndarray:
         """Run fn(*args) in a worker and return its result, a numeric array."""
-        array, _ = await self.run_timed(fn, *args)
-        return array
+        return (await self.run_timed(fn, *args)).array
 
-    async def run_timed(self, fn: Callable[..., Any], *args: Any) -> tuple[np.ndarray, float]:
-        """Run fn(*args) in a worker: its result (a numeric array) and the seconds the worker spent on it.
+    async def run_timed(self, fn: Callable[..., Any], *args: Any) -> Done:
+        """Run fn(*args) in a worker: its result (a numeric array) and its times (`Done`).
 
         Raises Overloaded (503) when no worker is free in time or the line is full, or when its
         worker was killed from outside or hung; the job's own MediaError (4xx); MediaLimitError
@@ -186,8 +198,9 @@ class DecodePool:
         the caller is cancelled once the job runs, the job still finishes (bounded by
         `job_seconds`) and frees its worker.
         """
+        asked = time.perf_counter()
         worker = await self._acquire()
-        job = asyncio.create_task(self._execute(worker, fn, args))
+        job = asyncio.create_task(self._execute(worker, fn, args, time.perf_counter() - asked))
         job.add_done_callback(_consume)  # a caller that gave up leaves nobody to read its outcome
         return await asyncio.shield(job)
 
@@ -227,7 +240,7 @@ class DecodePool:
                 self.waiters.remove(fut)
             self._gauges()
 
-    async def _execute(self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[np.ndarray, float]:
+    async def _execute(self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...], waited: float) -> Done:
         worker.busy, worker.jobs = True, worker.jobs + 1
         self._unwatch(worker)
         self._gauges()
@@ -273,9 +286,11 @@ class DecodePool:
                 assert payload_view is not None
                 try:
                     seconds = float(header.get("seconds", 0.0))
+                    inference = header.get("inference_seconds")
+                    inference = None if inference is None else float(inference)
                 except (TypeError, ValueError):
                     raise wire.ProtocolError(f"seconds {header.get('seconds')!r}") from None
-                return payload_view, seconds
+                return Done(payload_view, seconds, inference, waited)
             if status == "media":
                 raise wire.media_error(header)
             if status == "bug":
@@ -321,7 +336,14 @@ class DecodePool:
             # On the loop, not a thread: a vfork and an exec take milliseconds, and a start cancelled
             # midway (the server stopping) can then never leave a process nobody holds.
             process = subprocess.Popen(
-                [sys.executable, "-m", "service.decoding", str(theirs.fileno()), str(self.memory_headroom)],
+                [
+                    sys.executable,
+                    "-m",
+                    "service.decoding",
+                    str(theirs.fileno()),
+                    str(self.memory_headroom),
+                    *(["--onnxruntime"] if self.runs_graphs else []),
+                ],
                 pass_fds=(theirs.fileno(),),
                 env=worker_environment(),
                 stdin=subprocess.DEVNULL,

@@ -20,12 +20,15 @@ from tests.servers import Server, start_server, stop_server
 
 @pytest.mark.parametrize("max_batch", [16, 12])
 def test_every_bucket_is_warmed_before_ready(tiny_repo: Path, tmp_path: Path, max_batch: int) -> None:
-    settings = Settings(model_dir=tiny_repo, providers=["cpu"], decode_workers=1, max_batch_size=max_batch, tmp_dir=tmp_path)
+    settings = Settings(
+        model_dir=tiny_repo, providers=["cpu"], decode_workers=1, max_batch_size=max_batch, tmp_dir=tmp_path, inference="server"
+    )
     model = ServedModel(settings, Metrics())
     model.load()
     calls: list[tuple[str, int, bool]] = []  # (modality, batch size, ready at the time)
     for m, rt in model.runtimes.items():
         session = rt.run
+        assert session is not None  # server inference: each modality has its session's call
 
         def run(batch: np.ndarray, m: str = m, session: Callable[[np.ndarray], np.ndarray] = session) -> np.ndarray:
             calls.append((m, len(batch), model.ready))
@@ -50,7 +53,12 @@ def test_every_bucket_is_warmed_before_ready(tiny_repo: Path, tmp_path: Path, ma
 def padding(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server that pads, and waits 300 ms to grow a batch, so that 3 concurrent requests share one of 4."""
     srv = start_server(
-        tiny_repo, tmp_path_factory.mktemp("padding"), MLA_BATCH_FILL="pad", MLA_MAX_QUEUE_DELAY_MS="300", MLA_MAX_BATCH_SIZE="8"
+        tiny_repo,
+        tmp_path_factory.mktemp("padding"),
+        MLA_INFERENCE="server",
+        MLA_BATCH_FILL="pad",
+        MLA_MAX_QUEUE_DELAY_MS="300",
+        MLA_MAX_BATCH_SIZE="8",
     )
     yield srv
     stop_server(srv)

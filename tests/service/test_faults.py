@@ -3,6 +3,7 @@ a failing ONNX Runtime call, an unknown HTTP method, the operator routes."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -20,14 +21,9 @@ from service.routes import get_decoder
 from service.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def client(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def _client(tmp: Path, tiny_repo: Path, **extra: Any) -> Iterator[TestClient]:
     settings = Settings(
-        model_dir=tiny_repo,
-        providers=["cpu"],
-        decode_workers=1,
-        tmp_dir=tmp_path_factory.mktemp("uploads"),
-        admin_key="operator-secret",
+        model_dir=tiny_repo, providers=["cpu"], decode_workers=1, tmp_dir=tmp, admin_key="operator-secret", **extra
     )
     app = create_app(settings)
     with TestClient(app) as c:
@@ -37,6 +33,18 @@ def client(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 raise RuntimeError("the app never became ready")
             time.sleep(0.1)
         yield c
+
+
+@pytest.fixture(scope="module")
+def client(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The app as served on a CPU: the decode workers run the graphs."""
+    yield from _client(tmp_path_factory.mktemp("uploads"), tiny_repo)
+
+
+@pytest.fixture(scope="module")
+def server_client(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The app with server inference (sessions behind micro-batchers), as on a GPU."""
+    yield from _client(tmp_path_factory.mktemp("uploads"), tiny_repo, inference="server")
 
 
 def files(row: dict[str, str], *modalities: str) -> dict[str, tuple[str, bytes]]:
@@ -76,7 +84,8 @@ class Records(logging.Handler):
         self.records.append(record)
 
 
-def test_a_failing_batch_is_a_500_that_carries_its_request_id(client: TestClient, clean_train_row: dict[str, str]) -> None:
+def test_a_failing_batch_is_a_500_that_carries_its_request_id(server_client: TestClient, clean_train_row: dict[str, str]) -> None:
+    client = server_client
     model: Any = client.app.state.repository.default  # type: ignore[attr-defined]
     batcher = model.runtimes["video"].batcher
 
@@ -101,6 +110,31 @@ def test_a_failing_batch_is_a_500_that_carries_its_request_id(client: TestClient
     assert any("fault-500" in rec.getMessage() for rec in tracebacks if rec.name == "service.batching")
     access = [rec for rec in records.records if rec.name == "service.access" and rec.levelno == logging.INFO]
     assert [(rec.request_id, rec.status) for rec in access] == [("fault-500", 500)]  # type: ignore[attr-defined]
+    assert client.post("/v1/predict", files=files(clean_train_row, "audio", "video")).status_code == 200
+
+
+def test_a_graph_that_fails_in_a_worker_is_a_500_that_carries_its_request_id(
+    client: TestClient, clean_train_row: dict[str, str]
+) -> None:
+    """Worker inference: the graph's session cannot be built in the worker (its file is gone): the request gets a 500
+    with its id, the worker's traceback is logged under it, and the worker serves the next request."""
+    model: Any = client.app.state.repository.default  # type: ignore[attr-defined]
+    runtime = model.runtimes["video"]
+    assert model.in_workers
+    records = Records()
+    logging.getLogger().addHandler(records)
+    working = runtime.graph
+    runtime.graph = dataclasses.replace(working, path=working.path + ".missing")
+    try:
+        r = client.post("/v1/predict", files=files(clean_train_row, "audio", "video"), headers={"X-Request-ID": "worker-500"})
+    finally:
+        runtime.graph = working
+        logging.getLogger().removeHandler(records)
+    assert r.status_code == 500
+    assert r.json() == {"error": {"code": "internal", "message": "internal error; see the server log"}}
+    assert r.headers["x-request-id"] == "worker-500"
+    failed = [rec for rec in records.records if rec.exc_info and ".missing" in str(rec.exc_info[1])]
+    assert [rec.request_id for rec in failed] == ["worker-500"]  # type: ignore[attr-defined]
     assert client.post("/v1/predict", files=files(clean_train_row, "audio", "video")).status_code == 200
 
 

@@ -22,14 +22,14 @@ from tests.conftest import ROOT
 
 @pytest.fixture(scope="module")
 def warm_up_fails(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with its video graph's batch fixed at 1: it loads, and its warm-up (every
-    batch size up to the maximum) fails at batch 2, as a graph exported with a fixed batch would."""
+    """The tiny model with its video graph's batch fixed at 2: it loads, and its warm-up fails at its first call, of one
+    row, as a graph exported with a fixed batch would (in a decode worker, or in the server's batch sizes)."""
     repo = tmp_path_factory.mktemp("fixed-batch") / "tiny" / "1"
     shutil.copytree(tiny_repo, repo)
     manifest = json.loads((repo / "manifest.json").read_text())
     entry = manifest["modalities"]["video"]
     graph = onnx.load(str(repo / entry["file"]))
-    graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
     onnx.save(graph, str(repo / entry["file"]))
     entry["sha256"] = sha256_file(repo / entry["file"])
     (repo / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -150,14 +150,17 @@ def test_a_version_that_cannot_load_leaves_the_old_one_serving(swapping: Server,
 
 
 def test_the_swapped_out_versions_sessions_are_released(two_versions: Path, tmp_path: Path) -> None:
-    """In process: after the swap and the drain, nothing holds version 1's ONNX Runtime sessions (weak references die),
-    while a request that held version 1 through the swap was answered by it."""
+    """In process, with server inference: after the swap and the drain, nothing holds version 1's ONNX Runtime sessions
+    (weak references die), while a request that held version 1 through the swap was answered by it. (A decode worker
+    keeps at most SESSIONS_KEPT sessions: tests/service/test_worker_inference.py.)"""
     from service.metrics import Metrics
     from service.repository import Repository
     from service.settings import Settings
 
     async def scenario() -> tuple[list[weakref.ref], str, str]:
-        settings = Settings(model_dir=two_versions, model_version="1", providers=["cpu"], decode_workers=1, tmp_dir=tmp_path)
+        settings = Settings(
+            model_dir=two_versions, model_version="1", providers=["cpu"], decode_workers=1, tmp_dir=tmp_path, inference="server"
+        )
         repository = Repository(settings, Metrics())
         repository.load_first()
         await repository.start()
@@ -167,8 +170,8 @@ def test_the_swapped_out_versions_sessions_are_released(two_versions: Path, tmp_
         await repository.load("2")
         assert repository.get().version == "2"
         assert not held.unloaded  # it waits for the request
-        logits, _ = await held.predict({m: _zeros(rt) for m, rt in held.runtimes.items()})
-        answered_by = held.postprocess(logits)["model"]["version"]
+        outputs = await held.predict({m: _zeros(rt) for m, rt in held.runtimes.items()})
+        answered_by = held.postprocess(outputs)["model"]["version"]
         held.release()
         await repository.drained()
         assert held.unloaded
@@ -211,8 +214,8 @@ def test_swapping_back_while_the_old_copy_drains_keeps_the_new_copy_serving(two_
         held.release()
         await repository.drained()
         model = repository.get(version="1")
-        logits, _ = await model.predict({m: _zeros(rt) for m, rt in model.runtimes.items()})
-        answered_by = model.postprocess(logits)["model"]["version"]
+        outputs = await model.predict({m: _zeros(rt) for m, rt in model.runtimes.items()})
+        answered_by = model.postprocess(outputs)["model"]["version"]
         state = next((e["state"], e["reason"]) for e in repository.index() if e["version"] == "1")
         loaded = metrics.registry.get_sample_value("mla_model_version_loaded", {"version": "1"}) or 0.0
         info = metrics.registry.get_sample_value(
