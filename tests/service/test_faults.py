@@ -84,6 +84,20 @@ class Records(logging.Handler):
         self.records.append(record)
 
 
+def post_recorded(client: TestClient, row: dict[str, str], request_id: str) -> tuple[Any, list[logging.LogRecord]]:
+    """A pair sent with `request_id`: the answer, and every log record while it was served."""
+    records = Records()
+    logging.getLogger().addHandler(records)
+    try:
+        r = client.post("/v1/predict", files=files(row, "audio", "video"), headers={"X-Request-ID": request_id})
+    finally:
+        logging.getLogger().removeHandler(records)
+    assert r.status_code == 500
+    assert r.json() == {"error": {"code": "internal", "message": "internal error; see the server log"}}
+    assert r.headers["x-request-id"] == request_id
+    return r, records.records
+
+
 def test_a_failing_batch_is_a_500_that_carries_its_request_id(server_client: TestClient, clean_train_row: dict[str, str]) -> None:
     client = server_client
     model: Any = client.app.state.repository.default  # type: ignore[attr-defined]
@@ -92,23 +106,17 @@ def test_a_failing_batch_is_a_500_that_carries_its_request_id(server_client: Tes
     def fail(batch: np.ndarray) -> np.ndarray:
         raise RuntimeError("CUDA failure: an illegal memory access")
 
-    records = Records()
-    logging.getLogger().addHandler(records)
     working, batcher.run = batcher.run, fail
     try:
-        r = client.post("/v1/predict", files=files(clean_train_row, "audio", "video"), headers={"X-Request-ID": "fault-500"})
+        _, records = post_recorded(client, clean_train_row, "fault-500")
     finally:
         batcher.run = working
-        logging.getLogger().removeHandler(records)
-    assert r.status_code == 500
-    assert r.json() == {"error": {"code": "internal", "message": "internal error; see the server log"}}
-    assert r.headers["x-request-id"] == "fault-500"
-    tracebacks = [rec for rec in records.records if rec.exc_info and "illegal memory access" in str(rec.exc_info[1])]
+    tracebacks = [rec for rec in records if rec.exc_info and "illegal memory access" in str(rec.exc_info[1])]
     assert tracebacks
     # The request's own traceback carries its id; the batcher's (its own task) names the requests of the batch.
     assert [rec.request_id for rec in tracebacks if rec.name == "service.access"] == ["fault-500"]  # type: ignore[attr-defined]
     assert any("fault-500" in rec.getMessage() for rec in tracebacks if rec.name == "service.batching")
-    access = [rec for rec in records.records if rec.name == "service.access" and rec.levelno == logging.INFO]
+    access = [rec for rec in records if rec.name == "service.access" and rec.levelno == logging.INFO]
     assert [(rec.request_id, rec.status) for rec in access] == [("fault-500", 500)]  # type: ignore[attr-defined]
     assert client.post("/v1/predict", files=files(clean_train_row, "audio", "video")).status_code == 200
 
@@ -121,19 +129,13 @@ def test_a_graph_that_fails_in_a_worker_is_a_500_that_carries_its_request_id(
     model: Any = client.app.state.repository.default  # type: ignore[attr-defined]
     runtime = model.runtimes["video"]
     assert model.in_workers
-    records = Records()
-    logging.getLogger().addHandler(records)
     working = runtime.graph
     runtime.graph = dataclasses.replace(working, path=working.path + ".missing")
     try:
-        r = client.post("/v1/predict", files=files(clean_train_row, "audio", "video"), headers={"X-Request-ID": "worker-500"})
+        _, records = post_recorded(client, clean_train_row, "worker-500")
     finally:
         runtime.graph = working
-        logging.getLogger().removeHandler(records)
-    assert r.status_code == 500
-    assert r.json() == {"error": {"code": "internal", "message": "internal error; see the server log"}}
-    assert r.headers["x-request-id"] == "worker-500"
-    failed = [rec for rec in records.records if rec.exc_info and ".missing" in str(rec.exc_info[1])]
+    failed = [rec for rec in records if rec.exc_info and ".missing" in str(rec.exc_info[1])]
     assert [rec.request_id for rec in failed] == ["worker-500"]  # type: ignore[attr-defined]
     assert client.post("/v1/predict", files=files(clean_train_row, "audio", "video")).status_code == 200
 
