@@ -231,13 +231,13 @@ def main() -> None:
                 port = free_port()
                 cmd, env = command(peer, args.model, port)
                 procs[peer] = (start(cmd, port, env), port)
+            ours = {"service": service_env}
             if args.server_inference:
+                ours[SERVER_INFERENCE] = {**service_env, "MLA_INFERENCE": "server"}
+            for name in reversed(ours):  # the service last: its first minute is measured as soon as it is up
                 port = free_port()
                 cmd = [sys.executable, "-m", "cli.main", "serve", "--model", str(args.model), "--port", str(port)]
-                procs[SERVER_INFERENCE] = (start(cmd, port, {**service_env, "MLA_INFERENCE": "server"}), port)
-            port = free_port()
-            cmd = [sys.executable, "-m", "cli.main", "serve", "--model", str(args.model), "--port", str(port)]
-            procs["service"] = (start(cmd, port, service_env), port)
+                procs[name] = (start(cmd, port, ours[name]), port)
             sp, sport = procs["service"]
             results["first_minute"] = first_minute(sport, sp.pid, args.first_seconds, boundary, files)
             print("first period", {k: v["p99_us"] for k, v in results["first_minute"].items() if isinstance(v, dict)}, flush=True)

@@ -38,7 +38,7 @@ from common.media_types import DecodeError, Limits, MediaError
 from common.modalities import EntryBase, kind, spec_of
 from common.ood import Detector
 from service.batching import MicroBatcher
-from service.decoding import Graph, Source, decode_and_run, decode_file, run_graph, warm_graphs
+from service.decoding import Graph, Source, decode_and_run, decode_file, run_graph, session_options, warm_graphs
 from service.errors import InvalidMedia, InvalidRequest, from_media_error
 from service.metrics import Metrics
 from service.settings import Settings, usable_cpus
@@ -96,19 +96,12 @@ def make_session(
     [batch, sum of their widths]: one array per row is what the micro-batcher splits and hands back."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     threads, usable = settings.intra_op_threads, usable_cpus()
     if not threads and usable < (os.cpu_count() or 1):
         # ONNX Runtime sizes its pool from the host's cores, blind to CPU affinity and cgroup
         # quotas: in a 4-CPU container on a 64-core node it would start dozens of threads.
         threads = usable
-    if threads:
-        opts.intra_op_num_threads = threads
-    # No busy-waiting between calls: the decode workers share these cores, and a spinning
-    # thread pool took them (video decoding measured 5 ms alone, 24 ms beside spinning ORT).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts = session_options(threads or None)
     available = set(ort.get_available_providers())
     wanted = [PROVIDER_NAMES[p] for p in settings.providers if PROVIDER_NAMES[p] in available]
     if "CPUExecutionProvider" not in wanted:
@@ -266,8 +259,7 @@ class ServedModel:
                 rt.provider, rt.run, rt.session = "CPUExecutionProvider", None, None
             else:
                 rt.graph = None
-            provider = rt.provider
-            self.metrics.model_info.labels(manifest.name, manifest.version, m, provider).set(1)
+            self.metrics.model_info.labels(manifest.name, manifest.version, m, rt.provider).set(1)
             self.metrics.typicality.labels(m)  # the series exists from the start, for the dashboard and the alert
             self.metrics.queue_length.labels(m)  # at 0 with worker inference, where jobs wait in the pool's line instead
             if m in self.detectors:

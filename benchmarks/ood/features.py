@@ -157,7 +157,6 @@ def choose_k(tune_auroc: Mapping[int, Mapping[str, float]]) -> int:
     return max(sorted(tune_auroc), key=lambda k: (round(float(np.mean(list(tune_auroc[k].values()))), 12), -k))
 
 
-# --- checkpoint, export, inputs, features ----------------------------------------------------
 def choose_detector(mean: Mapping[str, float], in_sample: Sequence[str]) -> tuple[str, str]:
     """(the detector to serve, the runner-up): the highest mean tune AUROC against validation ID, among the detectors
     not fitted on validation (those in `in_sample` are scored in sample against it: listed, never chosen)."""
@@ -165,6 +164,7 @@ def choose_detector(mean: Mapping[str, float], in_sample: Sequence[str]) -> tupl
     return eligible[0], eligible[1]
 
 
+# --- checkpoint, export, inputs, features ----------------------------------------------------
 def ensure_checkpoint(run_dir: Path) -> Path:
     """The recipe's checkpoint in `run_dir`, trained there as the Makefile's $(DEFAULT_MODEL) trains it when absent."""
     from training.checkpoint import CHECKPOINT_NAME

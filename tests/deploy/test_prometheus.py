@@ -33,18 +33,21 @@ def _prometheus_config(target: str) -> dict[str, Any]:
 NOT_READY_FOR = "10s"  # the test's copy of MlaNotReady waits this long, not the production rule's minute
 
 
+def _not_ready_rule(rules: dict[str, Any]) -> dict[str, Any]:
+    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "MlaNotReady"]
+    return rule
+
+
 def _alerts_config() -> dict[str, Any]:
     """The project's alerts.yml with only MlaNotReady's `for` shortened to NOT_READY_FOR: the test watches it go
     pending, fire and resolve, and the minute of waiting would prove nothing more (the minute is asserted below)."""
     rules = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
-    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "MlaNotReady"]
-    rule["for"] = NOT_READY_FOR
+    _not_ready_rule(rules)["for"] = NOT_READY_FOR
     return rules
 
 
 def test_the_not_ready_alert_waits_a_minute() -> None:
-    rules = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
-    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "MlaNotReady"]
+    rule = _not_ready_rule(yaml.safe_load((PROM_DIR / "alerts.yml").read_text()))
     assert rule["for"] == "1m"  # a replica loading or warming up for less than a minute pages nobody
 
 
