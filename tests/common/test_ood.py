@@ -33,6 +33,21 @@ def test_knn_score_is_minus_the_distance_to_the_kth_nearest_normalised_bank_row(
     assert np.all((knn.score(queries) <= 0) & (knn.score(queries) >= -2))
 
 
+@pytest.mark.parametrize("dims", [16, 128, 512])
+def test_float32_products_keep_a_distance_within_the_rounding_bound(dims: int) -> None:
+    # The served kNN forms its dot products in float32. Exact (float64) distances of the same unit vectors differ
+    # from its distances by what rounding allows: |d32^2 - d64^2| <= 2 (dims + 1) 2^-24 (a sum of dims products of
+    # unit vectors, and the query's own rounding), with 1% for the float64 reference's rounding.
+    rng = np.random.default_rng(dims)
+    bank = l2_normalise(rng.normal(size=(400, dims))).astype(np.float32)
+    queries = bank[:300] + rng.normal(size=(300, dims)) * rng.uniform(0.001, 0.2, size=(300, 1))  # near and far
+    knn = NearestNeighbours(bank, k=5)
+    exact = np.sort(np.linalg.norm(l2_normalise(queries)[:, None] - bank.astype(np.float64)[None], axis=2), axis=1)[:, 4]
+    served = knn.kth_distances(queries)[5]
+    bound = 2 * (dims + 1) * 2.0**-24 * 1.01
+    assert np.all(np.abs(served**2 - exact**2) <= bound)
+
+
 def test_a_query_far_from_the_bank_scores_lower_than_one_inside_it() -> None:
     rng = np.random.default_rng(1)
     bank = np.abs(rng.normal(size=(200, 8))) + np.eye(8)[0] * 5  # a cluster around the first axis
