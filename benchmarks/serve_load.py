@@ -17,7 +17,10 @@ core from the server. Its own CPU (from wait4) is reported per request instead, 
   ours (same labels, abstention and fused set; probabilities within float32 tolerance: benchmarks/peers/servers.py);
   the run fails otherwise, so no one is faster by doing less.
 - **throughput and latency** per concurrency level, every server in alternating rounds (the median round is
-  reported), so a change in the machine's other load hits all of them; each one's req/s over ours.
+  reported), so a change in the machine's other load hits all of them; each one's req/s over ours. The server
+  measured runs alone: the others are stopped (SIGSTOP to their process groups) meanwhile, since an idle LitServe
+  polls its queues with 0.3 of a core (each server's idle CPU is reported), and each round starts with a second
+  of unmeasured load.
 - **CPU per request**: each server's process tree's CPU seconds (utime + stime from /proc: the server, its workers
   and any reaped child) per answered request.
 - **overhead ratio** (the service): its tree's CPU per request over the in-process cost of the same work measured
@@ -33,6 +36,7 @@ Results: benchmarks/results/serve_load.json and .md (copied into docs/benchmarks
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -42,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -82,6 +87,23 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def only(procs: dict[str, tuple[subprocess.Popen[bytes], int]], name: str | None) -> None:
+    """Every server's process group but `name`'s stopped (SIGSTOP), `name`'s running (SIGCONT); None: all running.
+
+    A server waiting for its round must not take CPU from the one measured: an idle LitServe keeps 0.3 of a core
+    busy (its queues are polled), which the other servers' figures paid for until this was added."""
+    for other, (proc, _) in procs.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGCONT if name is None or other == name else signal.SIGSTOP)
+
+
+def idle_cpu(pid: int, seconds: float) -> float:
+    """Cores that the process tree of `pid` keeps busy while it serves nothing, over `seconds`."""
+    before = sum(tree_cpu(pid))
+    time.sleep(seconds)
+    return (sum(tree_cpu(pid)) - before) / seconds
 
 
 def tree_cpu(pid: int) -> tuple[float, float]:
@@ -239,11 +261,15 @@ def main() -> None:
                 cmd = [sys.executable, "-m", "cli.main", "serve", "--model", str(args.model), "--port", str(port)]
                 procs[name] = (start(cmd, port, ours[name]), port)
             sp, sport = procs["service"]
+            results["idle_cores"] = {name: idle_cpu(proc.pid, 2 if args.quick else 5) for name, (proc, _) in procs.items()}
+            print("idle cores", results["idle_cores"], flush=True)
+            only(procs, "service")
             results["first_minute"] = first_minute(sport, sp.pid, args.first_seconds, boundary, files)
             print("first period", {k: v["p99_us"] for k, v in results["first_minute"].items() if isinstance(v, dict)}, flush=True)
             sample = mix(pairs[: args.check])
             checked = [*args.peers, *([SERVER_INFERENCE] if args.server_inference else [])]
             peer_urls = {p: f"http://127.0.0.1:{procs[p][1]}" for p in checked}
+            only(procs, None)
             results["answers"] = check_answers(f"http://127.0.0.1:{sport}", peer_urls, sample)
             print("answers", {p: (c["checked"], c["max_prob_diff"], len(c["problems"])) for p, c in results["answers"].items()})
             wrong = {p: c["problems"][:5] for p, c in results["answers"].items() if c["problems"]}
@@ -255,10 +281,13 @@ def main() -> None:
                 for _ in range(args.rounds):
                     for name in order:
                         proc, p = procs[name]
+                        only(procs, name)
+                        wrk(p, c, 1, boundary, files)  # back from SIGSTOP: a second's load before the measured one
                         level[name].append(run_level(p, proc.pid, c, args.seconds, boundary, files, name == "service"))
                         print(name, c, {k: level[name][-1][k] for k in ("rps", "p99_us", "server_cpu_s", "cpu_s")}, flush=True)
                 results["levels"][c] = level
         finally:
+            only(procs, None)  # a stopped process group would take SIGTERM only once continued
             for proc, _ in procs.values():
                 stop(proc)
     results["load_after"] = load_average()
@@ -384,7 +413,11 @@ def report(args: argparse.Namespace, results: dict[str, Any], write_results: boo
         + "; ".join(
             PEER_CONFIG[n] for n in (SERVER_INFERENCE, "naive", *PEERS) if any(n in lv for lv in results["levels"].values())
         )
-        + ". Server CPU: the process tree's (the server and every worker); wrk: the load generator's own CPU.\n\n"
+        + ". Server CPU: the process tree's (the server and every worker); wrk: the load generator's own CPU. "
+        + "Each server runs alone: the others' process groups are stopped (SIGSTOP) through its rounds, which begin "
+        + "with a second of unmeasured load. Idle, before any load, they kept this many cores busy: "
+        + ", ".join(f"{name} {cores:.3f}" for name, cores in results.get("idle_cores", {}).items())
+        + ".\n\n"
         f"Answers checked before timing, one request at a time, against ours: {answers or 'no peer run'}.\n\n"
         "Goal (issue 31): ours >= 1.5x the best peer's req/s at equal or better p99, at concurrency 8 and 32: "
         + ("; ".join(goal(c) for c in goals) or "no peer run")
