@@ -278,6 +278,18 @@ def test_overload_at_the_wait_deadline_never_loses_a_worker() -> None:
     with_pool(test, size=2, wait_seconds=0.03, max_waiting=8)
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_workers_run_under_sched_batch_and_the_server_does_not() -> None:
+    # A worker's wake-ups must not preempt the event loop that hands it jobs (service.decoding.batch_scheduling).
+    async def test(pool: DecodePool, metrics: Metrics) -> None:
+        assert len(pool.pids()) == 2
+        for worker in pool.pids():
+            assert os.sched_getscheduler(worker) == os.SCHED_BATCH
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the policy went to the workers alone
+
+    with_pool(test, size=2)
+
+
 def test_workers_hold_none_of_the_servers_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLA_API_KEY", "api-secret-4f1c")
     monkeypatch.setenv("MLA_ADMIN_KEY", "admin-secret-9b2e")
