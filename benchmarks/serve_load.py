@@ -51,6 +51,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 from benchmarks.live import free_port, wait_ready
@@ -166,6 +167,7 @@ def run_level(
     batches_before = served_batches(port) if ours else {}
     result = wrk(port, concurrency, seconds, boundary, files)
     after_cpu = tree_cpu(pid)
+    drain(port)
     result["main_cpu_s"] = after_cpu[0] - before[0]  # the server process: event loop, ONNX Runtime threads
     result["children_cpu_s"] = after_cpu[1] - before[1]  # its workers (decode workers; a peer's inference workers)
     result["server_cpu_s"] = result["main_cpu_s"] + result["children_cpu_s"]
@@ -174,6 +176,19 @@ def run_level(
             m: {b: n - batches_before.get(m, {}).get(b, 0) for b, n in h.items()} for m, h in served_batches(port).items()
         }
     return result
+
+
+def drain(port: int, timeout: float = 60.0) -> None:
+    """Until our server has no prediction in flight (`mla_predictions_in_flight` 0; a peer, which has no such
+    gauge, at once). wrk stops with a request on each connection, which the server still answers: without this, the
+    next run's first requests would meet up to twice the concurrency asked for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        value = next((line.split()[-1] for line in text.splitlines() if line.startswith("mla_predictions_in_flight ")), None)
+        if value is None or float(value) == 0:
+            return
+    raise RuntimeError(f"the server on port {port} still had predictions in flight after {timeout:g} s")
 
 
 def load_average() -> list[float]:
@@ -283,6 +298,7 @@ def main() -> None:
                         proc, p = procs[name]
                         only(procs, name)
                         wrk(p, c, 1, boundary, files)  # back from SIGSTOP: a second's load before the measured one
+                        drain(p)
                         level[name].append(run_level(p, proc.pid, c, args.seconds, boundary, files, name == "service"))
                         print(name, c, {k: level[name][-1][k] for k in ("rps", "p99_us", "server_cpu_s", "cpu_s")}, flush=True)
                 results["levels"][c] = level
