@@ -214,7 +214,11 @@ def _reply(sock: socket.socket, header: dict[str, object], payload: bytes) -> No
 def worker_main(fd: int, memory_headroom: int, onnxruntime: bool = False) -> None:
     """A decode worker: answer one job at a time on socket `fd` until it closes or says stop. `onnxruntime`: its jobs
     run graphs, so ONNX Runtime is imported before the memory ceiling is set (its libraries are not the jobs' memory)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the server stops us
+    # Ctrl-C reaches the whole process group, and so does SIGTERM where a supervisor signals the group (systemd's
+    # control-group kill mode, `kill -- -PGID`): the server stops its workers (pool.close) and, when it dies, the
+    # socket's EOF does. A worker that died first was taken for a crash and replaced while the server shut down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     batch_scheduling()
     sock = socket.socket(fileno=fd)
     if onnxruntime:

@@ -290,6 +290,22 @@ def test_workers_run_under_sched_batch_and_the_server_does_not() -> None:
     with_pool(test, size=2)
 
 
+def test_a_worker_outlives_a_sigterm_sent_to_the_whole_group_and_stops_with_its_pool() -> None:
+    # A supervisor that signals the process group (systemd's default kill mode) reaches the workers too; the server
+    # stops them itself, so SIGTERM must not kill one first (it was taken for a crash and replaced during shutdown).
+    async def test(pool: DecodePool, metrics: Metrics) -> None:
+        (worker,) = pool.pids()
+        os.kill(worker, signal.SIGTERM)  # pending from here: the default action would end it before its next read
+        assert await pool.run(square, 3) == 9
+        assert pool.pids() == [worker]
+        assert metrics.worker_restarts.labels("died")._value.get() == 0
+        process = next(iter(pool.live)).process
+        await pool.close()
+        assert process.poll() == 0  # stopped by the pool, not by the signal
+
+    with_pool(test)
+
+
 def test_workers_hold_none_of_the_servers_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLA_API_KEY", "api-secret-4f1c")
     monkeypatch.setenv("MLA_ADMIN_KEY", "admin-secret-9b2e")
