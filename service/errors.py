@@ -66,6 +66,13 @@ class InvalidRequest(ServiceError):  # noqa: N818
     status, code = 422, "invalid_request"
 
 
+class ClientGone(ServiceError):  # noqa: N818
+    """The client closed the connection before its answer was ready: nobody reads this status (nginx's 499); the
+    access log and `mla_requests_total` record it."""
+
+    status, code = 499, "client_closed_request"
+
+
 class NotReady(ServiceError):  # noqa: N818
     status, code = 503, "not_ready"
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "5"}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -13,7 +15,7 @@ from pydantic_core import to_json
 from common.modalities import borrow, borrowing, kind
 from service import uploads
 from service.admission import Admission
-from service.errors import Failed, Forbidden, InvalidMedia, InvalidRequest, NotReady, Overloaded, Unauthorized
+from service.errors import ClientGone, Failed, Forbidden, InvalidMedia, InvalidRequest, NotReady, Overloaded, Unauthorized
 from service.model import ServedModel
 from service.repository import Repository
 from service.schemas import ERROR_RESPONSES, METRICS_RESPONSE, PREDICT_BODY, PredictResponse
@@ -21,6 +23,7 @@ from service.settings import Settings
 from service.workers import DecodePool
 
 router = APIRouter()
+T = TypeVar("T")
 # Every dependency is `async def`: FastAPI runs a plain `def` dependency on a worker thread, a
 # thread hop per dependency per request, where these only read attributes.
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
@@ -153,7 +156,7 @@ async def predict(
                 raise InvalidRequest("send at least one of the model's inputs: " + ", ".join(model.modalities()))
             min_confidence = _min_confidence(upload.form.get("min_confidence"))
             model.check_modalities(set(files))
-            outputs = await model.infer(files, decoder)
+            outputs = await unless_client_leaves(request, model.infer(files, decoder))
             # Serialised here, by pydantic-core: the answer is built by postprocess in the shape of
             # PredictResponse (the OpenAPI schema; the end-to-end tests and schemathesis check answers against it), so
             # validating it again on every request would only cost time.
@@ -167,6 +170,32 @@ async def predict(
             model.release()
         uploads.release(upload, storage)
         admission.leave()
+
+
+async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, or ClientGone as soon as the client closes its connection (its body fully read): `work` is
+    cancelled then, so its jobs still waiting for a decode worker leave the line (one already running finishes and
+    frees its worker). Without this, a client that timed out still had its answer computed, for nobody."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            raise ClientGone("the client closed the connection before its answer was ready")
+        return task.result()
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the ASGI server reports `http.disconnect` (after the body, it sends nothing else; uvicorn also
+    sends it once the response is complete, by when this has been cancelled)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _version(query: str | None, form: str | None) -> str | None:

@@ -30,6 +30,7 @@ from service.routes import (
     healthz,
     require_admin_key,
     require_api_key,
+    unless_client_leaves,
 )
 from service.schemas import ERROR_RESPONSES_V2, INFER_BODY
 from service.workers import DecodePool
@@ -173,9 +174,8 @@ async def _infer(
             if any(len(e) == 0 for e in elements):
                 raise InvalidMedia(f"{m}: a file is empty")
         async with asyncio.timeout(settings.request_timeout_seconds):
-            answers = await asyncio.gather(
-                *(_row(model, decoder, files, parsed.tensors, i, min_confidence) for i in range(parsed.rows))
-            )
+            rows = (_row(model, decoder, files, parsed.tensors, i, min_confidence) for i in range(parsed.rows))
+            answers = await unless_client_leaves(request, asyncio.gather(*rows))
         for _ in answers:
             model.metrics.version_predictions.labels(model.version).inc()
         produced = protocol.tensors(list(answers), manifest.labels)

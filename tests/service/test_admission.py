@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -406,6 +406,57 @@ def test_a_stopped_decode_worker_is_replaced_and_never_blamed_on_the_file(tiny_r
         assert until_ready(srv, True).status_code == 200
         assert srv.post({"audio": ("tone.wav", data)}).status_code == 200
         assert worker.pid not in [w.pid for w in srv.decode_workers()]
+    finally:
+        stop_server(srv)
+
+
+def _until(srv: Server, what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout:g} s; log: {srv.log.read_text()[-3000:]}")
+        time.sleep(0.02)
+
+
+def test_requests_whose_clients_left_leave_the_line_instead_of_being_answered(tiny_repo: Path, tmp_path: Path) -> None:
+    """A client that closes its connection while its request waits for a decode worker takes the request with it
+    (a 499 in the metrics). It used to be decoded, run and answered for nobody, at the cost of those who stayed."""
+    srv = start_server(tiny_repo, tmp_path, MLA_DECODE_WORKERS="1", MLA_DECODE_HANG_SECONDS="120")
+    data = wav_bytes(1.0)
+    head, tail = multipart("audio", "tone.wav", data)
+    port = int(srv.url.rsplit(":", 1)[1])
+    body = request_head(port, len(head) + len(data) + len(tail)) + head + data + tail
+    left = 'mla_requests_total{method="POST",route="/v1/predict",status="499"}'
+    try:
+        for _attempt in range(3):
+            (worker,) = srv.decode_workers()
+            worker.suspend()  # SIGSTOP: nothing is decoded until it resumes, so every request below waits
+            socks = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(4)]
+            for sock in socks:
+                sock.sendall(body)
+            # One job went to the stopped worker, three wait in line. The pool retires a stopped worker only while it is
+            # idle (checked every 5 s), so a check that fell between the stop and the first job spoils the premise:
+            # then the attempt is made again on the new worker.
+            _until(srv, "four requests in flight", lambda: srv.metric("mla_predictions_in_flight") == 4)
+            if srv.metric('mla_decode_worker_restarts_total{reason="hung"}') == 0:
+                break
+            for sock in socks:
+                sock.close()
+            _until(srv, "a new worker", lambda: len(srv.decode_workers()) == 1 and srv.metric("mla_decode_workers_idle") == 1)
+        else:
+            raise AssertionError("the stopped worker was retired before a job reached it, three times")
+        assert srv.metric("mla_decode_waiting") == 3
+        for sock in socks:
+            sock.close()
+        _until(srv, "the requests of the clients that left to end", lambda: srv.metric("mla_predictions_in_flight") == 0)
+        assert srv.metric("mla_decode_waiting") == 0
+        assert srv.metric(left) == 4
+        assert srv.metric('mla_requests_total{method="POST",route="/v1/predict",status="200"}') == 0
+        worker.resume()  # the job it held finishes for nobody and frees it
+        _until(srv, "the worker to be free again", lambda: srv.metric("mla_decode_workers_idle") == 1)
+        r = srv.post({"audio": ("tone.wav", data)})
+        assert r.status_code == 200, r.text
+        assert srv.metric(left) == 4
     finally:
         stop_server(srv)
 
