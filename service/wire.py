@@ -34,6 +34,7 @@ from common.media_types import (
 )
 
 PREFIX = struct.Struct("!IQ")
+ONE_SEND = 64 * 1024  # a message up to this many payload bytes goes out in one send: its copy costs less than a wake-up
 MAX_HEADER = 64 * 1024  # a traceback or an error message; never an array
 NUMERIC_KINDS = frozenset("biuf")  # bool, signed and unsigned integers, floats: no objects, no strings
 MEDIA_ERRORS: dict[str, type[MediaError]] = {
@@ -86,9 +87,12 @@ def media_error(header: dict[str, Any]) -> MediaError:
 # --- the worker's side: a blocking socket -------------------------------------------------------------
 def send(sock: socket.socket, header: dict[str, Any], payload: np.ndarray | bytes = b"") -> None:
     data = payload.reshape(-1).view(np.uint8).data if isinstance(payload, np.ndarray) else memoryview(payload)
-    sock.sendall(encode(header, data.nbytes))
-    if data.nbytes:
-        sock.sendall(data)
+    head = encode(header, data.nbytes)
+    if data.nbytes <= ONE_SEND:  # one send, so the reader wakes once for the whole message
+        sock.sendall(head + data)
+        return
+    sock.sendall(head)
+    sock.sendall(data)
 
 
 def send_array(sock: socket.socket, array: np.ndarray, seconds: float, inference_seconds: float | None = None) -> None:

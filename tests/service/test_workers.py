@@ -21,7 +21,7 @@ import pytest
 from common.media import DecodeError, MediaLimitError
 from service.errors import Overloaded
 from service.metrics import Metrics
-from service.workers import WORKER_ENV, DecodeBugError, DecodePool
+from service.workers import AHEAD_BYTES, WORKER_ENV, DecodeBugError, DecodePool
 
 MiB = 2**20
 
@@ -178,7 +178,7 @@ def test_admission_refuses_a_full_line_and_a_long_wait_with_503() -> None:
         running = asyncio.ensure_future(pool.run(sleep, 2.0))
         await until(lambda: busy(pool) == 1)
         waiting = asyncio.ensure_future(pool.run(square, 2))
-        await until(lambda: len(pool.waiters) == 1)
+        await until(lambda: len(pool.line) == 1)
         with pytest.raises(Overloaded, match="already waiting"):
             await pool.run(square, 3)
         with pytest.raises(Overloaded, match=r"no decode worker was free within 0\.5 s"):
@@ -198,11 +198,11 @@ def test_a_caller_that_gives_up_frees_its_place_and_its_worker() -> None:
         running = asyncio.ensure_future(pool.run(sleep, 0.5))
         await until(lambda: busy(pool) == 1)
         queued = asyncio.ensure_future(pool.run(square, 2))
-        await until(lambda: len(pool.waiters) == 1)
+        await until(lambda: len(pool.line) == 1)
         queued.cancel()
         running.cancel()  # the job itself finishes within its deadline and frees the worker
         await asyncio.sleep(0)
-        assert not pool.waiters
+        assert not pool.line
         assert await pool.run(square, 9) == 81
         assert restarts(metrics, "died") == restarts(metrics, "timeout") == 0
 
@@ -230,24 +230,33 @@ def test_not_ready_while_fewer_workers_than_configured_run(monkeypatch: pytest.M
     with_pool(test, size=2)
 
 
-def test_a_worker_handed_over_in_the_iteration_its_wait_times_out_serves_that_request() -> None:
-    """The race that lost a worker for good: a worker is released to a waiting request in the same
-    event-loop iteration in which that request's wait runs out. Forced here: a callback blocks the
-    loop past both the release and the deadline, so both timers fire in one iteration, release first."""
+def test_a_job_whose_wait_runs_out_in_the_iteration_its_worker_frees_up_is_served_or_refused_never_lost() -> None:
+    """The race that once lost a worker for good: the running job ends, and the next one's wait runs out, in the same
+    event-loop iteration. Forced here: a callback blocks the loop past both the end of the running job and the
+    deadline, so the reply and the deadline are both due in one iteration."""
 
     async def test(pool: DecodePool, metrics: Metrics) -> None:
         loop = asyncio.get_running_loop()
-        for _ in range(50):
-            worker = await pool._acquire()  # the one worker, held as a running job would hold it
+        outcomes: dict[str, int] = {}
+        for i in range(40):
+            running = asyncio.ensure_future(pool.run(sleep, 0.3))
+            await until(lambda: busy(pool) == 1)
             waiter = asyncio.ensure_future(pool.run(square, 3))
-            await until(lambda: len(pool.waiters) == 1)
-            now = loop.time()
-            loop.call_at(now + 0.005, time.sleep, pool.wait_seconds + 0.01)  # the loop stalls past the deadline
-            loop.call_at(now + 0.01, pool._release, worker)  # due before the deadline, run in the same iteration
-            assert await waiter == 9  # served on the worker handed over, not refused
-            assert len(pool.idle) == 1
-            assert not pool.waiters
-        assert metrics.registry.get_sample_value("mla_decode_refused_total", {"reason": "wait_timeout"}) is None
+            await until(lambda: len(pool.line) == 1)
+            # The loop stalls past the deadline and, from the 20th round on, past the job's end too.
+            loop.call_soon(time.sleep, 0.3 * i / 20)
+            assert await running == 0.3
+            try:
+                assert await waiter == 9
+                outcomes["ok"] = outcomes.get("ok", 0) + 1
+            except Overloaded:
+                outcomes["503"] = outcomes.get("503", 0) + 1
+            await until(lambda: len(pool.idle) == 1 and busy(pool) == 0)
+            assert not pool.line
+        assert pool.ready
+        assert await pool.run(square, 4) == 16
+        refused = metrics.registry.get_sample_value("mla_decode_refused_total", {"reason": "wait_timeout"}) or 0.0
+        assert refused == outcomes.get("503", 0)  # each refusal counted once, and nothing else refused
 
     with_pool(test, wait_seconds=0.05)
 
@@ -408,3 +417,65 @@ def test_replies_of_every_size_arrive_whole_and_in_order() -> None:
         assert restarts(metrics, "died") == 0
 
     with_pool(test, size=2, max_waiting=16)
+
+
+def test_a_job_sent_ahead_to_a_worker_that_is_killed_runs_on_its_replacement() -> None:
+    async def test(pool: DecodePool, metrics: Metrics) -> None:
+        (first,) = pool.pids()
+        running = asyncio.ensure_future(pool.run(sleep, 20.0))
+        await until(lambda: busy(pool) == 1)
+        queued = asyncio.ensure_future(pool.run(sleep, 0.5))  # waits in line: the worker took its job before it came
+        ahead = asyncio.ensure_future(pool.run(square, 3))
+        await until(lambda: len(pool.line) == 2)
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(Overloaded, match="killed"):
+            await running
+        # The replacement takes `queued` and sends `ahead` after it; kill that one too while `ahead` has not started.
+        await until(lambda: len(pool.pids()) == 1 and pool.pids() != [first] and not pool.line)
+        (second,) = pool.pids()
+        os.kill(second, signal.SIGKILL)
+        with pytest.raises(Overloaded, match="killed"):
+            await queued
+        assert await asyncio.wait_for(ahead, 60) == 9  # never started where it was sent: it ran on the third worker
+        assert pool.pids() not in ([first], [second])
+        assert restarts(metrics, "died") == 2
+
+    with_pool(test)
+
+
+def test_jobs_are_sent_ahead_only_while_small_and_stay_bounded_by_their_wait() -> None:
+    async def test(pool: DecodePool, metrics: Metrics) -> None:
+        # Sent ahead: a small job leaves the line as soon as the worker starts the one before it.
+        running = asyncio.ensure_future(pool.run(sleep, 0.3))
+        await until(lambda: busy(pool) == 1)
+        first = asyncio.ensure_future(pool.run(sleep, 0.3))
+        second = asyncio.ensure_future(pool.run(square, 4))
+        await until(lambda: len(pool.line) == 2)
+        assert await running == 0.3
+        await until(lambda: not pool.line)
+        assert not first.done()  # `first` runs, and `second` left the line for the worker's socket meanwhile
+        assert (await first, await second) == (0.3, 16)
+        # Not sent ahead: a job past AHEAD_BYTES waits in line for the worker to be free.
+        big = np.zeros(AHEAD_BYTES + 1, np.uint8)
+        running = asyncio.ensure_future(pool.run(sleep, 0.3))
+        await until(lambda: busy(pool) == 1)
+        queued = asyncio.ensure_future(pool.run(sleep, 0.3))
+        large = asyncio.ensure_future(pool.run(np.sum, big))
+        await until(lambda: len(pool.line) == 2)
+        assert await running == 0.3
+        await until(lambda: busy(pool) == 1 and len(pool.line) == 1)  # `queued` runs; `large` still waits its turn
+        assert (await queued, await large) == (0.3, 0)
+        # Bounded: a job sent ahead behind a long one is refused when its wait runs out, and its worker goes on.
+        running = asyncio.ensure_future(pool.run(sleep, 0.1))
+        await until(lambda: busy(pool) == 1)
+        slow = asyncio.ensure_future(pool.run(sleep, 2.0))
+        behind = asyncio.ensure_future(pool.run(square, 5))
+        await until(lambda: len(pool.line) == 2)
+        assert await running == 0.1
+        with pytest.raises(Overloaded, match=r"free within 1 s"):
+            await behind  # sent ahead behind `slow`, whose 2 s outlast its 1 s wait
+        assert await slow == 2.0
+        assert await pool.run(square, 6) == 36
+        assert restarts(metrics, "died") == restarts(metrics, "protocol") == 0
+
+    with_pool(test, wait_seconds=1.0)
