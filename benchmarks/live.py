@@ -60,10 +60,17 @@ class Live:
 
     def metric(self, sample: str) -> float:
         """The value of one exposition line, named with its labels as they are printed; 0 when absent."""
-        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
-            if line.startswith(sample + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        value = metric_value(self.url, sample)
+        return 0.0 if value is None else value
+
+
+def metric_value(url: str, sample: str) -> float | None:
+    """The value of one line of the server at `url`'s /metrics, named with its labels as they are printed; None when
+    it has no such line (a peer server)."""
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def _own(path: Path, uploads: Path) -> bool:

@@ -51,10 +51,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
-from benchmarks.live import free_port, wait_ready
+from benchmarks.live import free_port, metric_value, wait_ready
 from benchmarks.peers.servers import PEERS, Request, check_answers, command, mix, peers_python
 from benchmarks.report import RESULTS, markdown_table, write
 from benchmarks.serve_cost import inference_per_request, measure, served_batches
@@ -184,10 +183,10 @@ def drain(port: int, timeout: float = 60.0) -> None:
     next run's first requests would meet up to twice the concurrency asked for."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        value = next((line.split()[-1] for line in text.splitlines() if line.startswith("mla_predictions_in_flight ")), None)
-        if value is None or float(value) == 0:
+        value = metric_value(f"http://127.0.0.1:{port}", "mla_predictions_in_flight")
+        if value is None or value == 0:
             return
+        time.sleep(0.05)  # a poll: the server has no way to say when it is done
     raise RuntimeError(f"the server on port {port} still had predictions in flight after {timeout:g} s")
 
 

@@ -428,8 +428,8 @@ class ServedModel:
             params,
             fusion.abstention.min_confidence,
             self.detectors,
-            {m: z.astype(np.float64)[None] for m, z in logits.items()},
-            {m: f.astype(np.float64)[None] for m, f in outputs.features.items()},
+            {m: z[None] for m, z in logits.items()},  # decide widens logits to float64, and the detectors features
+            {m: f[None] for m, f in outputs.features.items()},
             min_confidence=min_confidence,
         )
         body = answer_body(self.manifest, self.manifest_sha256, params, self.detectors, a)

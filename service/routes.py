@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
@@ -187,8 +186,11 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
         gone.cancel()
         if not task.done():
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            # Its cleanup (leaving the line) done before the answer goes; asyncio.wait raises none of the task's
+            # exceptions, and lets a cancellation of this one through.
+            await asyncio.wait((task,))
+            if not task.cancelled():
+                task.exception()  # retrieved: an outcome that raced the cancellation is nobody's now
 
 
 async def _disconnected(request: Request) -> None:
