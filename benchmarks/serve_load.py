@@ -238,8 +238,9 @@ def main() -> None:
     if manifest is None:
         raise SystemExit(f"no {args.model}/manifest.json: run `make default-model` first")
     run = args.run or Path(manifest.training.source_checkpoint).parent
-    if not (run / "checkpoint.pt").is_file():
-        raise SystemExit(f"no {run}/checkpoint.pt for the naive torch server: pass --run")
+    naive = (run / "checkpoint.pt").is_file()
+    if not naive:  # a fresh clone has no trained run: the rest is measured without the naive baseline
+        print(f"no {run}/checkpoint.pt: the naive torch server is left out (pass --run, or train the export's recipe)")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: `make bench-serve` installs it (apt-get install wrk)")
     if args.peers and peers_python() is None:
@@ -261,8 +262,9 @@ def main() -> None:
         }
         procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
         try:
-            port = free_port()  # the others first: their start-up would otherwise overlap the service's first period
-            procs["naive"] = (start([sys.executable, "-m", "benchmarks.naive_server", str(run), str(port)], port, {}), port)
+            if naive:  # the others first: their start-up would otherwise overlap the service's first period
+                port = free_port()
+                procs["naive"] = (start([sys.executable, "-m", "benchmarks.naive_server", str(run), str(port)], port, {}), port)
             for peer in args.peers:
                 port = free_port()
                 cmd, env = command(peer, args.model, port)
@@ -289,7 +291,8 @@ def main() -> None:
             wrong = {p: c["problems"][:5] for p, c in results["answers"].items() if c["problems"]}
             if wrong:
                 raise SystemExit(f"a peer's answers differ from ours, so its timing would mean nothing: {wrong}")
-            order = ["service", *([SERVER_INFERENCE] if args.server_inference else []), "naive", *args.peers]
+            order = ["service", *([SERVER_INFERENCE] if args.server_inference else []), *(["naive"] if naive else [])]
+            order += args.peers
             for c in args.concurrency:
                 level: dict[str, list[dict[str, Any]]] = {name: [] for name in order}
                 for _ in range(args.rounds):
