@@ -316,6 +316,8 @@ class DecodePool:
                         self._gauges()
                         job = await worker.inbox
                     worker.busy = True
+                    if job.future.done():  # its caller gave up as it was handed over: nothing to run
+                        continue
                     pending.append(job)
                     try:
                         await self._send(worker, job)
