@@ -443,34 +443,31 @@ def test_a_job_sent_ahead_to_a_worker_that_is_killed_runs_on_its_replacement() -
     with_pool(test)
 
 
+async def queue_behind(pool: DecodePool, seconds: float, *calls: tuple[Any, ...]) -> tuple[asyncio.Future[Any], list[Any]]:
+    """A job of `seconds` running on the pool's one worker, then `calls` ((fn, *args) each) asked for behind it: all
+    in line, as the worker took its job before they came."""
+    running = asyncio.ensure_future(pool.run(sleep, seconds))
+    await until(lambda: busy(pool) == 1)
+    queued = [asyncio.ensure_future(pool.run(fn, *args)) for fn, *args in calls]
+    await until(lambda: len(pool.line) == len(calls))
+    return running, queued
+
+
 def test_jobs_are_sent_ahead_only_while_small_and_stay_bounded_by_their_wait() -> None:
     async def test(pool: DecodePool, metrics: Metrics) -> None:
         # Sent ahead: a small job leaves the line as soon as the worker starts the one before it.
-        running = asyncio.ensure_future(pool.run(sleep, 0.3))
-        await until(lambda: busy(pool) == 1)
-        first = asyncio.ensure_future(pool.run(sleep, 0.3))
-        second = asyncio.ensure_future(pool.run(square, 4))
-        await until(lambda: len(pool.line) == 2)
+        running, (first, second) = await queue_behind(pool, 0.3, (sleep, 0.3), (square, 4))
         assert await running == 0.3
         await until(lambda: not pool.line)
         assert not first.done()  # `first` runs, and `second` left the line for the worker's socket meanwhile
         assert (await first, await second) == (0.3, 16)
         # Not sent ahead: a job past AHEAD_BYTES waits in line for the worker to be free.
-        big = np.zeros(AHEAD_BYTES + 1, np.uint8)
-        running = asyncio.ensure_future(pool.run(sleep, 0.3))
-        await until(lambda: busy(pool) == 1)
-        queued = asyncio.ensure_future(pool.run(sleep, 0.3))
-        large = asyncio.ensure_future(pool.run(np.sum, big))
-        await until(lambda: len(pool.line) == 2)
+        running, (queued, large) = await queue_behind(pool, 0.3, (sleep, 0.3), (np.sum, np.zeros(AHEAD_BYTES + 1, np.uint8)))
         assert await running == 0.3
         await until(lambda: busy(pool) == 1 and len(pool.line) == 1)  # `queued` runs; `large` still waits its turn
         assert (await queued, await large) == (0.3, 0)
         # Bounded: a job sent ahead behind a long one is refused when its wait runs out, and its worker goes on.
-        running = asyncio.ensure_future(pool.run(sleep, 0.1))
-        await until(lambda: busy(pool) == 1)
-        slow = asyncio.ensure_future(pool.run(sleep, 2.0))
-        behind = asyncio.ensure_future(pool.run(square, 5))
-        await until(lambda: len(pool.line) == 2)
+        running, (slow, behind) = await queue_behind(pool, 0.1, (sleep, 2.0), (square, 5))
         assert await running == 0.1
         with pytest.raises(Overloaded, match=r"free within 1 s"):
             await behind  # sent ahead behind `slow`, whose 2 s outlast its 1 s wait
