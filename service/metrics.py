@@ -77,7 +77,9 @@ class Metrics:
         )
         self.decode_workers = Gauge("mla_decode_workers", "Decode workers running", registry=r)
         self.decode_idle = Gauge("mla_decode_workers_idle", "Decode workers running and free for a job", registry=r)
-        self.decode_waiting = Gauge("mla_decode_waiting", "Decodes waiting for a free worker", registry=r)
+        self.decode_waiting = Gauge(
+            "mla_decode_waiting", "Decodes waiting in line for a worker (one sent ahead to a busy worker not counted)", registry=r
+        )
         self.decode_refused = Counter(
             "mla_decode_refused_total", "Decodes refused for overload (line_full, wait_timeout)", ["reason"], registry=r
         )
