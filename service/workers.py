@@ -286,6 +286,10 @@ class DecodePool:
         with contextlib.suppress(ValueError):
             self.line.remove(job)
             self._gauges()
+        self._refuse_waited(job)
+
+    def _refuse_waited(self, job: _Job) -> None:
+        """503 for a job that waited `wait_seconds` without starting."""
         self.metrics.decode_refused.labels("wait_timeout").inc()
         self._fail(job, Overloaded(f"no decode worker was free within {self.wait_seconds:g} s; retry shortly"))
 
@@ -402,8 +406,7 @@ class DecodePool:
                 continue
             left = self.wait_seconds - (time.perf_counter() - job.asked)
             if left <= 0:
-                self.metrics.decode_refused.labels("wait_timeout").inc()
-                self._fail(job, Overloaded(f"no decode worker was free within {self.wait_seconds:g} s; retry shortly"))
+                self._refuse_waited(job)
                 continue
             if job.timer is not None:
                 job.timer.cancel()
