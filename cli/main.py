@@ -115,6 +115,12 @@ def train(
     outlier_weight: Annotated[
         float, typer.Option(min=0.0, help="weight of the outlier exposure loss (Hendrycks et al.: 0.5)")
     ] = 0.5,
+    keep: Annotated[
+        str,
+        typer.Option(
+            help="which epoch checkpoint.pt holds: best (the best validation accuracy by the method's own rule) or last"
+        ),
+    ] = "best",
     workers: Annotated[int, typer.Option(min=0, help="data-loading worker processes")] = 1,
     max_batches: Annotated[int | None, typer.Option(min=1, help="cap batches per epoch")] = None,
     set_: Annotated[
@@ -133,7 +139,7 @@ def train(
     """Train one method on a dataset; write RUN_DIR/checkpoint.pt, last.pt, metrics.jsonl and a curve plot."""
     _setup_logging(verbose)
     from training.checkpoint import CheckpointError
-    from training.config import ENCODERS, METHODS, TrainConfig
+    from training.config import ENCODERS, KEEPS, METHODS, TrainConfig
     from training.data.specs import DataError
     from training.train import resume_run
     from training.train import train as run
@@ -142,6 +148,8 @@ def train(
         _fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if encoder not in ENCODERS:
         _fail(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
+    if keep not in KEEPS:
+        _fail(f"--keep takes {' or '.join(KEEPS)}, not {keep!r}")
     alpha: float | None = None
     if owm_alpha != "auto":
         try:
@@ -160,6 +168,7 @@ def train(
         augment=list(dict.fromkeys([*(augment or []), *(_older_augment() if augment_first else [])])),
         outliers=outliers,
         outlier_weight=outlier_weight,
+        keep=keep,
         seed=seed,
         workers=workers,
         max_batches=max_batches,
@@ -188,7 +197,7 @@ def train(
         chosen = (
             f"; alpha {result['owm_alpha']:g} chosen from {json.dumps(result['alpha_search'])}" if "owm_alpha" in result else ""
         )
-        err.print(f"saved {saved}; best validation: {json.dumps(result['best_validation'])}{chosen}")
+        err.print(f"saved {saved}; the epoch kept, on validation: {json.dumps(result['best_validation'])}{chosen}")
 
 
 @app.command()

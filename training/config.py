@@ -11,6 +11,7 @@ from common.modalities import KINDS, kind
 # run folds ~10^3 batch means, so this spans a hard projection (1) to a mild one (1000).
 OWM_ALPHA_GRID = (1.0, 10.0, 100.0, 1000.0)
 METHODS = ("mla", "joint", "unimodal")
+KEEPS = ("best", "last")  # TrainConfig.keep: which epoch a run's checkpoint.pt holds
 ENCODERS = ("small", "resnet18")
 
 
@@ -102,6 +103,10 @@ class TrainConfig:
     # paper's own value, not fitted here.
     outliers: str | None = None
     outlier_weight: float = 0.5
+    # which epoch checkpoint.pt keeps: "best", the best validation accuracy by the method's own rule (MLA: the
+    # entropy-weighted pair), or "last", the last epoch (no selection: the cosine schedule's end;
+    # docs/decisions/2026-12-07-last-epoch.md)
+    keep: str = "best"
     seed: int = 0
     workers: int = 1  # DataLoader worker processes
     max_batches: int | None = None  # cap batches per epoch (tests, quick looks)

@@ -51,6 +51,11 @@ def fold_rows(rows: list[dict[str, str]], speaker: str) -> list[dict[str, str]]:
     return out
 
 
+def fold_manifest(manifest: Path, speaker: str) -> Path:
+    """Where the fold that holds `speaker` out writes its manifest: beside the original's, so its media paths hold."""
+    return manifest.parent / f"crossfit-{hashlib.sha256(speaker.encode()).hexdigest()[:8]}-{speaker}.csv"
+
+
 def speakers(rows: list[dict[str, str]]) -> list[str]:
     return sorted({r["speaker"] for r in rows if r["split"] == "train" and not r["speaker"].startswith(SYNTHETIC_PREFIX)})
 
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> Path:
     fold_csvs: dict[str, Path] = {}
     commands: list[tuple[str, list[str]]] = []
     for speaker in folds:
-        fold_csv = manifest.parent / f"crossfit-{hashlib.sha256(speaker.encode()).hexdigest()[:8]}-{speaker}.csv"
+        fold_csv = fold_manifest(manifest, speaker)
         kept = fold_rows(rows, speaker)
         with fold_csv.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

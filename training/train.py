@@ -32,7 +32,7 @@ from training.data.dataset import Batch, build_dataset, dataset_of, make_loader
 from training.data.specs import DataError, Sample, parse_spec, read_outliers
 from training.distributed import World, close_world, device_for, init_world
 from training.evaluate import predict, score, to_device
-from training.methods import TRAINERS
+from training.methods import TRAINERS, Trainer
 from training.models import build_model
 from training.models.classifier import resolve
 from training.plots import plot_validation_curves
@@ -233,7 +233,8 @@ def _train(
         train_seconds = time.perf_counter() - t0
         stats = trainer.epoch_stats()
 
-        # validate by the method's own rule and keep the best epoch (chosen on validation, never on test)
+        # validate by the method's own rule and keep the best epoch (chosen on validation, never on test), or each
+        # epoch in turn with keep="last"
         if world.main:
             val = score(predict(model, val_loader, device), rule)
             improved = trainer.observe_validation(epoch, val["accuracy"])
@@ -275,22 +276,8 @@ def _train(
     # checkpoint: the best validation epoch (per selection group), with its configs
     result: dict[str, Any] = {"run_dir": str(out)}
     if world.main:
-        best_val = {g: {"epoch": trainer.best_epoch[g], "accuracy": trainer.best[g]} for g in trainer.best}
-        ckpt = {
-            "format": 1,
-            "method": cfg.method,
-            "fusion_rule": rule.rule,
-            "model_config": mcfg.to_dict(),
-            "train_config": cfg.to_dict(),
-            "state_dict": trainer.best_state,
-            "data": data,
-            "world_size": world.size,
-            "best_validation": best_val,
-            "val_accuracy": _val_of_best(history, trainer.best_epoch),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "train_seconds": round(time.perf_counter() - started, 2),
-            **trainer.extra_state(),
-        }
+        ckpt = _checkpoint(trainer, mcfg, data, world.size, history, time.perf_counter() - started)
+        best_val = ckpt["best_validation"]
         save_checkpoint(out / CHECKPOINT_NAME, ckpt)
         with metrics_path.open("a") as f:
             done = {
@@ -340,6 +327,45 @@ def _outlier_batches(loader: DataLoader[Any] | None, stream: int, epoch: int) ->
             yield from loader
 
     return cycle()
+
+
+def _checkpoint(
+    trainer: Trainer, mcfg: ModelConfig, data: str, world_size: int, history: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    """checkpoint.pt: the epoch the trainer kept (per selection group), with its configs."""
+    return {
+        "format": 1,
+        "method": trainer.cfg.method,
+        "fusion_rule": type(trainer).fusion_rule,
+        "model_config": mcfg.to_dict(),
+        "train_config": trainer.cfg.to_dict(),
+        "state_dict": trainer.best_state,
+        "data": data,
+        "world_size": world_size,
+        "best_validation": {g: {"epoch": trainer.best_epoch[g], "accuracy": trainer.best[g]} for g in trainer.best},
+        "val_accuracy": _val_of_best(history, trainer.best_epoch),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "train_seconds": round(seconds, 2),
+        **trainer.extra_state(),
+    }
+
+
+def checkpoint_of_last(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint a finished run would have written with `keep="last"`, made from its last.pt: the last epoch's
+    weights (and MLA's projection with them), its validation figures, the run's configs with keep "last". Training
+    does not depend on which epoch is kept, so this equals the checkpoint of the same run trained with --keep last."""
+    last = torch.load(run_dir / LAST_NAME, map_location="cpu", weights_only=False)  # our own file: it holds RNG states
+    cfg = replace(TrainConfig.from_dict(last["train_config"]), keep="last")
+    if int(last["epoch"]) < cfg.epochs:
+        raise CheckpointError(f"{run_dir} stopped after epoch {last['epoch']} of {cfg.epochs}: finish it with --resume first")
+    mcfg = ModelConfig.from_dict(last["model_config"])
+    model = build_model(mcfg)
+    model.load_state_dict(last["model"])
+    trainer = TRAINERS[cfg.method](model, cfg, World(), 1)
+    trainer.load_state(last["trainer"])
+    history = last["history"]
+    trainer.observe_validation(int(last["epoch"]), history[-1]["val_accuracy"])
+    return _checkpoint(trainer, mcfg, last["data"], 1, history, float(last["train_seconds"]))
 
 
 def _finished(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:

@@ -125,12 +125,13 @@ class Trainer:
         return loss if real else loss * 0.0
 
     def observe_validation(self, epoch: int, accuracy: dict[str, float]) -> bool:
-        """Keep the parameters of the best validation epoch, per group; True if any improved."""
+        """Keep the parameters of the best validation epoch, per group (of every epoch, the last one kept, with
+        `keep="last"`); True if any was kept."""
         improved = False
         state = self.model.state_dict()
         for group, (key, prefixes) in self.selection_groups().items():
             score = accuracy.get(key, -math.inf)
-            if score > self.best[group]:
+            if score > self.best[group] or self.cfg.keep == "last":
                 self.best[group], self.best_epoch[group], improved = score, epoch, True
                 for name, value in state.items():
                     if any(name.startswith(p) for p in prefixes):
