@@ -73,6 +73,26 @@ def test_checkpoint_of_last_refuses_an_unfinished_run(tiny_demo: Path, tmp_path:
         checkpoint_of_last(tmp_path / "run")
 
 
+def test_keep_last_writes_a_finished_run_that_serves_the_last_epoch(tiny_run: Path, tmp_path: Path) -> None:
+    import json
+
+    from training.checkpoint import model_from_checkpoint
+    from training.keep_last import keep_last
+
+    out = tmp_path / "last"
+    keep_last(tiny_run, out)
+    ckpt = load_checkpoint(out)
+    epochs = ckpt["train_config"]["epochs"]
+    assert ckpt["best_validation"]["all"]["epoch"] == epochs
+    model_from_checkpoint(ckpt)  # loads as any checkpoint does
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["event"] == "keep_last"
+    assert rows[-1]["best_validation"]["all"]["epoch"] == epochs
+    assert load_checkpoint(tiny_run)["train_config"]["keep"] == "best"  # the run itself is left as it was
+    with pytest.raises(SystemExit, match="must differ"):
+        keep_last(tiny_run, tiny_run)
+
+
 def test_stratified_interval_resamples_within_groups() -> None:
     groups = np.array(["a"] * 30 + ["b"] * 70)
     # a difference constant within each group: every resample within groups has the same mean
