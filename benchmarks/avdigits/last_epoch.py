@@ -2,6 +2,9 @@
 
     python -m benchmarks.avdigits.last_epoch [--crossfit runs/crossfit] [--resamples 2000]
 
+The folds must be trained keeping their best epoch (`mla train`'s default, the recipe of versions 3 to 5): a fold
+that kept its last has no best epoch left to compare.
+
 The evidence (docs/decisions/2026-12-07-last-epoch.md, where the rule was written before any figure): the folds of
 `python -m training.crossfit`, each trained without one training speaker and without their drawings. Each fold's
 best epoch (its checkpoint.pt, chosen on the validation speaker) and its last epoch (its last.pt) predict the speaker
@@ -49,7 +52,10 @@ def fold_predictions(crossfit: Path) -> tuple[dict[str, Predictions], np.ndarray
     speakers: list[np.ndarray] = []
     for speaker in made["folds"]:
         run, spec = crossfit / speaker, parse_spec(f"csv:{fold_manifest(manifest, speaker)}")
-        for name, ckpt in (("best", load_checkpoint(run)), ("last", checkpoint_of_last(run))):
+        best = load_checkpoint(run)
+        if best["train_config"].get("keep", "best") != "best":
+            raise SystemExit(f"{run} kept its last epoch (--keep last): the folds to compare must be trained keeping the best")
+        for name, ckpt in (("best", best), ("last", checkpoint_of_last(run))):
             parts[name].append(predict_split(model_from_checkpoint(ckpt), spec, "test"))
             log.info("fold %s, %s epoch (%s): %d clips", speaker, name, ckpt["best_validation"], len(parts[name][-1].labels))
         speakers.append(np.array([speaker] * len(parts["best"][-1].labels)))
