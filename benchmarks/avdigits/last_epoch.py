@@ -1,9 +1,13 @@
 """Which epoch of a run to serve: the best by the pair's validation accuracy, or the last; on out-of-fold speakers.
 
-    python -m benchmarks.avdigits.last_epoch [--crossfit runs/crossfit] [--resamples 2000]
+    python -m benchmarks.avdigits.last_epoch [--crossfit runs/crossfit-best] [--resamples 2000]
 
 The folds must be trained keeping their best epoch (`mla train`'s default, the recipe of versions 3 to 5): a fold
-that kept its last has no best epoch left to compare.
+that kept its last has no best epoch left to compare. `make default-model`'s recipe keeps the last now, so the
+folds compared are trained by the same command without `--keep last`:
+
+    python -m training.crossfit --data csv:MANIFEST --out runs/crossfit-best --parallel 2 -- \
+        --method mla --seed 0 --epochs 30 --owm-alpha 10 --augment audio
 
 The evidence (docs/decisions/2026-12-07-last-epoch.md, where the rule was written before any figure): the folds of
 `python -m training.crossfit`, each trained without one training speaker and without their drawings. Each fold's
@@ -150,7 +154,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--crossfit", type=Path, default=ROOT / "runs" / "crossfit")
+    parser.add_argument("--crossfit", type=Path, default=ROOT / "runs" / "crossfit-best")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resamples", type=int, default=2000)
     args = parser.parse_args(argv)
@@ -159,7 +163,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     preds, groups = fold_predictions(args.crossfit)
     cells = compare(preds, groups, args.seed, args.resamples)
     data: dict[str, Any] = {
-        "crossfit": str(args.crossfit),
+        "crossfit": str(
+            args.crossfit.resolve().relative_to(ROOT) if args.crossfit.resolve().is_relative_to(ROOT) else args.crossfit
+        ),
         "groups": {str(g): int((groups == g).sum()) for g in dict.fromkeys(groups.tolist())},
         "seed": args.seed,
         "resamples": args.resamples,

@@ -62,6 +62,7 @@ def test_retraining_with_the_documented_recipe_reproduces_its_validation_accurac
     args += ["--owm-alpha", str(cfg["owm_alpha"]), "--out", str(run)]
     args += ["--audio-augment"] if cfg.get("audio_augment") else []  # the flag versions up to 3 were trained with
     args += [a for m in cfg.get("augment", []) for a in ("--augment", m)]
+    args += ["--keep", cfg.get("keep", "best")]  # which epoch it serves (versions up to 5: the best)
     if cfg.get("outliers"):  # outlier exposure: its auxiliary outliers built as the recipe builds them
         count = re.search(r"-n(\d+)/outliers\.csv$", cfg["outliers"])
         aux = [sys.executable, "-m", "benchmarks.avdigits.outliers", *(["--count", count.group(1)] if count else [])]
