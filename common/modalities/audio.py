@@ -51,12 +51,17 @@ class Audio(Kind):
             # unchanged (training.models.frontend.RaiseLevel); None: fed at its own level (checkpoints from
             # before 2026-12-05)
             "peak": 0.9,
+            # each clip's mean log-mel per band subtracted, weighted by frame power (training.models.frontend.LogMel);
+            # off for every model trained before 2026-12-07
+            "cmn": False,
         }
 
     def check(self, settings: Mapping[str, Any]) -> None:
         peak = settings["peak"]
         if peak is not None and not 0 < peak <= 1:
             raise ValueError(f"audio peak must be in (0, 1] or None, got {peak}")
+        if not isinstance(settings["cmn"], bool):
+            raise ValueError(f"audio cmn must be true or false, got {settings['cmn']!r}")
         if settings["clip_samples"] < settings["n_fft"]:
             raise ValueError(
                 f"an audio clip of {settings['clip_samples']} samples is shorter than one window ({settings['n_fft']})"
@@ -92,7 +97,7 @@ class Audio(Kind):
             return None
         keys = ("sample_rate", "clip_samples", "n_fft", "hop_length", "n_mels")
         # saved before the level step existed: those models never normalised the level
-        return {**{k: flat[k] for k in keys if k in flat}, "peak": flat.get("audio_peak")}
+        return {**{k: flat[k] for k in keys if k in flat}, "peak": flat.get("audio_peak"), "cmn": False}
 
 
 KIND = Audio()

@@ -22,6 +22,8 @@ bound is a worst case, yet still far below what a real mistake costs: the test a
 that a Hamming window or a frame shifted by one hop breaks it many times over.
 """
 
+import math
+
 import librosa
 import numpy as np
 import pytest
@@ -110,3 +112,32 @@ def test_front_end_uses_no_stft() -> None:
     ops = {str(n.target) for n in graph.nodes if n.op == "call_function"}
     assert not any("stft" in op or "fft" in op for op in ops), ops
     assert any("conv" in op for op in ops), ops
+
+
+def _cmn(wave: torch.Tensor) -> torch.Tensor:
+    return LogMel(16_000, 400, 160, 64, subtract_mean=True)(wave)[:, 0]
+
+
+def test_subtracting_the_clips_mean_removes_a_gain_and_leaves_the_frames_differences() -> None:
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(16_000) / 16_000
+    wave = (torch.sin(2 * math.pi * 440 * t * (1 + t)) + 0.1 * torch.randn(16_000, generator=g)).unsqueeze(0)
+    plain = LogMel(16_000, 400, 160, 64)(wave)[:, 0]
+    a, b = _cmn(wave), _cmn(0.25 * wave)  # a gain adds log(1/16) to every band of every frame
+    # ... but for eps: |log(m / 16 + eps) - log(m / 16)| <= 16 eps / m, once in the entry and once in its band's mean
+    bound = 2 * 16 * 1e-6 / math.exp(float(plain.min())) + 1e-4  # + float32 rounding of values up to ~10
+    assert torch.allclose(a, b, atol=bound)
+    assert not torch.allclose(plain, LogMel(16_000, 400, 160, 64)(0.25 * wave)[:, 0], atol=1.0)
+    # what changes from frame to frame is kept: the same differences between frames as without it
+    assert torch.allclose(a[:, 1:] - a[:, :-1], plain[:, 1:] - plain[:, :-1], atol=1e-3)
+
+
+def test_the_padding_after_a_short_clip_barely_moves_the_mean_and_silence_becomes_zeros() -> None:
+    g = torch.Generator().manual_seed(1)
+    speech = 0.5 * torch.randn(6_000, generator=g)
+    one = _cmn(torch.nn.functional.pad(speech, (0, 10_000)).unsqueeze(0))
+    two = _cmn(torch.nn.functional.pad(speech, (0, 26_000)).unsqueeze(0))
+    frames = 6_000 // 160  # the frames that hold the clip, the same in both
+    assert torch.allclose(one[:, :frames], two[:, :frames], atol=1e-2)
+    silent = _cmn(torch.zeros(1, 16_000))
+    assert torch.count_nonzero(silent.abs() > 1e-4) == 0

@@ -60,7 +60,7 @@ class AudioEncoder(nn.Module):
         super().__init__()
         # quiet clips raised to the training clips' level (RaiseLevel); Identity for checkpoints from before it existed
         self.level: nn.Module = nn.Identity() if s["peak"] is None else RaiseLevel(s["peak"])
-        self.frontend = LogMel(s["sample_rate"], s["n_fft"], s["hop_length"], s["n_mels"])
+        self.frontend = LogMel(s["sample_rate"], s["n_fft"], s["hop_length"], s["n_mels"], subtract_mean=s["cmn"])
         self.input_norm = nn.BatchNorm2d(1)  # log-mel has no fixed scale; let the data set it
         self.trunk, self.dim = _trunk(encoder, 1)
         # training-time augmentation between preprocess and embed (training.models.augment.SpecAugment

@@ -36,15 +36,22 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
 
 
 class LogMel(nn.Module):
-    """Waveform [B, samples] -> log-mel [B, 1, frames, n_mels] (centred, reflect-padded frames)."""
+    """Waveform [B, samples] -> log-mel [B, 1, frames, n_mels] (centred, reflect-padded frames).
+
+    With `subtract_mean`, each clip's own mean log-mel per mel band is subtracted (cepstral mean normalisation, as
+    speech recognisers normalise each utterance): what a voice or a channel adds to every frame alike goes, what
+    changes from frame to frame stays. The mean is over frames weighted by their mel power, so the zero padding
+    after a short clip (the floor, log eps) counts for next to nothing; a silent clip becomes all zeros."""
 
     cos_basis: torch.Tensor  # [n_freq, 1, n_fft]: windowed cosines (real part)
     sin_basis: torch.Tensor  # [n_freq, 1, n_fft]: windowed negative sines (imaginary part)
     mel: torch.Tensor  # [n_freq, n_mels]
 
-    def __init__(self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, eps: float = 1e-6) -> None:
+    def __init__(
+        self, sample_rate: int, n_fft: int, hop_length: int, n_mels: int, eps: float = 1e-6, subtract_mean: bool = False
+    ) -> None:
         super().__init__()
-        self.n_fft, self.hop_length, self.eps = n_fft, hop_length, eps
+        self.n_fft, self.hop_length, self.eps, self.subtract_mean = n_fft, hop_length, eps, subtract_mean
         n_freq = n_fft // 2 + 1
         n = torch.arange(n_fft, dtype=torch.float64)
         k = torch.arange(n_freq, dtype=torch.float64)[:, None]
@@ -62,7 +69,11 @@ class LogMel(nn.Module):
         imag = F.conv1d(x, self.sin_basis, stride=self.hop_length)
         power = real * real + imag * imag
         mel = torch.matmul(power.transpose(1, 2), self.mel)  # [B, frames, n_mels]
-        return torch.log(mel + self.eps).unsqueeze(1)
+        logmel = torch.log(mel + self.eps)
+        if self.subtract_mean:
+            weight = mel.mean(dim=2, keepdim=True) + self.eps  # [B, frames, 1]: each frame's mel power
+            logmel = logmel - (weight * logmel).mean(dim=1, keepdim=True) / weight.mean(dim=1, keepdim=True)
+        return logmel.unsqueeze(1)
 
 
 class RaiseLevel(nn.Module):
