@@ -86,13 +86,17 @@ def stratified_interval(diff: np.ndarray, groups: np.ndarray, seed: int, resampl
     return [float(diff.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
 
 
-def compare(preds: dict[str, Predictions], groups: np.ndarray, seed: int, resamples: int) -> dict[str, Any]:
+def compare(
+    preds: dict[str, Predictions], groups: np.ndarray, seed: int, resamples: int, base: str = "best", other: str = "last"
+) -> dict[str, Any]:
+    """Per subset sent: each set of predictions scored as served (leave one group out), and the paired change
+    `other` minus `base` per clip in NLL and in accuracy, with its interval."""
     scored = {name: held_out_scores(p, groups, _served) for name, p in preds.items()}
     out: dict[str, Any] = {}
-    for sub in scored["best"]:
-        best, last = scored["best"][sub], scored["last"][sub]
+    for sub in scored[base]:
+        best, last = scored[base][sub], scored[other][sub]
         cell: dict[str, Any] = {"n": len(best["nll"])}
-        for name, c in (("best", best), ("last", last)):
+        for name, c in ((base, best), (other, last)):
             given = c["answered"]
             cell[name] = {
                 "nll": float(c["nll"].mean()),
@@ -122,11 +126,11 @@ def decide(cells: dict[str, Any]) -> dict[str, Any]:
     return {"clauses": clauses, "adopted": all(clauses.values())}
 
 
-def markdown(data: dict[str, Any]) -> str:
-    cells = data["subsets"]
+def table(cells: dict[str, Any], base: str = "best", other: str = "last") -> str:
+    """The comparison's table: each subset's figures for `base` and `other`, and the paired changes."""
     rows = []
     for sub, c in cells.items():
-        b, la = c["best"], c["last"]
+        b, la = c[base], c[other]
         dn, da = c["nll_change"], c["accuracy_change"]
         rows.append(
             [
@@ -139,15 +143,24 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{b['answered']:.1%} / {la['answered']:.1%}",
             ]
         )
-    header = ["sent", "n", "NLL best / last", "NLL change", "accuracy best / last", "accuracy change, points", "answered"]
-    clauses = "\n".join(f"- {'holds' if ok else '**fails**'}: {name}" for name, ok in data["decision"]["clauses"].items())
+    pair = f"{base} / {other}"
+    header = ["sent", "n", f"NLL {pair}", "NLL change", f"accuracy {pair}", "accuracy change, points", f"answered {pair}"]
+    return markdown_table(header, rows)
+
+
+def clause_lines(decision: dict[str, Any]) -> str:
+    return "\n".join(f"- {'holds' if ok else '**fails**'}: {name}" for name, ok in decision["clauses"].items())
+
+
+def markdown(data: dict[str, Any]) -> str:
+    clauses = clause_lines(data["decision"])
     verdict = "adopted" if data["decision"]["adopted"] else "not adopted"
     return (
         "#### The best epoch by the pair's validation accuracy, or the last (out-of-fold speakers)\n\n"
         f"Folds of `{data['crossfit']}`: {', '.join(f'{g} ({n})' for g, n in data['groups'].items())}, each predicted by a "
         "model that never heard the speaker. Scored as served (every fitted layer fitted leave-one-speaker-out). Change: "
         f"last minus best, 95% bootstrap interval ({data['resamples']} resamples within speakers, seed {data['seed']}).\n\n"
-        + markdown_table(header, rows)
+        + table(data["subsets"])
         + f"\n\nThe rule (docs/decisions/2026-12-07-last-epoch.md): **{verdict}**.\n\n{clauses}\n"
     )
 
