@@ -126,7 +126,7 @@ def test_no_word_sent_here_was_trained_on_as_an_outlier() -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="issue 27, open: the served detector does not tell speech that is not a digit from a digit by what is said "
-    "(near-OOD audio AUROC 0.614 on the report sets, benchmarks/results/ood.md). Version 4 passed this by flagging "
+    "(near-OOD audio AUROC 0.599 on the report sets, version 6, benchmarks/results/ood.md). Version 4 passed this by flagging "
     "every clean recording, digits too (docs/decisions/2026-12-06-version-4-withdrawn.md)",
 )
 def test_every_spoken_word_that_is_not_a_digit_is_out_of_distribution(server: Server, unlike: dict[str, Path]) -> None:

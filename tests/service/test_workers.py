@@ -268,11 +268,13 @@ def test_overload_at_the_wait_deadline_never_loses_a_worker() -> None:
     async def test(pool: DecodePool, metrics: Metrics) -> None:
         outcomes: dict[str, int] = {}
         for i in range(300):
-            offset = (i % 30 - 15) * 0.0004  # the job's end swept across the deadline, +-6 ms
-            running = asyncio.ensure_future(pool.run(sleep, pool.wait_seconds + offset))
-            await until(lambda: busy(pool) == 1)
+            offset = (i % 30 - 15) * 0.0004  # the jobs' end swept across the deadline, +-6 ms
+            running = [asyncio.ensure_future(pool.run(sleep, pool.wait_seconds + offset)) for _ in range(2)]
+            # both workers busy, so the next job waits (sent ahead or in line) until one ends, about when its wait
+            # runs out; a loaded machine may let a job end before this looks, and then the next one simply runs
+            await until(lambda jobs=running: busy(pool) == 2 or any(job.done() for job in jobs))
             waiting = asyncio.ensure_future(pool.run(square, 2))
-            for job in (running, waiting):
+            for job in (*running, waiting):
                 try:
                     await job
                     outcomes["ok"] = outcomes.get("ok", 0) + 1
@@ -282,7 +284,8 @@ def test_overload_at_the_wait_deadline_never_loses_a_worker() -> None:
         assert pool.ready
         assert len(pool.idle) == 2
         assert await asyncio.gather(*(pool.run(square, k) for k in range(4))) == [0, 1, 4, 9]
-        assert outcomes["ok"] >= 300  # every running job, and the waiters that got a worker in time
+        assert outcomes["ok"] >= 600  # every running job (each had an idle worker), and the waiters served in time
+        assert outcomes["ok"] + outcomes.get("503", 0) == 900
 
     with_pool(test, size=2, wait_seconds=0.03, max_waiting=8)
 
