@@ -6,6 +6,7 @@ Jobs return numeric arrays: a worker's reply is parsed as data, never unpickled 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import pickle
 import signal
@@ -100,6 +101,10 @@ def with_pool(test: Callable[[DecodePool, Metrics], Awaitable[None]], **kw: Any)
 
 def busy(pool: DecodePool) -> int:
     return sum(w.busy for w in pool.live)
+
+
+def both_busy_or_one_done(pool: DecodePool, jobs: list[asyncio.Future[Any]]) -> bool:
+    return busy(pool) == 2 or any(job.done() for job in jobs)
 
 
 async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -272,7 +277,7 @@ def test_overload_at_the_wait_deadline_never_loses_a_worker() -> None:
             running = [asyncio.ensure_future(pool.run(sleep, pool.wait_seconds + offset)) for _ in range(2)]
             # both workers busy, so the next job waits (sent ahead or in line) until one ends, about when its wait
             # runs out; a loaded machine may let a job end before this looks, and then the next one simply runs
-            await until(lambda jobs=running: busy(pool) == 2 or any(job.done() for job in jobs))
+            await until(functools.partial(both_busy_or_one_done, pool, running))
             waiting = asyncio.ensure_future(pool.run(square, 2))
             for job in (*running, waiting):
                 try:
