@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,7 +103,7 @@ def busy(pool: DecodePool) -> int:
     return sum(w.busy for w in pool.live)
 
 
-def both_busy_or_one_done(pool: DecodePool, jobs: list[asyncio.Future[Any]]) -> bool:
+def both_busy_or_one_done(pool: DecodePool, jobs: Sequence[asyncio.Future[Any]]) -> bool:
     return busy(pool) == 2 or any(job.done() for job in jobs)
 
 
