@@ -165,6 +165,15 @@ def markdown(data: dict[str, Any]) -> str:
     )
 
 
+def rel(path: Path) -> str:
+    """`path` relative to the repository where it lies inside it, for results that read the same on every machine."""
+    return str(path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path)
+
+
+def group_sizes(groups: np.ndarray) -> dict[str, int]:
+    return {str(g): int((groups == g).sum()) for g in dict.fromkeys(groups.tolist())}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--crossfit", type=Path, default=ROOT / "runs" / "crossfit-best")
@@ -176,10 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     preds, groups = fold_predictions(args.crossfit)
     cells = compare(preds, groups, args.seed, args.resamples)
     data: dict[str, Any] = {
-        "crossfit": str(
-            args.crossfit.resolve().relative_to(ROOT) if args.crossfit.resolve().is_relative_to(ROOT) else args.crossfit
-        ),
-        "groups": {str(g): int((groups == g).sum()) for g in dict.fromkeys(groups.tolist())},
+        "crossfit": rel(args.crossfit),
+        "groups": group_sizes(groups),
         "seed": args.seed,
         "resamples": args.resamples,
         "subsets": cells,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.avdigits.last_epoch import clause_lines, compare, decide, table
+from benchmarks.avdigits.last_epoch import clause_lines, compare, decide, group_sizes, rel, table
 from benchmarks.report import write
 from training.calibrate import load_out_of_fold
 from training.evaluate import Predictions
@@ -45,10 +45,6 @@ def tune_auroc(run: Path) -> float:
 
     data = features.main(["--run", str(run)], results=run / "ood-features")
     return float(data["choice"]["mean"]["knn"])
-
-
-def rel(path: Path) -> str:
-    return str(path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path)
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -89,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "base": rel(args.base),
         "candidate": rel(args.candidate),
         "runs": {BASE: rel(args.base_run), CANDIDATE: rel(args.candidate_run)},
-        "groups": {str(g): int((groups == g).sum()) for g in dict.fromkeys(groups.tolist())},
+        "groups": group_sizes(groups),
         "seed": args.seed,
         "resamples": args.resamples,
         "subsets": cells,
