@@ -365,7 +365,8 @@ def checkpoint_of_last(run_dir: Path) -> dict[str, Any]:
     trainer.load_state(last["trainer"])
     history = last["history"]
     trainer.observe_validation(int(last["epoch"]), history[-1]["val_accuracy"])
-    return _checkpoint(trainer, mcfg, last["data"], 1, history, float(last["train_seconds"]))
+    world_size = len(last["rng"])  # one RNG state per process of the run
+    return _checkpoint(trainer, mcfg, last["data"], world_size, history, float(last["train_seconds"]))
 
 
 def _finished(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:

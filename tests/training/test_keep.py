@@ -39,6 +39,7 @@ def test_keep_last_holds_the_last_epoch_and_equals_the_checkpoint_made_from_last
     assert made["train_config"] == kept["train_config"]
     assert made["best_validation"] == kept["best_validation"]
     assert made["val_accuracy"] == kept["val_accuracy"]
+    assert made["world_size"] == kept["world_size"] == 1
     assert made["state_dict"].keys() == kept["state_dict"].keys()
     assert all(torch.equal(made["state_dict"][k], v) for k, v in kept["state_dict"].items())
     assert torch.equal(made["owm_P"], kept["owm_P"])  # MLA's projection goes with the weights it was kept with
