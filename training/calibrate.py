@@ -484,6 +484,12 @@ def load_out_of_fold(folder: Path, modalities: list[str]) -> tuple[Predictions, 
     return preds, f"out-of-fold predictions of {len(folds)} training speakers ({', '.join(folds)}), n={len(preds.labels)}"
 
 
+def out_of_fold_speakers(folder: Path) -> np.ndarray:
+    """The speaker of each of a training.crossfit folder's out-of-fold predictions, in load_out_of_fold's order."""
+    with np.load(folder / "oof.npz", allow_pickle=False) as z:
+        return z["speaker"]
+
+
 def pool(a: Predictions, b: Predictions) -> Predictions:
     """Two sets of predictions as one (the same modalities and classes)."""
     if a.modalities != b.modalities or a.n_classes != b.n_classes:

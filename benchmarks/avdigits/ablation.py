@@ -38,6 +38,7 @@ from training.calibrate import (
     fit_fused_temperatures,
     fit_fusion,
     load_out_of_fold,
+    out_of_fold_speakers,
     pool,
 )
 from training.evaluate import Predictions, subset_name, subsets
@@ -211,8 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     manifest = load_manifest(args.model)
     val = graph_predictions(args.model, manifest, manifest.training.data, "val")
     oof, _ = load_out_of_fold(args.crossfit, val.modalities)
-    with np.load(args.crossfit / "oof.npz", allow_pickle=False) as z:
-        speakers = z["speaker"]
+    speakers = out_of_fold_speakers(args.crossfit)
     preds = pool(val, oof)
     groups = np.concatenate([np.array(["jackson (val)"] * len(val.labels)), speakers])
     data = run(preds, groups, args.seed, args.resamples)

@@ -21,6 +21,7 @@ is the paired difference last minus best per clip, for NLL and accuracy, with a 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import time
@@ -31,6 +32,7 @@ import numpy as np
 
 from benchmarks.avdigits.ablation import _served, held_out_scores
 from benchmarks.report import markdown_table, write
+from training.calibrate import pool
 from training.evaluate import Predictions
 
 log = logging.getLogger("last_epoch")
@@ -63,15 +65,7 @@ def fold_predictions(crossfit: Path) -> tuple[dict[str, Predictions], np.ndarray
             parts[name].append(predict_split(model_from_checkpoint(ckpt), spec, "test"))
             log.info("fold %s, %s epoch (%s): %d clips", speaker, name, ckpt["best_validation"], len(parts[name][-1].labels))
         speakers.append(np.array([speaker] * len(parts["best"][-1].labels)))
-    joined = {
-        name: Predictions(
-            {m: np.concatenate([p.logits[m] for p in ps]) for m in ps[0].modalities},
-            {m: np.concatenate([p.present[m] for p in ps]) for m in ps[0].modalities},
-            np.concatenate([p.labels for p in ps]),
-        )
-        for name, ps in parts.items()
-    }
-    return joined, np.concatenate(speakers)
+    return {name: functools.reduce(pool, ps) for name, ps in parts.items()}, np.concatenate(speakers)
 
 
 def stratified_interval(diff: np.ndarray, groups: np.ndarray, seed: int, resamples: int) -> list[float]:
@@ -94,9 +88,9 @@ def compare(
     scored = {name: held_out_scores(p, groups, _served) for name, p in preds.items()}
     out: dict[str, Any] = {}
     for sub in scored[base]:
-        best, last = scored[base][sub], scored[other][sub]
-        cell: dict[str, Any] = {"n": len(best["nll"])}
-        for name, c in ((base, best), (other, last)):
+        before, after = scored[base][sub], scored[other][sub]
+        cell: dict[str, Any] = {"n": len(before["nll"])}
+        for name, c in ((base, before), (other, after)):
             given = c["answered"]
             cell[name] = {
                 "nll": float(c["nll"].mean()),
@@ -104,9 +98,9 @@ def compare(
                 "answered": float(given.mean()),
                 "error_among_answered": float(1 - c["right"][given].mean()) if given.any() else None,
             }
-        cell["nll_change"] = stratified_interval(last["nll"] - best["nll"], groups, seed, resamples)
+        cell["nll_change"] = stratified_interval(after["nll"] - before["nll"], groups, seed, resamples)
         cell["accuracy_change"] = stratified_interval(
-            last["right"].astype(float) - best["right"].astype(float), groups, seed, resamples
+            after["right"].astype(float) - before["right"].astype(float), groups, seed, resamples
         )
         out[sub] = cell
     return out
@@ -193,8 +187,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "decision": decide(cells),
     }
     data["seconds"] = time.perf_counter() - started
-    write("last_epoch", data, markdown(data))
-    print(markdown(data))
+    text = markdown(data)
+    write("last_epoch", data, text)
+    print(text)
     return data
 
 

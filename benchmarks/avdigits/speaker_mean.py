@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks.avdigits.last_epoch import clause_lines, compare, decide, group_sizes, rel, table
 from benchmarks.report import write
-from training.calibrate import load_out_of_fold
+from training.calibrate import load_out_of_fold, out_of_fold_speakers
 from training.evaluate import Predictions
 
 log = logging.getLogger("speaker_mean")
@@ -33,9 +33,7 @@ TUNE_ALLOWED = 0.01  # the fourth clause: how far the kNN mean tune AUROC may fa
 
 
 def out_of_fold(folder: Path) -> tuple[Predictions, np.ndarray]:
-    preds, _ = load_out_of_fold(folder, ["audio", "video"])
-    with np.load(folder / "oof.npz", allow_pickle=False) as z:
-        return preds, z["speaker"]
+    return load_out_of_fold(folder, ["audio", "video"])[0], out_of_fold_speakers(folder)
 
 
 def tune_auroc(run: Path) -> float:
@@ -93,8 +91,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "decision": decision,
         "seconds": time.perf_counter() - started,
     }
-    write("speaker_mean", data, markdown(data))
-    print(markdown(data))
+    text = markdown(data)
+    write("speaker_mean", data, text)
+    print(text)
     return data
 
 
