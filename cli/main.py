@@ -292,6 +292,15 @@ RiskConfidence = Annotated[
 ]
 
 
+Outliers = Annotated[
+    str | None,
+    typer.Option(
+        help="csv:PATH of auxiliary outliers (`python -m benchmarks.avdigits.outliers` writes one): each modality they "
+        "give gets a digit-or-not linear probe beside its kNN out-of-distribution detector"
+    ),
+]
+
+
 @app.command("export")
 def export_model(
     run_dir: Annotated[Path, typer.Argument(help="a run directory (or its checkpoint.pt)")],
@@ -314,6 +323,7 @@ def export_model(
             "predictions (other speakers) pooled with validation's"
         ),
     ] = None,
+    outliers: Outliers = None,
     verbose: bool = False,
 ) -> None:
     """Export a run as MODEL_DIR/<name>/<version>/: one ONNX graph per modality and manifest.json."""
@@ -327,7 +337,9 @@ def export_model(
 
     with err.status("exporting and checking parity"):
         try:
-            target = export_run(run_dir, out, name, version, fp16, opset, data, fusion, target_risk, risk_confidence, crossfit)
+            target = export_run(
+                run_dir, out, name, version, fp16, opset, data, fusion, target_risk, risk_confidence, crossfit, outliers
+            )
         except (CheckpointError, ExportError, ParityError, DataError, ValueError) as exc:
             _fail(str(exc))
     manifest = load_manifest(target)
@@ -365,6 +377,36 @@ def calibrate(
     manifest = load_manifest(target)
     _print_calibration(manifest)
     err.print(f"calibrated {target}")
+
+
+@app.command("refit-ood")
+def refit_ood_command(
+    model_dir: Annotated[Path, typer.Argument(help="an exported version, MODEL_DIR/<name>/<version>")],
+    outliers: Outliers = None,
+    crossfit: Annotated[
+        Path | None,
+        typer.Option(help="a `python -m training.crossfit` folder: thresholds that keep 95% of a new speaker's inputs"),
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="the data it was trained on (default: the manifest's)")] = None,
+    version: Annotated[str | None, typer.Option(help="the version to write (default: the next integer)")] = None,
+    verbose: bool = False,
+) -> None:
+    """Fit an exported model's out-of-distribution detectors again from its own graphs and kNN banks, into a new
+    version (graphs, banks and fusion copied unchanged): a published version is never rewritten."""
+    _setup_logging(verbose)
+    from common.manifest import ManifestError, load_manifest
+    from model_export.errors import ExportError
+    from model_export.recalibrate import refit_ood
+    from training.data.specs import DataError
+
+    with err.status("running the graphs on the data and fitting the detectors"):
+        try:
+            target = refit_ood(model_dir, outliers, crossfit, data, version)
+        except (ManifestError, ExportError, DataError, ValueError) as exc:
+            _fail(str(exc))
+    for m, e in (load_manifest(target).ood or {}).items():
+        err.print(f"{m}: {e.detector}, threshold {e.threshold:.4f}, validation kept {e.val.get('in_distribution', 0):.1%}")
+    err.print(f"wrote {target}")
 
 
 @app.command()

@@ -2,17 +2,16 @@
 
 Pure pydantic (no torch, no onnx), so the service reads it with the same model that wrote it.
 
-Schema history: v5 (current) added each modality's `features` output (the encoder's penultimate
-features, a second output of its graph) and the `ood` section (per modality, the out-of-distribution
-detector on those features: common.ood); a v2, v3 or v4 manifest has neither and loads as v5 with every
-modality's `in_distribution` unknown (null), serving what it served. v4 added the calibration's `confidence_maps` (the top-label
-map per set of modalities) and the fusion section's `mixture_share` (a product rule's blend
-with the equal-weight mixture, 0 when absent); a v3 manifest has neither and loads as v4
-unchanged, serving what it served. v3 added the fusion section's `typicality` (the gate of the `gated_loglinear`
-rule); a v2 manifest has none and loads unchanged too. v2 added the
-fusion section's calibration and abstention; a v1 manifest is migrated on load as an
-uncalibrated model (every temperature 1, never abstains) with a warning, so older exports
-keep serving exactly as before.
+Schema history: v6 (current) added an optional linear probe beside a modality's kNN detector (`ood.<m>.probe`,
+detector `knn+probe`); a v5 manifest has none and loads as v6 unchanged. v5 added each modality's `features` output
+(the encoder's penultimate features, a second output of its graph) and the `ood` section (per modality, the out-of-
+distribution detector on those features: common.ood); a v2, v3 or v4 manifest has neither and loads as v5 with every
+modality's `in_distribution` unknown (null), serving what it served. v4 added the calibration's `confidence_maps` (the
+top-label map per set of modalities) and the fusion section's `mixture_share` (a product rule's blend with the equal-
+weight mixture, 0 when absent); a v3 manifest has neither and loads as v4 unchanged, serving what it served. v3 added
+the fusion section's `typicality` (the gate of the `gated_loglinear` rule); a v2 manifest has none and loads unchanged
+too. v2 added the fusion section's calibration and abstention; a v1 manifest is migrated on load as an uncalibrated
+model (every temperature 1, never abstains) with a warning, so older exports keep serving exactly as before.
 """
 
 from __future__ import annotations
@@ -39,10 +38,10 @@ from common.fusion import (
 )
 from common.hashing import sha256_file
 from common.modalities import EntryBase, kind
-from common.ood import Detector, NearestNeighbours
+from common.ood import Detector, LinearProbe, NearestNeighbours
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MANIFEST_NAME = "manifest.json"
 
 
@@ -175,17 +174,50 @@ class Fusion(_Strict):
         return FusionParams(self.rule, self.weights, cal.temperatures, cal.fused_temperatures, gates, maps, self.mixture_share)
 
 
-class OODEntry(_Strict):
-    """One modality's out-of-distribution detector (common.ood): kNN on its graph's normalised features."""
+class ProbeEntry(_Strict):
+    """The linear probe beside a modality's kNN (common.ood.LinearProbe), and the scales that join the two scores."""
 
-    detector: Literal["knn"] = "knn"
+    weights: list[float] = Field(min_length=1)  # [feature dims], on L2-normalised features
+    bias: float
+    knn_scale: tuple[float, float]  # the kNN score's mean and sd on the validation split
+    probe_scale: tuple[float, float]  # the probe's log-odds' mean and sd on the validation split
+    fitted_on: str  # which data: the inliers, the outliers, how C was chosen
+
+    @model_validator(mode="after")
+    def _finite(self) -> ProbeEntry:
+        values = [*self.weights, self.bias, *self.knn_scale, *self.probe_scale]
+        if not all(np.isfinite(values)):
+            raise ValueError("the probe holds a value that is not finite")
+        if min(self.knn_scale[1], self.probe_scale[1]) <= 0:
+            raise ValueError("a scale's sd must be positive")
+        return self
+
+
+class OODEntry(_Strict):
+    """One modality's out-of-distribution detector (common.ood): kNN on its graph's normalised features, and from
+    schema v6 optionally a linear probe beside it (`knn+probe`: the lower of the two standardised scores)."""
+
+    detector: Literal["knn", "knn+probe"] = "knn"
     bank: str  # .npy [n, feature dims] float32: the training split's L2-normalised features, relative to the manifest
     bank_sha256: str
-    k: int = Field(ge=1)  # the score is minus the distance to the k-th nearest bank row
-    threshold: float = Field(ge=-2.0, le=0.0)  # in distribution: score >= this (distances of unit vectors lie in [0, 2])
+    k: int = Field(ge=1)  # the kNN score is minus the distance to the k-th nearest bank row
+    # In distribution: score >= this. A kNN score lies in [-2, 0] (distances of unit vectors); knn+probe's is in
+    # validation standard deviations, any finite value.
+    threshold: float
     tpr: Probability  # the share of the validation split's inputs the threshold keeps
     fitted_on: str  # which data: the bank's split and the threshold's
     val: dict[str, float] = {}  # the validation scores: n, mean, std, quantiles
+    probe: ProbeEntry | None = None  # knn+probe only
+
+    @model_validator(mode="after")
+    def _detector_matches(self) -> OODEntry:
+        if (self.detector == "knn+probe") != (self.probe is not None):
+            raise ValueError(f"detector {self.detector!r} {'needs' if self.probe is None else 'takes no'} probe")
+        if not np.isfinite(self.threshold):
+            raise ValueError("the threshold must be finite")
+        if self.detector == "knn" and not -2.0 <= self.threshold <= 0.0:
+            raise ValueError(f"a kNN threshold lies in [-2, 0] (minus a distance of unit vectors), got {self.threshold}")
+        return self
 
 
 class Parity(_Strict):
@@ -217,7 +249,7 @@ class TrainingInfo(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[5] = 5  # SCHEMA_VERSION
+    schema_version: Literal[6] = 6  # SCHEMA_VERSION
     name: str
     version: str
     created: datetime
@@ -284,8 +316,8 @@ def load_manifest(model_dir: Path) -> Manifest:
     if isinstance(raw, dict) and raw.get("schema_version") == 1:
         raw = migrate_v1(raw)
         log.warning("%s: a schema v1 manifest, served uncalibrated (every temperature 1, never abstains)", path)
-    if isinstance(raw, dict) and raw.get("schema_version") in (2, 3, 4):
-        raw = {**raw, "schema_version": SCHEMA_VERSION}  # v3, v4 and v5 each only added optional sections
+    if isinstance(raw, dict) and raw.get("schema_version") in (2, 3, 4, 5):
+        raw = {**raw, "schema_version": SCHEMA_VERSION}  # v3 to v6 each only added optional sections
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
@@ -356,8 +388,14 @@ def load_detectors(model_dir: Path, manifest: Manifest) -> dict[str, Detector]:
         dims = features.shape[-1] if features is not None else None
         if bank.dtype != np.float32 or bank.ndim != 2 or bank.shape[1] != dims:
             raise ManifestError(f"{path}: a {m} bank must be float32 [n, {dims}], got {bank.dtype} {list(bank.shape)}")
+        probe = entry.probe
         try:
-            out[m] = Detector(NearestNeighbours(bank, entry.k), entry.threshold)
+            out[m] = Detector(
+                NearestNeighbours(bank, entry.k),
+                entry.threshold,
+                LinearProbe(np.asarray(probe.weights, np.float64), probe.bias) if probe else None,
+                (probe.knn_scale, probe.probe_scale) if probe else None,
+            )
         except ValueError as exc:
             raise ManifestError(f"{path}: {exc}") from exc
     return out

@@ -90,13 +90,57 @@ class NearestNeighbours:
 
 
 @dataclass(frozen=True)
+class LinearProbe:
+    """A logistic regression on L2-normalised features, in distribution against auxiliary outliers: score = its
+    log-odds of "in distribution" (training.ood.fit_probe fits it)."""
+
+    weights: np.ndarray  # [dims]
+    bias: float
+
+    def __post_init__(self) -> None:
+        if self.weights.ndim != 1 or not len(self.weights):
+            raise ValueError(f"the probe's weights must be [dims], got shape {self.weights.shape}")
+        if not (np.isfinite(self.weights).all() and math.isfinite(self.bias)):
+            raise ValueError("the probe holds a value that is not finite")
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """[n] log-odds that each row is in distribution."""
+        return l2_normalise(features) @ np.asarray(self.weights, np.float64) + self.bias
+
+
+@dataclass(frozen=True)
 class Detector:
-    """One modality's served detector: its kNN and the threshold at which an input stops being in distribution."""
+    """One modality's served detector: its kNN, optionally a linear probe beside it, and the threshold at which an
+    input stops being in distribution.
+
+    Alone, the kNN's score is the detector's. With a probe (trained against auxiliary outliers: training.ood), each
+    of the two scores is standardised by its mean and standard deviation on the validation split (`scales`) and the
+    detector's score is the lower of the two, in validation standard deviations: an input must look typical to both
+    (docs/decisions/2026-12-07-outlier-probe.md)."""
 
     knn: NearestNeighbours
     threshold: float  # in distribution: score >= threshold (chosen on validation at TPR)
+    probe: LinearProbe | None = None
+    scales: tuple[tuple[float, float], tuple[float, float]] | None = None  # ((kNN mean, sd), (probe mean, sd)) on val
+
+    def __post_init__(self) -> None:
+        if (self.probe is None) != (self.scales is None):
+            raise ValueError("a probe needs its scales (validation mean and sd of both scores), and scales a probe")
+        if self.probe is not None and len(self.probe.weights) != self.knn.bank.shape[1]:
+            raise ValueError(f"the probe has {len(self.probe.weights)} weights, the features {self.knn.bank.shape[1]} dims")
+        for mean, sd in self.scales or ():
+            if not (math.isfinite(mean) and math.isfinite(sd) and sd > 0):
+                raise ValueError(f"a scale needs a finite mean and a positive sd, got ({mean}, {sd})")
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """[n] the detector's score for rows of features [n, dims]: higher is more typical."""
+        s = self.knn.score(features)
+        if self.probe is None or self.scales is None:
+            return s
+        (km, ks), (pm, ps) = self.scales
+        return np.minimum((s - km) / ks, (self.probe.score(features) - pm) / ps)
 
     def __call__(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """([n] scores, [n] in distribution) for rows of features [n, dims]."""
-        s = self.knn.score(features)
+        s = self.score(features)
         return s, s >= self.threshold

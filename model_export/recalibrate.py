@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.evaluation import Predictions
+from common.hashing import sha256_file
 from common.manifest import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -148,6 +149,103 @@ def recalibrate(
                 shutil.copy2(version_dir / rel, tmp_dir / rel)
         updated = manifest.model_copy(
             update={"schema_version": SCHEMA_VERSION, "version": version, "created": datetime.now(UTC), "fusion": fusion}
+        )
+        (tmp_dir / MANIFEST_NAME).write_text(updated.model_dump_json(indent=2) + "\n")
+        tmp_dir.replace(target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    publish(target)
+    return target
+
+
+def graph_features(version_dir: Path, manifest: Manifest, samples: list[Any], batch_size: int = 128) -> dict[str, np.ndarray]:
+    """Each modality's penultimate features [n_present, dims] on `samples` (training.data.specs.Sample), in their
+    order, from the version's ONNX graphs (its `features` output), decoded by the training's decode cache."""
+    import onnxruntime as ort
+
+    cfg = config_from_manifest(manifest)
+    arrays = DecodeCache().prepare(samples, {m: cfg.spec(m) for m in cfg.modalities})
+    out: dict[str, list[np.ndarray]] = {m: [] for m in manifest.modalities}
+    for m, entry in manifest.modalities.items():
+        if entry.features is None:
+            raise ExportError(f"{manifest.name}/{manifest.version}: the {m} graph has no features output")
+        session = ort.InferenceSession(str(version_dir / entry.file), providers=["CPUExecutionProvider"])
+        paths = [row[m] for row in arrays if row.get(m) is not None]
+        for start in range(0, len(paths), batch_size):
+            x = np.stack([np.load(p) for p in paths[start : start + batch_size]]).astype(entry.input.dtype)
+            out[m].append(session.run([entry.features.name], {entry.input.name: x})[0])
+    return {m: np.concatenate(v).astype(np.float64) for m, v in out.items() if v}
+
+
+def refit_ood(
+    version_dir: Path,
+    outliers: str | None = None,
+    crossfit: Path | None = None,
+    data: str | None = None,
+    version: str | None = None,
+) -> Path:
+    """Fit a version's out-of-distribution detectors again into a new version; return the folder written.
+
+    The graphs, parity samples and fusion section are copied unchanged; the kNN banks (the training split's
+    normalised features) are the version's own. The validation split of `data` (default: the data it was trained
+    on) gives the scales and thresholds, through the graphs; `outliers` (`csv:PATH`) a probe beside the kNN of each
+    modality they give; `crossfit` (a training.crossfit folder, whose fold checkpoints need the training install)
+    thresholds that keep 95% of a new speaker's inputs. The graphs' hashes are checked first; an existing version
+    is never overwritten."""
+    from common.manifest import OODEntry, load_detectors
+    from common.ood import TPR
+    from training.data.specs import read_outliers
+    from training.ood import new_speaker_quantiles, ood_section
+
+    manifest = load_manifest(version_dir)
+    failures = check_hashes(version_dir, manifest)
+    if failures:
+        raise ExportError(f"{version_dir} does not match its manifest, so its detectors are not refitted: " + "; ".join(failures))
+    if not manifest.ood:
+        raise ExportError(f"{version_dir} has no out-of-distribution detectors to refit: export its run again (mla export)")
+    data = data or manifest.training.data
+    names = list(manifest.ood)
+    train = {m: d.knn.bank for m, d in load_detectors(version_dir, manifest).items()}
+    val = graph_features(version_dir, manifest, parse_spec(data).split("val"))
+    aux: dict[str, np.ndarray] = {}
+    if outliers:
+        samples = [s for s in read_outliers(outliers) if set(s.files) & set(names)]
+        if not samples:
+            raise ExportError(f"{outliers} gives none of this model's modalities ({', '.join(names)})")
+        aux = graph_features(version_dir, manifest, samples)
+    flag, about = ({}, "") if crossfit is None else new_speaker_quantiles(crossfit, TPR, outliers)
+    section, banks = ood_section(
+        {m: train[m] for m in names},
+        {m: val.get(m, np.zeros((0, 1))) for m in names},
+        aux,
+        {m: manifest.ood[m].k for m in names},
+        f"bank: {manifest.name}/{manifest.version}'s, the train split of {data}",
+        flag if crossfit else None,
+        about,
+        TPR,
+        outliers or "",
+    )
+    root = version_dir.parent
+    target = new_version_dir(root, version)
+    version = target.name
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
+    try:
+        for entry in manifest.modalities.values():
+            for rel in (entry.file, entry.parity_sample):
+                (tmp_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(version_dir / rel, tmp_dir / rel)
+        (tmp_dir / "ood").mkdir(exist_ok=True)
+        for m, bank in banks.items():
+            rel = f"ood/{m}.npy"
+            np.save(tmp_dir / rel, bank.astype(np.float32), allow_pickle=False)
+            section[m].update(bank=rel, bank_sha256=sha256_file(tmp_dir / rel))
+        updated = manifest.model_copy(
+            update={
+                "schema_version": SCHEMA_VERSION,
+                "version": version,
+                "created": datetime.now(UTC),
+                "ood": {m: OODEntry.model_validate(e) for m, e in section.items()},
+            }
         )
         (tmp_dir / MANIFEST_NAME).write_text(updated.model_dump_json(indent=2) + "\n")
         tmp_dir.replace(target)

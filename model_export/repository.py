@@ -139,11 +139,13 @@ def export_run(
     target_risk: float = TARGET_RISK,
     confidence: float = CONFIDENCE,
     crossfit: Path | None = None,
+    outliers: str | None = None,
 ) -> Path:
     """Export every modality of a run, prove parity, calibrate on validation, write the manifest; return the version folder.
 
     `crossfit`: a training.crossfit folder whose out-of-fold predictions are pooled with validation's for the
-    calibration and abstention (calibrate_run).
+    calibration and abstention (calibrate_run). `outliers`: `csv:PATH` of auxiliary outliers; each modality they
+    give gets a linear probe beside its kNN detector (training.ood.fit_ood).
 
     `rule` is the fusion rule to serve (default: logit_sum for joint, training.calibrate.SERVED_RULE
     otherwise); its temperatures, weights and abstention thresholds (error rate at most `target_risk`
@@ -163,7 +165,7 @@ def export_run(
     inputs = parity_inputs(cfg, data or ckpt["data"])
     fusion = Fusion.model_validate(calibrate_run(run_dir, data, rule, target_risk, confidence, crossfit))
     data = data or str(ckpt["data"])
-    ood, banks = fit_ood(model, parse_spec(data), data, crossfit=crossfit)
+    ood, banks = fit_ood(model, parse_spec(data), data, crossfit=crossfit, outliers=outliers)
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))

@@ -9,13 +9,19 @@ Per modality:
 - the threshold: the score that keeps TPR (95%) of the validation split's inputs in distribution, the issue's
   operating point; validation's rows are not in the bank, so their distances are those of new inputs. With the
   cross-fitted folds of training.crossfit, it keeps 95% of a new speaker's inputs instead: one validation speaker
-  is not every speaker (version 2's threshold flagged 13% of the test speaker's audio).
+  is not every speaker (version 2's threshold flagged 13% of the test speaker's audio);
+- with auxiliary outliers (`mla export --outliers`, `mla refit-ood`): beside the kNN of each modality they give, a
+  logistic regression on the same normalised features, training split against outliers (fit_probe); the detector's
+  score is then the lower of the two standardised scores (common.ood.Detector;
+  docs/decisions/2026-12-07-outlier-probe.md).
 Nothing here reads the test split.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +29,20 @@ import numpy as np
 import torch
 
 from common.modalities import kind
-from common.ood import TPR, NearestNeighbours, threshold_at_tpr
+from common.ood import TPR, Detector, LinearProbe, NearestNeighbours, l2_normalise, threshold_at_tpr
+from training.data.specs import Sample, read_outliers
 from training.models import MultimodalClassifier
 
 
 @torch.no_grad()
-def split_features(model: MultimodalClassifier, data: Any, split: str, batch_size: int = 128) -> dict[str, np.ndarray]:
-    """Each modality's penultimate features [n_present, dims] on one split, in the split's order, eval mode, CPU."""
-    from training.data.dataset import build_dataset, make_loader
+def sample_features(model: MultimodalClassifier, samples: list[Sample], batch_size: int = 128) -> dict[str, np.ndarray]:
+    """Each modality's penultimate features [n_present, dims] on `samples`, in their order, eval mode, CPU."""
+    from training.data.dataset import dataset_of, make_loader
 
     was_training = model.training
     model.eval()
     out: dict[str, list[np.ndarray]] = {m: [] for m in model.cfg.modalities}
-    for batch in make_loader(build_dataset(data, split, model.cfg), batch_size, False, 0):
+    for batch in make_loader(dataset_of(samples, model.cfg), batch_size, False, 0):
         for m in model.cfg.modalities:
             mask = batch[f"{m}_present"]
             if mask.any():
@@ -46,14 +53,49 @@ def split_features(model: MultimodalClassifier, data: Any, split: str, batch_siz
     return {m: np.concatenate(v) if v else np.zeros((0, dims), np.float32) for m, v in out.items()}
 
 
-def new_speaker_quantiles(folder: Path, tpr: float = TPR) -> tuple[dict[str, float], str]:
+def split_features(model: MultimodalClassifier, data: Any, split: str, batch_size: int = 128) -> dict[str, np.ndarray]:
+    """Each modality's penultimate features [n_present, dims] on one split of `data`, in the split's order."""
+    return sample_features(model, data.split(split), batch_size)
+
+
+def outlier_features(model: MultimodalClassifier, outliers: str | None) -> dict[str, np.ndarray]:
+    """The auxiliary outliers' features (`csv:PATH`, training.data.specs.read_outliers) per modality they give
+    ({} without outliers; a modality they lack is absent, so its detector has no probe)."""
+    if outliers is None:
+        return {}
+    samples = [
+        replace(s, files={m: p for m, p in s.files.items() if m in model.cfg.modalities})
+        for s in read_outliers(outliers)
+        if set(s.files) & set(model.cfg.modalities)
+    ]
+    if not samples:
+        raise ValueError(f"{outliers} gives none of this model's modalities ({', '.join(model.cfg.modalities)})")
+    return {m: f for m, f in sample_features(model, samples).items() if len(f)}
+
+
+def build_detector(
+    train: np.ndarray, val: np.ndarray, outliers: np.ndarray | None, k: int, seed: int = 0
+) -> tuple[Detector, str | None]:
+    """One modality's detector with no threshold yet (-inf): kNN on `train`, and with `outliers` a probe beside it
+    (fit_probe), each score standardised by its mean and sd on `val`. Returns it and the probe's description."""
+    knn = NearestNeighbours.fit(train, k)
+    if outliers is None or not len(outliers):
+        return Detector(knn, -math.inf), None
+    probe, about = fit_probe(train, outliers, seed)
+    s_knn, s_probe = knn.score(val), probe.score(val)
+    scales = ((float(s_knn.mean()), float(s_knn.std())), (float(s_probe.mean()), float(s_probe.std())))
+    return Detector(knn, -math.inf, probe, scales), about
+
+
+def new_speaker_quantiles(folder: Path, tpr: float = TPR, outliers: str | None = None) -> tuple[dict[str, float], str]:
     """Per modality, the share of the validation split's inputs to flag so that `tpr` of a new speaker's are kept.
 
     For each fold of a training.crossfit folder, its model's detector is built as fit_ood builds the final one (the
-    fold's training features as the bank, the same k) and the score that keeps `tpr` of the held-out speaker's inputs
-    is found; the share of the fold's validation inputs below that score is that fold's quantile. Scores of different
-    models are not comparable, ranks within one model are: the final model's threshold is its validation scores'
-    quantile at the folds' mean. Nothing here reads the test split."""
+    fold's training features as the bank, the same k; with `outliers`, a probe on the fold's own features of them)
+    and the score that keeps `tpr` of the held-out speaker's inputs is found; the share of the fold's validation
+    inputs below that score is that fold's quantile. Scores of different models are not comparable, ranks within one
+    model are: the final model's threshold is its validation scores' quantile at the folds' mean. Nothing here reads
+    the test split."""
     from training.checkpoint import load_checkpoint, model_from_checkpoint
     from training.data.specs import parse_spec
 
@@ -64,40 +106,46 @@ def new_speaker_quantiles(folder: Path, tpr: float = TPR) -> tuple[dict[str, flo
         model = model_from_checkpoint(ckpt)
         data = parse_spec(ckpt["data"])
         train, val, held = (split_features(model, data, split) for split in ("train", "val", "test"))
+        aux = outlier_features(model, outliers)
         for m in model.cfg.modalities:
-            knn = NearestNeighbours.fit(train[m], min(kind(m).ood_k, len(train[m])))
-            keep = threshold_at_tpr(knn.score(held[m]), tpr)
-            shares.setdefault(m, []).append(float(np.mean(knn.score(val[m]) < keep)))
+            det, _ = build_detector(train[m], val[m], aux.get(m), min(kind(m).ood_k, len(train[m])))
+            keep = threshold_at_tpr(det.score(held[m]), tpr)
+            shares.setdefault(m, []).append(float(np.mean(det.score(val[m]) < keep)))
     about = ", ".join(f"{m} {np.mean(v):.3f} (folds {', '.join(f'{x:.3f}' for x in v)})" for m, v in shares.items())
     return {m: float(np.mean(v)) for m, v in shares.items()}, f"{len(folds)} folds by speaker ({', '.join(folds)}): {about}"
 
 
-def fit_ood(
-    model: MultimodalClassifier, data: Any, data_name: str, tpr: float = TPR, crossfit: Path | None = None
+def ood_section(
+    train: dict[str, np.ndarray],
+    val: dict[str, np.ndarray],
+    outliers: dict[str, np.ndarray],
+    ks: dict[str, int],
+    fitted_on: str,
+    flag: dict[str, float] | None = None,
+    about: str = "",
+    tpr: float = TPR,
+    outliers_name: str = "",
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The manifest's `ood` section (bank file names and hashes left to the caller) and each modality's bank.
+    """The manifest's `ood` section (bank file names and hashes left to the caller) and each modality's bank, from
+    the features: `train` (the bank's rows), `val` (scales and threshold), `outliers` (a probe where given).
 
-    The threshold keeps `tpr` of the validation split; with `crossfit` (a training.crossfit folder), it keeps `tpr`
-    of a new speaker's inputs instead, as the folds estimate it (new_speaker_quantiles)."""
-    flag, about = ({}, "") if crossfit is None else new_speaker_quantiles(crossfit, tpr)
-    train, val = split_features(model, data, "train"), split_features(model, data, "val")
+    The threshold keeps `tpr` of `val`; with `flag` (new_speaker_quantiles), it flags that share of `val` instead."""
     section: dict[str, Any] = {}
     banks: dict[str, np.ndarray] = {}
-    for m in model.cfg.modalities:
+    for m in train:
         if len(val[m]) == 0 or len(train[m]) == 0:
             raise ValueError(f"{m}: the train and val splits must both have it to fit its out-of-distribution detector")
-        k = min(kind(m).ood_k, len(train[m]))
-        knn = NearestNeighbours.fit(train[m], k)
-        scores = knn.score(val[m])
-        threshold = threshold_at_tpr(scores, 1.0 - flag.get(m, 1.0 - tpr))
-        banks[m] = knn.bank
+        det, probe_about = build_detector(train[m], val[m], outliers.get(m), min(ks[m], len(train[m])))
+        scores = det.score(val[m])
+        threshold = threshold_at_tpr(scores, 1.0 - (flag or {}).get(m, 1.0 - tpr))
+        banks[m] = det.knn.bank
         section[m] = {
-            "detector": "knn",
-            "k": k,
+            "detector": "knn" if det.probe is None else "knn+probe",
+            "k": det.knn.k,
             "threshold": threshold,
             "tpr": tpr,
-            "fitted_on": f"bank: train split of {data_name} (n={len(train[m])}); threshold: its val split (n={len(val[m])})"
-            + (f", at the quantile that keeps {tpr:.0%} of a new speaker's inputs in {about}" if crossfit else ""),
+            "fitted_on": f"{fitted_on} (n={len(train[m])}); threshold: its val split (n={len(val[m])})"
+            + (f", at the quantile that keeps {tpr:.0%} of a new speaker's inputs in {about}" if flag else ""),
             "val": {
                 "n": float(len(scores)),
                 "mean": float(scores.mean()),
@@ -106,4 +154,66 @@ def fit_ood(
                 **{f"q{q:g}": float(np.quantile(scores, q)) for q in (0.01, 0.05, 0.5)},
             },
         }
+        if det.probe is not None and det.scales is not None:
+            section[m]["probe"] = {
+                "weights": [float(w) for w in det.probe.weights],
+                "bias": det.probe.bias,
+                "knn_scale": list(det.scales[0]),
+                "probe_scale": list(det.scales[1]),
+                "fitted_on": f"{probe_about}; outliers: {outliers_name}; scales: the val split (n={len(val[m])})",
+            }
     return section, banks
+
+
+def fit_ood(
+    model: MultimodalClassifier,
+    data: Any,
+    data_name: str,
+    tpr: float = TPR,
+    crossfit: Path | None = None,
+    outliers: str | None = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The manifest's `ood` section (bank file names and hashes left to the caller) and each modality's bank.
+
+    The threshold keeps `tpr` of the validation split; with `crossfit` (a training.crossfit folder), it keeps `tpr`
+    of a new speaker's inputs instead, as the folds estimate it (new_speaker_quantiles). With `outliers` (`csv:PATH`
+    of auxiliary outliers), each modality they give gets a probe beside its kNN (build_detector)."""
+    flag, about = ({}, "") if crossfit is None else new_speaker_quantiles(crossfit, tpr, outliers)
+    train, val = split_features(model, data, "train"), split_features(model, data, "val")
+    ks = {m: kind(m).ood_k for m in model.cfg.modalities}
+    aux = outlier_features(model, outliers)
+    return ood_section(
+        train, val, aux, ks, f"bank: train split of {data_name}", flag if crossfit else None, about, tpr, outliers or ""
+    )
+
+
+PROBE_CS = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse L2 strengths tried; chosen by 5-fold cross-validated log-loss
+
+
+def fit_probe(inliers: np.ndarray, outliers: np.ndarray, seed: int = 0) -> tuple[LinearProbe, str]:
+    """A logistic regression, `inliers` (the training split's features) against `outliers` (auxiliary outliers'
+    features through the same encoder), both L2-normalised; classes weighted to balance; C from PROBE_CS by
+    stratified 5-fold cross-validation on these rows alone (log-loss). Returns the probe and a line saying so."""
+    from sklearn.linear_model import LogisticRegressionCV
+
+    if len(inliers) < 5 or len(outliers) < 5:
+        raise ValueError(f"a probe needs at least 5 rows of each class, got {len(inliers)} and {len(outliers)}")
+    x = np.concatenate([l2_normalise(inliers), l2_normalise(outliers)])
+    y = np.r_[np.ones(len(inliers)), np.zeros(len(outliers))]
+    fit = LogisticRegressionCV(
+        Cs=list(PROBE_CS),
+        cv=5,
+        scoring="neg_log_loss",
+        class_weight="balanced",
+        max_iter=5000,
+        random_state=seed,
+        l1_ratios=(0.0,),
+        use_legacy_attributes=False,  # plain L2, and scikit-learn 1.10's attributes (no warnings)
+    ).fit(x, y)
+    probe = LinearProbe(np.ravel(fit.coef_).astype(np.float64), float(np.ravel(fit.intercept_)[0]))
+    c = float(np.ravel(fit.C_)[0])
+    return probe, (
+        f"logistic regression on L2-normalised features, {len(inliers)} training-split rows against {len(outliers)}"
+        f" auxiliary outliers, classes balanced, C = {c:g} (of {', '.join(f'{v:g}' for v in PROBE_CS)}, by stratified"
+        " 5-fold cross-validated log-loss on those rows)"
+    )

@@ -12,7 +12,7 @@ import pytest
 from common.answer import LOW_CONFIDENCE, OUT_OF_DISTRIBUTION, decide
 from common.fusion import FusionParams, softmax
 from common.manifest import ManifestError, check_hashes, load_detectors, load_manifest
-from common.ood import Detector, NearestNeighbours, l2_normalise, threshold_at_tpr
+from common.ood import Detector, LinearProbe, NearestNeighbours, l2_normalise, threshold_at_tpr
 from tests.conftest import ROOT
 
 DEFAULT = ROOT / "models" / "default" / "2"
@@ -110,6 +110,34 @@ def test_a_modality_judged_out_of_distribution_is_left_out_and_none_left_abstain
     assert np.isnan(plain.scores["audio"]).all()
 
 
+def test_a_probe_beside_the_knn_flags_what_either_finds_atypical() -> None:
+    """knn+probe: each score standardised by its validation scale, the detector's score the lower of the two."""
+    e = np.eye(3)
+    knn = NearestNeighbours.fit(e[0] + 0.01 * np.random.default_rng(2).normal(size=(30, 3)), 5)
+    probe = LinearProbe(np.array([0.0, 0.0, -10.0]), 1.0)  # "in distribution" unless the third feature is large
+    scales = ((-0.05, 0.1), (1.0, 0.5))
+    det = Detector(knn, -2.0, probe, scales)
+    # rows: typical to both; near the bank but with a third feature (the probe's); far from the bank along e1 (kNN's)
+    rows = np.stack([e[0], e[0] + 0.2 * e[2], e[1]])
+    z_knn = (knn.score(rows) - scales[0][0]) / scales[0][1]
+    z_probe = (probe.score(rows) - scales[1][0]) / scales[1][1]
+    scores, inside = det(rows)
+    np.testing.assert_allclose(scores, np.minimum(z_knn, z_probe))
+    assert inside.tolist() == [True, False, False]
+    assert z_knn[1] >= -2.0 > z_probe[1]  # the second row is flagged by the probe alone
+    assert z_probe[2] >= -2.0 > z_knn[2]  # the third by the kNN alone
+    alone = Detector(knn, -0.2)  # without a probe the kNN's raw score decides, as before
+    np.testing.assert_array_equal(alone.score(rows), knn.score(rows))
+    with pytest.raises(ValueError, match="needs its scales"):
+        Detector(knn, -2.0, probe)
+    with pytest.raises(ValueError, match="3 dims"):
+        Detector(knn, -2.0, LinearProbe(np.ones(4), 0.0), scales)
+    with pytest.raises(ValueError, match="positive sd"):
+        Detector(knn, -2.0, probe, ((0.0, 0.0), (1.0, 0.5)))
+    with pytest.raises(ValueError, match="not finite"):
+        LinearProbe(np.array([np.nan, 1.0, 0.0]), 0.0)
+
+
 def _copy_default(tmp_path: Path) -> Path:
     target = tmp_path / "2"
     shutil.copytree(DEFAULT, target)
@@ -118,7 +146,7 @@ def _copy_default(tmp_path: Path) -> Path:
 
 def test_the_default_model_carries_a_detector_per_modality_with_its_features_output() -> None:
     manifest = load_manifest(DEFAULT)
-    assert manifest.schema_version == 5
+    assert manifest.schema_version == 6
     assert manifest.ood is not None
     detectors = load_detectors(DEFAULT, manifest)
     for m, entry in manifest.modalities.items():
@@ -164,7 +192,8 @@ def _rewrite(version: Path, change: dict) -> None:
         ({"fusion.weights.audio": None}, "no weight for audio"),
         ({"fusion.calibration.temperatures.audio": 25.0}, "less than or equal to 20"),
         ({"fusion.calibration.temperatures.audio": 0.01}, "greater than or equal to 0.05"),
-        ({"ood.audio.threshold": 0.5}, "less than or equal to 0"),
+        ({"ood.video.threshold": 0.5}, r"kNN threshold lies in \[-2, 0\]"),
+        ({"ood.video.detector": "knn+probe"}, "'knn\\+probe' needs probe"),
         ({"ood.video": None}, "video lacks one"),
         ({"modalities.audio.features": None}, "audio lacks one"),
         ({"ood.speech": {"bank": "x", "bank_sha256": "y", "k": 1, "threshold": -1, "tpr": 0.95, "fitted_on": "z"}}, "speech"),
@@ -177,8 +206,34 @@ def test_a_manifest_that_would_fail_requests_is_refused_at_load(tmp_path: Path, 
         load_manifest(version)
 
 
+def test_a_probe_is_read_from_the_manifest_and_a_bad_one_refused(tmp_path: Path) -> None:
+    version = _copy_default(tmp_path)
+    dims = load_manifest(version).modalities["audio"].features.shape[-1]  # type: ignore[union-attr]
+    weights = np.random.default_rng(0).normal(size=dims).tolist()
+    probe = {"weights": weights, "bias": 0.5, "knn_scale": [-0.27, 0.03], "probe_scale": [3.0, 1.5], "fitted_on": "test"}
+    _rewrite(version, {"ood.audio.detector": "knn+probe", "ood.audio.probe": probe, "ood.audio.threshold": -1.5})
+    manifest = load_manifest(version)
+    det = load_detectors(version, manifest)["audio"]
+    assert det.probe is not None and det.scales == ((-0.27, 0.03), (3.0, 1.5))
+    np.testing.assert_array_equal(det.probe.weights, weights)
+    assert det.threshold == -1.5  # in standard deviations: below a kNN score's range, allowed with a probe
+    for change, message in (
+        ({"ood.audio.probe.probe_scale": [3.0, 0.0]}, "sd must be positive"),
+        ({"ood.audio.probe.bias": float("nan")}, "not finite"),
+        ({"ood.audio.detector": "knn"}, "takes no probe"),
+    ):
+        broken = _copy_default(tmp_path / str(len(message)))
+        _rewrite(broken, {"ood.audio.detector": "knn+probe", "ood.audio.probe": probe, "ood.audio.threshold": -1.5})
+        _rewrite(broken, change)
+        with pytest.raises(ManifestError, match=message):
+            load_manifest(broken)
+    _rewrite(version, {"ood.audio.probe.weights": weights[:-1]})
+    with pytest.raises(ManifestError, match=f"{dims - 1} weights"):
+        load_detectors(version, load_manifest(version))
+
+
 def test_a_v4_manifest_loads_with_no_detector() -> None:
     manifest = load_manifest(ROOT / "models" / "default" / "1")
-    assert manifest.schema_version == 5  # migrated on load
+    assert manifest.schema_version == 6  # migrated on load
     assert manifest.ood is None
     assert all(e.features is None for e in manifest.modalities.values())

@@ -1,0 +1,217 @@
+"""A digit-or-not linear probe beside the voice's kNN detector: the decision on the tune sets (issue 27).
+
+    python -m benchmarks.ood.probe [--model models/default/6] [--resamples 2000]
+
+The rule is docs/decisions/2026-12-07-outlier-probe.md's, written before any figure here was computed. Everything
+read is selection data: the served model's graphs and kNN bank, the training split (the bank's rows), the
+auxiliary outliers (benchmarks.avdigits.outliers), the validation split, the OOD tune sets and the validation
+speaker's clean FSDD recordings. Neither the test split nor any report set is read.
+
+The candidate: a logistic regression on the voice's L2-normalised penultimate features, training split against
+the outliers (training.ood.fit_probe); the voice's score is the lower of the kNN's and the probe's scores, each
+standardised by its mean and standard deviation on validation. A pair's score is the lower of its modalities'
+standardised scores, as benchmarks.ood.features scores pairs. Thresholds keep 95% of validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.avdigits import build as avdigits
+from benchmarks.avdigits import outliers as aux
+from benchmarks.ood import metrics, sets
+from benchmarks.ood.run import GROUPS, Model
+from benchmarks.report import markdown_table, write
+from common.manifest import newest_version
+from common.ood import TPR, threshold_at_tpr
+
+log = logging.getLogger("probe")
+ROOT = Path(__file__).resolve().parents[2]
+NEAR_GAIN = 0.05  # rule 1: the voice's tune-near AUROC rises by at least this, interval above 0
+CLEAN_ALLOWED = 0.05  # rule 3: the upper end of the clean-speech flagged difference stays below this
+
+
+def _paths(manifest_csv: Path, split: str, column: str) -> list[Path]:
+    with manifest_csv.open(newline="") as f:
+        return [manifest_csv.parent / r[column] for r in csv.DictReader(f) if r["split"] == split]
+
+
+def _standard(val: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    mean, std = float(val.mean()), float(val.std())
+    return lambda s: (np.asarray(s, np.float64) - mean) / max(std, 1e-12)
+
+
+def paired_auroc(id_a: np.ndarray, ood_a: np.ndarray, id_b: np.ndarray, ood_b: np.ndarray, seed: int, resamples: int):
+    """AUROC of a and of b on the same items, and the 95% percentile interval of b - a (ID and OOD items resampled
+    separately, the same draw for both detectors)."""
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, len(id_a), (resamples, len(id_a)))
+    o = rng.integers(0, len(ood_a), (resamples, len(ood_a)))
+    diff = metrics._auroc_rank(id_b[i], ood_b[o]) - metrics._auroc_rank(id_a[i], ood_a[o])
+    a, b = metrics.auroc(id_a, ood_a), metrics.auroc(id_b, ood_b)
+    return a, b, [b - a, float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=newest_version(ROOT / "models" / "default"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--results", type=Path, default=None, help="where to write (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from training.ood import fit_probe
+
+    started = time.perf_counter()
+    model = Model(args.model)
+    k = model.classes
+    knn = model.detectors["audio"].knn
+    id_csv = avdigits.cached(0)
+    outlier_csv = aux.cached()
+    items = [it for it in sets.read_items(sets.cached(args.seed)) if it.group == "tune"]
+
+    def feats(modality: str, paths: list[Path]) -> np.ndarray:
+        d = model.run(modality, paths)
+        if d.refused:
+            raise SystemExit(f"refused: {d.refused}")
+        return d.logits[:, k:]
+
+    val = {m: feats(m, _paths(id_csv, "val", m)) for m in ("audio", "video")}
+    with outlier_csv.open(newline="") as f:
+        outlier_feats = feats("audio", [outlier_csv.parent / r["audio"] for r in csv.DictReader(f)])
+    tune = {m: [it for it in items if it.modality == m] for m in ("audio", "video")}
+    tune_feats = {m: feats(m, [it.path for it in tune[m]]) for m in ("audio", "video")}
+    clean = [r for r in avdigits.recordings(avdigits.SHARED) if r.speaker == avdigits.SPEAKERS_VAL]
+    clean_feats = feats("audio", [r.path for r in clean])
+    log.info("features in %.0f s", time.perf_counter() - started)
+
+    probe, about = fit_probe(knn.bank, outlier_feats, seed=args.seed)
+    z_knn = _standard(knn.score(val["audio"]))
+    z_probe = _standard(probe.score(val["audio"]))
+
+    def candidate(x: np.ndarray) -> np.ndarray:
+        return np.minimum(z_knn(knn.score(x)), z_probe(probe.score(x)))
+
+    audio = {"knn": lambda x: knn.score(x), "candidate": candidate}
+    video_knn = model.detectors["video"].knn
+    z_video = _standard(video_knn.score(val["video"]))
+    rng = np.random.default_rng([args.seed, 27])
+
+    cells: dict[str, dict[str, Any]] = {}
+    a_kind = {d: np.array([it.distance for it in tune["audio"]]) == d for d in ("near", "far")}
+    v_kind = {d: np.array([it.distance for it in tune["video"]]) == d for d in ("near", "far")}
+    partner = rng.integers(0, len(val["video"]), len(tune["audio"]))
+    both: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for group, distance in GROUPS:
+        if group != "tune":
+            continue
+        a = rng.permutation(np.flatnonzero(a_kind[distance]))
+        v = rng.permutation(np.flatnonzero(v_kind[distance]))
+        n = min(len(a), len(v))
+        both[distance] = (a[:n], v[:n])
+    for distance in ("near", "far"):
+        rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, score in audio.items():
+            s_val = score(val["audio"])
+            s_ood = score(tune_feats["audio"][a_kind[distance]])
+            z_a = _standard(s_val)
+            pair_id = np.minimum(z_a(s_val), z_video(video_knn.score(val["video"])))
+            pair_ood = np.minimum(z_a(s_ood), z_video(video_knn.score(val["video"][partner[a_kind[distance]]])))
+            ai, vi = both[distance]
+            both_ood = np.minimum(z_a(score(tune_feats["audio"][ai])), z_video(video_knn.score(tune_feats["video"][vi])))
+            rows[name] = {"audio": (s_val, s_ood), "audio OOD, video ID": (pair_id, pair_ood), "both OOD": (pair_id, both_ood)}
+        for cond in ("audio", "audio OOD, video ID", "both OOD"):
+            (ia, oa), (ib, ob) = rows["knn"][cond], rows["candidate"][cond]
+            a_, b_, diff = paired_auroc(ia, oa, ib, ob, args.seed, args.resamples)
+            cells[f"{cond} / {distance}"] = {"n_ood": len(oa), "knn": a_, "candidate": b_, "difference": diff}
+
+    # Clean speech: the share of the validation speaker's clean recordings flagged at each detector's threshold.
+    flagged = {}
+    for name, score in audio.items():
+        thr = threshold_at_tpr(score(val["audio"]), TPR)
+        flagged[name] = score(clean_feats) < thr
+    draws = np.random.default_rng(args.seed).integers(0, len(clean), (args.resamples, len(clean)))
+    d = flagged["candidate"].astype(float) - flagged["knn"].astype(float)
+    boot = d[draws].mean(axis=1)
+    clean_result = {
+        "speaker": avdigits.SPEAKERS_VAL,
+        "n": len(clean),
+        "knn": float(flagged["knn"].mean()),
+        "candidate": float(flagged["candidate"].mean()),
+        "difference": [float(d.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+    }
+    near = cells["audio / near"]["difference"]
+    mean_knn = float(np.mean([c["knn"] for c in cells.values()]))
+    mean_cand = float(np.mean([c["candidate"] for c in cells.values()]))
+    clauses = {
+        "tune near rises by >= 0.05, interval above 0": bool(near[0] >= NEAR_GAIN and near[1] > 0),
+        "mean over the voice's tune cells not lower": bool(mean_cand >= mean_knn),
+        "clean speech flagged: upper end of the rise < 5 points": bool(clean_result["difference"][2] < CLEAN_ALLOWED),
+    }
+    data = {
+        "model": str(args.model),
+        "probe": about,
+        "n": {"val": len(val["audio"]), "outliers": len(outlier_feats), "bank": len(knn.bank)},
+        "cells": cells,
+        "mean": {"knn": mean_knn, "candidate": mean_cand},
+        "clean_speech": clean_result,
+        "clauses": clauses,
+        "adopted": all(clauses.values()),
+        "resamples": args.resamples,
+        "seconds": time.perf_counter() - started,
+    }
+    paths = write("ood_probe", data, markdown(data), *([args.results] if args.results else []))
+    log.info("wrote %s", ", ".join(map(str, paths)))
+    return data
+
+
+def _ci(v: list[float]) -> str:
+    return f"{v[0]:+.3f} ({v[1]:+.3f} to {v[2]:+.3f})"
+
+
+def markdown(data: Mapping[str, Any]) -> str:
+    rows = [
+        [cell, c["n_ood"], f"{c['knn']:.3f}", f"{c['candidate']:.3f}", _ci(c["difference"])] for cell, c in data["cells"].items()
+    ]
+    clean = data["clean_speech"]
+    verdict = "adopted" if data["adopted"] else "not adopted"
+    return "\n".join(
+        [
+            "# A digit-or-not probe beside the voice's kNN detector: the decision on the tune sets (issue 27)",
+            "",
+            f"`python -m benchmarks.ood.probe` on `{data['model']}`. The rule: `docs/decisions/2026-12-07-outlier-probe.md`,"
+            " written before any figure here. Selection data only: validation against the OOD tune sets, and the"
+            " validation speaker's clean recordings. No test-split or report-set figure is read.",
+            "",
+            f"The probe: {data['probe']}.",
+            "",
+            "## Tune AUROC against validation (kNN alone, with the probe, the paired difference and its 95% interval)",
+            "",
+            markdown_table(["tune cell", "OOD items", "kNN", "kNN and probe", "difference"], rows),
+            "",
+            f"Mean over the cells: kNN {data['mean']['knn']:.3f}, with the probe {data['mean']['candidate']:.3f}.",
+            "",
+            f"## Clean speech: {clean['speaker']}'s {clean['n']} FSDD recordings, no noise added, sent alone",
+            "",
+            f"Flagged out of distribution: kNN {clean['knn']:.1%}, with the probe {clean['candidate']:.1%};"
+            f" difference {_ci(clean['difference'])}.",
+            "",
+            "## The rule",
+            "",
+            markdown_table(["clause", "holds"], [[k, "yes" if v else "**no**"] for k, v in data["clauses"].items()]),
+            "",
+            f"**Outcome: {verdict}.**",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
