@@ -13,6 +13,13 @@ noise) onto its class means in logit space, where the logit typicality gate (com
 typical; the features keep the difference (benchmarks/results/ood_features.md: far-OOD AUROC 0.996/0.997 for
 audio/video against the gate's 0.80/0.83 on the same model). kNN was chosen over Mahalanobis and the logit
 detectors on the tune sets and validation only, by the rule written in benchmarks/ood/features.py.
+
+Beside the kNN, a modality may carry a linear probe (LinearProbe): a logistic regression on the same normalised
+features, trained against auxiliary outliers (for the voice, spoken words that are not digits). kNN measures distance
+in every direction alike, and speech that is not a digit lies about as near the training features as a new speaker's
+digits do (near-OOD AUROC 0.58 on the tune sets); the probe finds the directions that tell them apart (0.72 with it:
+benchmarks/results/ood_probe.md). With a probe the detector's score is the lower of the two, each standardised by its
+mean and sd on the validation split (Detector), so an input must look typical to both.
 """
 
 from __future__ import annotations

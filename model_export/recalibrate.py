@@ -170,7 +170,7 @@ def graph_features(version_dir: Path, manifest: Manifest, samples: list[Any], ba
         if entry.features is None:
             raise ExportError(f"{manifest.name}/{manifest.version}: the {m} graph has no features output")
         session = ort.InferenceSession(str(version_dir / entry.file), providers=["CPUExecutionProvider"])
-        paths = [row[m] for row in arrays if row.get(m) is not None]
+        paths: list[Path] = [p for row in arrays if (p := row.get(m)) is not None]
         for start in range(0, len(paths), batch_size):
             x = np.stack([np.load(p) for p in paths[start : start + batch_size]]).astype(entry.input.dtype)
             out[m].append(session.run([entry.features.name], {entry.input.name: x})[0])

@@ -37,9 +37,11 @@ class ModalityResult(BaseModel):
     )
     ood_score: float | None = Field(
         default=None,
-        description="the out-of-distribution score of this input, in [-2, 0]: minus the distance of its normalised "
-        "features to the k-th nearest of the training inputs' (higher: more like the training data); null where the "
-        "model has no detector",
+        description="the out-of-distribution score of this input, higher meaning more like the training data. Under the "
+        "manifest's `knn` detector it lies in [-2, 0]: minus the distance of its normalised features to the k-th nearest "
+        "of the training inputs'. Under `knn+probe` it is the lower of two scores, each in standard deviations of the "
+        "validation split's: that distance, and a linear probe's log-odds that the input is not an auxiliary outlier "
+        "(speech that is not a digit, say). Null where the model has no detector",
     )
     ood_threshold: float | None = Field(
         default=None,

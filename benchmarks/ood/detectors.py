@@ -124,9 +124,10 @@ def typicality_distance(batch: Batch) -> np.ndarray | None:
     return -np.max(np.stack(ratios), axis=0)
 
 
-def knn(batch: Batch) -> np.ndarray | None:
-    """The served detector's score (common.ood: minus the k-th nearest training feature's distance); a pair's is the
-    lower of its modalities' scores, each standardised by its validation mean and sd (the least typical decides)."""
+def served_score(batch: Batch) -> np.ndarray | None:
+    """The served detector's score (common.ood.Detector: minus the k-th nearest training feature's distance, or with a
+    probe beside the kNN the lower of the two standardised scores); a pair's is the lower of its modalities' scores,
+    each standardised by its validation mean and sd (the least typical decides)."""
     a = batch.answers
     if a is None or batch.standardise is None or any(np.isnan(a.scores[m]).all() for m in batch.logits):
         return None
@@ -142,5 +143,6 @@ DETECTORS: tuple[Detector, ...] = (
              fitted_on_validation=True),
     Detector("typicality_distance", "minus the logit distance behind the gate, over its threshold", typicality_distance,
              fitted_on_validation=True),
-    Detector("knn", "the served detector: minus the k-th nearest training feature's distance, the least typical modality's", knn),
+    Detector("served", "the served detector (kNN on features, with the manifest's probe where it has one), the least typical "
+             "modality's", served_score),
 )  # fmt: skip

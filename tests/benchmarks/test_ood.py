@@ -222,7 +222,7 @@ def test_detectors_score_the_served_fusion() -> None:
     scores = {}
     for detector in DETECTORS:
         score = detector.score(batch)
-        if detector.name == "knn":  # version 1 has no features output nor detector: the served kNN is not scored
+        if detector.name == "served":  # version 1 has no features output nor detector: nothing served is scored
             assert score is None
             continue
         assert score is not None

@@ -208,13 +208,16 @@ def test_a_manifest_that_would_fail_requests_is_refused_at_load(tmp_path: Path, 
 
 def test_a_probe_is_read_from_the_manifest_and_a_bad_one_refused(tmp_path: Path) -> None:
     version = _copy_default(tmp_path)
-    dims = load_manifest(version).modalities["audio"].features.shape[-1]  # type: ignore[union-attr]
+    features = load_manifest(version).modalities["audio"].features
+    assert features is not None
+    dims = int(features.shape[-1])
     weights = np.random.default_rng(0).normal(size=dims).tolist()
     probe = {"weights": weights, "bias": 0.5, "knn_scale": [-0.27, 0.03], "probe_scale": [3.0, 1.5], "fitted_on": "test"}
     _rewrite(version, {"ood.audio.detector": "knn+probe", "ood.audio.probe": probe, "ood.audio.threshold": -1.5})
     manifest = load_manifest(version)
     det = load_detectors(version, manifest)["audio"]
-    assert det.probe is not None and det.scales == ((-0.27, 0.03), (3.0, 1.5))
+    assert det.probe is not None
+    assert det.scales == ((-0.27, 0.03), (3.0, 1.5))
     np.testing.assert_array_equal(det.probe.weights, weights)
     assert det.threshold == -1.5  # in standard deviations: below a kNN score's range, allowed with a probe
     for change, message in (

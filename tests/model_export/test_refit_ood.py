@@ -45,11 +45,14 @@ def test_a_section_with_outliers_holds_a_probe_and_its_threshold_keeps_the_tpr()
     val = {"audio": rng.normal(size=(101, 6)) + 2, "video": rng.normal(size=(101, 6))}
     aux = {"audio": rng.normal(size=(100, 6)) - 2}  # none for video: its detector stays a kNN
     section, banks = ood_section(train, val, aux, {"audio": 5, "video": 5}, "bank: test")
-    assert section["audio"]["detector"] == "knn+probe" and len(section["audio"]["probe"]["weights"]) == 6
-    assert section["video"]["detector"] == "knn" and "probe" not in section["video"]
+    assert section["audio"]["detector"] == "knn+probe"
+    assert len(section["audio"]["probe"]["weights"]) == 6
+    assert section["video"]["detector"] == "knn"
+    assert "probe" not in section["video"]
     for m in ("audio", "video"):
         assert section[m]["val"]["in_distribution"] >= TPR
-        assert banks[m].dtype == np.float32 and np.allclose(np.linalg.norm(banks[m], axis=1), 1, atol=1e-6)
+        assert banks[m].dtype == np.float32
+        assert np.allclose(np.linalg.norm(banks[m], axis=1), 1, atol=1e-6)
 
 
 def test_refit_ood_adds_a_probe_into_a_new_version_and_changes_nothing_else(tiny_repo: Path, tmp_path: Path) -> None:
@@ -60,7 +63,8 @@ def test_refit_ood_adds_a_probe_into_a_new_version_and_changes_nothing_else(tiny
     target = refit_ood(root / "1", outliers)
     assert target == root / "2"
     after = load_manifest(target)
-    assert after.ood is not None and before.ood is not None
+    assert after.ood is not None
+    assert before.ood is not None
     assert (after.ood["audio"].detector, after.ood["video"].detector) == ("knn+probe", "knn")
     assert outliers in after.ood["audio"].probe.fitted_on  # type: ignore[union-attr]
     assert (after.modalities, after.fusion, after.training, after.export, after.labels) == (
@@ -97,13 +101,16 @@ def test_mla_refit_ood_reports_the_detectors_and_refuses_plainly(tiny_repo: Path
     shutil.copytree(tiny_repo, tmp_path / "tiny" / "1")
     result = runner.invoke(app, ["refit-ood", str(tmp_path / "tiny" / "1"), "--outliers", outliers])
     assert result.exit_code == 0, result.output
-    assert "audio: knn+probe" in result.output and "video: knn," in result.output
+    assert "audio: knn+probe" in result.output
+    assert "video: knn," in result.output
     assert (tmp_path / "tiny" / "2" / "manifest.json").is_file()
     shutil.copytree(ROOT / "models" / "default" / "1", tmp_path / "old" / "1")  # schema v4: no detectors at all
     result = runner.invoke(app, ["refit-ood", str(tmp_path / "old" / "1"), "--outliers", outliers])
-    assert result.exit_code == 2 and "no out-of-distribution detectors" in result.output
+    assert result.exit_code == 2
+    assert "no out-of-distribution detectors" in result.output
     result = runner.invoke(app, ["refit-ood", str(tmp_path / "tiny" / "1"), "--outliers", "csv:/nonexistent.csv"])
-    assert result.exit_code == 2 and "does not exist" in result.output
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
     assert sorted(p.name for p in (tmp_path / "tiny").iterdir() if p.is_dir()) == ["1", "2"]
 
 
