@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -137,18 +138,31 @@ def recalibrate(
     preds = graph_predictions(version_dir, manifest, data, split)
     fitted_on = f"{split} split of {data}, n={len(preds.labels)}, through the exported graphs"
     fusion = Fusion.model_validate(fusion_section(preds, rule, fitted_on, target_risk, confidence))
+    banks = [e.bank for e in (manifest.ood or {}).values()]
+    files = [rel for entry in manifest.modalities.values() for rel in (entry.file, entry.parity_sample)]
+    return write_version(version_dir, manifest, version, [*files, *banks], lambda _: {"fusion": fusion})
+
+
+def write_version(
+    version_dir: Path,
+    manifest: Manifest,
+    version: str | None,
+    copy: list[str],
+    write: Callable[[Path], dict[str, Any]],
+) -> Path:
+    """A new version beside `version_dir` (`version`, default the next integer; never an existing one): the files
+    `copy` names copied from it, `write(folder)` writing any others and returning the manifest's changed sections,
+    the manifest written last, the folder moved into place whole and published. Returns the new version's folder."""
     root = version_dir.parent
     target = new_version_dir(root, version)
-    version = target.name
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
     try:
-        banks = [e.bank for e in (manifest.ood or {}).values()]
-        for entry in manifest.modalities.values():
-            for rel in (entry.file, entry.parity_sample, *banks):
-                (tmp_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(version_dir / rel, tmp_dir / rel)
+        for rel in copy:
+            (tmp_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(version_dir / rel, tmp_dir / rel)
+        changed = write(tmp_dir)
         updated = manifest.model_copy(
-            update={"schema_version": SCHEMA_VERSION, "version": version, "created": datetime.now(UTC), "fusion": fusion}
+            update={"schema_version": SCHEMA_VERSION, "version": target.name, "created": datetime.now(UTC), **changed}
         )
         (tmp_dir / MANIFEST_NAME).write_text(updated.model_dump_json(indent=2) + "\n")
         tmp_dir.replace(target)
@@ -225,31 +239,14 @@ def refit_ood(
         TPR,
         outliers or "",
     )
-    root = version_dir.parent
-    target = new_version_dir(root, version)
-    version = target.name
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
-    try:
-        for entry in manifest.modalities.values():
-            for rel in (entry.file, entry.parity_sample):
-                (tmp_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(version_dir / rel, tmp_dir / rel)
-        (tmp_dir / "ood").mkdir(exist_ok=True)
+
+    def write_banks(folder: Path) -> dict[str, Any]:
+        (folder / "ood").mkdir(exist_ok=True)
         for m, bank in banks.items():
             rel = f"ood/{m}.npy"
-            np.save(tmp_dir / rel, bank.astype(np.float32), allow_pickle=False)
-            section[m].update(bank=rel, bank_sha256=sha256_file(tmp_dir / rel))
-        updated = manifest.model_copy(
-            update={
-                "schema_version": SCHEMA_VERSION,
-                "version": version,
-                "created": datetime.now(UTC),
-                "ood": {m: OODEntry.model_validate(e) for m, e in section.items()},
-            }
-        )
-        (tmp_dir / MANIFEST_NAME).write_text(updated.model_dump_json(indent=2) + "\n")
-        tmp_dir.replace(target)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    publish(target)
-    return target
+            np.save(folder / rel, bank.astype(np.float32), allow_pickle=False)
+            section[m].update(bank=rel, bank_sha256=sha256_file(folder / rel))
+        return {"ood": {m: OODEntry.model_validate(e) for m, e in section.items()}}
+
+    files = [rel for entry in manifest.modalities.values() for rel in (entry.file, entry.parity_sample)]
+    return write_version(version_dir, manifest, version, files, write_banks)

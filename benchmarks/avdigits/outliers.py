@@ -1,6 +1,6 @@
 """Auxiliary outliers for outlier exposure: speech that is not a digit, for training only (issue 27).
 
-    python -m benchmarks.avdigits.outliers [OUT_DIR] [--seed 0] [--count 1500]   # no OUT_DIR: the cache; prints the csv
+    python -m benchmarks.avdigits.outliers [OUT_DIR] [--seed 0] [--count 1500] [--clean]   # no OUT_DIR: the cache
 
 `mla train --outliers csv:PATH` reads the csv this writes (one `audio` column, a path per row) and
 trains the model's output on these clips towards the uniform distribution (Hendrycks et al. 2019,
@@ -70,9 +70,11 @@ def _say(text: str, voice: str, pitch: int, speed: int, folder: Path) -> Path:
     return path
 
 
-def build(out: Path, seed: int = 0, count: int = COUNT) -> Path:
+def build(out: Path, seed: int = 0, count: int = COUNT, clean: bool = False) -> Path:
     """Write media/NNNN.wav and outliers.csv into `out`; return the csv. Its columns: audio, words, voice,
-    condition (no column may be named after another kind: it would be read as one)."""
+    condition (no column may be named after another kind: it would be read as one). `clean`: no noise added (8 kHz
+    as recorded), for a probe that must not take "clean" for "not a digit"
+    (docs/decisions/2026-12-07-clean-speech-probe.md)."""
     variants = synthetic_variants()  # fails before writing anything when espeak-ng is absent
     rng = np.random.default_rng([seed, 27])
     media = out / "media"
@@ -84,8 +86,11 @@ def build(out: Path, seed: int = 0, count: int = COUNT) -> Path:
             voice = f"{SYNTH_ACCENTS[rng.integers(len(SYNTH_ACCENTS))]}+{variants[rng.integers(len(variants))]}"
             pitch, speed = int(rng.integers(*SYNTH_PITCH, endpoint=True)), int(rng.integers(*SYNTH_SPEED, endpoint=True))
             said = _say(text, voice, pitch, speed, Path(tmp))
-            wave, snr = _noisy(decode_audio(said, SAMPLE_RATE), rng, clean=False)  # as AV-digits' training clips
-            condition = f"8 kHz, SNR {snr:.1f} dB"
+            if clean:
+                wave, condition = decode_audio(said, SAMPLE_RATE), "8 kHz, clean"
+            else:
+                wave, snr = _noisy(decode_audio(said, SAMPLE_RATE), rng, clean=False)  # as AV-digits' training clips
+                condition = f"8 kHz, SNR {snr:.1f} dB"
             path = media / f"{i:04d}.wav"
             write_audio(path, np.asarray(wave, np.float32), SAMPLE_RATE)
             rows.append(
@@ -94,11 +99,11 @@ def build(out: Path, seed: int = 0, count: int = COUNT) -> Path:
     return write_manifest(out / "outliers.csv", rows)
 
 
-def cached(seed: int = 0, count: int = COUNT) -> Path:
+def cached(seed: int = 0, count: int = COUNT, clean: bool = False) -> Path:
     """The outliers' csv in the cache (`MLA_CACHE_DIR`), built on first use into a temporary folder moved
     into place when complete (an interrupted build is never mistaken for a finished one)."""
-    out = cache_root() / "datasets" / f"avdigits-outliers-v{VERSION}-seed{seed}-n{count}"
-    return built_once(out, "outliers.csv", lambda folder: build(folder, seed, count), f"{count} auxiliary outliers")
+    out = cache_root() / "datasets" / f"avdigits-outliers-v{VERSION}{'-clean' if clean else ''}-seed{seed}-n{count}"
+    return built_once(out, "outliers.csv", lambda folder: build(folder, seed, count, clean), f"{count} auxiliary outliers")
 
 
 def main() -> None:
@@ -106,12 +111,13 @@ def main() -> None:
     parser.add_argument("out", type=Path, nargs="?", help="where to write them (default: the cache, built once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, default=COUNT, help=f"clips (default {COUNT})")
+    parser.add_argument("--clean", action="store_true", help="no noise added: the words as espeak-ng says them, at 8 kHz")
     args = parser.parse_args()
     if args.count < 1:
         parser.error("--count must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        print(build(args.out, args.seed, args.count) if args.out else cached(args.seed, args.count))
+        print(build(args.out, args.seed, args.count, args.clean) if args.out else cached(args.seed, args.count, args.clean))
     except FileNotFoundError as exc:
         raise SystemExit(f"cannot build the outliers: {exc}") from exc
 

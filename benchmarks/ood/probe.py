@@ -43,6 +43,14 @@ def _paths(manifest_csv: Path, split: str, column: str) -> list[Path]:
         return [manifest_csv.parent / r[column] for r in csv.DictReader(f) if r["split"] == split]
 
 
+def shown(path: Path) -> str:
+    """A path as the report shows it: relative to the project where it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _standard(val: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     mean, std = float(val.mean()), float(val.std())
     return lambda s: (np.asarray(s, np.float64) - mean) / max(std, 1e-12)
@@ -196,7 +204,7 @@ def decide(args: argparse.Namespace) -> dict[str, Any]:
         "clean speech flagged: upper end of the rise < 5 points": bool(clean_diff[2] < CLEAN_ALLOWED),
     }
     data = {
-        "model": str(folder),
+        "model": shown(folder),
         "probe": about,
         "n": {"val": len(val["audio"]), "outliers": len(outlier_feats), "bank": len(knn.bank)},
         "cells": cells,
@@ -230,7 +238,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         audio, test, val, ood_feats, distance, feats.model.detectors["video"].knn, args.seed, args.resamples, kinds
     )
     data = {
-        "model": str(folder),
+        "model": shown(folder),
         "probe": served.probe and feats.model.manifest.ood["audio"].probe.fitted_on,  # type: ignore[index,union-attr]
         "cells": cells,
         "resamples": args.resamples,

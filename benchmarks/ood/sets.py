@@ -132,10 +132,10 @@ def _recorded(wave: np.ndarray, rng: np.random.Generator) -> Media:
     return _noisy(wave, rng, clean=False)[0]
 
 
-def _speak(texts: Iterable[str], rng: np.random.Generator) -> Iterator[Media]:
+def _speak(texts: Iterable[str], rng: np.random.Generator, clean: bool = False) -> Iterator[Media]:
     """Each text spoken by espeak-ng in a voice drawn as the training split's synthetic voices are
     (an English accent, a variant, a pitch, a speed) and recorded as AV-digits' clips are (8 kHz, noised):
-    only the words differ from what the model learnt."""
+    only the words differ from what the model learnt. `clean`: 8 kHz with no noise added."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise MissingToolError("espeak-ng is not installed (Debian package espeak-ng; `make system-deps` installs it)")
@@ -147,7 +147,8 @@ def _speak(texts: Iterable[str], rng: np.random.Generator) -> Iterator[Media]:
             pitch, speed = rng.integers(*SYNTH_PITCH, endpoint=True), rng.integers(*SYNTH_SPEED, endpoint=True)
             cmd = [exe, "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(path), text]
             subprocess.run(cmd, check=True, capture_output=True, timeout=30)
-            yield _recorded(decode_audio(path, SAMPLE_RATE), rng)
+            wave = decode_audio(path, SAMPLE_RATE)
+            yield wave if clean else _recorded(wave, rng)
 
 
 def _texts(pool: tuple[str, ...], n: int) -> list[str]:

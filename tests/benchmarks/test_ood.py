@@ -94,6 +94,22 @@ def test_the_training_outliers_build(tmp_path: Path) -> None:
         assert all(row["condition"].startswith("8 kHz, SNR ") for row in csv.DictReader(f))
     digest = lambda csv_path: [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(csv_path.parent.glob("media/*.wav"))]  # noqa: E731
     assert digest(first) == digest(again)
+    # --clean: the same recipe with no noise added
+    clean = outliers.build(tmp_path / "c", seed=0, count=3, clean=True)
+    with clean.open() as f:
+        assert [row["condition"] for row in csv.DictReader(f)] == ["8 kHz, clean"] * 3
+
+    def quietest(path: Path) -> float:
+        """The quietest 20 ms window's RMS over the loudest's."""
+        with wave.open(str(path)) as w:
+            x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float64)
+        rms = np.sqrt((x[: len(x) // 160 * 160].reshape(-1, 160) ** 2).mean(axis=1))
+        return float(rms.min() / rms.max())
+
+    # espeak-ng's silence around the words survives clean (a window within 1 LSB of zero against a peak window of
+    # thousands); noised at 20 dB SNR or less, every window holds noise of at least a tenth of the signal's RMS
+    assert all(quietest(s.files["audio"]) < 1e-3 for s in read_outliers(f"csv:{clean}"))
+    assert all(quietest(s.files["audio"]) > 1e-3 for s in samples)
 
 
 def test_the_same_seed_builds_the_same_bytes(small_sets: tuple[Path, Path]) -> None:

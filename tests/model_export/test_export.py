@@ -186,7 +186,7 @@ def test_a_schema_v1_manifest_is_served_uncalibrated(tiny_repo: Path, tmp_path: 
     doc["fusion"] = {"rule": "entropy", "combine": "probabilities"}  # what v1 wrote
     (repo / "manifest.json").write_text(json.dumps(doc))
     migrated = load_manifest(repo)
-    assert migrated.schema_version == SCHEMA_VERSION == 5
+    assert migrated.schema_version == SCHEMA_VERSION == 6
     assert migrated.fusion.calibration.temperatures == {"audio": 1.0, "video": 1.0}
     assert migrated.fusion.calibration.fused_temperatures == {}
     assert migrated.fusion.abstention.min_confidence == {}
