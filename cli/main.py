@@ -394,7 +394,7 @@ def refit_ood_command(
     """Fit an exported model's out-of-distribution detectors again from its own graphs and kNN banks, into a new
     version (graphs, banks and fusion copied unchanged): a published version is never rewritten."""
     _setup_logging(verbose)
-    from common.manifest import ManifestError, load_manifest
+    from common.manifest import ManifestError, PublishedError, load_manifest
     from model_export.errors import ExportError
     from model_export.recalibrate import refit_ood
     from training.data.specs import DataError
@@ -402,7 +402,7 @@ def refit_ood_command(
     with err.status("running the graphs on the data and fitting the detectors"):
         try:
             target = refit_ood(model_dir, outliers, crossfit, data, version)
-        except (ManifestError, ExportError, DataError, ValueError) as exc:
+        except (ManifestError, PublishedError, ExportError, DataError, ValueError, OSError) as exc:
             _fail(str(exc))
     for m, e in (load_manifest(target).ood or {}).items():
         err.print(f"{m}: {e.detector}, threshold {e.threshold:.4f}, validation kept {e.val.get('in_distribution', 0):.1%}")

@@ -204,7 +204,7 @@ class OODEntry(_Strict):
     # In distribution: score >= this. A kNN score lies in [-2, 0] (distances of unit vectors); knn+probe's is in
     # validation standard deviations, any finite value.
     threshold: float
-    tpr: Probability  # the share of the validation split's inputs the threshold keeps
+    tpr: Probability  # the share of inputs the threshold keeps: a new speaker's (with folds) or validation's
     fitted_on: str  # which data: the bank's split and the threshold's
     val: dict[str, float] = {}  # the validation scores: n, mean, std, quantiles
     probe: ProbeEntry | None = None  # knn+probe only
@@ -285,6 +285,11 @@ class Manifest(_Strict):
             missing = sorted(m for m in names if m not in self.ood or self.modalities[m].features is None)
             if missing:
                 raise ValueError(f"ood needs a detector and a features output for every modality; {', '.join(missing)} lacks one")
+            for m, entry in self.ood.items():
+                features = self.modalities[m].features
+                dims = features.shape[-1] if features is not None else None
+                if entry.probe is not None and len(entry.probe.weights) != dims:
+                    raise ValueError(f"ood.{m}.probe has {len(entry.probe.weights)} weights; the {m} features have {dims} dims")
         return self
 
     def public(self) -> dict[str, object]:

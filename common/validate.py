@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from common.manifest import ManifestError, check_hashes, check_published, load_manifest
+from common.manifest import ManifestError, check_hashes, check_published, load_detectors, load_manifest
 from common.parity import FEATURES, Tolerance, parity_check
 
 
@@ -32,6 +32,11 @@ def validate_repository(model_dir: Path) -> dict[str, Any]:
     except ManifestError as exc:
         raise InvalidRepositoryError(model_dir, [str(exc)]) from exc
     failures = check_published(model_dir) + check_hashes(model_dir, manifest)
+    if not any(".npy" in f for f in failures):  # the detectors as the service builds them: banks, k, probes
+        try:
+            load_detectors(model_dir, manifest)
+        except ManifestError as exc:
+            failures.append(str(exc))
     figures: dict[str, Any] = {}
     for modality, entry in manifest.modalities.items():
         if any(entry.file in f or entry.parity_sample in f for f in failures):

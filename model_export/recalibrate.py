@@ -8,6 +8,7 @@ version numbering `mla export` shares. model_export.repository re-exports all of
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from common.manifest import (
     Fusion,
     Manifest,
     check_hashes,
+    load_detectors,
     load_manifest,
     publish,
     published,
@@ -37,6 +39,7 @@ from training.config import ModelConfig
 from training.data.cache import DecodeCache
 from training.data.specs import parse_spec
 
+log = logging.getLogger(__name__)
 SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -165,6 +168,11 @@ def write_version(
             update={"schema_version": SCHEMA_VERSION, "version": target.name, "created": datetime.now(UTC), **changed}
         )
         (tmp_dir / MANIFEST_NAME).write_text(updated.model_dump_json(indent=2) + "\n")
+        # read back as the service will read it (model_copy validates nothing): a version that would fail to load is
+        # never published
+        load_detectors(tmp_dir, load_manifest(tmp_dir))
+        if failures := check_hashes(tmp_dir, load_manifest(tmp_dir)):
+            raise ExportError("the version written does not match its own manifest: " + "; ".join(failures))
         tmp_dir.replace(target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -206,10 +214,10 @@ def refit_ood(
     modality they give; `crossfit` (a training.crossfit folder, whose fold checkpoints need the training install)
     thresholds that keep 95% of a new speaker's inputs. The graphs' hashes are checked first; an existing version
     is never overwritten."""
-    from common.manifest import OODEntry, load_detectors
+    from common.manifest import OODEntry
     from common.ood import TPR
     from training.data.specs import read_outliers
-    from training.ood import new_speaker_quantiles, ood_section
+    from training.detectors import ood_section
 
     manifest = load_manifest(version_dir)
     failures = check_hashes(version_dir, manifest)
@@ -217,17 +225,34 @@ def refit_ood(
         raise ExportError(f"{version_dir} does not match its manifest, so its detectors are not refitted: " + "; ".join(failures))
     if not manifest.ood:
         raise ExportError(f"{version_dir} has no out-of-distribution detectors to refit: export its run again (mla export)")
-    data = data or manifest.training.data
+    if crossfit is not None and not (crossfit / "oof.json").is_file():
+        raise ExportError(f"{crossfit} is not a `python -m training.crossfit` folder: it has no oof.json")
     names = list(manifest.ood)
-    train = {m: d.knn.bank for m, d in load_detectors(version_dir, manifest).items()}
-    val = graph_features(version_dir, manifest, parse_spec(data).split("val"))
-    aux: dict[str, np.ndarray] = {}
-    if outliers:
+    samples = []
+    if outliers:  # read before any graph runs: a bad list fails at once
         samples = [s for s in read_outliers(outliers) if set(s.files) & set(names)]
         if not samples:
             raise ExportError(f"{outliers} gives none of this model's modalities ({', '.join(names)})")
-        aux = graph_features(version_dir, manifest, samples)
-    flag, about = ({}, "") if crossfit is None else new_speaker_quantiles(crossfit, TPR, outliers)
+    dropped = [m for m, e in manifest.ood.items() if e.probe is not None and not any(m in s.files for s in samples)]
+    if dropped:
+        log.warning("%s: no outliers given for %s, so its probe is not refitted: the new version's detector is kNN alone",
+                    version_dir, ", ".join(dropped))  # fmt: skip
+    data = data or manifest.training.data
+    train = {m: d.knn.bank for m, d in load_detectors(version_dir, manifest).items()}
+    val = graph_features(version_dir, manifest, parse_spec(data).split("val"))
+    aux = graph_features(version_dir, manifest, samples) if samples else {}
+    if crossfit is not None:
+        try:  # the folds are torch checkpoints: the training install
+            from training.checkpoint import CheckpointError
+            from training.ood import new_speaker_quantiles
+        except ImportError as exc:
+            raise ExportError(f"--crossfit needs the training install (torch): {exc}") from None
+        try:
+            flag, about = new_speaker_quantiles(crossfit, TPR, outliers)
+        except (CheckpointError, KeyError) as exc:
+            raise ExportError(f"{crossfit}: its folds cannot be read: {exc}") from None
+    else:
+        flag, about = {}, ""
     section, banks = ood_section(
         {m: train[m] for m in names},
         {m: val.get(m, np.zeros((0, 1))) for m in names},

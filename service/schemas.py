@@ -45,8 +45,9 @@ class ModalityResult(BaseModel):
     )
     ood_threshold: float | None = Field(
         default=None,
-        description="the score at or above which an input is in distribution: the one that keeps 95% of the validation "
-        "split's inputs (the manifest's `ood` section); null where the model has no detector",
+        description="the score at or above which an input is in distribution: the one that keeps 95% of a new "
+        "speaker's inputs as the manifest's cross-fitted folds estimate it, or of the validation split's where the model "
+        "was exported without folds (the manifest's `ood` section); null where the model has no detector",
     )
     in_distribution: bool | None = Field(
         default=None,

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--results", type=Path, default=None, help="where to write (default benchmarks/results)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from training.ood import fit_probe
+    from training.detectors import fit_probe
 
     started = time.perf_counter()
     feats = _Features(args.model)

@@ -153,7 +153,7 @@ def _ood(feats: _Features, group: str, seed: int) -> tuple[dict[str, np.ndarray]
 
 def decide(args: argparse.Namespace) -> dict[str, Any]:
     """The decision record's rule, on version 6's graphs: selection data only."""
-    from training.ood import fit_probe
+    from training.detectors import fit_probe
 
     started = time.perf_counter()
     folder = args.model or ROOT / "models" / "default" / "6"

@@ -231,8 +231,19 @@ def test_a_probe_is_read_from_the_manifest_and_a_bad_one_refused(tmp_path: Path)
         with pytest.raises(ManifestError, match=message):
             load_manifest(broken)
     _rewrite(version, {"ood.audio.probe.weights": weights[:-1]})
-    with pytest.raises(ManifestError, match=f"{dims - 1} weights"):
-        load_detectors(version, load_manifest(version))
+    with pytest.raises(ManifestError, match=f"{dims - 1} weights; the audio features have {dims} dims"):
+        load_manifest(version)
+
+
+def test_validate_builds_the_detectors_as_the_service_does(tmp_path: Path) -> None:
+    """A manifest whose detector cannot be built (k beyond the bank's rows) loads, but `mla validate` refuses it."""
+    from common.validate import InvalidRepositoryError, validate_repository
+
+    version = _copy_default(tmp_path)
+    _rewrite(version, {"ood.audio.k": 10**6})
+    load_manifest(version)  # the schema alone cannot know the bank's size
+    with pytest.raises(InvalidRepositoryError, match="k must lie in"):
+        validate_repository(version)
 
 
 def test_a_v4_manifest_loads_with_no_detector() -> None:

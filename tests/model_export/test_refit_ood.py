@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -11,14 +12,14 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from common.manifest import load_detectors, load_manifest, manifest_sha256, published
-from common.ood import TPR
+from common.ood import TPR, Detector, LinearProbe, NearestNeighbours
 from common.validate import validate_repository
 from model_export.errors import ExportError
 from model_export.recalibrate import graph_features, refit_ood
 from tests.conftest import ROOT
 from tests.training.test_outliers import _noise_outliers
 from training.data.specs import parse_spec, read_outliers
-from training.ood import PROBE_CS, fit_probe, ood_section
+from training.detectors import PROBE_CS, fit_probe, ood_section
 
 runner = CliRunner()
 
@@ -50,12 +51,24 @@ def test_a_section_with_outliers_holds_a_probe_and_its_threshold_keeps_the_tpr()
     assert section["video"]["detector"] == "knn"
     assert "probe" not in section["video"]
     for m in ("audio", "video"):
-        assert section[m]["val"]["in_distribution"] >= TPR
         assert banks[m].dtype == np.float32
         assert np.allclose(np.linalg.norm(banks[m], axis=1), 1, atol=1e-6)
+    # the detector as the service rebuilds it from the section (its bank, probe and scales as written) gives the
+    # scores the threshold was read from: it keeps the TPR of validation, and flags the outliers' side of the space
+    probe = section["audio"]["probe"]
+    served = Detector(
+        NearestNeighbours(banks["audio"], section["audio"]["k"]),
+        section["audio"]["threshold"],
+        LinearProbe(np.asarray(probe["weights"]), probe["bias"]),
+        (tuple(probe["knn_scale"]), tuple(probe["probe_scale"])),
+    )
+    assert served(val["audio"])[1].mean() >= TPR
+    assert not served(rng.normal(size=(50, 6)) - 2)[1].any()
 
 
-def test_refit_ood_adds_a_probe_into_a_new_version_and_changes_nothing_else(tiny_repo: Path, tmp_path: Path) -> None:
+def test_refit_ood_adds_a_probe_into_a_new_version_and_changes_nothing_else(
+    tiny_repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     outliers = f"csv:{_noise_outliers(tmp_path / 'noise')}"
     root = tmp_path / "tiny"
     shutil.copytree(tiny_repo, root / "1")
@@ -77,20 +90,32 @@ def test_refit_ood_adds_a_probe_into_a_new_version_and_changes_nothing_else(tiny
     for entry in after.modalities.values():
         assert (target / entry.file).read_bytes() == (root / "1" / entry.file).read_bytes()
     validate_repository(target)
-    detectors = load_detectors(target, after)
-    old = load_detectors(root / "1", before)
+    assert after.name == before.name
     for m in ("audio", "video"):
-        np.testing.assert_allclose(detectors[m].knn.bank, old[m].knn.bank, atol=1e-7)  # the same bank
-    # the threshold keeps 95% of validation through the graphs; the noise it was fitted against scores below it
+        assert after.ood[m].k == before.ood[m].k
+        assert after.ood[m].bank_sha256 == before.ood[m].bank_sha256  # the same bank, byte for byte
+    # video has no outliers: its kNN threshold is fitted again on the graphs' features, and lands where export's
+    # (on torch's) did: the two agree to parity (1e-4 of the features' scale), far inside a threshold's own spread
+    assert after.ood["video"].threshold == pytest.approx(before.ood["video"].threshold, abs=1e-4)
+    detectors = load_detectors(target, after)
+    # the threshold keeps 95% of validation through the graphs; new noise, never fitted on, scores below it
     val = graph_features(target, after, parse_spec(before.training.data).split("val"))
     assert detectors["audio"](val["audio"])[1].mean() >= TPR
-    noise = graph_features(target, after, read_outliers(outliers))["audio"]
+    fresh = f"csv:{_noise_outliers(tmp_path / 'fresh', n=12, seed=1)}"
+    noise = graph_features(target, after, read_outliers(fresh))["audio"]
     assert not detectors["audio"](noise)[1].any()
     assert load_manifest(root / "1") == before  # the version it came from is untouched
     assert published(root)["2"] == manifest_sha256(target)
     assert not list(root.glob(".*"))  # no temporary folder left beside them
     with pytest.raises(ExportError, match="already exists"):
         refit_ood(root / "1", outliers, version="2")
+    with pytest.raises(ExportError, match=r"no oof\.json"):
+        refit_ood(root / "1", outliers, crossfit=tmp_path)  # refused before any graph runs
+    # without outliers a probe is not refitted: said, and the new version's voice is judged by its kNN alone
+    with caplog.at_level(logging.WARNING, logger="model_export.recalibrate"):
+        plain = refit_ood(root / "2")
+    assert "its probe is not refitted" in caplog.text
+    assert load_manifest(plain).ood["audio"].detector == "knn"  # type: ignore[index]
     (root / "2" / "audio.onnx").write_bytes(b"changed")
     with pytest.raises(ExportError, match="does not match its manifest"):
         refit_ood(root / "2", outliers)
