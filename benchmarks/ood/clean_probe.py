@@ -27,7 +27,7 @@ import numpy as np
 from benchmarks.avdigits import build as avdigits
 from benchmarks.avdigits import outliers as aux
 from benchmarks.ood import sets
-from benchmarks.ood.probe import _Features, _ood, _paths, _standard, paired_auroc, shown, voice_cells
+from benchmarks.ood.probe import _ci, _Features, _ood, _paths, _standard, paired_auroc, rule_lines, shown, voice_cells
 from benchmarks.report import markdown_table, write
 from common.ood import TPR, threshold_at_tpr
 from training.data.writers import write_audio
@@ -138,10 +138,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return data
 
 
-def _ci(v: list[float]) -> str:
-    return f"{v[0]:+.3f} ({v[1]:+.3f} to {v[2]:+.3f})"
-
-
 def markdown(data: Mapping[str, Any]) -> str:
     near = data["clean_near"]
     rows = [
@@ -176,11 +172,7 @@ def markdown(data: Mapping[str, Any]) -> str:
             f"Jackson's {data['n']['clean_val']} clean recordings flagged: version 7 {flagged['base']:.1%}, candidate"
             f" {flagged['candidate']:.1%}; difference {_ci(flagged['difference'])}.",
             "",
-            "## The rule",
-            "",
-            markdown_table(["clause", "holds"], [[k, "yes" if v else "**no**"] for k, v in data["clauses"].items()]),
-            "",
-            f"**Outcome: {'adopted' if data['adopted'] else 'not adopted'}.**",
+            *rule_lines(data),
         ]
     )
 

@@ -279,7 +279,6 @@ def markdown(data: Mapping[str, Any]) -> str:
         [cell, c["n_ood"], f"{c['knn']:.3f}", f"{c['candidate']:.3f}", _ci(c["difference"])] for cell, c in data["cells"].items()
     ]
     clean = data["clean_speech"]
-    verdict = "adopted" if data["adopted"] else "not adopted"
     return "\n".join(
         [
             "# A digit-or-not probe beside the voice's kNN detector: the decision on the tune sets (issue 27)",
@@ -301,13 +300,20 @@ def markdown(data: Mapping[str, Any]) -> str:
             f"Flagged out of distribution: kNN {clean['knn']:.1%}, with the probe {clean['candidate']:.1%};"
             f" difference {_ci(clean['difference'])}.",
             "",
-            "## The rule",
-            "",
-            markdown_table(["clause", "holds"], [[k, "yes" if v else "**no**"] for k, v in data["clauses"].items()]),
-            "",
-            f"**Outcome: {verdict}.**",
+            *rule_lines(data),
         ]
     )
+
+
+def rule_lines(data: Mapping[str, Any]) -> list[str]:
+    """A decision's clauses, whether each holds, and the outcome, as Markdown lines."""
+    return [
+        "## The rule",
+        "",
+        markdown_table(["clause", "holds"], [[k, "yes" if v else "**no**"] for k, v in data["clauses"].items()]),
+        "",
+        f"**Outcome: {'adopted' if data['adopted'] else 'not adopted'}.**",
+    ]
 
 
 if __name__ == "__main__":
