@@ -12,7 +12,7 @@ import logging
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -183,20 +183,33 @@ def write_version(
 def graph_features(version_dir: Path, manifest: Manifest, samples: list[Any], batch_size: int = 128) -> dict[str, np.ndarray]:
     """Each modality's penultimate features [n_present, dims] on `samples` (training.data.specs.Sample), in their
     order, from the version's ONNX graphs (its `features` output), decoded by the training's decode cache."""
+    return features_of_graphs(version_dir, config_from_manifest(manifest), manifest.modalities, samples, batch_size)
+
+
+def features_of_graphs(
+    folder: Path, cfg: ModelConfig, entries: Mapping[str, Any], samples: list[Any], batch_size: int = 128
+) -> dict[str, np.ndarray]:
+    """graph_features for graphs not yet under a manifest: `entries` are the manifest's modality entries (file, input,
+    features). A modality no sample has gives [0, dims]."""
     import onnxruntime as ort
 
-    cfg = config_from_manifest(manifest)
     arrays = DecodeCache().prepare(samples, {m: cfg.spec(m) for m in cfg.modalities})
-    out: dict[str, list[np.ndarray]] = {m: [] for m in manifest.modalities}
-    for m, entry in manifest.modalities.items():
+    out: dict[str, np.ndarray] = {}
+    for m, entry in entries.items():
         if entry.features is None:
-            raise ExportError(f"{manifest.name}/{manifest.version}: the {m} graph has no features output")
-        session = ort.InferenceSession(str(version_dir / entry.file), providers=["CPUExecutionProvider"])
+            raise ExportError(f"{folder}: the {m} graph has no features output")
+        session = ort.InferenceSession(str(folder / entry.file), providers=["CPUExecutionProvider"])
         paths: list[Path] = [p for row in arrays if (p := row.get(m)) is not None]
-        for start in range(0, len(paths), batch_size):
-            x = np.stack([np.load(p) for p in paths[start : start + batch_size]]).astype(entry.input.dtype)
-            out[m].append(session.run([entry.features.name], {entry.input.name: x})[0])
-    return {m: np.concatenate(v).astype(np.float64) for m, v in out.items() if v}
+        chunks = [
+            session.run(
+                [entry.features.name],
+                {entry.input.name: np.stack([np.load(p) for p in paths[i : i + batch_size]]).astype(entry.input.dtype)},
+            )[0]
+            for i in range(0, len(paths), batch_size)
+        ]
+        dims = int(entry.features.shape[-1])
+        out[m] = np.concatenate(chunks).astype(np.float64) if chunks else np.zeros((0, dims))
+    return out
 
 
 def refit_ood(
@@ -240,7 +253,7 @@ def refit_ood(
     data = data or manifest.training.data
     train = {m: d.knn.bank for m, d in load_detectors(version_dir, manifest).items()}
     val = graph_features(version_dir, manifest, parse_spec(data).split("val"))
-    aux = graph_features(version_dir, manifest, samples) if samples else {}
+    aux = {m: f for m, f in graph_features(version_dir, manifest, samples).items() if len(f)} if samples else {}
     if crossfit is not None:
         try:  # the folds are torch checkpoints: the training install
             from training.checkpoint import CheckpointError
@@ -255,7 +268,7 @@ def refit_ood(
         flag, about = {}, ""
     section, banks = ood_section(
         {m: train[m] for m in names},
-        {m: val.get(m, np.zeros((0, 1))) for m in names},
+        {m: val[m] for m in names},
         aux,
         {m: manifest.ood[m].k for m in names},
         f"bank: {manifest.name}/{manifest.version}'s, the train split of {data}",

@@ -40,7 +40,13 @@ from common.modalities import EntryBase, TensorSpec, kind
 from common.parity import ParityError, parity_check
 from common.validate import run_session
 from model_export.onnx_graph import DEFAULT_OPSET, FEATURES_NAME, OUTPUT_NAME, ExportError, ExportSpec, export_graph, spec_for
-from model_export.recalibrate import SAFE, graph_predictions, new_version_dir, recalibrate  # noqa: F401 (re-exported)
+from model_export.recalibrate import (  # noqa: F401 (re-exported)
+    SAFE,
+    features_of_graphs,
+    graph_predictions,
+    new_version_dir,
+    recalibrate,
+)
 from training.calibrate import (
     CONFIDENCE,
     TARGET_RISK,
@@ -165,7 +171,6 @@ def export_run(
     inputs = parity_inputs(cfg, data or ckpt["data"])
     fusion = Fusion.model_validate(calibrate_run(run_dir, data, rule, target_risk, confidence, crossfit))
     data = data or str(ckpt["data"])
-    ood, banks = fit_ood(model, parse_spec(data), data, crossfit=crossfit, outliers=outliers)
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
@@ -209,6 +214,11 @@ def export_run(
             log.info("%s: parity %s", m, figures)
         if failures:
             raise ParityError(failures)
+        # The detectors are fitted on the features the service will score: torch's for fp32 (the graphs give them to
+        # within parity, 1e-4 of their scale), the written graphs' own for fp16, whose features differ by up to 1e-2
+        # and whose probe (weights of norm ~100) would turn that into a shifted threshold.
+        graphs = (lambda samples: features_of_graphs(tmp, cfg, entries, samples)) if fp16 else None
+        ood, banks = fit_ood(model, parse_spec(data), data, crossfit=crossfit, outliers=outliers, features=graphs)
         (tmp / "ood").mkdir()
         for m, bank in banks.items():
             rel = f"ood/{m}.npy"

@@ -20,6 +20,7 @@ Nothing here reads the test split.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from common.ood import TPR, threshold_at_tpr
 from training.data.specs import Sample, read_outliers
 from training.detectors import build_detector, ood_section
 from training.models import MultimodalClassifier
+
+FeatureFn = Callable[[list[Sample]], dict[str, np.ndarray]]  # samples -> each modality's features [n_present, dims]
 
 
 @torch.no_grad()
@@ -58,9 +61,12 @@ def split_features(model: MultimodalClassifier, data: Any, split: str, batch_siz
     return sample_features(model, data.split(split), batch_size)
 
 
-def outlier_features(model: MultimodalClassifier, outliers: str | None) -> dict[str, np.ndarray]:
+def outlier_features(
+    model: MultimodalClassifier, outliers: str | None, features: FeatureFn | None = None
+) -> dict[str, np.ndarray]:
     """The auxiliary outliers' features (`csv:PATH`, training.data.specs.read_outliers) per modality they give
-    ({} without outliers; a modality they lack is absent, so its detector has no probe)."""
+    ({} without outliers; a modality they lack is absent, so its detector has no probe). `features`: how features
+    are computed (default: the torch model's)."""
     if outliers is None:
         return {}
     samples = [
@@ -70,7 +76,8 @@ def outlier_features(model: MultimodalClassifier, outliers: str | None) -> dict[
     ]
     if not samples:
         raise ValueError(f"{outliers} gives none of this model's modalities ({', '.join(model.cfg.modalities)})")
-    return {m: f for m, f in sample_features(model, samples).items() if len(f)}
+    feats = features or (lambda rows: sample_features(model, rows))
+    return {m: f for m, f in feats(samples).items() if len(f)}
 
 
 def new_speaker_quantiles(folder: Path, tpr: float = TPR, outliers: str | None = None) -> tuple[dict[str, float], str]:
@@ -108,16 +115,20 @@ def fit_ood(
     tpr: float = TPR,
     crossfit: Path | None = None,
     outliers: str | None = None,
+    features: FeatureFn | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The manifest's `ood` section (bank file names and hashes left to the caller) and each modality's bank.
 
     The threshold keeps `tpr` of the validation split; with `crossfit` (a training.crossfit folder), it keeps `tpr`
     of a new speaker's inputs instead, as the folds estimate it (new_speaker_quantiles). With `outliers` (`csv:PATH`
-    of auxiliary outliers), each modality they give gets a probe beside its kNN (build_detector)."""
+    of auxiliary outliers), each modality they give gets a probe beside its kNN (build_detector). `features`: how the
+    bank's, validation's and the outliers' features are computed (default: the torch model's; an fp16 export passes
+    its graphs', the ones the service scores)."""
     flag, about = ({}, "") if crossfit is None else new_speaker_quantiles(crossfit, tpr, outliers)
-    train, val = split_features(model, data, "train"), split_features(model, data, "val")
+    feats = features or (lambda rows: sample_features(model, rows))
+    train, val = feats(data.split("train")), feats(data.split("val"))
     ks = {m: kind(m).ood_k for m in model.cfg.modalities}
-    aux = outlier_features(model, outliers)
+    aux = outlier_features(model, outliers, feats)
     return ood_section(
         train, val, aux, ks, f"bank: train split of {data_name}", flag if crossfit else None, about, tpr, outliers or ""
     )

@@ -149,3 +149,21 @@ def test_export_with_outliers_writes_a_probe_for_the_modalities_they_give(tiny_r
     assert (manifest.ood["audio"].detector, manifest.ood["video"].detector) == ("knn+probe", "knn")
     assert manifest.ood["audio"].val["in_distribution"] >= TPR
     validate_repository(target)
+
+
+def test_an_fp16_export_fits_its_detectors_on_the_features_its_graphs_give(tiny_run: Path, tmp_path: Path) -> None:
+    """The service scores the fp16 graphs' features, which differ from torch's by up to the fp16 tolerance: the
+    manifest's validation figures are those of the graphs' features, to float rounding, not torch's."""
+    from model_export.repository import export_run
+
+    outliers = f"csv:{_noise_outliers(tmp_path / 'noise', n=24)}"
+    target = export_run(tiny_run, tmp_path / "models", name="tiny", version="1", fp16=True, outliers=outliers)
+    manifest = load_manifest(target)
+    assert manifest.export.precision == "fp16"
+    assert manifest.ood is not None
+    detectors = load_detectors(target, manifest)
+    val = graph_features(target, manifest, parse_spec(manifest.training.data).split("val"))
+    for m in ("audio", "video"):
+        scores = detectors[m].score(val[m])
+        assert float(scores.mean()) == pytest.approx(manifest.ood[m].val["mean"], abs=1e-9), m
+        assert float(np.quantile(scores, 0.5)) == pytest.approx(manifest.ood[m].val["q0.5"], abs=1e-9), m
