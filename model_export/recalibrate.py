@@ -170,14 +170,25 @@ def write_version(
         (tmp_dir / MANIFEST_NAME).write_text(updated.model_dump_json(indent=2) + "\n")
         # read back as the service will read it (model_copy validates nothing): a version that would fail to load is
         # never published
-        load_detectors(tmp_dir, load_manifest(tmp_dir))
-        if failures := check_hashes(tmp_dir, load_manifest(tmp_dir)):
+        written = load_manifest(tmp_dir)
+        load_detectors(tmp_dir, written)
+        if failures := check_hashes(tmp_dir, written):
             raise ExportError("the version written does not match its own manifest: " + "; ".join(failures))
         tmp_dir.replace(target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     publish(target)
     return target
+
+
+def save_banks(folder: Path, banks: Mapping[str, np.ndarray], section: dict[str, Any]) -> None:
+    """Each modality's kNN bank into folder/ood/<m>.npy (float32, no pickle), its path and hash into the `ood`
+    section's entry (training.detectors.ood_section leaves both to the caller)."""
+    (folder / "ood").mkdir(exist_ok=True)
+    for m, bank in banks.items():
+        rel = f"ood/{m}.npy"
+        np.save(folder / rel, bank.astype(np.float32), allow_pickle=False)
+        section[m].update(bank=rel, bank_sha256=sha256_file(folder / rel))
 
 
 def graph_features(version_dir: Path, manifest: Manifest, samples: list[Any], batch_size: int = 128) -> dict[str, np.ndarray]:
@@ -229,7 +240,7 @@ def refit_ood(
     is never overwritten."""
     from common.manifest import OODEntry
     from common.ood import TPR
-    from training.data.specs import read_outliers
+    from training.data.specs import outliers_for
     from training.detectors import ood_section
 
     manifest = load_manifest(version_dir)
@@ -241,11 +252,7 @@ def refit_ood(
     if crossfit is not None and not (crossfit / "oof.json").is_file():
         raise ExportError(f"{crossfit} is not a `python -m training.crossfit` folder: it has no oof.json")
     names = list(manifest.ood)
-    samples = []
-    if outliers:  # read before any graph runs: a bad list fails at once
-        samples = [s for s in read_outliers(outliers) if set(s.files) & set(names)]
-        if not samples:
-            raise ExportError(f"{outliers} gives none of this model's modalities ({', '.join(names)})")
+    samples = outliers_for(outliers, names) if outliers else []  # read before any graph runs: a bad list fails at once
     dropped = [m for m, e in manifest.ood.items() if e.probe is not None and not any(m in s.files for s in samples)]
     if dropped:
         log.warning("%s: no outliers given for %s, so its probe is not refitted: the new version's detector is kNN alone",
@@ -279,11 +286,7 @@ def refit_ood(
     )
 
     def write_banks(folder: Path) -> dict[str, Any]:
-        (folder / "ood").mkdir(exist_ok=True)
-        for m, bank in banks.items():
-            rel = f"ood/{m}.npy"
-            np.save(folder / rel, bank.astype(np.float32), allow_pickle=False)
-            section[m].update(bank=rel, bank_sha256=sha256_file(folder / rel))
+        save_banks(folder, banks, section)
         return {"ood": {m: OODEntry.model_validate(e) for m, e in section.items()}}
 
     files = [rel for entry in manifest.modalities.values() for rel in (entry.file, entry.parity_sample)]

@@ -46,6 +46,7 @@ from model_export.recalibrate import (  # noqa: F401 (re-exported)
     graph_predictions,
     new_version_dir,
     recalibrate,
+    save_banks,
 )
 from training.calibrate import (
     CONFIDENCE,
@@ -219,11 +220,7 @@ def export_run(
         # and whose probe (weights of norm ~100) would turn that into a shifted threshold.
         graphs = (lambda samples: features_of_graphs(tmp, cfg, entries, samples)) if fp16 else None
         ood, banks = fit_ood(model, parse_spec(data), data, crossfit=crossfit, outliers=outliers, features=graphs)
-        (tmp / "ood").mkdir()
-        for m, bank in banks.items():
-            rel = f"ood/{m}.npy"
-            np.save(tmp / rel, bank.astype(np.float32), allow_pickle=False)
-            ood[m].update(bank=rel, bank_sha256=sha256_file(tmp / rel))
+        save_banks(tmp, banks, ood)
         src = checkpoint_path(run_dir)
         manifest = Manifest(
             name=name,

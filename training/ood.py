@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 
 from common.modalities import kind
 from common.ood import TPR, threshold_at_tpr
-from training.data.specs import Sample, read_outliers
+from training.data.specs import Sample, outliers_for
 from training.detectors import build_detector, ood_section
 from training.models import MultimodalClassifier
 
@@ -69,15 +68,8 @@ def outlier_features(
     are computed (default: the torch model's)."""
     if outliers is None:
         return {}
-    samples = [
-        replace(s, files={m: p for m, p in s.files.items() if m in model.cfg.modalities})
-        for s in read_outliers(outliers)
-        if set(s.files) & set(model.cfg.modalities)
-    ]
-    if not samples:
-        raise ValueError(f"{outliers} gives none of this model's modalities ({', '.join(model.cfg.modalities)})")
     feats = features or (lambda rows: sample_features(model, rows))
-    return {m: f for m, f in feats(samples).items() if len(f)}
+    return {m: f for m, f in feats(outliers_for(outliers, model.cfg.modalities)).items() if len(f)}
 
 
 def new_speaker_quantiles(folder: Path, tpr: float = TPR, outliers: str | None = None) -> tuple[dict[str, float], str]:

@@ -29,7 +29,7 @@ from common.modalities import kind
 from training.checkpoint import CHECKPOINT_NAME, LAST_NAME, CheckpointError, save_checkpoint
 from training.config import METHODS, OWM_ALPHA_GRID, ModelConfig, TrainConfig
 from training.data.dataset import Batch, build_dataset, dataset_of, make_loader
-from training.data.specs import DataError, Sample, parse_spec, read_outliers
+from training.data.specs import DataError, Sample, outliers_for, parse_spec
 from training.distributed import World, close_world, device_for, init_world
 from training.evaluate import predict, score, to_device
 from training.methods import TRAINERS, Trainer
@@ -307,12 +307,7 @@ def _outlier_samples(cfg: TrainConfig, modalities: list[str]) -> list[Sample]:
         return []
     if not cfg.outlier_weight > 0:
         raise ValueError(f"outlier_weight must be positive, got {cfg.outlier_weight}")
-    samples = read_outliers(cfg.outliers)
-    if not any(m in s.files for s in samples for m in modalities):
-        raise DataError(f"{cfg.outliers} gives none of this model's modalities ({', '.join(modalities)})")
-    return [
-        replace(s, files={m: p for m, p in s.files.items() if m in modalities}) for s in samples if set(s.files) & set(modalities)
-    ]
+    return outliers_for(cfg.outliers, modalities)
 
 
 def _outlier_batches(loader: DataLoader[Any] | None, stream: int, epoch: int) -> Iterator[Batch] | None:

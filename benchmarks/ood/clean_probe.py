@@ -27,9 +27,19 @@ import numpy as np
 from benchmarks.avdigits import build as avdigits
 from benchmarks.avdigits import outliers as aux
 from benchmarks.ood import sets
-from benchmarks.ood.probe import _ci, _Features, _ood, _paths, _standard, paired_auroc, rule_lines, shown, voice_cells
+from benchmarks.ood.probe import (
+    _ci,
+    _Features,
+    _ood,
+    _paths,
+    _standard,
+    flagged_shares,
+    paired_auroc,
+    rule_lines,
+    shown,
+    voice_cells,
+)
 from benchmarks.report import markdown_table, write
-from common.ood import TPR, threshold_at_tpr
 from training.data.writers import write_audio
 
 log = logging.getLogger("clean_probe")
@@ -96,10 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base_clean, cand_clean, clean_diff = paired_auroc(
         served.score(clean_val), served.score(letters), candidate(clean_val), candidate(letters), args.seed, args.resamples
     )
-    flagged = {name: score(clean_val) < threshold_at_tpr(score(val["audio"]), TPR) for name, score in audio.items()}
-    d = flagged["candidate"].astype(float) - flagged["knn"].astype(float)
-    boot = d[np.random.default_rng(args.seed).integers(0, len(d), (args.resamples, len(d)))].mean(axis=1)
-    flag_diff = [float(d.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
+    flagged = flagged_shares(audio, val["audio"], clean_val, args.seed, args.resamples)
+    flag_diff = flagged["difference"]
     mean_base = float(np.mean([c["knn"] for c in cells.values()]))
     mean_cand = float(np.mean([c["candidate"] for c in cells.values()]))
     noised = cells["audio / near"]
@@ -123,11 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "clean_near": {"base": base_clean, "candidate": cand_clean, "difference": clean_diff},
         "cells": cells,
         "mean": {"base": mean_base, "candidate": mean_cand},
-        "clean_flagged": {
-            "base": float(flagged["knn"].mean()),
-            "candidate": float(flagged["candidate"].mean()),
-            "difference": flag_diff,
-        },
+        "clean_flagged": {"base": flagged["knn"], "candidate": flagged["candidate"], "difference": flag_diff},
         "clauses": clauses,
         "adopted": all(clauses.values()),
         "resamples": args.resamples,

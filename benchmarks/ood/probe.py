@@ -67,6 +67,21 @@ def paired_auroc(id_a: np.ndarray, ood_a: np.ndarray, id_b: np.ndarray, ood_b: n
     return a, b, [b - a, float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))]
 
 
+def flagged_shares(
+    scorers: Mapping[str, Callable[[np.ndarray], np.ndarray]], val: np.ndarray, clean: np.ndarray, seed: int, resamples: int
+) -> dict[str, Any]:
+    """Clean speech: the share of `clean` that each scorer ("knn", "candidate") flags at its threshold keeping TPR of
+    `val`, and the difference candidate minus knn with its 95% paired bootstrap interval (clips resampled)."""
+    flagged = {name: score(clean) < threshold_at_tpr(score(val), TPR) for name, score in scorers.items()}
+    d = flagged["candidate"].astype(float) - flagged["knn"].astype(float)
+    boot = d[np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+    return {
+        "knn": float(flagged["knn"].mean()),
+        "candidate": float(flagged["candidate"].mean()),
+        "difference": [float(d.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))],
+    }
+
+
 def voice_cells(
     scorers: Mapping[str, Callable[[np.ndarray], np.ndarray]],
     id_feats: Mapping[str, np.ndarray],
@@ -179,22 +194,9 @@ def decide(args: argparse.Namespace) -> dict[str, Any]:
     audio = {"knn": knn.score, "candidate": candidate}
     cells = voice_cells(audio, val, val, tune_feats, distance, feats.model.detectors["video"].knn, args.seed, args.resamples)
 
-    # Clean speech: the share of the validation speaker's clean recordings flagged at each detector's threshold.
-    flagged = {}
-    for name, score in audio.items():
-        thr = threshold_at_tpr(score(val["audio"]), TPR)
-        flagged[name] = score(clean_feats) < thr
-    draws = np.random.default_rng(args.seed).integers(0, len(clean), (args.resamples, len(clean)))
-    d = flagged["candidate"].astype(float) - flagged["knn"].astype(float)
-    boot = d[draws].mean(axis=1)
-    clean_diff = [float(d.mean()), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
-    clean_result = {
-        "speaker": avdigits.SPEAKERS_VAL,
-        "n": len(clean),
-        "knn": float(flagged["knn"].mean()),
-        "candidate": float(flagged["candidate"].mean()),
-        "difference": clean_diff,
-    }
+    flagged = flagged_shares(audio, val["audio"], clean_feats, args.seed, args.resamples)
+    clean_diff = flagged["difference"]
+    clean_result = {"speaker": avdigits.SPEAKERS_VAL, "n": len(clean), **flagged}
     near = cells["audio / near"]["difference"]
     mean_knn = float(np.mean([c["knn"] for c in cells.values()]))
     mean_cand = float(np.mean([c["candidate"] for c in cells.values()]))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import csv
 import random
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.modalities import KINDS
@@ -144,6 +144,19 @@ def read_outliers(spec: str) -> list[Sample]:
     if not samples:
         raise DataError(f"{path}: no outliers listed")
     return samples
+
+
+def outliers_for(spec: str, modalities: Sequence[str]) -> list[Sample]:
+    """read_outliers, each sample keeping only the files of `modalities` (a sample with none of them dropped); a list
+    that gives none of them is refused."""
+    kept = [
+        replace(s, files={m: p for m, p in s.files.items() if m in modalities})
+        for s in read_outliers(spec)
+        if set(s.files) & set(modalities)
+    ]
+    if not kept:
+        raise DataError(f"{spec} gives none of this model's modalities ({', '.join(modalities)})")
+    return kept
 
 
 def read_cremad(
