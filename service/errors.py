@@ -121,11 +121,16 @@ def error_body_for(request: Request, code: str, message: str) -> dict[str, Any]:
     return error_body(code, message)
 
 
+def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
+    """The answer to a ServiceError (counted in `mla_rejected_total`), wherever it was raised."""
+    request.app.state.metrics.rejected.labels(exc.code).inc()
+    return JSONResponse(error_body_for(request, exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+
+
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError) -> JSONResponse:
-        request.app.state.metrics.rejected.labels(exc.code).inc()
-        return JSONResponse(error_body_for(request, exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+        return service_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

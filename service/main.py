@@ -13,13 +13,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from service.admission import Admission
+from service.direct import install_direct_routes
 from service.errors import install_handlers
 from service.log_config import configure_logging
 from service.metrics import Metrics
 from service.middleware import RequestContext
 from service.page import install_page
 from service.repository import Repository
-from service.routes import router
+from service.routes import answer_predict, router
 from service.routes_v2 import router as router_v2
 from service.schemas import predict_body
 from service.settings import Settings, get_settings
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[], None] | 
     app.state.failed = None
     app.include_router(router)
     app.include_router(router_v2)
+    install_direct_routes(app, router, {("POST", "/v1/predict"): answer_predict})  # innermost: every middleware below wraps it
     generated = app.openapi
 
     def openapi() -> dict[str, Any]:

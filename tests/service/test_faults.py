@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 from service.errors import Overloaded
 from service.log_config import RequestIdFilter
 from service.main import create_app
-from service.routes import get_decoder
 from service.settings import Settings
 
 
@@ -60,11 +59,12 @@ class LostWorkerPool:
 
 def test_a_pool_that_lost_its_worker_answers_503_with_the_request_id(client: TestClient, clean_train_row: dict[str, str]) -> None:
     app: Any = client.app
-    app.dependency_overrides[get_decoder] = LostWorkerPool
+    model = app.state.repository.get()
+    pool, model.decoder = model.decoder, LostWorkerPool()  # what the route's handler takes the decode workers from
     try:
         r = client.post("/v1/predict", files=files(clean_train_row, "audio"), headers={"X-Request-ID": "broken-pool"})
     finally:
-        app.dependency_overrides.clear()
+        model.decoder = pool
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "overloaded"
     assert r.headers["retry-after"]
