@@ -155,7 +155,7 @@ test: lint typecheck docs check-deploy pytest recipe-test compose-test
 # and links).
 CHECK_TESTS := tests/common tests/training/test_layering.py tests/training/test_crossfit.py \
 	tests/benchmarks/test_readme.py tests/test_docs.py tests/benchmarks/test_ablation.py \
-	tests/service/test_settings.py tests/service/test_direct.py tests/service/test_batching.py tests/service/test_protocol.py tests/deploy/test_locks.py
+	tests/service/test_settings.py tests/service/test_direct.py tests/service/test_heap.py tests/service/test_batching.py tests/service/test_protocol.py tests/deploy/test_locks.py
 check: lint typecheck docs
 	$(BIN)/pytest -q -m "not slow" $(CHECK_TESTS)
 
