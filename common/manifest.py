@@ -300,14 +300,23 @@ class Manifest(_Strict):
         return cast(dict[str, object], _without_paths(shown))
 
 
-# An absolute path in a note: a slash after a start, a space, a colon or a parenthesis, then three or more parts.
-_ABSOLUTE_PATH = re.compile(r"(?<![^\s:(=])/(?:[^\s/,;()]+/)+([^\s/,;()]+/[^\s/,;()]+)")
+# An absolute path in a note, of two parts or more: a slash that no name character, dot, tilde or hyphen comes before
+# (so `ood/audio.npy` and `3/4` are not), then parts that stop at a space, a quote, a bracket or a separator. A path
+# with a space in a folder's name is cut at the space: the part after it is shown.
+_PART = r"[^\s/,;:()\[\]{}'\"+|<>]+"
+_ABSOLUTE_PATH = re.compile(rf"(?<![\w.~-])/(?:{_PART}/)+{_PART}")
+
+
+def _shorten(match: re.Match[str]) -> str:
+    parts = match.group(0).split("/")[1:]
+    return ".../" + "/".join(parts[-2:] if len(parts) > 2 else parts[-1:])
 
 
 def _without_paths(value: object) -> object:
-    """`value` with every absolute path in its strings cut to `.../` and its last two parts, at any depth."""
+    """`value` with every absolute path in its strings cut to `.../` and its last two parts (its last, where it has
+    only two), at any depth."""
     if isinstance(value, str):
-        return _ABSOLUTE_PATH.sub(r".../\1", value)
+        return _ABSOLUTE_PATH.sub(_shorten, value)
     if isinstance(value, dict):
         return {k: _without_paths(v) for k, v in value.items()}
     if isinstance(value, list):

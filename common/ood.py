@@ -56,7 +56,9 @@ class NearestNeighbours:
     bank: np.ndarray  # [n, dims], rows of unit length (float32 is enough: distances of unit vectors)
     k: int
     # the bank transposed, [dims, n], C-contiguous float32, made once: a query's products with it are read row by row
-    # (26 us a query against 45 us with the bank's rows, 3,500 x 128, on the 2-core machine of the benchmarks)
+    # (26 us a query against 45 us with the bank's rows, 3,500 x 128, on the 2-core machine of the benchmarks). BLAS
+    # sums a single query's products in another order on this layout: they round apart by up to 6e-8, within the
+    # float32 bound below
     _columns: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +86,8 @@ class NearestNeighbours:
         # that: near the served thresholds (distance 0.3, 128 dims) a score moves by at most 2.6e-5; 1.5e-6 was the
         # largest seen on version 5's banks. tests/common/test_ood.py checks the bound.
         # The k-th nearest row has the k-th largest product (|a - b|^2 = 2 - 2 a.b falls as a.b rises), so only the
-        # `top` largest products become distances: the same numbers as making every product a distance first.
+        # `top` largest products become distances: from the same products, the same numbers as making every product a
+        # distance first.
         z = l2_normalise(features).astype(np.float32)
         n = len(self.bank)
         out: list[np.ndarray] = []

@@ -10,7 +10,9 @@ outside it; a `ServiceError` gets the same answer as from the app's exception ha
 (`service.errors.service_error_response`); any other exception goes up to `RequestContext`, as it did.
 
 The route stays declared in FastAPI for the OpenAPI schema and for an app built without this middleware; the
-request's `scope["route"]` is that declaration, so metrics and `MLA_PUBLIC_ROUTES` see the same route either way.
+request's `scope["route"]` is that declaration, so metrics and `MLA_PUBLIC_ROUTES` see the same route either way
+(`endpoint` and `path_params` are set as the router sets them). `app.dependency_overrides` does not reach the
+handler: it has no dependencies.
 Anything else (another method, a trailing slash, a mounted prefix) goes on to the app.
 """
 
@@ -43,7 +45,8 @@ class DirectRoutes:
             await self.app(scope, receive, send)
             return
         route, handler = hit
-        scope["route"] = route
+        # what the router would have put in the scope (Starlette's Route: endpoint, path_params; FastAPI: route)
+        scope["route"], scope["endpoint"], scope["path_params"] = route, route.endpoint, {}
         request = Request(scope, receive, send)
         try:
             response = await handler(request)

@@ -192,10 +192,12 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
 
     `work` runs in this task; a watcher task cancels this one when the client leaves (as `asyncio.timeout` does),
     and the cancellation it asked for becomes ClientGone, after `work`'s own cleanup has run. Any other cancellation
-    (a timeout's, the server's) goes on as it came."""
+    (a timeout's, the server's at shutdown), even one that came in the same step as the watcher's, goes on as it
+    came: only when the watcher's is the last one pending does it become ClientGone."""
     task = asyncio.current_task()
     assert task is not None
     gone = False
+    before = task.cancelling()  # cancellations pending from outside before this began
 
     async def watch() -> None:
         nonlocal gone
@@ -207,8 +209,7 @@ async def unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
     try:
         return await work
     except asyncio.CancelledError:
-        if gone:
-            task.uncancel()  # the watcher's request, answered here
+        if gone and task.uncancel() <= before:  # the watcher's request taken back; none besides it is pending
             raise ClientGone("the client closed the connection before its answer was ready") from None
         raise
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ def _app() -> tuple[FastAPI, list[str], list[Any]]:
     async def direct(request: Request) -> Response:
         called.append("direct")
         routes_seen.append(request.scope["route"])
+        assert request.scope["endpoint"] is declared  # as the router sets it
+        assert request.path_params == {}
         if request.query_params.get("fail") == "overloaded":
             raise Overloaded("too busy")
         if request.query_params.get("fail") == "bug":
@@ -186,3 +189,39 @@ def test_a_timeout_around_the_work_stays_a_timeout() -> None:
         return "answered"
 
     assert asyncio.run(main()) == "timeout"
+
+
+def test_a_shutdown_that_comes_with_the_client_leaving_stays_a_cancellation() -> None:
+    """The server cancels the request (shutdown) in the same step as the client's disconnect reaches the watcher: the
+    server's cancellation must go on, not become ClientGone, and the watcher's own must be taken back."""
+
+    async def main() -> tuple[str, int]:
+        client = _Client()
+        started = asyncio.Event()
+
+        async def work() -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        outcome: list[str] = []
+
+        async def request() -> None:
+            try:
+                await unless_client_leaves(client, work())  # type: ignore[arg-type]
+            except ClientGone:
+                outcome.append("client gone")
+                raise
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+                raise
+
+        handler = asyncio.ensure_future(request())
+        await started.wait()
+        client.gone.set()
+        await asyncio.sleep(0)  # the watcher wakes and cancels the handler
+        handler.cancel()  # the server's cancellation, before the handler runs again
+        with contextlib.suppress(asyncio.CancelledError, ClientGone):
+            await handler
+        return outcome[0], handler.cancelling()
+
+    assert asyncio.run(main()) == ("cancelled", 1)

@@ -72,6 +72,27 @@ def test_a_pool_that_lost_its_worker_answers_503_with_the_request_id(client: Tes
     assert client.post("/v1/predict", files=files(clean_train_row, "audio")).status_code == 200
 
 
+@pytest.mark.parametrize(("attribute", "value", "message"), [("warm", False, "still loading"), ("decoder", None, "not started")])
+def test_a_model_not_warm_or_without_workers_answers_503_not_ready(
+    client: TestClient, clean_train_row: dict[str, str], attribute: str, value: object, message: str
+) -> None:
+    """The checks the route's dependencies made, made by its handler now (service.routes.answer_predict): in order,
+    each answered 503 not_ready with Retry-After, and nothing held afterwards (the next request is answered)."""
+    app: Any = client.app
+    model = app.state.repository.get()
+    kept = getattr(model, attribute)
+    setattr(model, attribute, value)
+    try:
+        r = client.post("/v1/predict", files=files(clean_train_row, "audio"))
+    finally:
+        setattr(model, attribute, kept)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "not_ready"
+    assert message in r.json()["error"]["message"]
+    assert r.headers["retry-after"] == "5"
+    assert client.post("/v1/predict", files=files(clean_train_row, "audio")).status_code == 200
+
+
 class Records(logging.Handler):
     """Every log record, with the request id the service's log filter gives it."""
 

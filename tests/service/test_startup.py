@@ -104,9 +104,12 @@ def test_with_an_api_key_only_probes_docs_and_the_public_routes_answer_without_i
 
 
 def test_public_routes_are_a_setting(tiny_repo: Path, tmp_path: Path) -> None:
-    with keyed(tiny_repo, tmp_path, public_routes=["/v2/models/{name}"]) as c:
+    with keyed(tiny_repo, tmp_path, public_routes=["/v2/models/{name}", "/v1/predict"]) as c:
         assert c.get("/metrics").status_code == 401  # no longer public
         assert c.get("/metrics", headers={"X-API-Key": "k-123"}).status_code == 200
         assert c.get("/v2/models/tiny").status_code == 200  # metadata made public by the operator
         assert c.get("/v1/models").status_code == 401
+        # predictions made public too (served past the router: service/direct.py): past the key, to the body's check
+        r = c.post("/v1/predict", content=b"{}", headers={"Content-Type": "application/json"})
+        assert r.status_code in (415, 503), r.text  # not multipart (or the model still warming), never 401
     assert Settings(public_routes="/metrics, /v1/models").public_routes == ["/metrics", "/v1/models"]
