@@ -98,7 +98,6 @@ async def ready_model(model: ModelDep) -> ServedModel:
     return model
 
 
-WarmModel = Annotated[ServedModel, Depends(warm_model)]
 ReadyModel = Annotated[ServedModel, Depends(ready_model)]
 
 
