@@ -98,7 +98,10 @@ def train(
         typer.Option(
             "--augment",
             metavar="MODALITY",
-            help="turn on a modality's training-time augmentation (audio: its log-mel warped and masked); repeatable",
+            help=(
+                "turn on a modality's training-time augmentation (audio: its log-mel warped and masked; video, image:"
+                " each clip turned, scaled, sheared and shifted); repeatable"
+            ),
         ),
     ] = None,
     augment_first: Annotated[

@@ -106,13 +106,14 @@ def compare(
     return out
 
 
-def decide(cells: dict[str, Any]) -> dict[str, Any]:
-    """The decision record's three clauses, each true or false, and whether the last epoch is adopted."""
+def decide(cells: dict[str, Any], target: str = "audio") -> dict[str, Any]:
+    """The decision record's three clauses, each true or false, and whether the change is adopted: `target`'s NLL
+    falls, the other subsets' does not rise, and accuracy stays within its allowance."""
+    others = [s for s in ("audio+video", "video", "audio") if s != target]
+    names = " and ".join("pair" if s == "audio+video" else s for s in others)
     clauses = {
-        "audio NLL falls (interval wholly below 0)": cells["audio"]["nll_change"][2] < 0,
-        "pair and video NLL do not rise (neither interval wholly above 0)": all(
-            cells[s]["nll_change"][1] <= 0 for s in ("audio+video", "video")
-        ),
+        f"{target} NLL falls (interval wholly below 0)": cells[target]["nll_change"][2] < 0,
+        f"{names} NLL do not rise (neither interval wholly above 0)": all(cells[s]["nll_change"][1] <= 0 for s in others),
         "accuracy within its allowance (pair, video 0.5 point; audio 1)": all(
             cells[s]["accuracy_change"][0] >= -allowed for s, allowed in ACCURACY_ALLOWED.items()
         ),

@@ -94,6 +94,7 @@ class Image(Kind):
     description = "an image file (PNG, JPEG or WebP)"
     formats = FORMATS
     encoder_class = "training.models.encoders:ImageEncoder"
+    augmentation_class = "training.models.augment:FrameAffine"  # one random turn, scale, shear and shift per clip
 
     def defaults(self, encoder: str) -> Settings:
         if encoder == "resnet18":

@@ -33,6 +33,7 @@ class Video(Kind):
     description = "a video file (mp4, mkv, flv, mpg, ...)"
     formats = MEDIA_FORMATS
     encoder_class = "training.models.encoders:VideoEncoder"
+    augmentation_class = "training.models.augment:FrameAffine"  # one random turn, scale, shear and shift per clip
     widget = "video"  # a file, the camera, or a digit drawn on a pad
     ood_k = 10
 

@@ -1,4 +1,5 @@
-"""Training-time audio augmentation: what it changes in training, and that it changes nothing else."""
+"""Training-time augmentation (audio's SpecAugment, video's and image's FrameAffine): what it changes in training,
+and that it changes nothing else."""
 
 from pathlib import Path
 
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from training.config import ModelConfig
-from training.models.augment import SpecAugment
-from training.models.encoders import AudioEncoder
+from training.models.augment import FrameAffine, SpecAugment
+from training.models.encoders import AudioEncoder, VideoEncoder
 
 
 def _logmel(batch: int = 6, frames: int = 101, mels: int = 64) -> torch.Tensor:
@@ -102,6 +103,22 @@ def test_mla_train_audio_augment_is_recorded_and_changes_training(tiny_demo: Pat
     assert any(not torch.equal(runs[True]["state_dict"][k], runs[False]["state_dict"][k]) for k in audio)
 
 
+def test_mla_train_video_augment_moves_the_video_encoder(tiny_demo: Path, tmp_path: Path) -> None:
+    from training.config import TrainConfig
+    from training.train import train
+
+    runs = {}
+    for name, augment in (("plain", []), ("augmented", ["video"])):
+        cfg = TrainConfig(method="mla", epochs=1, batch_size=32, workers=0, max_batches=2, owm_alpha=10.0, augment=augment)
+        train(f"csv:{tiny_demo}", tmp_path / name, cfg)
+        runs[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+    assert runs["augmented"]["train_config"]["augment"] == ["video"]
+    plain, augmented = runs["plain"]["state_dict"], runs["augmented"]["state_dict"]
+    video = [k for k in plain if k.startswith("encoders.video.trunk") and k.endswith("weight")]
+    assert video
+    assert any(not torch.equal(augmented[k], plain[k]) for k in video)
+
+
 def test_audio_augment_without_an_audio_encoder_is_refused_before_training(tiny_demo: Path, tmp_path: Path) -> None:
     from training.config import TrainConfig
     from training.train import train
@@ -120,11 +137,102 @@ def test_a_run_saved_with_the_older_flag_reads_as_the_list() -> None:
     assert TrainConfig.from_dict(TrainConfig(augment=["audio"]).to_dict()) == TrainConfig(augment=["audio"])
 
 
-def test_a_kind_without_augmentation_is_refused_before_training(tiny_demo: Path, tmp_path: Path) -> None:
+def test_a_kind_without_augmentation_is_refused_before_training(
+    tiny_demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from common.modalities.video import Video
     from training.config import TrainConfig
     from training.train import train
 
+    monkeypatch.setattr(Video, "augmentation_class", None)
     cfg = TrainConfig(method="mla", epochs=1, batch_size=32, workers=0, max_batches=1, owm_alpha=10.0, augment=["video"])
     with pytest.raises(ValueError, match="the video kind has no training-time augmentation"):
         train(f"csv:{tiny_demo}", tmp_path / "run", cfg)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def _clip(batch: int = 3, frames: int = 4, size: int = 32) -> torch.Tensor:
+    """Normalised clips [B, T, 3, H, W] as the video encoder's preprocess makes them: a bright square on black."""
+    torch.manual_seed(0)
+    x = torch.full((batch, frames, 3, size, size), -2.0)
+    for i in range(frames):
+        x[:, i, :, 10 + i : 18 + i, 12:20] = 2.0
+    return x
+
+
+def test_frame_affine_in_eval_mode_returns_the_input_itself() -> None:
+    x = _clip()
+    assert FrameAffine().eval()(x) is x
+
+
+def test_frame_affine_with_every_range_closed_is_the_identity() -> None:
+    x = _clip() + 0.1 * torch.randn(3, 4, 3, 32, 32)
+    same = FrameAffine(degrees=0.0, scale=(1.0, 1.0), shear=0.0, shift=0.0).train()
+    # the identity map samples each pixel's own centre: bilinear weights of exactly 1 and 0
+    torch.testing.assert_close(same(x), x, rtol=0, atol=1e-5)
+
+
+def test_frame_affine_moves_every_frame_of_a_clip_alike_and_clips_apart() -> None:
+    still = _clip(batch=4)[:, :1].expand(4, 4, 3, 32, 32).contiguous()  # four clips, each one frame repeated
+    torch.manual_seed(1)
+    y = FrameAffine().train()(still)
+    assert y.shape == still.shape
+    for i in range(1, 4):
+        torch.testing.assert_close(y[:, i], y[:, 0], rtol=0, atol=0)
+    assert not torch.allclose(y[0, 0], y[1, 0])
+    assert not torch.allclose(y[0, 0], still[0, 0])
+
+
+def test_frame_affine_fills_what_it_uncovers_with_the_background() -> None:
+    x = _clip()
+    torch.manual_seed(2)
+    y = FrameAffine(degrees=45.0, shift=0.25).train()(x)
+    # nothing darker than the background appears, nothing brighter than the strokes
+    assert float(y.min()) >= -2.0 - 1e-5
+    assert float(y.max()) <= 2.0 + 1e-5
+    flat = torch.full((2, 4, 3, 32, 32), -2.0)
+    torch.testing.assert_close(FrameAffine(degrees=45.0, shift=0.25).train()(flat), flat, rtol=0, atol=1e-6)
+
+
+def test_frame_affine_scales_as_asked() -> None:
+    """A scale of 2 reads the input at half the distance from the centre: the square's area grows four times."""
+    x = torch.full((1, 1, 3, 64, 64), -2.0)
+    x[..., 28:36, 28:36] = 2.0  # 8 x 8 at the centre
+    y = FrameAffine(degrees=0.0, scale=(2.0, 2.0), shear=0.0, shift=0.0).train()(x)
+    bright = float(((y[0, 0, 0] + 2.0) / 4.0).sum())  # area in pixels, partial pixels counted in part
+    assert abs(bright - 256.0) <= 16.0  # 16 x 16, give or take the bilinear edge (half a pixel all round: 64 / 4)
+
+
+def test_frame_affine_takes_an_image_batch_too() -> None:
+    x = _clip()[:, 0]
+    torch.manual_seed(3)
+    y = FrameAffine().train()(x)
+    assert y.shape == x.shape
+    assert not torch.allclose(y, x)
+
+
+def test_frame_affine_refuses_ranges_that_mean_nothing() -> None:
+    with pytest.raises(ValueError, match="degrees"):
+        FrameAffine(degrees=-1.0)
+    with pytest.raises(ValueError, match="scale"):
+        FrameAffine(scale=(1.1, 0.9))
+    with pytest.raises(ValueError, match="shift"):
+        FrameAffine(shift=0.5)
+
+
+def test_the_video_encoder_applies_it_in_training_only_and_the_checkpoint_is_the_same() -> None:
+    cfg = ModelConfig(labels=[str(d) for d in range(10)], modalities=["audio", "video"])
+    s = cfg.settings("video")
+    plain, augmented = VideoEncoder(cfg.encoder, s), VideoEncoder(cfg.encoder, s)
+    augmented.load_state_dict(plain.state_dict())
+    augmented.augment = FrameAffine()
+    assert plain.state_dict().keys() == augmented.state_dict().keys()
+    torch.manual_seed(0)
+    frames = torch.randint(0, 256, (4, s["frames"], s["size"], s["size"], 3), dtype=torch.uint8)
+    plain.eval(), augmented.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(augmented(frames), plain(frames), rtol=0, atol=0)
+        torch.testing.assert_close(augmented.embed(augmented.preprocess(frames)), plain(frames), rtol=0, atol=0)
+    plain.train(), augmented.train()
+    with torch.no_grad():
+        assert not torch.allclose(augmented(frames), plain(frames))

@@ -131,3 +131,16 @@ def test_the_rule_adopts_only_when_every_clause_holds(cells: dict, adopted: bool
     assert decision["adopted"] is adopted
     failed = [name for name, ok in decision["clauses"].items() if not ok]
     assert failed == ([] if failing is None else [next(n for n in decision["clauses"] if n.startswith(failing))])
+
+
+def test_the_rule_for_a_video_change_asks_video_to_fall_and_audio_not_to_rise() -> None:
+    cells = _cells(audio_nll=-0.01, pair_nll_low=-0.01, video_acc=0.0)  # video's NLL interval straddles 0
+    decision = decide(cells, target="video")
+    assert not decision["adopted"]
+    assert [n for n, ok in decision["clauses"].items() if not ok] == ["video NLL falls (interval wholly below 0)"]
+    cells["video"]["nll_change"] = [-0.02, -0.03, -0.01]
+    assert decide(cells, target="video")["adopted"]
+    cells["audio"]["nll_change"] = [0.02, 0.01, 0.03]  # the voice's interval wholly above 0
+    decision = decide(cells, target="video")
+    failed = [n for n, ok in decision["clauses"].items() if not ok]
+    assert failed == ["pair and audio NLL do not rise (neither interval wholly above 0)"]

@@ -1,4 +1,4 @@
-"""Training-time audio augmentation on the normalised log-mel: never part of an exported graph.
+"""Training-time augmentation, between an encoder's preprocessing and its trunk: never part of an exported graph.
 
 `SpecAugment` warps the mel axis by a random factor per clip (vocal tract length
 perturbation, Jaitly & Hinton 2013: a voice with a longer or shorter vocal tract moves its
@@ -6,12 +6,18 @@ formants up or down the frequency axis) and then blanks random bands of mel chan
 frames (SpecAugment, Park et al. 2019). Both aim at what four training voices cannot teach:
 a new speaker's formants sit elsewhere, and a band or a moment may be lost to noise.
 
-The encoder applies it only in training mode (`AudioEncoder.augment`); `mla train
---audio-augment` turns it on. It has no parameters, so a checkpoint is the same with or
-without it. Random numbers come from torch's generator, which training seeds.
+`FrameAffine` moves, turns, scales and shears each clip's (or image's) frames by one random
+affine map: what a new hand draws differently (docs/decisions/2026-12-07-video-augmentation.md).
+
+An encoder applies its augmentation only in training mode (`AudioEncoder.augment`,
+`VideoEncoder.augment`, `ImageEncoder.augment`); `mla train --augment KIND` turns it on. Neither
+has parameters, so a checkpoint is the same with or without it. Random numbers come from
+torch's generator, which training seeds.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -60,3 +66,53 @@ class SpecAugment(nn.Module):
         if self.time_masks and self.time_width:
             keep &= ~_bands(b, frames, self.time_masks, min(self.time_width, frames), x.device).unsqueeze(2)
         return x * keep.unsqueeze(1).to(x.dtype)  # a blanked cell is 0: the normalised log-mel's mean
+
+
+class FrameAffine(nn.Module):
+    """Normalised frames [B, T, C, H, W] (a clip) or [B, C, H, W] (an image) -> the same shape, each clip through one
+    random affine map in training (every frame of a clip the same map, so its motion is kept); unchanged in eval.
+
+    Per clip, each uniform: a turn of up to `degrees`, a scale in `scale`, a horizontal shear of up to `shear`, a
+    shift of up to `shift` of the frame's width and height. What the map uncovers is filled with the clip's smallest
+    value per channel (the background of a drawing on black). The ranges are the usual ones for handwritten digits,
+    fixed before any training and not tuned (docs/decisions/2026-12-07-video-augmentation.md).
+    """
+
+    def __init__(
+        self, degrees: float = 15.0, scale: tuple[float, float] = (0.9, 1.1), shear: float = 0.2, shift: float = 1 / 16
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= degrees <= 180.0:
+            raise ValueError(f"degrees must be in [0, 180], got {degrees}")
+        if not 0.0 < scale[0] <= scale[1]:
+            raise ValueError(f"scale must be a range of positive factors, low first, got {scale}")
+        if shear < 0 or not 0.0 <= shift < 0.5:
+            raise ValueError(f"shear must not be negative and shift must be in [0, 0.5), got {shear}, {shift}")
+        self.degrees, self.scale, self.shear, self.shift = degrees, scale, shear, shift
+
+    def maps(self, clips: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """[clips, 2, 3]: for each clip, where each output pixel reads the input (affine_grid's theta)."""
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return torch.empty(clips, device=device, dtype=dtype).uniform_(low, high)
+
+        turn = uniform(-self.degrees, self.degrees) * (math.pi / 180)
+        factor, shear = uniform(*self.scale), uniform(-self.shear, self.shear)
+        cos, sin = torch.cos(turn), torch.sin(turn)
+        # (turn @ shear) / scale, in affine_grid's coordinates (-1..1 across the frame)
+        linear = torch.stack([torch.stack([cos, cos * shear - sin], -1), torch.stack([sin, sin * shear + cos], -1)], 1)
+        linear = linear / factor.view(-1, 1, 1)
+        offset = torch.stack([uniform(-2 * self.shift, 2 * self.shift), uniform(-2 * self.shift, 2 * self.shift)], 1)
+        return torch.cat([linear, offset.unsqueeze(-1)], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        clip = x if x.dim() == 5 else x.unsqueeze(1)
+        b, t, c, h, w = clip.shape
+        theta = self.maps(b, x.device, x.dtype).repeat_interleave(t, dim=0)  # one map per clip, for all its frames
+        fill = clip.amin(dim=(1, 3, 4), keepdim=True)  # [B, 1, C, 1, 1]
+        grid = F.affine_grid(theta, [b * t, c, h, w], align_corners=False)
+        moved = F.grid_sample((clip - fill).flatten(0, 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out = moved.view(b, t, c, h, w) + fill
+        return out if x.dim() == 5 else out.squeeze(1)

@@ -89,6 +89,9 @@ class VideoEncoder(nn.Module):
         super().__init__()
         self.normalize = FrameNormalize(tuple(s["mean"]), tuple(s["std"]))
         self.trunk, self.dim = _trunk(encoder, 3)
+        # training-time augmentation between preprocess and embed (training.models.augment.FrameAffine when
+        # `mla train --augment video`); no parameters, and export calls preprocess and embed alone
+        self.augment: nn.Module = nn.Identity()
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [B, T, H, W, 3] -> normalised float [B, T, 3, H, W]."""
@@ -102,7 +105,7 @@ class VideoEncoder(nn.Module):
         return feats.reshape(b, t, -1).mean(dim=1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.preprocess(frames))
+        return self.embed(self.augment(self.preprocess(frames)))
 
 
 class ImageEncoder(nn.Module):
@@ -114,6 +117,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.normalize = FrameNormalize(tuple(s["mean"]), tuple(s["std"]))
         self.trunk, self.dim = _trunk(encoder, 3)
+        self.augment: nn.Module = nn.Identity()  # as VideoEncoder's (`mla train --augment image`)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> normalised float [B, 3, H, W] (a clip of one frame, to FrameNormalize)."""
@@ -123,7 +127,7 @@ class ImageEncoder(nn.Module):
         return self.trunk(x)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.preprocess(image))
+        return self.embed(self.augment(self.preprocess(image)))
 
 
 class TextEncoder(nn.Module):
