@@ -30,6 +30,7 @@ from benchmarks.avdigits import outliers as aux
 from benchmarks.ood import metrics, sets
 from benchmarks.ood.run import Model
 from benchmarks.report import markdown_table, write
+from common.manifest import newest_version
 from common.ood import TPR, threshold_at_tpr
 
 log = logging.getLogger("probe")
@@ -132,7 +133,7 @@ def voice_cells(
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="default: version 6 (the decision), 7 (--report)")
+    parser.add_argument("--model", type=Path, default=None, help="default: version 6 (the decision), the newest (--report)")
     parser.add_argument(
         "--report",
         action="store_true",
@@ -226,7 +227,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     """After publishing, the probe's ablation: the served detector (kNN and probe) against its kNN alone, on the report
     sets against the test split, paired bootstrap intervals; and the clean recordings of the held-out speaker."""
     started = time.perf_counter()
-    folder = args.model or ROOT / "models" / "default" / "7"
+    folder = args.model or newest_version(ROOT / "models" / "default")
     feats = _Features(folder)
     served = feats.model.detectors["audio"]
     if served.probe is None:
