@@ -9,7 +9,6 @@ import torch
 
 from training.config import ModelConfig
 from training.models.augment import FrameAffine, SpecAugment
-from training.models.encoders import AudioEncoder, VideoEncoder
 
 
 def _logmel(batch: int = 6, frames: int = 101, mels: int = 64) -> torch.Tensor:
@@ -62,22 +61,29 @@ def test_bad_settings_are_refused() -> None:
         SpecAugment(freq_width=-1)
 
 
-def test_the_encoder_applies_it_in_training_only_and_the_checkpoint_is_the_same() -> None:
-    cfg = ModelConfig(labels=[str(d) for d in range(10)], modalities=["audio", "video"])
-    plain = AudioEncoder(cfg.encoder, cfg.settings("audio"))
-    augmented = AudioEncoder(cfg.encoder, cfg.settings("audio"))
+@pytest.mark.parametrize("modality", ["audio", "video", "image"])
+def test_the_encoder_applies_it_in_training_only_and_the_checkpoint_is_the_same(modality: str) -> None:
+    """Each kind's augmentation, on its own encoder: eval and export (preprocess then embed) never see it."""
+    from common.modalities import kind
+    from training.models.classifier import resolve
+
+    cfg = ModelConfig(labels=[str(d) for d in range(10)], modalities=[modality])
+    k, s = kind(modality), cfg.settings(modality)
+    plain, augmented = resolve(k.encoder_class)(cfg.encoder, s), resolve(k.encoder_class)(cfg.encoder, s)
     augmented.load_state_dict(plain.state_dict())
-    augmented.augment = SpecAugment()
+    augmented.augment = resolve(str(k.augmentation_class))()
     assert plain.state_dict().keys() == augmented.state_dict().keys()  # no parameters, no buffers
-    wave = torch.randn(4, cfg.settings("audio")["clip_samples"])
+    dtype, shape = k.input(s)
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (4, *shape), dtype=torch.uint8) if dtype == "uint8" else torch.randn(4, *shape)
     plain.eval(), augmented.eval()
     with torch.no_grad():
-        torch.testing.assert_close(augmented(wave), plain(wave), rtol=0, atol=0)
+        torch.testing.assert_close(augmented(x), plain(x), rtol=0, atol=0)
         # what export traces: preprocess then embed, never the augmentation
-        torch.testing.assert_close(augmented.embed(augmented.preprocess(wave)), plain(wave), rtol=0, atol=0)
+        torch.testing.assert_close(augmented.embed(augmented.preprocess(x)), plain(x), rtol=0, atol=0)
     plain.train(), augmented.train()
     with torch.no_grad():
-        assert not torch.allclose(augmented(wave), plain(wave))
+        assert not torch.allclose(augmented(x), plain(x))
 
 
 def test_mla_train_audio_augment_is_recorded_and_changes_training(tiny_demo: Path, tmp_path: Path) -> None:
@@ -218,21 +224,3 @@ def test_frame_affine_refuses_ranges_that_mean_nothing() -> None:
         FrameAffine(scale=(1.1, 0.9))
     with pytest.raises(ValueError, match="shift"):
         FrameAffine(shift=0.5)
-
-
-def test_the_video_encoder_applies_it_in_training_only_and_the_checkpoint_is_the_same() -> None:
-    cfg = ModelConfig(labels=[str(d) for d in range(10)], modalities=["audio", "video"])
-    s = cfg.settings("video")
-    plain, augmented = VideoEncoder(cfg.encoder, s), VideoEncoder(cfg.encoder, s)
-    augmented.load_state_dict(plain.state_dict())
-    augmented.augment = FrameAffine()
-    assert plain.state_dict().keys() == augmented.state_dict().keys()
-    torch.manual_seed(0)
-    frames = torch.randint(0, 256, (4, s["frames"], s["size"], s["size"], 3), dtype=torch.uint8)
-    plain.eval(), augmented.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(augmented(frames), plain(frames), rtol=0, atol=0)
-        torch.testing.assert_close(augmented.embed(augmented.preprocess(frames)), plain(frames), rtol=0, atol=0)
-    plain.train(), augmented.train()
-    with torch.no_grad():
-        assert not torch.allclose(augmented(frames), plain(frames))
