@@ -9,8 +9,6 @@ benchmarks.avdigits.recipe_change's. The test split is never read.
 
 from __future__ import annotations
 
-from typing import Any
-
 from benchmarks.avdigits.recipe_change import Change
 from benchmarks.avdigits.recipe_change import main as compare_recipes
 
@@ -26,9 +24,5 @@ CHANGE = Change(
 )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return compare_recipes(CHANGE, argv, __doc__)
-
-
 if __name__ == "__main__":
-    main()
+    compare_recipes(CHANGE, doc=__doc__)

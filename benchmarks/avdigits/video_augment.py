@@ -10,8 +10,6 @@ are benchmarks.avdigits.recipe_change's, with video the subset whose NLL must fa
 
 from __future__ import annotations
 
-from typing import Any
-
 from benchmarks.avdigits.recipe_change import Change
 from benchmarks.avdigits.recipe_change import main as compare_recipes
 
@@ -27,9 +25,5 @@ CHANGE = Change(
 )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return compare_recipes(CHANGE, argv, __doc__)
-
-
 if __name__ == "__main__":
-    main()
+    compare_recipes(CHANGE, doc=__doc__)
