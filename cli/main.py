@@ -36,14 +36,14 @@ err = Console(stderr=True, soft_wrap=True)  # one error, one line: no wrapping a
 DataOpt = Annotated[str, typer.Option("--data", help="demo | demo:SEED | csv:PATH | cremad:ROOT")]
 
 
-def _input_settings(items: list[str]) -> dict[str, dict[str, Any]]:
+def _input_settings(items: list[str], option: str = "--set", example: str = "audio.clip_samples=32000") -> dict[str, dict[str, Any]]:
     """`--set audio.clip_samples=32000` -> {"audio": {"clip_samples": 32000}}; values are JSON where they parse."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, eq, raw = item.partition("=")
         modality, dot, name = key.partition(".")
         if not (eq and dot and modality and name):
-            raise ValueError(f"--set takes MODALITY.KEY=VALUE, as audio.clip_samples=32000; got {item!r}")
+            raise ValueError(f"{option} takes MODALITY.KEY=VALUE, as {example}; got {item!r}")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -104,6 +104,14 @@ def train(
             ),
         ),
     ] = None,
+    augment_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--augment-set",
+            metavar="MODALITY.KEY=VALUE",
+            help="a setting of a modality's augmentation, as audio.stretch=0.1 (its pace changed by up to 10%); repeatable",
+        ),
+    ] = None,
     augment_first: Annotated[
         bool, typer.Option("--audio-augment", hidden=True, help="the same as --augment audio (the older spelling)")
     ] = False,
@@ -161,6 +169,10 @@ def train(
             _fail(f"--owm-alpha takes a positive number or 'auto', not {owm_alpha!r}")
         if not alpha > 0:
             _fail(f"--owm-alpha must be positive, got {owm_alpha}")
+    try:
+        augment_settings = _input_settings(augment_set or [], "--augment-set", "audio.stretch=0.1")
+    except ValueError as exc:
+        _fail(str(exc))
     cfg = TrainConfig(
         method=method,
         epochs=epochs,
@@ -169,6 +181,7 @@ def train(
         owm_alpha=alpha,
         owm_project=not no_projection,
         augment=list(dict.fromkeys([*(augment or []), *(_older_augment() if augment_first else [])])),
+        augment_settings=augment_settings,
         outliers=outliers,
         outlier_weight=outlier_weight,
         keep=keep,

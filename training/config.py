@@ -97,6 +97,9 @@ class TrainConfig:
     # modalities whose kind's training-time augmentation is on (common.modalities: audio's warps and masks its
     # log-mel, training.models.augment); the others have none
     augment: list[str] = field(default_factory=list)
+    # keyword arguments of an augmentation named in `augment`, per modality, as {"audio": {"stretch": 0.1}}
+    # (`mla train --augment-set audio.stretch=0.1`); what is not named keeps the class's default
+    augment_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # outlier exposure (Hendrycks et al. 2019): a `csv:` list of inputs that are none of the labels (a column per
     # modality, no label or split; benchmarks.avdigits.outliers writes one), each step's model output on a batch
     # of them trained towards the uniform distribution with this weight beside the usual loss. 0.5 is the

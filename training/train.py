@@ -174,6 +174,10 @@ def _train(
             raise ValueError(f"augment names {m}, which this model does not have ({', '.join(mcfg.modalities)})")
         if kind(m).augmentation_class is None:
             raise ValueError(f"the {m} kind has no training-time augmentation")
+    augmentations = {m: augmentation(m, cfg.augment_settings.get(m, {})) for m in cfg.augment}
+    if set(cfg.augment_settings) - set(cfg.augment):
+        unused = ", ".join(sorted(set(cfg.augment_settings) - set(cfg.augment)))
+        raise ValueError(f"augmentation settings for {unused}, whose augmentation is not on (--augment {unused})")
     outlier_samples = _outlier_samples(cfg, mcfg.modalities)
     decode_progress = (lambda d, t: notify("decode", d, t)) if notify else None
     if world.main:
@@ -194,8 +198,8 @@ def _train(
     # model and method
     torch.manual_seed(cfg.seed)  # identical initial weights in every process
     model = build_model(mcfg).to(device)
-    for m in cfg.augment:
-        model.encoders[m].augment = resolve(str(kind(m).augmentation_class))()  # checked above: the kind has one
+    for m, module in augmentations.items():
+        model.encoders[m].augment = module
     steps_per_epoch = len(train_loader) if cfg.max_batches is None else min(cfg.max_batches, len(train_loader))
     trainer = trainer_cls(model, cfg, world, cfg.epochs * steps_per_epoch)
     rule = FusionParams(trainer_cls.fusion_rule)
@@ -290,6 +294,16 @@ def _train(
         plot_validation_curves(metrics_path, out / "val_accuracy.png", f"{cfg.method} ({encoder}) on {data}")
         result.update(best_validation=best_val, train_seconds=ckpt["train_seconds"])
     return result
+
+
+def augmentation(modality: str, settings: dict[str, Any]) -> torch.nn.Module:
+    """The modality's kind's training-time augmentation with `settings` as keyword arguments; a ValueError naming
+    what the class does not take, or what it refuses."""
+    cls = resolve(str(kind(modality).augmentation_class))
+    try:
+        return cls(**settings)
+    except TypeError as exc:  # an unknown keyword
+        raise ValueError(f"the {modality} augmentation ({cls.__name__}) takes no such setting: {exc}") from exc
 
 
 def _reshuffle(loader: DataLoader[Any], stream: int, epoch: int) -> None:

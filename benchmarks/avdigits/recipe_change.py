@@ -27,7 +27,6 @@ from training.evaluate import Predictions
 
 log = logging.getLogger("recipe_change")
 ROOT = Path(__file__).resolve().parents[2]
-BASE = "version 6"
 TUNE_ALLOWED = 0.01  # the fourth clause: how far the kNN mean tune AUROC may fall
 
 
@@ -41,6 +40,9 @@ class Change:
     target: str  # the subset whose NLL the change must lower
     candidate: str  # default folder of the candidate's folds, under runs/
     candidate_run: str  # default folder of the candidate's main run, under runs/
+    base_label: str = "version 6"  # the recipe as it is, in the tables: the published version trained by it
+    base: str = "crossfit"  # default folder of that recipe's folds, under runs/
+    base_run: str = "default-last"  # default folder of that recipe's main run, under runs/
 
 
 def out_of_fold(folder: Path) -> tuple[Predictions, np.ndarray]:
@@ -61,13 +63,13 @@ def markdown(change: Change, data: dict[str, Any]) -> str:
     verdict = "adopted" if data["decision"]["adopted"] else "not adopted"
     return (
         f"#### {change.title}\n\n"
-        f"Folds `{data['base']}` (version 6's recipe) and `{data['candidate']}` (the same with `{change.option}`): "
+        f"Folds `{data['base']}` ({change.base_label}'s recipe) and `{data['candidate']}` (the same with `{change.option}`): "
         f"{', '.join(f'{g} ({n})' for g, n in data['groups'].items())}, each predicted by a model that never heard the "
         "speaker. Scored as served (every fitted layer fitted leave-one-speaker-out). Change: "
-        f"{change.label} minus version 6, 95% bootstrap interval ({data['resamples']} resamples within speakers, seed "
+        f"{change.label} minus {change.base_label}, 95% bootstrap interval ({data['resamples']} resamples within speakers, seed "
         f"{data['seed']}).\n\n"
-        + table(data["subsets"], BASE, change.label)
-        + f"\n\nkNN mean tune AUROC against validation (main runs): version 6 {tune[BASE]:.3f}, {change.label} "
+        + table(data["subsets"], change.base_label, change.label)
+        + f"\n\nkNN mean tune AUROC against validation (main runs): {change.base_label} {tune[change.base_label]:.3f}, {change.label} "
         + f"{tune[change.label]:.3f}."
         + f"\n\nThe rule (docs/decisions/{change.record}): **{verdict}**.\n\n{clause_lines(data['decision'])}\n"
     )
@@ -75,9 +77,9 @@ def markdown(change: Change, data: dict[str, Any]) -> str:
 
 def main(change: Change, argv: list[str] | None = None, doc: str | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, default=ROOT / "runs" / "crossfit")
+    parser.add_argument("--base", type=Path, default=ROOT / "runs" / change.base)
     parser.add_argument("--candidate", type=Path, default=ROOT / "runs" / change.candidate)
-    parser.add_argument("--base-run", type=Path, default=ROOT / "runs" / "default-last")
+    parser.add_argument("--base-run", type=Path, default=ROOT / "runs" / change.base_run)
     parser.add_argument("--candidate-run", type=Path, default=ROOT / "runs" / change.candidate_run)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resamples", type=int, default=2000)
@@ -87,17 +89,18 @@ def main(change: Change, argv: list[str] | None = None, doc: str | None = None) 
     (base, groups), (candidate, cand_groups) = out_of_fold(args.base), out_of_fold(args.candidate)
     if not (np.array_equal(groups, cand_groups) and np.array_equal(base.labels, candidate.labels)):
         raise SystemExit("the two sets of folds did not predict the same clips in the same order")
-    cells = compare({BASE: base, change.label: candidate}, groups, args.seed, args.resamples, BASE, change.label)
+    base_label = change.base_label
+    cells = compare({base_label: base, change.label: candidate}, groups, args.seed, args.resamples, base_label, change.label)
     decision = decide(cells, target=change.target)
-    tune = {BASE: tune_auroc(args.base_run), change.label: tune_auroc(args.candidate_run)}
+    tune = {base_label: tune_auroc(args.base_run), change.label: tune_auroc(args.candidate_run)}
     decision["clauses"][f"kNN mean tune AUROC no more than {TUNE_ALLOWED} lower"] = (
-        tune[change.label] >= tune[BASE] - TUNE_ALLOWED
+        tune[change.label] >= tune[base_label] - TUNE_ALLOWED
     )
     decision["adopted"] = all(decision["clauses"].values())
     data: dict[str, Any] = {
         "base": rel(args.base),
         "candidate": rel(args.candidate),
-        "runs": {BASE: rel(args.base_run), change.label: rel(args.candidate_run)},
+        "runs": {base_label: rel(args.base_run), change.label: rel(args.candidate_run)},
         "groups": group_sizes(groups),
         "seed": args.seed,
         "resamples": args.resamples,

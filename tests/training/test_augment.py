@@ -54,9 +54,47 @@ def test_warp_reads_channel_m_over_factor_by_linear_interpolation(factor: float)
     np.testing.assert_allclose(y.numpy(), want, rtol=0, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("factor", [1.0, 0.9, 1.1, 1.25])
+def test_stretch_reads_frame_t_over_factor_and_holds_the_last_frame(factor: float) -> None:
+    x = _logmel(batch=2, frames=21, mels=5)
+    y = SpecAugment().stretch_frames(x, torch.full((2,), factor))
+    src = np.arange(21) / factor  # np.interp holds the last value past the end, as border padding does
+    want = np.stack([np.stack([np.interp(src, np.arange(21), col) for col in clip[0].T], axis=1) for clip in x.numpy()])
+    scale = float(x.abs().max())
+    np.testing.assert_allclose(y.numpy(), want[:, None], rtol=0, atol=1e-5 * scale)
+
+
+def test_stretch_off_draws_no_random_number_so_the_older_recipes_draws_are_unchanged() -> None:
+    x = _logmel()
+    torch.manual_seed(3)
+    plain = SpecAugment().train()(x)
+    after_plain = torch.rand(1)
+    torch.manual_seed(3)
+    off = SpecAugment(stretch=0.0).train()(x)
+    assert torch.equal(plain, off)
+    assert torch.equal(torch.rand(1), after_plain)
+    torch.manual_seed(3)
+    assert not torch.equal(SpecAugment(stretch=0.1).train()(x), plain)
+
+
+def test_stretch_moves_a_clips_onset_by_its_own_factor_within_the_range() -> None:
+    """One pulse at frame 40 of each of 64 clips: after stretching it sits between frames 36 and 44 (0.9 and 1.1
+    times 40), and the clips do not all land on the same frame."""
+    x = torch.zeros(64, 1, 101, 4)
+    x[:, :, 40] = 1.0
+    torch.manual_seed(4)
+    y = SpecAugment(warp=0.0, freq_masks=0, time_masks=0, stretch=0.1).train()(x)
+    peak = y[:, 0, :, 0].argmax(dim=1)
+    assert int(peak.min()) >= 36
+    assert int(peak.max()) <= 44
+    assert len(set(peak.tolist())) > 1
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="warp"):
         SpecAugment(warp=1.0)
+    with pytest.raises(ValueError, match="stretch"):
+        SpecAugment(stretch=-0.1)
     with pytest.raises(ValueError, match="negative"):
         SpecAugment(freq_width=-1)
 
@@ -123,6 +161,58 @@ def test_mla_train_video_augment_moves_the_video_encoder(tiny_demo: Path, tmp_pa
     video = [k for k in plain if k.startswith("encoders.video.trunk") and k.endswith("weight")]
     assert video
     assert any(not torch.equal(augmented[k], plain[k]) for k in video)
+
+
+def test_mla_train_augment_set_reaches_the_augmentation_and_changes_training(tiny_demo: Path, tmp_path: Path) -> None:
+    """`--augment-set audio.stretch=0.1` is recorded, and the run differs from one without it (same seed, same
+    batches): the setting reached the module that trains."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    states = {}
+    for name, extra in (("plain", []), ("stretched", ["--augment-set", "audio.stretch=0.1"])):
+        args = ["train", "--data", f"csv:{tiny_demo}", "--out", str(tmp_path / name), "--epochs", "1", "--batch-size", "32"]
+        args += ["--workers", "0", "--max-batches", "2", "--owm-alpha", "10", "--augment", "audio", *extra]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        states[name] = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
+    assert states["stretched"]["train_config"]["augment_settings"] == {"audio": {"stretch": 0.1}}
+    assert states["plain"]["train_config"]["augment_settings"] == {}
+    audio = [k for k in states["plain"]["state_dict"] if k.startswith("encoders.audio.trunk") and k.endswith("weight")]
+    assert any(not torch.equal(states["stretched"]["state_dict"][k], states["plain"]["state_dict"][k]) for k in audio)
+
+
+@pytest.mark.parametrize(
+    ("settings", "augment", "message"),
+    [
+        ({"audio": {"pace": 0.1}}, ["audio"], "the audio augmentation \\(SpecAugment\\) takes no such setting"),
+        ({"audio": {"stretch": 1.5}}, ["audio"], "stretch must be in"),
+        ({"audio": {"stretch": 0.1}}, [], "augmentation settings for audio, whose augmentation is not on"),
+    ],
+)
+def test_bad_augmentation_settings_are_refused_before_training(
+    tiny_demo: Path, tmp_path: Path, settings: dict, augment: list[str], message: str
+) -> None:
+    from training.config import TrainConfig
+    from training.train import train
+
+    cfg = TrainConfig(epochs=1, workers=0, max_batches=1, owm_alpha=10.0, augment=augment, augment_settings=settings)
+    with pytest.raises(ValueError, match=message):
+        train(f"csv:{tiny_demo}", tmp_path / "run", cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_augment_set_that_is_not_modality_key_value_is_a_clear_cli_error(tiny_demo: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    args = ["train", "--data", f"csv:{tiny_demo}", "--out", str(tmp_path / "run"), "--augment", "audio"]
+    result = CliRunner().invoke(app, [*args, "--augment-set", "stretch=0.1"])
+    assert result.exit_code == 2
+    assert "--augment-set takes MODALITY.KEY=VALUE, as audio.stretch=0.1" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_audio_augment_without_an_audio_encoder_is_refused_before_training(tiny_demo: Path, tmp_path: Path) -> None:

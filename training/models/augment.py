@@ -4,7 +4,10 @@
 perturbation, Jaitly & Hinton 2013: a voice with a longer or shorter vocal tract moves its
 formants up or down the frequency axis) and then blanks random bands of mel channels and of
 frames (SpecAugment, Park et al. 2019). Both aim at what four training voices cannot teach:
-a new speaker's formants sit elsewhere, and a band or a moment may be lost to noise.
+a new speaker's formants sit elsewhere, and a band or a moment may be lost to noise. With
+`stretch` it also plays each clip faster or slower by a random factor (tempo perturbation, as
+in Ko et al. 2015's speed perturbation but with the pitch kept): a new speaker talks at a pace
+of their own.
 
 `FrameAffine` moves, turns, scales and shears each clip's (or image's) frames by one random
 affine map: what a new hand draws differently (docs/decisions/2026-12-07-video-augmentation.md).
@@ -36,15 +39,24 @@ class SpecAugment(nn.Module):
     """[B, 1, frames, mels] -> the same shape, warped and masked per clip in training; unchanged in eval."""
 
     def __init__(
-        self, warp: float = 0.1, freq_masks: int = 2, freq_width: int = 8, time_masks: int = 2, time_width: int = 12
+        self,
+        warp: float = 0.1,
+        freq_masks: int = 2,
+        freq_width: int = 8,
+        time_masks: int = 2,
+        time_width: int = 12,
+        stretch: float = 0.0,
     ) -> None:
+        """`warp`: the mel axis scaled by a factor in [1 - warp, 1 + warp]; `stretch`: the frame axis by one in
+        [1 - stretch, 1 + stretch] (0, the default, leaves the pace and draws no random number for it)."""
         super().__init__()
-        if not 0.0 <= warp < 1.0:
-            raise ValueError(f"warp must be in [0, 1), got {warp}")
+        for name, value in (("warp", warp), ("stretch", stretch)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
         if min(freq_masks, freq_width, time_masks, time_width) < 0:
             raise ValueError("mask counts and widths must not be negative")
         self.warp, self.freq_masks, self.freq_width = warp, freq_masks, freq_width
-        self.time_masks, self.time_width = time_masks, time_width
+        self.time_masks, self.time_width, self.stretch = time_masks, time_width, stretch
 
     def warp_mels(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """Channel m of the output reads channel m / factor of the input (linear interpolation, edge held)."""
@@ -54,10 +66,23 @@ class SpecAugment(nn.Module):
         gy = torch.linspace(-1, 1, frames, device=x.device, dtype=x.dtype).view(1, frames, 1).expand(b, frames, mels)
         return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=True)
 
+    def stretch_frames(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """Frame t of the output reads frame t / factor of the input (linear interpolation, the last frame held past
+        the end): a factor above 1 plays the clip slower, below 1 faster; the mel channels stay where they are."""
+        b, _, frames, mels = x.shape
+        src = torch.arange(frames, device=x.device, dtype=x.dtype).view(1, -1) / factor.view(-1, 1)  # [B, frames]
+        gy = (2 * src / max(frames - 1, 1) - 1).view(b, frames, 1).expand(b, frames, mels)
+        gx = torch.linspace(-1, 1, mels, device=x.device, dtype=x.dtype).view(1, 1, mels).expand(b, frames, mels)
+        return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
         b, _, frames, mels = x.shape
+        if self.stretch > 0:
+            x = self.stretch_frames(
+                x, torch.empty(b, device=x.device, dtype=x.dtype).uniform_(1 - self.stretch, 1 + self.stretch)
+            )
         if self.warp > 0:
             x = self.warp_mels(x, torch.empty(b, device=x.device, dtype=x.dtype).uniform_(1 - self.warp, 1 + self.warp))
         keep = torch.ones(b, frames, mels, dtype=torch.bool, device=x.device)
