@@ -36,7 +36,9 @@ err = Console(stderr=True, soft_wrap=True)  # one error, one line: no wrapping a
 DataOpt = Annotated[str, typer.Option("--data", help="demo | demo:SEED | csv:PATH | cremad:ROOT")]
 
 
-def _input_settings(items: list[str], option: str = "--set", example: str = "audio.clip_samples=32000") -> dict[str, dict[str, Any]]:
+def _input_settings(
+    items: list[str], option: str = "--set", example: str = "audio.clip_samples=32000"
+) -> dict[str, dict[str, Any]]:
     """`--set audio.clip_samples=32000` -> {"audio": {"clip_samples": 32000}}; values are JSON where they parse."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:

@@ -69,8 +69,8 @@ def markdown(change: Change, data: dict[str, Any]) -> str:
         f"{change.label} minus {change.base_label}, 95% bootstrap interval ({data['resamples']} resamples within speakers, seed "
         f"{data['seed']}).\n\n"
         + table(data["subsets"], change.base_label, change.label)
-        + f"\n\nkNN mean tune AUROC against validation (main runs): {change.base_label} {tune[change.base_label]:.3f}, {change.label} "
-        + f"{tune[change.label]:.3f}."
+        + "\n\nkNN mean tune AUROC against validation (main runs): "
+        + f"{change.base_label} {tune[change.base_label]:.3f}, {change.label} {tune[change.label]:.3f}."
         + f"\n\nThe rule (docs/decisions/{change.record}): **{verdict}**.\n\n{clause_lines(data['decision'])}\n"
     )
 
