@@ -77,6 +77,23 @@ def test_stretch_off_draws_no_random_number_so_the_older_recipes_draws_are_uncha
     assert not torch.equal(SpecAugment(stretch=0.1).train()(x), plain)
 
 
+def test_tilt_adds_one_straight_slope_per_clip_within_the_range() -> None:
+    x = _logmel(batch=64, frames=9, mels=16)
+    torch.manual_seed(5)
+    y = SpecAugment(warp=0.0, freq_masks=0, time_masks=0, tilt=0.3).train()(x)
+    added = (y - x)[:, 0].double()  # [B, frames, mels]
+    ulp = 2.0**-20  # float32's spacing for values under 16 (these are 5 give or take 4): y - x rounds within one
+    torch.testing.assert_close(added, added[:, :1].expand_as(added), rtol=0, atol=2 * ulp)  # the same in every frame
+    slope = added[:, 0, -1]  # the highest channel gets +s, the lowest -s, straight between
+    want = slope.view(-1, 1) * torch.linspace(-1, 1, 16, dtype=torch.float64).view(1, -1)
+    torch.testing.assert_close(added[:, 0], want, rtol=0, atol=2 * ulp)
+    assert float(slope.abs().max()) <= 0.3 + 1e-6
+    assert float(slope.min()) < -0.1 < 0.1 < float(slope.max())  # both signs drawn across 64 clips
+    torch.manual_seed(5)
+    plain = SpecAugment(warp=0.0, freq_masks=0, time_masks=0).train()(x)
+    assert torch.equal(plain, x)  # tilt 0 (the default) adds nothing
+
+
 def test_stretch_moves_a_clips_onset_by_its_own_factor_within_the_range() -> None:
     """One pulse at frame 40 of each of 64 clips: after stretching it sits between frames 36 and 44 (0.9 and 1.1
     times 40), and the clips do not all land on the same frame."""
@@ -95,6 +112,9 @@ def test_bad_settings_are_refused() -> None:
         SpecAugment(warp=1.0)
     with pytest.raises(ValueError, match="stretch"):
         SpecAugment(stretch=-0.1)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tilt"):
+            SpecAugment(tilt=bad)
     with pytest.raises(ValueError, match="negative"):
         SpecAugment(freq_width=-1)
 

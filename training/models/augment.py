@@ -7,7 +7,9 @@ frames (SpecAugment, Park et al. 2019). Both aim at what four training voices ca
 a new speaker's formants sit elsewhere, and a band or a moment may be lost to noise. With
 `stretch` it also plays each clip faster or slower by a random factor (tempo perturbation, as
 in Ko et al. 2015's speed perturbation but with the pitch kept): a new speaker talks at a pace
-of their own.
+of their own. With `tilt` it adds a random straight slope across the mel channels (louder highs
+and softer lows or the reverse, as one microphone and room differ from another): a new speaker
+also brings a recording chain of their own.
 
 `FrameAffine` moves, turns, scales and shears each clip's (or image's) frames by one random
 affine map: what a new hand draws differently (docs/decisions/2026-12-07-video-augmentation.md).
@@ -46,17 +48,23 @@ class SpecAugment(nn.Module):
         time_masks: int = 2,
         time_width: int = 12,
         stretch: float = 0.0,
+        tilt: float = 0.0,
     ) -> None:
         """`warp`: the mel axis scaled by a factor in [1 - warp, 1 + warp]; `stretch`: the frame axis by one in
-        [1 - stretch, 1 + stretch] (0, the default, leaves the pace and draws no random number for it)."""
+        [1 - stretch, 1 + stretch]; `tilt`: a slope from -s at the lowest mel channel to +s at the highest added to
+        every frame, s uniform in [-tilt, tilt], in the normalised log-mel's units (its input normalisation turns
+        natural-log units into these; version 8's multiplies them by 0.23, so 0.3 is about 6 dB). `stretch` and
+        `tilt` at 0, their defaults, leave the clip as it is and draw no random number."""
         super().__init__()
         for name, value in (("warp", warp), ("stretch", stretch)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if not (math.isfinite(tilt) and tilt >= 0.0):
+            raise ValueError(f"tilt must be a finite number >= 0, got {tilt}")
         if min(freq_masks, freq_width, time_masks, time_width) < 0:
             raise ValueError("mask counts and widths must not be negative")
         self.warp, self.freq_masks, self.freq_width = warp, freq_masks, freq_width
-        self.time_masks, self.time_width, self.stretch = time_masks, time_width, stretch
+        self.time_masks, self.time_width, self.stretch, self.tilt = time_masks, time_width, stretch, tilt
 
     def warp_mels(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """Channel m of the output reads channel m / factor of the input (linear interpolation, edge held)."""
@@ -85,6 +93,9 @@ class SpecAugment(nn.Module):
             )
         if self.warp > 0:
             x = self.warp_mels(x, torch.empty(b, device=x.device, dtype=x.dtype).uniform_(1 - self.warp, 1 + self.warp))
+        if self.tilt > 0:
+            slope = torch.empty(b, device=x.device, dtype=x.dtype).uniform_(-self.tilt, self.tilt)
+            x = x + slope.view(b, 1, 1, 1) * torch.linspace(-1, 1, mels, device=x.device, dtype=x.dtype).view(1, 1, 1, mels)
         keep = torch.ones(b, frames, mels, dtype=torch.bool, device=x.device)
         if self.freq_masks and self.freq_width:
             keep &= ~_bands(b, mels, self.freq_masks, min(self.freq_width, mels), x.device).unsqueeze(1)
