@@ -302,8 +302,8 @@ def augmentation(modality: str, settings: dict[str, Any]) -> torch.nn.Module:
     cls = resolve(str(kind(modality).augmentation_class))
     try:
         return cls(**settings)
-    except TypeError as exc:  # an unknown keyword
-        raise ValueError(f"the {modality} augmentation ({cls.__name__}) takes no such setting: {exc}") from exc
+    except TypeError as exc:  # an unknown keyword, or a value of the wrong type (a string where a number goes)
+        raise ValueError(f"the {modality} augmentation ({cls.__name__}) does not take {settings}: {exc}") from exc
 
 
 def _reshuffle(loader: DataLoader[Any], stream: int, epoch: int) -> None:
