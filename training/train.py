@@ -174,10 +174,9 @@ def _train(
             raise ValueError(f"augment names {m}, which this model does not have ({', '.join(mcfg.modalities)})")
         if kind(m).augmentation_class is None:
             raise ValueError(f"the {m} kind has no training-time augmentation")
-    augmentations = {m: augmentation(m, cfg.augment_settings.get(m, {})) for m in cfg.augment}
-    if set(cfg.augment_settings) - set(cfg.augment):
-        unused = ", ".join(sorted(set(cfg.augment_settings) - set(cfg.augment)))
+    if unused := ", ".join(sorted(set(cfg.augment_settings) - set(cfg.augment))):
         raise ValueError(f"augmentation settings for {unused}, whose augmentation is not on (--augment {unused})")
+    augmentations = {m: augmentation(m, cfg.augment_settings.get(m, {})) for m in cfg.augment}
     outlier_samples = _outlier_samples(cfg, mcfg.modalities)
     decode_progress = (lambda d, t: notify("decode", d, t)) if notify else None
     if world.main:

@@ -37,6 +37,23 @@ def _bands(batch: int, length: int, count: int, max_width: int, device: torch.de
     return ((pos >= start) & (pos < start + width)).any(dim=1)
 
 
+def _read_scaled(x: torch.Tensor, factor: torch.Tensor, axis: int) -> torch.Tensor:
+    """[B, 1, frames, mels] -> the same shape, where index i along `axis` (2: frames, 3: mels) reads index
+    i / factor of the input, one factor per clip (linear interpolation, the edge held past the end); the other axis
+    is read as it is."""
+    b, _, frames, mels = x.shape
+    n = x.shape[axis]
+    src = torch.arange(n, device=x.device, dtype=x.dtype).view(1, -1) / factor.view(-1, 1)  # [B, n]
+    scaled = 2 * src / max(n - 1, 1) - 1
+    if axis == 3:
+        gx = scaled.view(b, 1, mels).expand(b, frames, mels)
+        gy = torch.linspace(-1, 1, frames, device=x.device, dtype=x.dtype).view(1, frames, 1).expand(b, frames, mels)
+    else:
+        gy = scaled.view(b, frames, 1).expand(b, frames, mels)
+        gx = torch.linspace(-1, 1, mels, device=x.device, dtype=x.dtype).view(1, 1, mels).expand(b, frames, mels)
+    return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=True)
+
+
 class SpecAugment(nn.Module):
     """[B, 1, frames, mels] -> the same shape, warped and masked per clip in training; unchanged in eval."""
 
@@ -68,20 +85,12 @@ class SpecAugment(nn.Module):
 
     def warp_mels(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """Channel m of the output reads channel m / factor of the input (linear interpolation, edge held)."""
-        b, _, frames, mels = x.shape
-        src = torch.arange(mels, device=x.device, dtype=x.dtype).view(1, -1) / factor.view(-1, 1)  # [B, mels]
-        gx = (2 * src / (mels - 1) - 1).view(b, 1, mels).expand(b, frames, mels)
-        gy = torch.linspace(-1, 1, frames, device=x.device, dtype=x.dtype).view(1, frames, 1).expand(b, frames, mels)
-        return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=True)
+        return _read_scaled(x, factor, axis=3)
 
     def stretch_frames(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """Frame t of the output reads frame t / factor of the input (linear interpolation, the last frame held past
         the end): a factor above 1 plays the clip slower, below 1 faster; the mel channels stay where they are."""
-        b, _, frames, mels = x.shape
-        src = torch.arange(frames, device=x.device, dtype=x.dtype).view(1, -1) / factor.view(-1, 1)  # [B, frames]
-        gy = (2 * src / max(frames - 1, 1) - 1).view(b, frames, 1).expand(b, frames, mels)
-        gx = torch.linspace(-1, 1, mels, device=x.device, dtype=x.dtype).view(1, 1, mels).expand(b, frames, mels)
-        return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=True)
+        return _read_scaled(x, factor, axis=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
