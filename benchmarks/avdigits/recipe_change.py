@@ -31,6 +31,19 @@ TUNE_ALLOWED = 0.01  # the fourth clause: how far the kNN mean tune AUROC may fa
 
 
 @dataclass(frozen=True)
+class Base:
+    """The recipe as it is: the published version trained by it and where its runs are."""
+
+    label: str  # its name in the tables
+    folds: str  # default folder of its folds, under runs/
+    run: str  # default folder of its main run, under runs/
+
+
+VERSION_6 = Base("version 6", "crossfit", "default-last")
+VERSION_8 = Base("version 8", "crossfit-video", "default-video")
+
+
+@dataclass(frozen=True)
 class Change:
     name: str  # the results' file name under benchmarks/results
     label: str  # the candidate's name in the tables
@@ -40,9 +53,7 @@ class Change:
     target: str  # the subset whose NLL the change must lower
     candidate: str  # default folder of the candidate's folds, under runs/
     candidate_run: str  # default folder of the candidate's main run, under runs/
-    base_label: str = "version 6"  # the recipe as it is, in the tables: the published version trained by it
-    base: str = "crossfit"  # default folder of that recipe's folds, under runs/
-    base_run: str = "default-last"  # default folder of that recipe's main run, under runs/
+    base: Base = VERSION_6  # what the change is compared against
 
 
 def out_of_fold(folder: Path) -> tuple[Predictions, np.ndarray]:
@@ -63,23 +74,23 @@ def markdown(change: Change, data: dict[str, Any]) -> str:
     verdict = "adopted" if data["decision"]["adopted"] else "not adopted"
     return (
         f"#### {change.title}\n\n"
-        f"Folds `{data['base']}` ({change.base_label}'s recipe) and `{data['candidate']}` (the same with `{change.option}`): "
+        f"Folds `{data['base']}` ({change.base.label}'s recipe) and `{data['candidate']}` (the same with `{change.option}`): "
         f"{', '.join(f'{g} ({n})' for g, n in data['groups'].items())}, each predicted by a model that never heard the "
         "speaker. Scored as served (every fitted layer fitted leave-one-speaker-out). Change: "
-        f"{change.label} minus {change.base_label}, 95% bootstrap interval ({data['resamples']} resamples within speakers, seed "
+        f"{change.label} minus {change.base.label}, 95% bootstrap interval ({data['resamples']} resamples within speakers, seed "
         f"{data['seed']}).\n\n"
-        + table(data["subsets"], change.base_label, change.label)
+        + table(data["subsets"], change.base.label, change.label)
         + "\n\nkNN mean tune AUROC against validation (main runs): "
-        + f"{change.base_label} {tune[change.base_label]:.3f}, {change.label} {tune[change.label]:.3f}."
+        + f"{change.base.label} {tune[change.base.label]:.3f}, {change.label} {tune[change.label]:.3f}."
         + f"\n\nThe rule (docs/decisions/{change.record}): **{verdict}**.\n\n{clause_lines(data['decision'])}\n"
     )
 
 
 def main(change: Change, argv: list[str] | None = None, doc: str | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", type=Path, default=ROOT / "runs" / change.base)
+    parser.add_argument("--base", type=Path, default=ROOT / "runs" / change.base.folds)
     parser.add_argument("--candidate", type=Path, default=ROOT / "runs" / change.candidate)
-    parser.add_argument("--base-run", type=Path, default=ROOT / "runs" / change.base_run)
+    parser.add_argument("--base-run", type=Path, default=ROOT / "runs" / change.base.run)
     parser.add_argument("--candidate-run", type=Path, default=ROOT / "runs" / change.candidate_run)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resamples", type=int, default=2000)
@@ -89,7 +100,7 @@ def main(change: Change, argv: list[str] | None = None, doc: str | None = None) 
     (base, groups), (candidate, cand_groups) = out_of_fold(args.base), out_of_fold(args.candidate)
     if not (np.array_equal(groups, cand_groups) and np.array_equal(base.labels, candidate.labels)):
         raise SystemExit("the two sets of folds did not predict the same clips in the same order")
-    base_label = change.base_label
+    base_label = change.base.label
     cells = compare({base_label: base, change.label: candidate}, groups, args.seed, args.resamples, base_label, change.label)
     decision = decide(cells, target=change.target)
     tune = {base_label: tune_auroc(args.base_run), change.label: tune_auroc(args.candidate_run)}

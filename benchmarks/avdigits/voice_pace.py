@@ -11,7 +11,7 @@ read.
 
 from __future__ import annotations
 
-from benchmarks.avdigits.recipe_change import Change
+from benchmarks.avdigits.recipe_change import VERSION_8, Change
 from benchmarks.avdigits.recipe_change import main as compare_recipes
 
 CHANGE = Change(
@@ -23,9 +23,7 @@ CHANGE = Change(
     target="audio",
     candidate="crossfit-stretch",
     candidate_run="default-stretch",
-    base_label="version 8",
-    base="crossfit-video",
-    base_run="default-video",
+    base=VERSION_8,
 )
 
 
