@@ -53,16 +53,17 @@ locks: venv
 # Programs the tests run for real: Prometheus (and promtool), docker-compose; for the compose
 # test a Docker engine (docker.io, iptables) and debootstrap (its base image); Debian's Chromium
 # (with a font) that Playwright drives for the page's tests (Playwright downloads no browser);
-# espeak-ng, whose voices speak the digits the default model is tested on.
+# espeak-ng, whose voices speak the digits the default model is tested on; flite, a second synthesiser the
+# dataset builder can speak digits with (--flite-voices).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v docker-compose >/dev/null \
 	    || ! command -v dockerd >/dev/null || ! command -v iptables >/dev/null || ! command -v debootstrap >/dev/null \
 	    || ! command -v chromium >/dev/null || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] \
-	    || ! command -v espeak-ng >/dev/null; then \
+	    || ! command -v espeak-ng >/dev/null || ! command -v flite >/dev/null; then \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
-	    prometheus docker-compose docker.io iptables debootstrap chromium fonts-dejavu-core espeak-ng; \
+	    prometheus docker-compose docker.io iptables debootstrap chromium fonts-dejavu-core espeak-ng flite; \
 	fi
 
 venv: $(STAMP)

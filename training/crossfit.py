@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger("crossfit")
-SYNTHETIC_PREFIX = "espeak-ng"  # synthetic voices: one clip each, never a fold of their own
+SYNTHETIC_PREFIX = ("espeak-ng", "flite")  # synthetic voices: one clip each, never a fold of their own
 
 
 def fold_rows(rows: list[dict[str, str]], speaker: str) -> list[dict[str, str]]:

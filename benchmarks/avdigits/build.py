@@ -18,7 +18,11 @@ matter.
 espeak-ng in a voice drawn at random (an English accent, a voice variant, a pitch and a
 speed; never the variants `make bench-espeak` tests with), with the same noise recipe and a
 fresh clip of one of the training split's images: more voices than four speakers give, for
-`benchmarks.avdigits.audio_voices`. Validation and test are the same either way.
+`benchmarks.avdigits.audio_voices`. `--flite-voices N` adds N more per digit spoken by flite, a second synthesiser
+(a diphone voice and three statistical voices built from recorded speakers), each in one of its voices at a random
+pace and, where the voice takes it, pitch (`docs/decisions/2026-12-07-flite-voices.md`). Each synthesiser draws from
+a random stream of its own, so the rows before its rows are the same with it or without it. Validation and test are
+the same either way.
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ VIDEO_CORRUPT_SHARE = 0.3
 SNR_RANGE = (-5.0, 20.0)
 SYNTH_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029")
 SYNTH_PITCH, SYNTH_SPEED = (15, 85), (110, 200)  # espeak-ng -p (0-99) and -s (words per minute)
+# flite's English voices (awb_time speaks only clock times): kal and kal16 are diphone voices that take a mean pitch
+# in Hz; awb, rms and slt are clustergen voices that take a pitch factor (rms's model ignores it). The pace is
+# flite's duration_stretch, the same range for all.
+FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+FLITE_DIPHONE_F0, FLITE_F0_SHIFT, FLITE_STRETCH = (85.0, 160.0), (0.8, 1.25), (0.8, 1.25)
 
 
 class MissingSharedDataError(Exception):
@@ -175,6 +184,16 @@ def speak(word: str, voice: str, pitch: int, speed: int, folder: Path) -> np.nda
     return decode_audio(path, SAMPLE_RATE)
 
 
+def flite_speak(word: str, voice: str, stretch: float, pitch: float, folder: Path) -> np.ndarray:
+    """`word` spoken by flite in `voice` at pace `stretch` and pitch `pitch` (Hz for the diphone voices, a factor
+    for the others), decoded (PyAV) at SAMPLE_RATE."""
+    path = folder / "word.wav"
+    f0 = ["--setf", f"int_f0_target_mean={pitch:.1f}"] if voice.startswith("kal") else ["--setf", f"f0_shift={pitch:.3f}"]
+    cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={stretch:.3f}", *f0, "-t", word, "-o", str(path)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+    return decode_audio(path, SAMPLE_RATE)
+
+
 def build(
     out: Path,
     seed: int = 0,
@@ -182,6 +201,7 @@ def build(
     limit_per_speaker_digit: int | None = None,
     clean: bool = False,
     synthetic_per_digit: int = 0,
+    flite_per_digit: int = 0,
 ) -> Path:
     """Write media/ and manifest.csv into `out`; return the manifest's path.
 
@@ -189,8 +209,11 @@ def build(
     robustness benchmark, which adds its own at controlled severities.
     `synthetic_per_digit`: that many espeak-ng clips per digit added to the training split
     (from a random stream of their own: the FSDD rows are the same with or without them).
+    `flite_per_digit`: that many flite clips per digit after those, from a third stream.
     """
     variants = synthetic_variants() if synthetic_per_digit else []  # fail before writing anything
+    if flite_per_digit and shutil.which("flite") is None:
+        raise FileNotFoundError("flite is not installed (Debian package flite); --flite-voices needs it")
     recs = recordings(root)
     images, labels = mnist(root)
     rng = np.random.default_rng(seed)
@@ -241,6 +264,20 @@ def build(
                 where = (media, f"synth_{digit}_{j:04d}")
                 snr_kept = None if clean else snr
                 rows.append(_write_sample(where, noisy, frames, digit, "train", speaker, image_index, snr_kept, corrupt))
+        other = np.random.default_rng([seed, 2])
+        for digit, word in enumerate(WORDS if flite_per_digit else ()):
+            for j in range(flite_per_digit):
+                voice = FLITE_VOICES[other.integers(len(FLITE_VOICES))]
+                stretch = float(other.uniform(*FLITE_STRETCH))
+                f0 = float(other.uniform(*(FLITE_DIPHONE_F0 if voice.startswith("kal") else FLITE_F0_SHIFT)))
+                noisy, snr = _noisy(flite_speak(word, voice, stretch, f0, Path(tmp)), other, clean)
+                image_index = int(other.choice(train_images[digit]))
+                corrupt = _corruption(other.random(), clean)
+                frames = digit_clip(images[image_index], other, corrupt)
+                speaker = f"flite {voice} d{stretch:.2f} f{f0:.2f}"
+                where = (media, f"flite_{digit}_{j:04d}")
+                snr_kept = None if clean else snr
+                rows.append(_write_sample(where, noisy, frames, digit, "train", speaker, image_index, snr_kept, corrupt))
     return write_manifest(out / "manifest.csv", rows)
 
 
@@ -257,16 +294,17 @@ def _rename_drawing_column(manifest: Path) -> None:
         os.replace(tmp, manifest)
 
 
-def cached(seed: int = 0, synthetic_per_digit: int = 0) -> Path:
+def cached(seed: int = 0, synthetic_per_digit: int = 0, flite_per_digit: int = 0) -> Path:
     """The AV-digits manifest in the cache (`MLA_CACHE_DIR`), built on first use; what the benchmarks and
     the default model train on (`synthetic_per_digit` 0). Raises MissingSharedDataError without ../shared/data."""
     name = f"avdigits-v2-seed{seed}" + (f"-espeak{synthetic_per_digit}" if synthetic_per_digit else "")
+    name += f"-flite{flite_per_digit}" if flite_per_digit else ""
     out = cache_root() / "datasets" / name
     manifest = out / "manifest.csv"
     _rename_drawing_column(manifest)
     if not manifest.is_file():
         log.info("building AV-digits into %s", out)
-        build(out, seed, synthetic_per_digit=synthetic_per_digit)
+        build(out, seed, synthetic_per_digit=synthetic_per_digit, flite_per_digit=flite_per_digit)
     return manifest
 
 
@@ -275,13 +313,15 @@ def main() -> None:
     parser.add_argument("out", type=Path, nargs="?", help="where to write it (default: the cache, built once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--synthetic-voices", type=int, default=0, metavar="N", help="espeak-ng clips per digit, training only")
+    parser.add_argument("--flite-voices", type=int, default=0, metavar="N", help="flite clips per digit, training only")
     args = parser.parse_args()
-    if args.synthetic_voices < 0:
-        parser.error("--synthetic-voices must not be negative")
+    for flag, value in (("--synthetic-voices", args.synthetic_voices), ("--flite-voices", args.flite_voices)):
+        if value < 0:
+            parser.error(f"{flag} must not be negative")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    n = args.synthetic_voices
+    n, f = args.synthetic_voices, args.flite_voices
     try:
-        print(build(args.out, args.seed, synthetic_per_digit=n) if args.out else cached(args.seed, n))
+        print(build(args.out, args.seed, synthetic_per_digit=n, flite_per_digit=f) if args.out else cached(args.seed, n, f))
     except MissingSharedDataError as exc:
         raise SystemExit(f"cannot build AV-digits: {exc}; the shared data sets belong in {SHARED}") from exc
     except FileNotFoundError as exc:

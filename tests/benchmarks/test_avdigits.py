@@ -106,6 +106,45 @@ def test_synthetic_voices_join_training_only_and_leave_the_recordings_alone(tmp_
         assert 0.5 < float(np.abs(wave).max()) <= 0.91  # spoken, noised and peak-normalised as the recordings are
 
 
+def test_flite_voices_follow_the_espeak_ones_and_leave_every_earlier_row_alone(tmp_path: Path) -> None:
+    import shutil
+
+    from benchmarks.avdigits.build import FLITE_DIPHONE_F0, FLITE_F0_SHIFT, FLITE_STRETCH, FLITE_VOICES, SNR_RANGE
+    from common.media import decode_audio
+    from training.crossfit import speakers
+
+    shared_data("fsdd")
+    shared_data("mnist")
+    for tool in ("espeak-ng", "flite"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is absent (Debian package {tool})")
+    espeak = build(tmp_path / "espeak", seed=0, root=shared_data(), limit_per_speaker_digit=1, synthetic_per_digit=1)
+    both = build(
+        tmp_path / "both", seed=0, root=shared_data(), limit_per_speaker_digit=1, synthetic_per_digit=1, flite_per_digit=2
+    )
+    with espeak.open() as f, both.open() as g:
+        a, b = list(csv.DictReader(f)), list(csv.DictReader(g))
+    assert b[: len(a)] == a  # the recordings' and espeak-ng's rows unchanged: flite draws from a stream of its own
+    assert all((espeak.parent / r["audio"]).read_bytes() == (both.parent / r["audio"]).read_bytes() for r in a)
+    flite = b[len(a) :]
+    assert sorted(r["label"] for r in flite) == sorted(str(d) for d in range(10) for _ in range(2))
+    assert {r["split"] for r in flite} == {"train"}
+    for r in flite:
+        tool, voice, pace, pitch = r["speaker"].split()
+        assert tool == "flite"
+        assert voice in FLITE_VOICES
+        assert FLITE_STRETCH[0] <= float(pace[1:]) <= FLITE_STRETCH[1]
+        lo, hi = FLITE_DIPHONE_F0 if voice.startswith("kal") else FLITE_F0_SHIFT
+        assert lo - 0.005 <= float(pitch[1:]) <= hi + 0.005  # as written, to two decimals
+        assert SNR_RANGE[0] <= float(r["snr_db"]) <= SNR_RANGE[1]
+    train_images = {(r["label"], r["drawing"]) for r in a if r["split"] == "train"}
+    assert all((r["label"], r["drawing"]) in train_images for r in flite)
+    assert speakers(b) == speakers(a)  # crossfitting never holds a synthetic voice out
+    for r in flite[:3]:
+        wave = decode_audio(both.parent / r["audio"], 8000)
+        assert 0.5 < float(np.abs(wave).max()) <= 0.91
+
+
 def test_audio_voices_study_scores_as_served() -> None:
     from benchmarks.avdigits.audio_voices import score_run
     from training.evaluate import Predictions
