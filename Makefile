@@ -160,30 +160,30 @@ CHECK_TESTS := tests/common tests/training/test_layering.py tests/training/test_
 check: lint typecheck docs
 	$(BIN)/pytest -q -m "not slow" $(CHECK_TESTS)
 
-# The embedded default model (models/default/8, committed; see models/default/README.md): MLA on AV-digits,
+# The embedded default model (models/default/9, committed; see models/default/README.md): MLA on AV-digits,
 # real spoken (FSDD) and handwritten (MNIST) digits from ../shared/data, its training split joined by digits
-# spoken by espeak-ng in random voices; calibrated on validation and on out-of-fold predictions of its four
+# spoken by espeak-ng and by flite in random voices (docs/decisions/2026-12-07-flite-voices.md); calibrated on validation and on out-of-fold predictions of its four
 # training speakers (four more trainings, one per speaker held out, two at a time). Rebuilt only when it is
 # missing. Each run serves its last epoch (docs/decisions/2026-12-07-last-epoch.md); the voice's detector has a
 # digit-or-not probe beside its kNN, fitted against spoken words that are not digits
 # (docs/decisions/2026-12-07-outlier-probe.md); its video frames are augmented in training
 # (docs/decisions/2026-12-07-video-augmentation.md). (Version 4 added outlier exposure to the training and was withdrawn:
 # docs/decisions/2026-12-06-version-4-withdrawn.md.)
-DEFAULT_MODEL := models/default/8/manifest.json
+DEFAULT_MODEL := models/default/9/manifest.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 RECIPE := --method mla --seed 0 --epochs 30 --owm-alpha 10 --augment audio --augment video --keep last
 
 $(DEFAULT_MODEL):
-	@echo "Building the default model from ../shared/data (AV-digits + espeak-ng voices, MLA, 30 epochs, 5 trainings): ~50 min, once."
+	@echo "Building the default model from ../shared/data (AV-digits + espeak-ng and flite voices, MLA, 30 epochs, 5 trainings): ~60 min, once."
 	$(MAKE) venv
-	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends espeak-ng; }
-	manifest=$$($(BIN)/python -m benchmarks.avdigits.build --synthetic-voices 150) && \
+	@{ command -v espeak-ng >/dev/null && command -v flite >/dev/null; } || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends espeak-ng flite; }
+	manifest=$$($(BIN)/python -m benchmarks.avdigits.build --synthetic-voices 150 --flite-voices 100) && \
 	$(BIN)/mla train --data csv:$$manifest $(RECIPE) --out runs/default && \
 	$(BIN)/python -m training.crossfit --data csv:$$manifest --out runs/crossfit --parallel 2 -- $(RECIPE) && \
 	outliers=$$($(BIN)/python -m benchmarks.avdigits.outliers) && \
-	$(BIN)/mla export runs/default --out models --name default --version 8 --crossfit runs/crossfit --outliers csv:$$outliers
+	$(BIN)/mla export runs/default --out models --name default --version 9 --crossfit runs/crossfit --outliers csv:$$outliers
 
 default-model: $(DEFAULT_MODEL)
 
