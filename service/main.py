@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
+from threadpoolctl import threadpool_limits
 
 from service.admission import Admission
 from service.direct import install_direct_routes
@@ -48,22 +49,26 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[], None] | 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.to_thread(storage.open)  # cleans what servers that died left in MLA_TMP_DIR
-        repository = Repository(settings, metrics, storage)
-        await asyncio.to_thread(repository.load_first)  # fails fast on a bad repository
-        app.state.repository = repository
-        warm = asyncio.create_task(repository.start())  # answers /healthz at once, /readyz once warm
-        warm.add_done_callback(warmed)
-        try:
-            yield
-        finally:
-            if not warm.done():
-                warm.cancel()
-                with contextlib.suppress(BaseException):  # its workers, half started, are cleaned up before the pool closes
-                    await warm
-            await repository.close()
-            storage.close()
-            log.info("stopped")
+        # One BLAS thread in this process while it serves, the process's own limit back when it stops. What it
+        # multiplies is one query by a kNN bank; above about 4,000 rows OpenBLAS splits that over its threads, which
+        # then spin between requests: 3.5 ms of CPU a request on 2 cores (docs/decisions/2026-12-07-one-blas-thread.md).
+        with threadpool_limits(limits=1, user_api="blas"):
+            await asyncio.to_thread(storage.open)  # cleans what servers that died left in MLA_TMP_DIR
+            repository = Repository(settings, metrics, storage)
+            await asyncio.to_thread(repository.load_first)  # fails fast on a bad repository
+            app.state.repository = repository
+            warm = asyncio.create_task(repository.start())  # answers /healthz at once, /readyz once warm
+            warm.add_done_callback(warmed)
+            try:
+                yield
+            finally:
+                if not warm.done():
+                    warm.cancel()
+                    with contextlib.suppress(BaseException):  # its workers, half started, are cleaned up before the pool closes
+                        await warm
+                await repository.close()
+                storage.close()
+                log.info("stopped")
 
     # /docs and /redoc load Swagger UI and ReDoc from the app itself, not a CDN: they work offline.
     app = FastAPIOffline(

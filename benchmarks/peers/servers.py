@@ -36,17 +36,23 @@ def peers_python() -> Path | None:
 
 
 def command(peer: str, model: Path, port: int) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment that serve `model` at 127.0.0.1:`port` with `peer`."""
+    """The command line and environment that serve `model` at 127.0.0.1:`port` with `peer`.
+
+    Each peer's processes run one BLAS thread, as the service's own does (service.main): they answer with the same
+    common.answer, whose kNN multiplies one query by a bank, and OpenBLAS's threads, spinning between requests above a
+    bank of about 4,000 rows, would cost them the CPU they cost the service (docs/decisions/2026-12-07-one-blas-thread.md).
+    """
+    one_thread = {"OPENBLAS_NUM_THREADS": "1"}
     python = peers_python()
     if python is None:
         raise FileNotFoundError(
             f"no {PEERS_VENV}: python3 -m venv {PEERS_VENV} && {PEERS_VENV}/bin/pip install -r requirements/peers.in"
         )
     if peer == "litserve":
-        return [str(python), "-m", "benchmarks.peers.litserve_server", str(model), str(port)], {}
+        return [str(python), "-m", "benchmarks.peers.litserve_server", str(model), str(port)], one_thread
     if peer == "bentoml":
         cmd = [str(PEERS_VENV / "bin/bentoml"), "serve", "benchmarks.peers.bentoml_service:Front"]
-        return [*cmd, "--host", "127.0.0.1", "--port", str(port)], {"PEERS_MODEL_DIR": str(model.resolve())}
+        return [*cmd, "--host", "127.0.0.1", "--port", str(port)], {**one_thread, "PEERS_MODEL_DIR": str(model.resolve())}
     raise ValueError(f"unknown peer {peer!r}: one of {', '.join(PEERS)}")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from common.hashing import sha256_file
@@ -113,3 +114,32 @@ def test_public_routes_are_a_setting(tiny_repo: Path, tmp_path: Path) -> None:
         r = c.post("/v1/predict", content=b"{}", headers={"Content-Type": "application/json"})
         assert r.status_code in (415, 503), r.text  # not multipart (or the model still warming), never 401
     assert Settings(public_routes="/metrics, /v1/models").public_routes == ["/metrics", "/v1/models"]
+
+
+def test_the_server_multiplies_with_one_blas_thread_and_gives_the_process_its_own_back(tiny_repo: Path, tmp_path: Path) -> None:
+    """Its kNN multiplies one query by a bank; OpenBLAS's threads, spinning between requests, cost more CPU than that
+    (docs/decisions/2026-12-07-one-blas-thread.md). While the app's lifespan runs, the process's BLAS runs one thread;
+    when it ends, the limit the process had is back. The lifespan runs in the main thread, as under uvicorn (OpenBLAS
+    keeps a limit set in the main thread against one set in another)."""
+    import asyncio
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    seen: dict[str, set[int]] = {}
+
+    async def serve(app: FastAPI) -> None:
+        async with app.router.lifespan_context(app):
+            seen["serving"] = blas_threads()
+            seen["serving, another thread"] = await asyncio.to_thread(blas_threads)
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        if before != {2}:
+            pytest.skip(f"this machine's BLAS cannot run 2 threads (it reports {before}), so one would show nothing")
+        settings = Settings(model_dir=tiny_repo, providers=["cpu"], decode_workers=1, tmp_dir=tmp_path)
+        asyncio.run(serve(create_app(settings)))
+        assert seen == {"serving": {1}, "serving, another thread": {1}}
+        assert blas_threads() == {2}
