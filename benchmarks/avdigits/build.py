@@ -250,34 +250,34 @@ def build(
         frames = digit_clip(images[image_index], rng, corrupt)
         where = (media, f"{i:05d}_{r.path.stem}")
         rows.append(_write_sample(where, noisy, frames, r.digit, split, r.speaker, image_index, None if clean else snr, corrupt))
+
+    def spoken(where: tuple[Path, str], wave: np.ndarray, digit: int, speaker: str, rng: np.random.Generator) -> dict[str, Any]:
+        """A synthetic training row: `wave` noised as the recordings are, beside a new clip of one of the training
+        split's drawings of `digit`, every draw from `rng` (its synthesiser's own stream)."""
+        noisy, snr = _noisy(wave, rng, clean)
+        image_index = int(rng.choice(train_images[digit]))
+        corrupt = _corruption(rng.random(), clean)
+        frames = digit_clip(images[image_index], rng, corrupt)
+        return _write_sample(where, noisy, frames, digit, "train", speaker, image_index, None if clean else snr, corrupt)
+
     synth = np.random.default_rng([seed, 1])
     with tempfile.TemporaryDirectory() as tmp:
         for digit, word in enumerate(WORDS if synthetic_per_digit else ()):
             for j in range(synthetic_per_digit):
                 voice = f"{SYNTH_ACCENTS[synth.integers(len(SYNTH_ACCENTS))]}+{variants[synth.integers(len(variants))]}"
                 pitch, speed = int(synth.integers(*SYNTH_PITCH, endpoint=True)), int(synth.integers(*SYNTH_SPEED, endpoint=True))
-                noisy, snr = _noisy(speak(word, voice, pitch, speed, Path(tmp)), synth, clean)
-                image_index = int(synth.choice(train_images[digit]))
-                corrupt = _corruption(synth.random(), clean)
-                frames = digit_clip(images[image_index], synth, corrupt)
+                wave = speak(word, voice, pitch, speed, Path(tmp))
                 speaker = f"espeak-ng {voice} p{pitch} s{speed}"
-                where = (media, f"synth_{digit}_{j:04d}")
-                snr_kept = None if clean else snr
-                rows.append(_write_sample(where, noisy, frames, digit, "train", speaker, image_index, snr_kept, corrupt))
+                rows.append(spoken((media, f"synth_{digit}_{j:04d}"), wave, digit, speaker, synth))
         other = np.random.default_rng([seed, 2])
         for digit, word in enumerate(WORDS if flite_per_digit else ()):
             for j in range(flite_per_digit):
                 voice = FLITE_VOICES[other.integers(len(FLITE_VOICES))]
                 stretch = float(other.uniform(*FLITE_STRETCH))
                 f0 = float(other.uniform(*(FLITE_DIPHONE_F0 if voice.startswith("kal") else FLITE_F0_SHIFT)))
-                noisy, snr = _noisy(flite_speak(word, voice, stretch, f0, Path(tmp)), other, clean)
-                image_index = int(other.choice(train_images[digit]))
-                corrupt = _corruption(other.random(), clean)
-                frames = digit_clip(images[image_index], other, corrupt)
+                wave = flite_speak(word, voice, stretch, f0, Path(tmp))
                 speaker = f"flite {voice} d{stretch:.2f} f{f0:.2f}"
-                where = (media, f"flite_{digit}_{j:04d}")
-                snr_kept = None if clean else snr
-                rows.append(_write_sample(where, noisy, frames, digit, "train", speaker, image_index, snr_kept, corrupt))
+                rows.append(spoken((media, f"flite_{digit}_{j:04d}"), wave, digit, speaker, other))
     return write_manifest(out / "manifest.csv", rows)
 
 
