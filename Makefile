@@ -106,7 +106,7 @@ $(PEERS)/.installed: requirements/peers.txt
 	touch $@
 
 
-# Every test but the recipe's retraining (marker `recipe`, about 8 minutes of training), which
+# Every test but the recipe's retraining (marker `recipe`, about 12 minutes of training), which
 # recipe-test runs on its own; `make test` runs both.
 pytest: venv system-deps $(CLIENTS)/.installed $(PEERS)/.installed
 	$(BIN)/pytest -m "not recipe"
