@@ -162,13 +162,13 @@ check: lint typecheck docs
 
 # The embedded default model (models/default/9, committed; see models/default/README.md): MLA on AV-digits,
 # real spoken (FSDD) and handwritten (MNIST) digits from ../shared/data, its training split joined by digits
-# spoken by espeak-ng and by flite in random voices (docs/decisions/2026-12-07-flite-voices.md); calibrated on validation and on out-of-fold predictions of its four
-# training speakers (four more trainings, one per speaker held out, two at a time). Rebuilt only when it is
-# missing. Each run serves its last epoch (docs/decisions/2026-12-07-last-epoch.md); the voice's detector has a
-# digit-or-not probe beside its kNN, fitted against spoken words that are not digits
-# (docs/decisions/2026-12-07-outlier-probe.md); its video frames are augmented in training
-# (docs/decisions/2026-12-07-video-augmentation.md). (Version 4 added outlier exposure to the training and was withdrawn:
-# docs/decisions/2026-12-06-version-4-withdrawn.md.)
+# spoken by espeak-ng and by flite in random voices (docs/decisions/2026-12-07-flite-voices.md); calibrated on
+# validation and on out-of-fold predictions of its four training speakers (four more trainings, one per speaker
+# held out, two at a time). Rebuilt only when it is missing. Each run serves its last epoch
+# (docs/decisions/2026-12-07-last-epoch.md); the voice's detector has a digit-or-not probe beside its kNN, fitted
+# against spoken words that are not digits (docs/decisions/2026-12-07-outlier-probe.md); its video frames are
+# augmented in training (docs/decisions/2026-12-07-video-augmentation.md). (Version 4 added outlier exposure to the
+# training and was withdrawn: docs/decisions/2026-12-06-version-4-withdrawn.md.)
 DEFAULT_MODEL := models/default/9/manifest.json
 HOST ?= 127.0.0.1
 PORT ?= 8000

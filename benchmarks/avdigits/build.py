@@ -59,7 +59,8 @@ SYNTH_PITCH, SYNTH_SPEED = (15, 85), (110, 200)  # espeak-ng -p (0-99) and -s (w
 # flite's English voices (awb_time speaks only clock times): kal and kal16 are diphone voices that take a mean pitch
 # in Hz; awb, rms and slt are clustergen voices that take a pitch factor (rms's model ignores it). The pace is
 # flite's duration_stretch, the same range for all.
-FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+FLITE_DIPHONE_VOICES = ("kal", "kal16")
+FLITE_VOICES = (*FLITE_DIPHONE_VOICES, "awb", "rms", "slt")
 FLITE_DIPHONE_F0, FLITE_F0_SHIFT, FLITE_STRETCH = (85.0, 160.0), (0.8, 1.25), (0.8, 1.25)
 
 
@@ -188,7 +189,7 @@ def flite_speak(word: str, voice: str, stretch: float, pitch: float, folder: Pat
     """`word` spoken by flite in `voice` at pace `stretch` and pitch `pitch` (Hz for the diphone voices, a factor
     for the others), decoded (PyAV) at SAMPLE_RATE."""
     path = folder / "word.wav"
-    f0 = ["--setf", f"int_f0_target_mean={pitch:.1f}"] if voice.startswith("kal") else ["--setf", f"f0_shift={pitch:.3f}"]
+    f0 = ["--setf", f"int_f0_target_mean={pitch:.1f}" if voice in FLITE_DIPHONE_VOICES else f"f0_shift={pitch:.3f}"]
     cmd = ["flite", "-voice", voice, "--setf", f"duration_stretch={stretch:.3f}", *f0, "-t", word, "-o", str(path)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=30)
     return decode_audio(path, SAMPLE_RATE)
@@ -274,7 +275,7 @@ def build(
             for j in range(flite_per_digit):
                 voice = FLITE_VOICES[other.integers(len(FLITE_VOICES))]
                 stretch = float(other.uniform(*FLITE_STRETCH))
-                f0 = float(other.uniform(*(FLITE_DIPHONE_F0 if voice.startswith("kal") else FLITE_F0_SHIFT)))
+                f0 = float(other.uniform(*(FLITE_DIPHONE_F0 if voice in FLITE_DIPHONE_VOICES else FLITE_F0_SHIFT)))
                 wave = flite_speak(word, voice, stretch, f0, Path(tmp))
                 speaker = f"flite {voice} d{stretch:.2f} f{f0:.2f}"
                 rows.append(spoken((media, f"flite_{digit}_{j:04d}"), wave, digit, speaker, other))

@@ -109,7 +109,14 @@ def test_synthetic_voices_join_training_only_and_leave_the_recordings_alone(tmp_
 def test_flite_voices_follow_the_espeak_ones_and_leave_every_earlier_row_alone(tmp_path: Path) -> None:
     import shutil
 
-    from benchmarks.avdigits.build import FLITE_DIPHONE_F0, FLITE_F0_SHIFT, FLITE_STRETCH, FLITE_VOICES, SNR_RANGE
+    from benchmarks.avdigits.build import (
+        FLITE_DIPHONE_F0,
+        FLITE_DIPHONE_VOICES,
+        FLITE_F0_SHIFT,
+        FLITE_STRETCH,
+        FLITE_VOICES,
+        SNR_RANGE,
+    )
     from common.media import decode_audio
     from training.crossfit import speakers
 
@@ -134,7 +141,7 @@ def test_flite_voices_follow_the_espeak_ones_and_leave_every_earlier_row_alone(t
         assert tool == "flite"
         assert voice in FLITE_VOICES
         assert FLITE_STRETCH[0] <= float(pace[1:]) <= FLITE_STRETCH[1]
-        lo, hi = FLITE_DIPHONE_F0 if voice.startswith("kal") else FLITE_F0_SHIFT
+        lo, hi = FLITE_DIPHONE_F0 if voice in FLITE_DIPHONE_VOICES else FLITE_F0_SHIFT
         assert lo - 0.005 <= float(pitch[1:]) <= hi + 0.005  # as written, to two decimals
         assert SNR_RANGE[0] <= float(r["snr_db"]) <= SNR_RANGE[1]
     train_images = {(r["label"], r["drawing"]) for r in a if r["split"] == "train"}
