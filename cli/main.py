@@ -275,6 +275,10 @@ def _print_calibration(manifest: Manifest) -> None:
         err.print(f"  prediction sets at {1 - sets.alpha:.0%}: mean size {sizes}")
     for m, d in (manifest.ood or {}).items():
         err.print(f"  {m}: out of distribution below {d.threshold:.3f} (kNN, k={d.k}; {d.fitted_on})")
+    for m, choice in cal.temperature_choice.items():
+        changes = "; ".join(f"{sub} {c[0]:+.4f} ({c[1]:+.4f} to {c[2]:+.4f})" for sub, c in choice.nll_change.items())
+        verdict = "kept" if choice.kept else "not fitted (T = 1)"
+        err.print(f"  {m}'s temperature {verdict}: NLL without it, leaving each of {choice.groups} speakers out: {changes}")
     for sub, cmap in cal.confidence_maps.items():
         err.print(
             f"  {sub}: confidence map sigmoid({cmap.slope:.3g} logit(c) + {cmap.offset:.3g}) on the top label "
@@ -377,6 +381,10 @@ def calibrate(
     version: Annotated[str | None, typer.Option(help="the version to write (default: the next integer)")] = None,
     target_risk: TargetRisk = 0.05,
     risk_confidence: RiskConfidence = 0.9,
+    crossfit: Annotated[
+        Path | None,
+        typer.Option(help="a `python -m training.crossfit` folder of its recipe: its out-of-fold predictions pooled in"),
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Fit an exported model's calibration, fusion weights and abstention again, from its own graphs (no checkpoint),
@@ -389,7 +397,7 @@ def calibrate(
 
     with err.status("running the graphs on the data and fitting"):
         try:
-            target = recalibrate(model_dir, data, split, fusion, version, target_risk, risk_confidence)
+            target = recalibrate(model_dir, data, split, fusion, version, target_risk, risk_confidence, crossfit)
         except (ManifestError, ExportError, DataError, ValueError) as exc:
             _fail(str(exc))
     manifest = load_manifest(target)

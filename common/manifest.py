@@ -42,7 +42,7 @@ from common.modalities import EntryBase, kind
 from common.ood import Detector, LinearProbe, NearestNeighbours
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 MANIFEST_NAME = "manifest.json"
 
 
@@ -85,12 +85,30 @@ class ConfidenceMapEntry(_Strict):
         return ConfidenceMap(self.slope, self.offset, self.lowest)
 
 
+class TemperatureChoiceEntry(_Strict):
+    """Whether a modality's temperature is fitted, decided leaving one speaker out (training.loso); absent before v7."""
+
+    kept: bool  # false: T_m is 1
+    nll_change: dict[str, tuple[float, float, float]]  # per set with the modality: mean, low, high of NLL without - with
+    groups: int = Field(ge=2)  # speakers (or other groups) left out in turn
+    resamples: int = Field(ge=1)  # bootstrap draws per interval
+
+
 class Calibration(_Strict):
     """Temperatures and confidence maps fitted on the validation split (common/fusion.py says where each one acts)."""
 
     temperatures: dict[str, Temperature]  # per modality: p_m = softmax(logits_m / T_m)
     fused_temperatures: dict[str, Temperature] = {}  # per set of present modalities ("audio+video"): q = softmax(log q / T_S)
     confidence_maps: dict[str, ConfidenceMapEntry] = {}  # per set of modalities sent ("audio"), where validation kept one
+    temperature_choice: dict[str, TemperatureChoiceEntry] = {}  # per modality, where the export had held-out speakers
+
+    @model_validator(mode="after")
+    def _dropped_means_one(self) -> Calibration:
+        wrong = sorted(m for m, c in self.temperature_choice.items() if not c.kept and self.temperatures.get(m, 1.0) != 1.0)
+        if wrong:
+            raise ValueError(f"temperature_choice drops the temperature of {', '.join(wrong)}, yet temperatures gives it one")
+        return self
+
     fitted_on: str  # which data: "val split of csv:..., n=500"
     val: dict[str, dict[str, float]] = {}  # figures on validation per subset, e.g. {"audio+video": {"ece": .., "ece_raw": ..}}
 
@@ -250,7 +268,7 @@ class TrainingInfo(_Strict):
 
 
 class Manifest(_Strict):
-    schema_version: Literal[6] = 6  # SCHEMA_VERSION
+    schema_version: Literal[7] = 7  # SCHEMA_VERSION
     name: str
     version: str
     created: datetime
@@ -275,6 +293,7 @@ class Manifest(_Strict):
         for section, keys in (
             ("fusion.weights", fusion.weights or {}),
             ("fusion.calibration.temperatures", fusion.calibration.temperatures),
+            ("fusion.calibration.temperature_choice", fusion.calibration.temperature_choice),
             ("ood", self.ood or {}),
         ):
             unknown = sorted(set(keys) - names)
@@ -348,8 +367,8 @@ def load_manifest(model_dir: Path) -> Manifest:
     if isinstance(raw, dict) and raw.get("schema_version") == 1:
         raw = migrate_v1(raw)
         log.warning("%s: a schema v1 manifest, served uncalibrated (every temperature 1, never abstains)", path)
-    if isinstance(raw, dict) and raw.get("schema_version") in (2, 3, 4, 5):
-        raw = {**raw, "schema_version": SCHEMA_VERSION}  # v3 to v6 each only added optional sections
+    if isinstance(raw, dict) and raw.get("schema_version") in (2, 3, 4, 5, 6):
+        raw = {**raw, "schema_version": SCHEMA_VERSION}  # v3 to v7 each only added optional sections
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:

@@ -34,7 +34,7 @@ from common.manifest import (
 )
 from common.modalities import kind
 from model_export.errors import ExportError
-from training.calibrate import CONFIDENCE, TARGET_RISK, check_abstention, check_rule, fusion_section
+from training.calibrate import CONFIDENCE, TARGET_RISK, check_abstention, check_rule, fusion_section, with_out_of_fold
 from training.config import ModelConfig
 from training.data.cache import DecodeCache
 from training.data.specs import parse_spec
@@ -122,11 +122,15 @@ def recalibrate(
     version: str | None = None,
     target_risk: float = TARGET_RISK,
     confidence: float = CONFIDENCE,
+    crossfit: Path | None = None,
 ) -> Path:
     """Fit the fusion section of an exported version again from its graphs; return the version folder written.
 
     `data` defaults to the data the model was trained on (its validation split); `rule` to the
-    one it serves. The graphs' hashes are checked first: a changed graph is not calibrated.
+    one it serves. `crossfit`: a training.crossfit folder of the same recipe, whose out-of-fold predictions (its
+    oof.npz: numpy alone) are pooled with the graphs' as `mla export --crossfit` pools them, each modality's
+    temperature then kept only where it pays on held-out speakers (training.loso).
+    The graphs' hashes are checked first: a changed graph is not calibrated.
     The graphs and parity samples are copied, unchanged, to `version` (default: the next one)
     with the new manifest, which is published; an existing version is never overwritten.
     """
@@ -138,9 +142,12 @@ def recalibrate(
     data = data or manifest.training.data
     rule = rule or manifest.fusion.rule
     check_rule(rule)
+    if crossfit is not None and not (crossfit / "oof.npz").is_file():
+        raise ExportError(f"{crossfit} is not a `python -m training.crossfit` folder: it has no oof.npz")
     preds = graph_predictions(version_dir, manifest, data, split)
     fitted_on = f"{split} split of {data}, n={len(preds.labels)}, through the exported graphs"
-    fusion = Fusion.model_validate(fusion_section(preds, rule, fitted_on, target_risk, confidence))
+    preds, groups, fitted_on = with_out_of_fold(preds, crossfit, fitted_on)
+    fusion = Fusion.model_validate(fusion_section(preds, rule, fitted_on, target_risk, confidence, groups))
     banks = [e.bank for e in (manifest.ood or {}).values()]
     files = [rel for entry in manifest.modalities.values() for rel in (entry.file, entry.parity_sample)]
     return write_version(version_dir, manifest, version, [*files, *banks], lambda _: {"fusion": fusion})

@@ -54,9 +54,8 @@ from training.calibrate import (
     check_abstention,
     check_rule,
     fusion_section,
-    load_out_of_fold,
-    pool,
     served_rule,
+    with_out_of_fold,
 )
 from training.checkpoint import checkpoint_path, load_checkpoint, model_from_checkpoint
 from training.config import ModelConfig
@@ -96,11 +95,8 @@ def calibrate_run(
     check_rule(rule)
     val = predict_split(model, parse_spec(data), "val", 128, workers=1)
     fitted_on = f"val split of {data}, n={len(val.labels)}"
-    if crossfit is not None:
-        oof, about = load_out_of_fold(crossfit, val.modalities)
-        val = pool(val, oof)
-        fitted_on += f", pooled with {about}"
-    return fusion_section(val, rule, fitted_on, target_risk, confidence)
+    val, groups, fitted_on = with_out_of_fold(val, crossfit, fitted_on)
+    return fusion_section(val, rule, fitted_on, target_risk, confidence, groups)
 
 
 def parity_inputs(cfg: ModelConfig, data: str, rows: int = PARITY_ROWS) -> dict[str, np.ndarray]:

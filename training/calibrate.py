@@ -67,6 +67,7 @@ from common.fusion import (
     log_softmax,
     subset_name,
 )
+from training.loso import TemperatureChoice, choose_temperatures
 
 if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegressionCV
@@ -313,6 +314,9 @@ class Layers:
     """Which of a rule's fitted layers a fusion fits (the per-modality temperatures always, when calibrated)."""
 
     weights: bool = True  # constant weights fitted for the rules that have them (else equal ones)
+    # the modalities whose temperature is fitted (the rest keep T_m = 1); None: every one. `mla export --crossfit`
+    # keeps those that pay on held-out speakers (training.loso.choose_temperatures)
+    temperatures: frozenset[str] | None = None
     fused_temperatures: bool = True  # a temperature per set of modalities present
     confidence_maps: bool = True  # a top-label map per set, where cross-validation keeps one
 
@@ -341,7 +345,11 @@ def fit_fusion(
     """
     temperatures = None
     if calibrated:
-        temperatures = {m: fit_temperature(val.logits[m][val.present[m]], val.labels[val.present[m]]) for m in val.modalities}
+        fitted = val.modalities if layers.temperatures is None else [m for m in val.modalities if m in layers.temperatures]
+        temperatures = {
+            m: fit_temperature(val.logits[m][val.present[m]], val.labels[val.present[m]]) if m in fitted else 1.0
+            for m in val.modalities
+        }
     if mixture_share is None:
         mixture_share = MIXTURE_SHARE if rule in GATED_RULES else 0.0
     weights = None
@@ -501,12 +509,46 @@ def pool(a: Predictions, b: Predictions) -> Predictions:
     )
 
 
+VALIDATION_GROUP = "(validation)"  # the validation split's group among the speakers left out in turn
+
+
+def with_out_of_fold(val: Predictions, crossfit: Path | None, fitted_on: str) -> tuple[Predictions, np.ndarray | None, str]:
+    """Validation predictions pooled with a training.crossfit folder's out-of-fold ones where one is given; each
+    prediction's group for training.loso (the validation split one group, each training speaker one; None without
+    folds); and `fitted_on` saying so."""
+    if crossfit is None:
+        return val, None, fitted_on
+    oof, about = load_out_of_fold(crossfit, val.modalities)
+    groups = np.concatenate([np.full(len(val.labels), VALIDATION_GROUP), out_of_fold_speakers(crossfit).astype(str)])
+    return pool(val, oof), groups, f"{fitted_on}, pooled with {about}"
+
+
 def fusion_section(
-    val: Predictions, rule: str, fitted_on: str, target_risk: float = TARGET_RISK, confidence: float = CONFIDENCE
+    val: Predictions,
+    rule: str,
+    fitted_on: str,
+    target_risk: float = TARGET_RISK,
+    confidence: float = CONFIDENCE,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The manifest's fusion section fitted on `val` (a model's validation predictions, from torch or its graphs)."""
+    """The manifest's fusion section fitted on `val` (a model's validation predictions, from torch or its graphs).
+
+    `groups`: the speaker (or other unit) of each prediction, where `val` pools several (validation with the
+    out-of-fold predictions of training.crossfit). Each modality's temperature is then fitted only where it pays on
+    held-out groups (training.loso.choose_temperatures), and the evidence goes into the section."""
     check_rule(rule)
-    params = fit_fusion(val, rule, calibrated=True, layers=SERVED_LAYERS if rule == "loglinear" else ALL_LAYERS)
+    layers = SERVED_LAYERS if rule == "loglinear" else ALL_LAYERS
+    choice: dict[str, TemperatureChoice] = {}
+    if groups is not None:
+        base = layers
+
+        def fit(preds: Predictions, fitted: frozenset[str]) -> FusionParams:
+            return fit_fusion(preds, rule, layers=replace(base, temperatures=fitted))
+
+        choice = choose_temperatures(val, groups, fit)
+    if choice:
+        layers = replace(layers, temperatures=frozenset(m for m, c in choice.items() if c.kept))
+    params = fit_fusion(val, rule, calibrated=True, layers=layers)
     uncalibrated = replace(params, temperatures=None, fused_temperatures=None, confidence_maps=None)
     raw, fitted = score(val, uncalibrated), score(val, params)
     figures = {
@@ -536,6 +578,7 @@ def fusion_section(
             "temperatures": dict(params.temperatures or {}),
             "fused_temperatures": dict(params.fused_temperatures or {}),
             "confidence_maps": {k: asdict(c) for k, c in (params.confidence_maps or {}).items()},
+            "temperature_choice": {m: asdict(c) for m, c in choice.items()},
             "fitted_on": fitted_on,
             "val": figures,
         },

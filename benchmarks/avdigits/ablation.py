@@ -6,8 +6,11 @@ The evidence: the default model's validation predictions (speaker `jackson`) and
 `python -m training.crossfit` (each training speaker predicted by a model that never heard them nor saw their
 drawings): five speakers, none of them the test speaker. Leave one speaker out: every layer is fitted on the other four
 exactly as `mla export --crossfit` fits it (training.calibrate), then scored on the fifth; the five held-out speakers'
-clips are pooled. Each variant removes one of the served rule's layers, or adds one it does not fit (version 2's maps
-and fitted weights; version 1's typicality gate with its mixture blend; the blend alone).
+clips are pooled. The served rule fits the temperatures of the modalities the model's export kept
+(`fusion.calibration.temperature_choice`; every modality's for a manifest without one). Each variant removes one fitted
+value or layer of the served rule (a kept temperature, the per-subset temperatures), or adds one it does not fit (a
+temperature it left at 1, version 2's maps and fitted weights, version 1's typicality gate with its mixture blend, the
+blend alone).
 
 Scored per clip, for audio alone, video alone and the pair: negative log-likelihood of the true label, and, at the
 abstention threshold fitted with the layers (SGR at 5% risk), whether it was answered and right. The figure per layer
@@ -34,64 +37,69 @@ from common.fusion import FusionParams
 from training.calibrate import (
     MIXTURE_SHARE,
     SERVED_LAYERS,
+    Layers,
     fit_abstention,
-    fit_fused_temperatures,
     fit_fusion,
     load_out_of_fold,
     out_of_fold_speakers,
     pool,
 )
 from training.evaluate import Predictions, subset_name, subsets
+from training.loso import paired_interval, take
 
 log = logging.getLogger("ablation")
 ROOT = Path(__file__).resolve().parents[2]
 SERVED = "loglinear"
 
 
-def _served(train: Predictions) -> FusionParams:
-    """The rule `mla export` serves: the product with the layers SERVED_LAYERS keeps."""
-    return fit_fusion(train, SERVED, layers=SERVED_LAYERS)
+def _layers(temperatures: frozenset[str]) -> Layers:
+    return replace(SERVED_LAYERS, temperatures=temperatures)
 
 
-def _no_temperatures(train: Predictions) -> FusionParams:
-    params = replace(_served(train), temperatures=None, fused_temperatures=None)
-    return replace(params, fused_temperatures=fit_fused_temperatures(train, params))
+def _served(temperatures: frozenset[str]) -> Callable[[Predictions], FusionParams]:
+    """The rule `mla export` serves: the product with the layers SERVED_LAYERS keeps and the temperatures of
+    `temperatures` (every other modality's T_m is 1)."""
+    return lambda train: fit_fusion(train, SERVED, layers=_layers(temperatures))
 
 
-def _no_fused_temperatures(train: Predictions) -> FusionParams:
-    return replace(_served(train), fused_temperatures=None)
+def _no_fused_temperatures(temperatures: frozenset[str]) -> Callable[[Predictions], FusionParams]:
+    return lambda train: replace(_served(temperatures)(train), fused_temperatures=None)
 
 
-def _adding(**layer: bool) -> Callable[[Predictions], FusionParams]:
-    def fit(train: Predictions) -> FusionParams:
-        return fit_fusion(train, SERVED, layers=replace(SERVED_LAYERS, **layer))
-
-    return fit
-
-
-def _with_gate(train: Predictions) -> FusionParams:
-    return fit_fusion(train, "gated_loglinear", layers=SERVED_LAYERS)
+def _adding(temperatures: frozenset[str], weights: bool = False, maps: bool = False) -> Callable[[Predictions], FusionParams]:
+    layers = replace(_layers(temperatures), weights=weights or SERVED_LAYERS.weights)
+    layers = replace(layers, confidence_maps=maps or SERVED_LAYERS.confidence_maps)
+    return lambda train: fit_fusion(train, SERVED, layers=layers)
 
 
-def _with_mixture(train: Predictions) -> FusionParams:
-    return fit_fusion(train, SERVED, mixture_share=MIXTURE_SHARE, layers=SERVED_LAYERS)
+def _with_gate(temperatures: frozenset[str]) -> Callable[[Predictions], FusionParams]:
+    return lambda train: fit_fusion(train, "gated_loglinear", layers=_layers(temperatures))
 
 
-VARIANTS: dict[str, tuple[str, Callable[[Predictions], FusionParams]]] = {
-    "served": ("product of the calibrated modalities, equal weights, T_S per set (training.calibrate.SERVED_LAYERS)", _served),
-    "- per-modality temperatures": ("remove: T_m = 1 (T_S refitted)", _no_temperatures),
-    "- per-subset temperatures": ("remove: T_S = 1", _no_fused_temperatures),
-    "+ fitted weights": ("add: weights fitted by NLL on a 0.05 grid", _adding(weights=True)),
-    "+ confidence maps": ("add: top-label Platt maps where cross-validation keeps one", _adding(confidence_maps=True)),
-    "+ typicality gate and blend": ("add version 1's gate (margin 2, decay 4) and blend (0.4)", _with_gate),
-    "+ mixture blend": ("add version 1's blend with the equal-weight mixture (0.4), no gate", _with_mixture),
-}
+def _with_mixture(temperatures: frozenset[str]) -> Callable[[Predictions], FusionParams]:
+    return lambda train: fit_fusion(train, SERVED, mixture_share=MIXTURE_SHARE, layers=_layers(temperatures))
 
 
-def take(preds: Predictions, rows: np.ndarray) -> Predictions:
-    return Predictions(
-        {m: z[rows] for m, z in preds.logits.items()}, {m: p[rows] for m, p in preds.present.items()}, preds.labels[rows]
-    )
+def variants(modalities: list[str], kept: frozenset[str]) -> dict[str, tuple[str, Callable[[Predictions], FusionParams]]]:
+    """The served rule (the temperatures of `kept` fitted, the others 1) and one variant per fitted value or layer:
+    each kept temperature removed, each other one added, and each layer the served rule does not fit added."""
+    out = {
+        "served": (
+            f"product of the calibrated modalities, equal weights, T_S per set, T_m for {', '.join(sorted(kept)) or 'none'}",
+            _served(kept),
+        )
+    }
+    for m in modalities:
+        if m in kept:
+            out[f"- {m}'s temperature"] = (f"remove: T_{m} = 1 (T_S refitted)", _served(kept - {m}))
+        else:
+            out[f"+ {m}'s temperature"] = (f"add: T_{m} fitted (T_S refitted)", _served(kept | {m}))
+    out["- per-subset temperatures"] = ("remove: T_S = 1", _no_fused_temperatures(kept))
+    out["+ fitted weights"] = ("add: weights fitted by NLL on a 0.05 grid", _adding(kept, weights=True))
+    out["+ confidence maps"] = ("add: top-label Platt maps where cross-validation keeps one", _adding(kept, maps=True))
+    out["+ typicality gate and blend"] = ("add version 1's gate (margin 2, decay 4) and blend (0.4)", _with_gate(kept))
+    out["+ mixture blend"] = ("add version 1's blend with the equal-weight mixture (0.4), no gate", _with_mixture(kept))
+    return out
 
 
 def held_out_scores(
@@ -117,20 +125,15 @@ def held_out_scores(
     return {k: {f: np.concatenate(v) for f, v in cell.items()} for k, cell in out.items()}
 
 
-def paired_interval(diff: np.ndarray, seed: int, resamples: int) -> list[float]:
-    """[mean, low, high] of the mean of per-clip differences, 95% percentile bootstrap over clips."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), (resamples, len(diff)))
-    means = diff[idx].mean(axis=1)
-    return [float(diff.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
-
-
-def run(preds: Predictions, groups: np.ndarray, seed: int, resamples: int) -> dict[str, Any]:
-    scored = {name: held_out_scores(preds, groups, fit) for name, (_, fit) in VARIANTS.items()}
+def run(preds: Predictions, groups: np.ndarray, seed: int, resamples: int, kept: frozenset[str] | None = None) -> dict[str, Any]:
+    """Every variant scored on held-out groups; `kept`: the modalities whose temperature the served rule fits (None:
+    every one)."""
+    table = variants(preds.modalities, frozenset(preds.modalities) if kept is None else kept)
+    scored = {name: held_out_scores(preds, groups, fit) for name, (_, fit) in table.items()}
     base = scored["served"]
     out: dict[str, Any] = {"variants": {}, "groups": {str(g): int((groups == g).sum()) for g in dict.fromkeys(groups.tolist())}}
     for name, cells in scored.items():
-        row: dict[str, Any] = {"about": VARIANTS[name][0], "subsets": {}}
+        row: dict[str, Any] = {"about": table[name][0], "subsets": {}}
         for sub, c in cells.items():
             given = c["answered"]
             row["subsets"][sub] = {
@@ -215,7 +218,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     speakers = out_of_fold_speakers(args.crossfit)
     preds = pool(val, oof)
     groups = np.concatenate([np.array(["jackson (val)"] * len(val.labels)), speakers])
-    data = run(preds, groups, args.seed, args.resamples)
+    choice = manifest.fusion.calibration.temperature_choice  # what its export kept (version 10 on); before: every one
+    kept = frozenset(m for m, c in choice.items() if c.kept) if choice else None
+    data = run(preds, groups, args.seed, args.resamples, kept)
     data.update(model=str(args.model), crossfit=str(args.crossfit), seed=args.seed, resamples=args.resamples)
     data.update(machine=machine(), seconds=time.perf_counter() - started)
     write("ablation", data, markdown(data))

@@ -40,7 +40,19 @@ def test_every_group_is_scored_by_layers_fitted_without_it() -> None:
     assert all(c["n"] == 180 for c in served.values())  # every clip scored once, by a fit that never saw its group
     assert data["groups"] == {"a": 60, "b": 60, "c": 60}
     # the audio is far too sharp: its temperature must pay on held-out groups
-    change = data["variants"]["- per-modality temperatures"]["subsets"]["audio"]["nll_change"]
+    change = data["variants"]["- audio's temperature"]["subsets"]["audio"]["nll_change"]
     assert change[1] > 0
+    assert data["variants"]["- audio's temperature"]["subsets"]["video"]["nll_change"] == [0.0, 0.0, 0.0]  # not its set
     text = ablation.markdown({**data, "resamples": 200, "seconds": 1.0, "machine": {"cpu_count": 2}})
-    assert "- per-modality temperatures" in text
+    assert "- audio's temperature" in text
+    assert "- video's temperature" in text
+
+
+def test_a_temperature_the_served_rule_leaves_at_one_is_tried_added() -> None:
+    preds = _predictions(180, 1)
+    groups = np.repeat(np.array(["a", "b", "c"]), 60)
+    data = ablation.run(preds, groups, seed=0, resamples=200, kept=frozenset({"video"}))
+    assert "- audio's temperature" not in data["variants"]
+    added = data["variants"]["+ audio's temperature"]["subsets"]["audio"]["nll_change"]
+    assert added[2] < 0  # adding the far too sharp audio's temperature back wins for sure
+    assert ablation.verdict(added, adding=True) == "would pay"

@@ -12,7 +12,7 @@ import pytest
 
 from common.answer import LOW_CONFIDENCE, OUT_OF_DISTRIBUTION, decide
 from common.fusion import FusionParams, softmax
-from common.manifest import ManifestError, check_hashes, load_detectors, load_manifest
+from common.manifest import SCHEMA_VERSION, ManifestError, check_hashes, load_detectors, load_manifest
 from common.ood import Detector, LinearProbe, NearestNeighbours, l2_normalise, threshold_at_tpr
 from tests.conftest import ROOT
 
@@ -167,7 +167,7 @@ def _copy_default(tmp_path: Path) -> Path:
 
 def test_the_default_model_carries_a_detector_per_modality_with_its_features_output() -> None:
     manifest = load_manifest(DEFAULT)
-    assert manifest.schema_version == 6
+    assert manifest.schema_version == SCHEMA_VERSION
     assert manifest.ood is not None
     detectors = load_detectors(DEFAULT, manifest)
     for m, entry in manifest.modalities.items():
@@ -269,7 +269,7 @@ def test_validate_builds_the_detectors_as_the_service_does(tmp_path: Path) -> No
 
 def test_a_v4_manifest_loads_with_no_detector() -> None:
     manifest = load_manifest(ROOT / "models" / "default" / "1")
-    assert manifest.schema_version == 6  # migrated on load
+    assert manifest.schema_version == SCHEMA_VERSION  # migrated on load
     assert manifest.ood is None
     assert all(e.features is None for e in manifest.modalities.values())
 

@@ -20,7 +20,7 @@ from common.modalities.audio import AudioEntry
 from common.parity import FP32, compare
 from common.validate import InvalidRepositoryError, validate_repository
 from model_export.onnx_graph import CUDA_OPS, ExportError
-from model_export.repository import calibrate_run, export_run, recalibrate
+from model_export.repository import calibrate_run, export_run, graph_predictions, recalibrate
 from training.calibrate import GATE_MARGIN, MIXTURE_SHARE, SERVED_RULE, risk_upper_bound
 from training.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
@@ -186,7 +186,7 @@ def test_a_schema_v1_manifest_is_served_uncalibrated(tiny_repo: Path, tmp_path: 
     doc["fusion"] = {"rule": "entropy", "combine": "probabilities"}  # what v1 wrote
     (repo / "manifest.json").write_text(json.dumps(doc))
     migrated = load_manifest(repo)
-    assert migrated.schema_version == SCHEMA_VERSION == 6
+    assert migrated.schema_version == SCHEMA_VERSION == 7
     assert migrated.fusion.calibration.temperatures == {"audio": 1.0, "video": 1.0}
     assert migrated.fusion.calibration.fused_temperatures == {}
     assert migrated.fusion.abstention.min_confidence == {}
@@ -293,6 +293,37 @@ def test_mla_calibrate_reports_what_it_fitted_and_refuses_plainly(tiny_repo: Pat
         assert result.exit_code == 2, args
         assert message in result.stderr, (args, result.stderr)
     assert not (tmp_path / "tiny" / "3").exists()  # a refused target writes nothing
+
+
+def test_mla_calibrate_pools_out_of_fold_predictions_and_keeps_a_temperature_only_where_it_pays(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    """`--crossfit`: a training.crossfit folder's oof.npz pooled with validation, each speaker a group left out in
+    turn; the choice and its intervals in the manifest, and a temperature not kept written as exactly 1."""
+    root = tmp_path / "tiny"
+    shutil.copytree(tiny_repo, root / "1")
+    manifest = load_manifest(root / "1")
+    # stand-in folds: the graphs' own predictions on the validation split, as if from two more speakers
+    val = graph_predictions(root / "1", manifest, manifest.training.data, "val")
+    folds = tmp_path / "folds"
+    folds.mkdir()
+    with pytest.raises(ExportError, match=r"no oof\.npz"):
+        recalibrate(root / "1", crossfit=folds)
+    arrays = {f"logits_{m}": z for m, z in val.logits.items()} | {f"present_{m}": p for m, p in val.present.items()}
+    speaker = np.where(np.arange(len(val.labels)) % 2 == 0, "anna", "ben")
+    np.savez(folds / "oof.npz", **arrays, labels=val.labels, speaker=speaker)
+    result = runner.invoke(app, ["calibrate", str(root / "1"), "--crossfit", str(folds)])
+    assert result.exit_code == 0, result.stderr
+    assert "temperature" in result.stderr
+    assert "leaving each of 3 speakers out" in result.stderr
+    cal = load_manifest(root / "2").fusion.calibration
+    assert "pooled with out-of-fold predictions of 2 training speakers (anna, ben)" in cal.fitted_on
+    assert set(cal.temperature_choice) == set(manifest.modalities)
+    for m, choice in cal.temperature_choice.items():
+        assert choice.groups == 3
+        assert choice.kept == any(low > 0 for _, low, _ in choice.nll_change.values())
+        if not choice.kept:
+            assert cal.temperatures[m] == 1.0
 
 
 def test_the_abstention_target_is_the_operators_to_choose(tiny_repo: Path, tmp_path: Path) -> None:
