@@ -160,16 +160,17 @@ CHECK_TESTS := tests/common tests/training/test_layering.py tests/training/test_
 check: lint typecheck docs
 	$(BIN)/pytest -q -m "not slow" $(CHECK_TESTS)
 
-# The embedded default model (models/default/9, committed; see models/default/README.md): MLA on AV-digits,
+# The embedded default model (models/default/10, committed; see models/default/README.md): MLA on AV-digits,
 # real spoken (FSDD) and handwritten (MNIST) digits from ../shared/data, its training split joined by digits
 # spoken by espeak-ng and by flite in random voices (docs/decisions/2026-12-07-flite-voices.md); calibrated on
 # validation and on out-of-fold predictions of its four training speakers (four more trainings, one per speaker
 # held out, two at a time). Rebuilt only when it is missing. Each run serves its last epoch
 # (docs/decisions/2026-12-07-last-epoch.md); the voice's detector has a digit-or-not probe beside its kNN, fitted
 # against spoken words that are not digits (docs/decisions/2026-12-07-outlier-probe.md); its video frames are
-# augmented in training (docs/decisions/2026-12-07-video-augmentation.md). (Version 4 added outlier exposure to the
+# augmented in training (docs/decisions/2026-12-07-video-augmentation.md); a modality's temperature is fitted only where
+# it pays on held-out speakers (docs/decisions/2026-12-08-temperature-per-modality.md). (Version 4 added outlier exposure to the
 # training and was withdrawn: docs/decisions/2026-12-06-version-4-withdrawn.md.)
-DEFAULT_MODEL := models/default/9/manifest.json
+DEFAULT_MODEL := models/default/10/manifest.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 RECIPE := --method mla --seed 0 --epochs 30 --owm-alpha 10 --augment audio --augment video --keep last
@@ -183,7 +184,7 @@ $(DEFAULT_MODEL):
 	$(BIN)/mla train --data csv:$$manifest $(RECIPE) --out runs/default && \
 	$(BIN)/python -m training.crossfit --data csv:$$manifest --out runs/crossfit --parallel 2 -- $(RECIPE) && \
 	outliers=$$($(BIN)/python -m benchmarks.avdigits.outliers) && \
-	$(BIN)/mla export runs/default --out models --name default --version 9 --crossfit runs/crossfit --outliers csv:$$outliers
+	$(BIN)/mla export runs/default --out models --name default --version 10 --crossfit runs/crossfit --outliers csv:$$outliers
 
 default-model: $(DEFAULT_MODEL)
 
@@ -242,7 +243,7 @@ bench-robustness: venv
 # The default model's calibration as a client sees it: AV-digits test pairs through a running mla serve.
 # The out-of-fold predictions the default model's calibration rests on (4 trainings of the recipe, two at a time: ~45 min here).
 runs/crossfit/oof.npz: | venv
-	manifest=$$($(BIN)/python -m benchmarks.avdigits.build --synthetic-voices 150) && \
+	manifest=$$($(BIN)/python -m benchmarks.avdigits.build --synthetic-voices 150 --flite-voices 100) && \
 	$(BIN)/python -m training.crossfit --data csv:$$manifest --out runs/crossfit --parallel 2 -- $(RECIPE)
 
 bench-ablation: venv $(DEFAULT_MODEL) runs/crossfit/oof.npz

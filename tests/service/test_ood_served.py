@@ -127,9 +127,9 @@ def test_no_word_sent_here_was_trained_on_as_an_outlier() -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="issue 27: clean 16 kHz words in espeak-ng's default voice, a recording no training clip or outlier has, pass "
-    "the voice's detector about half the time (version 9: 11 of 20 flagged), though speech recorded as the digits are is "
-    "told apart (near-OOD AUROC 0.941, benchmarks/results/ood.md). Version 4 passed this by flagging every clean "
-    "recording, digits too (docs/decisions/2026-12-06-version-4-withdrawn.md)",
+    "the voice's detector about half the time (versions 9 and 10, the same detector: 11 of 20 flagged), though "
+    "speech recorded as the digits are is told apart (near-OOD AUROC 0.941, benchmarks/results/ood.md). Version 4 "
+    "passed this by flagging every clean recording, digits too (docs/decisions/2026-12-06-version-4-withdrawn.md)",
 )
 def test_every_spoken_word_that_is_not_a_digit_is_out_of_distribution(server: Server, unlike: dict[str, Path]) -> None:
     flags = {w: server.post({"audio": unlike[w]}).json()["modalities"]["audio"]["in_distribution"] for w in WORDS}
