@@ -84,8 +84,10 @@ def compare(
     preds: dict[str, Predictions], groups: np.ndarray, seed: int, resamples: int, base: str = "best", other: str = "last"
 ) -> dict[str, Any]:
     """Per subset sent: each set of predictions scored as served (leave one group out), and the paired change
-    `other` minus `base` per clip in NLL and in accuracy, with its interval."""
-    scored = {name: held_out_scores(p, groups, _served) for name, p in preds.items()}
+    `other` minus `base` per clip in NLL and in accuracy, with its interval. Every modality's temperature is fitted,
+    as the records that use this were scored (before version 10, whose export leaves a temperature that does not pay
+    at 1): both sides alike, so the comparison is even."""
+    scored = {name: held_out_scores(p, groups, _served(frozenset(p.modalities))) for name, p in preds.items()}
     out: dict[str, Any] = {}
     for sub in scored[base]:
         before, after = scored[base][sub], scored[other][sub]

@@ -309,9 +309,10 @@ def test_mla_calibrate_pools_out_of_fold_predictions_and_keeps_a_temperature_onl
     folds.mkdir()
     with pytest.raises(ExportError, match=r"no oof\.npz"):
         recalibrate(root / "1", crossfit=folds)
-    arrays = {f"logits_{m}": z for m, z in val.logits.items()} | {f"present_{m}": p for m, p in val.present.items()}
-    speaker = np.where(np.arange(len(val.labels)) % 2 == 0, "anna", "ben")
-    np.savez(folds / "oof.npz", **arrays, labels=val.labels, speaker=speaker)
+    arrays: dict[str, Any] = {f"logits_{m}": z for m, z in val.logits.items()}
+    arrays |= {f"present_{m}": p for m, p in val.present.items()}
+    arrays |= {"labels": val.labels, "speaker": np.where(np.arange(len(val.labels)) % 2 == 0, "anna", "ben")}
+    np.savez(folds / "oof.npz", allow_pickle=False, **arrays)
     result = runner.invoke(app, ["calibrate", str(root / "1"), "--crossfit", str(folds)])
     assert result.exit_code == 0, result.stderr
     assert "temperature" in result.stderr
