@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks.avdigits import ablation
 from training.evaluate import Predictions
@@ -43,7 +44,15 @@ def test_every_group_is_scored_by_layers_fitted_without_it() -> None:
     change = data["variants"]["- audio's temperature"]["subsets"]["audio"]["nll_change"]
     assert change[1] > 0
     assert data["variants"]["- audio's temperature"]["subsets"]["video"]["nll_change"] == [0.0, 0.0, 0.0]  # not its set
+    # each held-out group on its own: its clips, and figures computed on them alone
+    per = data["per_speaker"]
+    assert list(per) == ["a", "b", "c"]
+    assert all(per[g][sub]["n"] == 60 for g in per for sub in served)
+    pooled_accuracy = np.mean([per[g]["audio"]["accuracy"] for g in per])  # equal groups: the mean is the pooled figure
+    assert pooled_accuracy == pytest.approx(served["audio"]["accuracy"])
+    assert all(0 < per[g]["audio"]["ece_floor"] < 1 for g in per)
     text = ablation.markdown({**data, "resamples": 200, "seconds": 1.0, "machine": {"cpu_count": 2}})
+    assert "The served rule on each held-out speaker" in text
     assert "- audio's temperature" in text
     assert "- video's temperature" in text
 
