@@ -101,6 +101,8 @@ class Calibration(_Strict):
     fused_temperatures: dict[str, Temperature] = {}  # per set of present modalities ("audio+video"): q = softmax(log q / T_S)
     confidence_maps: dict[str, ConfidenceMapEntry] = {}  # per set of modalities sent ("audio"), where validation kept one
     temperature_choice: dict[str, TemperatureChoiceEntry] = {}  # per modality, where the export had held-out speakers
+    fitted_on: str  # which data: "val split of csv:..., n=500"
+    val: dict[str, dict[str, float]] = {}  # figures on validation per subset, e.g. {"audio+video": {"ece": .., "ece_raw": ..}}
 
     @model_validator(mode="after")
     def _dropped_means_one(self) -> Calibration:
@@ -108,9 +110,6 @@ class Calibration(_Strict):
         if wrong:
             raise ValueError(f"temperature_choice drops the temperature of {', '.join(wrong)}, yet temperatures gives it one")
         return self
-
-    fitted_on: str  # which data: "val split of csv:..., n=500"
-    val: dict[str, dict[str, float]] = {}  # figures on validation per subset, e.g. {"audio+video": {"ece": .., "ece_raw": ..}}
 
 
 class Abstention(_Strict):

@@ -1,7 +1,9 @@
 """Calibration fitted on the validation split: what `mla export` writes into the manifest's fusion section.
 
 - A temperature per modality, T_m = argmin_T NLL(softmax(z_m / T)) (Guo et al., 2017): one
-  parameter, so it changes no modality's argmax and cannot overfit a few hundred clips.
+  parameter, so it changes no modality's argmax and cannot overfit a few hundred clips. Where
+  the predictions pool several speakers (`--crossfit`), only where it pays with one speaker left
+  out at a time (training.loso); elsewhere T_m = 1.
 - A temperature per set of present modalities S, applied to the fused log-probabilities:
   a mixture of calibrated distributions is under-confident where they disagree, and a
   product over-confident where they agree; one scalar per S corrects either.
@@ -311,7 +313,7 @@ def _tune_loglinear(
 
 @dataclass(frozen=True)
 class Layers:
-    """Which of a rule's fitted layers a fusion fits (the per-modality temperatures always, when calibrated)."""
+    """Which of a rule's fitted layers a fusion fits (when calibrated, the temperatures of `temperatures`)."""
 
     weights: bool = True  # constant weights fitted for the rules that have them (else equal ones)
     # the modalities whose temperature is fitted (the rest keep T_m = 1); None: every one. `mla export --crossfit`
