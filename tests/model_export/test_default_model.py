@@ -38,6 +38,14 @@ def test_the_committed_default_model_validates() -> None:
     assert manifest.ood is not None
     assert set(manifest.ood) == set(manifest.modalities)
     assert manifest.fusion.calibration.confidence_maps == {}  # the ablation removed them
+    # each modality's temperature decided on the five speakers, one left out at a time: kept exactly where removing it
+    # loses for some set with the whole interval above 0, and 1 where it is not kept
+    choice = manifest.fusion.calibration.temperature_choice
+    assert choice.keys() == manifest.modalities.keys()
+    for m, c in choice.items():
+        assert c.groups == 5, m
+        assert c.kept == any(low > 0 for _, low, _ in c.nll_change.values()), m
+        assert c.kept or manifest.fusion.calibration.temperatures[m] == 1.0, m
     assert (DEFAULT.parent / "README.md").is_file()
 
 
