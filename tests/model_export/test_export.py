@@ -295,6 +295,33 @@ def test_mla_calibrate_reports_what_it_fitted_and_refuses_plainly(tiny_repo: Pat
     assert not (tmp_path / "tiny" / "3").exists()  # a refused target writes nothing
 
 
+def _stand_in_folds(version: Path, folder: Path) -> Path:
+    """A training.crossfit folder's oof.npz made of the graphs' own predictions on the validation split, as if from
+    two more speakers (anna, ben): what pooling and leaving one speaker out need, without training folds."""
+    manifest = load_manifest(version)
+    val = graph_predictions(version, manifest, manifest.training.data, "val")
+    folder.mkdir()
+    arrays: dict[str, Any] = {f"logits_{m}": z for m, z in val.logits.items()}
+    arrays |= {f"present_{m}": p for m, p in val.present.items()}
+    arrays |= {"labels": val.labels, "speaker": np.where(np.arange(len(val.labels)) % 2 == 0, "anna", "ben")}
+    np.savez(folder / "oof.npz", allow_pickle=False, **arrays)
+    return folder
+
+
+def test_export_with_folds_decides_each_temperature_on_held_out_speakers(tiny_run: Path, tiny_repo: Path, tmp_path: Path) -> None:
+    section = calibrate_run(tiny_run, rule="loglinear", crossfit=_stand_in_folds(tiny_repo, tmp_path / "folds"))
+    cal = section["calibration"]
+    assert "pooled with out-of-fold predictions of 2 training speakers (anna, ben)" in cal["fitted_on"]
+    assert set(cal["temperature_choice"]) == {"audio", "video"}
+    for m, choice in cal["temperature_choice"].items():
+        assert choice["groups"] == 3
+        assert choice["kept"] or cal["temperatures"][m] == 1.0, m
+    plain = calibrate_run(tiny_run, rule="loglinear")  # no folds: validation alone, every temperature fitted
+    assert plain["calibration"]["temperature_choice"] == {}
+    for sub, fig in section["abstention"]["val"].items():
+        assert fig["n"] == 2 * plain["abstention"]["val"][sub]["n"], sub  # validation and its stand-in folds
+
+
 def test_mla_calibrate_pools_out_of_fold_predictions_and_keeps_a_temperature_only_where_it_pays(
     tiny_repo: Path, tmp_path: Path
 ) -> None:
@@ -303,16 +330,10 @@ def test_mla_calibrate_pools_out_of_fold_predictions_and_keeps_a_temperature_onl
     root = tmp_path / "tiny"
     shutil.copytree(tiny_repo, root / "1")
     manifest = load_manifest(root / "1")
-    # stand-in folds: the graphs' own predictions on the validation split, as if from two more speakers
-    val = graph_predictions(root / "1", manifest, manifest.training.data, "val")
-    folds = tmp_path / "folds"
-    folds.mkdir()
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ExportError, match=r"no oof\.npz"):
-        recalibrate(root / "1", crossfit=folds)
-    arrays: dict[str, Any] = {f"logits_{m}": z for m, z in val.logits.items()}
-    arrays |= {f"present_{m}": p for m, p in val.present.items()}
-    arrays |= {"labels": val.labels, "speaker": np.where(np.arange(len(val.labels)) % 2 == 0, "anna", "ben")}
-    np.savez(folds / "oof.npz", allow_pickle=False, **arrays)
+        recalibrate(root / "1", crossfit=tmp_path / "empty")
+    folds = _stand_in_folds(root / "1", tmp_path / "folds")
     result = runner.invoke(app, ["calibrate", str(root / "1"), "--crossfit", str(folds)])
     assert result.exit_code == 0, result.stderr
     assert "temperature" in result.stderr
