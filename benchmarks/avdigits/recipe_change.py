@@ -41,6 +41,7 @@ class Base:
 
 VERSION_6 = Base("version 6", "crossfit", "default-last")
 VERSION_8 = Base("version 8", "crossfit-video", "default-video")
+VERSION_9 = Base("version 9", "crossfit-flite", "default-flite")  # version 10 is its graphs, calibrated again
 
 
 @dataclass(frozen=True)
