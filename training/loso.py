@@ -13,7 +13,7 @@ writes each choice and its intervals into the manifest (`fusion.calibration.temp
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,20 +43,41 @@ def paired_interval(diff: np.ndarray, seed: int = SEED, resamples: int = RESAMPL
     return [float(diff.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """One set of modalities sent, on one held-out group's clips that have all of it, with the fusion fitted without
+    that group."""
+
+    group: str
+    train: Predictions  # every other group's predictions, which `params` was fitted on
+    params: FusionParams
+    subset: str  # the set sent ("audio+video")
+    logits: dict[str, np.ndarray]  # per modality of the set: the held-out clips' logits
+    labels: np.ndarray
+
+
+def held_out(preds: Predictions, groups: np.ndarray, fit: Callable[[Predictions], FusionParams]) -> Iterator[HeldOut]:
+    """Each group left out in turn (in the order of first appearance): `fit` fitted on the others once, then each set
+    of modalities sent scored on the group's clips that have all of it."""
+    for g in dict.fromkeys(groups.tolist()):
+        train = take(preds, groups != g)
+        params = fit(train)
+        test = take(preds, groups == g)
+        for sub in subsets(preds.modalities):
+            have = np.all(np.stack([test.present[m] for m in sub]), axis=0)
+            if have.any():
+                logits = {m: test.logits[m][have] for m in sub}
+                yield HeldOut(str(g), train, params, subset_name(sub), logits, test.labels[have])
+
+
 def held_out_nll(preds: Predictions, groups: np.ndarray, fit: Callable[[Predictions], FusionParams]) -> dict[str, np.ndarray]:
     """Per set of modalities sent: the NLL of each clip that has all of the set, fused by `fit` fitted on every
     other group. Clips are pooled in the order of the groups' first appearance."""
     out: dict[str, list[np.ndarray]] = {}
-    for g in dict.fromkeys(groups.tolist()):
-        params = fit(take(preds, groups != g))
-        test = take(preds, groups == g)
-        for sub in subsets(preds.modalities):
-            have = np.all(np.stack([test.present[m] for m in sub]), axis=0)
-            if not have.any():
-                continue
-            probs = params({m: test.logits[m][have] for m in sub}, {m: test.present[m][have] for m in sub}).probs
-            y = test.labels[have]
-            out.setdefault(subset_name(sub), []).append(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-300, None)))
+    for h in held_out(preds, groups, fit):
+        present = {m: np.ones(len(h.labels), bool) for m in h.logits}
+        probs = h.params(h.logits, present).probs
+        out.setdefault(h.subset, []).append(-np.log(np.clip(probs[np.arange(len(h.labels)), h.labels], 1e-300, None)))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 

@@ -45,8 +45,8 @@ from training.calibrate import (
     out_of_fold_speakers,
     pool,
 )
-from training.evaluate import Predictions, subset_name, subsets
-from training.loso import paired_interval, take
+from training.evaluate import Predictions
+from training.loso import held_out, paired_interval
 
 log = logging.getLogger("ablation")
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,28 +57,18 @@ def _layers(temperatures: frozenset[str]) -> Layers:
     return replace(SERVED_LAYERS, temperatures=temperatures)
 
 
+def _fit(layers: Layers, rule: str = SERVED, mixture_share: float | None = None) -> Callable[[Predictions], FusionParams]:
+    return lambda train: fit_fusion(train, rule, mixture_share=mixture_share, layers=layers)
+
+
 def _served(temperatures: frozenset[str]) -> Callable[[Predictions], FusionParams]:
     """The rule `mla export` serves: the product with the layers SERVED_LAYERS keeps and the temperatures of
     `temperatures` (every other modality's T_m is 1)."""
-    return lambda train: fit_fusion(train, SERVED, layers=_layers(temperatures))
+    return _fit(_layers(temperatures))
 
 
 def _no_fused_temperatures(temperatures: frozenset[str]) -> Callable[[Predictions], FusionParams]:
     return lambda train: replace(_served(temperatures)(train), fused_temperatures=None)
-
-
-def _adding(temperatures: frozenset[str], weights: bool = False, maps: bool = False) -> Callable[[Predictions], FusionParams]:
-    layers = replace(_layers(temperatures), weights=weights or SERVED_LAYERS.weights)
-    layers = replace(layers, confidence_maps=maps or SERVED_LAYERS.confidence_maps)
-    return lambda train: fit_fusion(train, SERVED, layers=layers)
-
-
-def _with_gate(temperatures: frozenset[str]) -> Callable[[Predictions], FusionParams]:
-    return lambda train: fit_fusion(train, "gated_loglinear", layers=_layers(temperatures))
-
-
-def _with_mixture(temperatures: frozenset[str]) -> Callable[[Predictions], FusionParams]:
-    return lambda train: fit_fusion(train, SERVED, mixture_share=MIXTURE_SHARE, layers=_layers(temperatures))
 
 
 def variants(modalities: list[str], kept: frozenset[str]) -> dict[str, tuple[str, Callable[[Predictions], FusionParams]]]:
@@ -96,10 +86,14 @@ def variants(modalities: list[str], kept: frozenset[str]) -> dict[str, tuple[str
         else:
             out[f"+ {m}'s temperature"] = (f"add: T_{m} fitted (T_S refitted)", _served(kept | {m}))
     out["- per-subset temperatures"] = ("remove: T_S = 1", _no_fused_temperatures(kept))
-    out["+ fitted weights"] = ("add: weights fitted by NLL on a 0.05 grid", _adding(kept, weights=True))
-    out["+ confidence maps"] = ("add: top-label Platt maps where cross-validation keeps one", _adding(kept, maps=True))
-    out["+ typicality gate and blend"] = ("add version 1's gate (margin 2, decay 4) and blend (0.4)", _with_gate(kept))
-    out["+ mixture blend"] = ("add version 1's blend with the equal-weight mixture (0.4), no gate", _with_mixture(kept))
+    served = _layers(kept)
+    out["+ fitted weights"] = ("add: weights fitted by NLL on a 0.05 grid", _fit(replace(served, weights=True)))
+    maps = _fit(replace(served, confidence_maps=True))
+    out["+ confidence maps"] = ("add: top-label Platt maps where cross-validation keeps one", maps)
+    gate = _fit(served, rule="gated_loglinear")
+    out["+ typicality gate and blend"] = ("add version 1's gate (margin 2, decay 4) and blend (0.4)", gate)
+    mixture = _fit(served, mixture_share=MIXTURE_SHARE)
+    out["+ mixture blend"] = ("add version 1's blend with the equal-weight mixture (0.4), no gate", mixture)
     return out
 
 
@@ -109,26 +103,21 @@ def held_out_scores(
     """Per subset sent: per clip (pooled over held-out speakers, in group order) NLL, answered, right, the
     probabilities returned, the label and its group."""
     out: dict[str, dict[str, list[np.ndarray]]] = {}
-    for g in dict.fromkeys(groups.tolist()):
-        train, test = take(preds, groups != g), take(preds, groups == g)
-        params = fit(train)
-        thresholds = {k: t.min_confidence for k, t in fit_abstention(train, params).items()}
-        for sub in subsets(preds.modalities):
-            have = np.all(np.stack([test.present[m] for m in sub]), axis=0)
-            if not have.any():
-                continue
-            a = decide(params, thresholds, {}, {m: test.logits[m][have] for m in sub})
-            y = test.labels[have]
-            p = np.clip(a.fused.probs[np.arange(len(y)), y], 1e-300, None)
-            cell = out.setdefault(
-                subset_name(sub), {"nll": [], "answered": [], "right": [], "probs": [], "label": [], "group": []}
-            )
-            cell["nll"].append(-np.log(p))
-            cell["answered"].append(~a.abstained)
-            cell["right"].append(a.fused.probs.argmax(axis=1) == y)
-            cell["probs"].append(a.fused.probs)
-            cell["label"].append(y)
-            cell["group"].append(np.full(len(y), g))
+    thresholds: dict[str, float] = {}
+    fitted_without = None
+    for h in held_out(preds, groups, fit):
+        if h.group != fitted_without:  # a new group left out: its thresholds, fitted without it, once
+            thresholds = {k: t.min_confidence for k, t in fit_abstention(h.train, h.params).items()}
+            fitted_without = h.group
+        a = decide(h.params, thresholds, {}, h.logits)
+        p = np.clip(a.fused.probs[np.arange(len(h.labels)), h.labels], 1e-300, None)
+        cell = out.setdefault(h.subset, {"nll": [], "answered": [], "right": [], "probs": [], "label": [], "group": []})
+        cell["nll"].append(-np.log(p))
+        cell["answered"].append(~a.abstained)
+        cell["right"].append(a.fused.probs.argmax(axis=1) == h.labels)
+        cell["probs"].append(a.fused.probs)
+        cell["label"].append(h.labels)
+        cell["group"].append(np.full(len(h.labels), h.group))
     return {k: {f: np.concatenate(v) for f, v in cell.items()} for k, cell in out.items()}
 
 
