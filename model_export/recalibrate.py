@@ -34,7 +34,15 @@ from common.manifest import (
 )
 from common.modalities import kind
 from model_export.errors import ExportError
-from training.calibrate import CONFIDENCE, TARGET_RISK, check_abstention, check_rule, fusion_section, with_out_of_fold
+from training.calibrate import (
+    CONFIDENCE,
+    TARGET_RISK,
+    check_abstention,
+    check_rule,
+    fusion_section,
+    out_of_fold_file,
+    with_out_of_fold,
+)
 from training.config import ModelConfig
 from training.data.cache import DecodeCache
 from training.data.specs import parse_spec
@@ -142,8 +150,11 @@ def recalibrate(
     data = data or manifest.training.data
     rule = rule or manifest.fusion.rule
     check_rule(rule)
-    if crossfit is not None and not (crossfit / "oof.npz").is_file():
-        raise ExportError(f"{crossfit} is not a `python -m training.crossfit` folder: it has no oof.npz")
+    if crossfit is not None:  # refused before the graphs run
+        try:
+            out_of_fold_file(crossfit)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
     preds = graph_predictions(version_dir, manifest, data, split)
     fitted_on = f"{split} split of {data}, n={len(preds.labels)}, through the exported graphs"
     preds, groups, fitted_on = with_out_of_fold(preds, crossfit, fitted_on)

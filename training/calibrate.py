@@ -478,11 +478,17 @@ def fit_conformal(val: Predictions, params: FusionParams, alpha: float = CONFORM
     return out
 
 
-def load_out_of_fold(folder: Path, modalities: list[str]) -> tuple[Predictions, str]:
-    """A training.crossfit folder's out-of-fold predictions, and a line saying what they are."""
+def out_of_fold_file(folder: Path) -> Path:
+    """A training.crossfit folder's oof.npz; ValueError, saying how to make one, where there is none."""
     path = folder / "oof.npz"
     if not path.is_file():
         raise ValueError(f"{folder} has no oof.npz: run python -m training.crossfit first")
+    return path
+
+
+def load_out_of_fold(folder: Path, modalities: list[str]) -> tuple[Predictions, str]:
+    """A training.crossfit folder's out-of-fold predictions, and a line saying what they are."""
+    path = out_of_fold_file(folder)
     with np.load(path, allow_pickle=False) as z:
         missing = [m for m in modalities if f"logits_{m}" not in z]
         if missing:
